@@ -1,0 +1,120 @@
+// Package jobs is keysync's use of River: the job kinds, their workers, and the client
+// that inserts and runs them on the shared Postgres pool.
+package jobs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/keysync/keysync/internal/events"
+)
+
+// QueueEvents is the River queue for stored Stripe events.
+const QueueEvents = "events"
+
+// EventArgs is the job that processes one stored Stripe event.
+type EventArgs struct {
+	EventID string `json:"event_id"`
+	Type    string `json:"type"`
+}
+
+// Kind is River's name for the job.
+func (EventArgs) Kind() string { return "stripe_event" }
+
+// InsertOpts puts event jobs on their own queue.
+func (EventArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: QueueEvents}
+}
+
+// EventStore is what the event worker needs from the store.
+type EventStore interface {
+	MarkEventProcessed(ctx context.Context, id string) error
+}
+
+// EventWorker processes stored events.
+//
+// PLACEHOLDER: until the sync engine exists (its own issue), the worker only marks the
+// event processed. The engine replaces Work's body with: resolve the subscription id
+// from the event, then Sync(subscription).
+type EventWorker struct {
+	river.WorkerDefaults[EventArgs]
+	Store EventStore
+}
+
+// Work marks the event processed. A store error is returned so River retries the job.
+func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error {
+	if err := w.Store.MarkEventProcessed(ctx, job.Args.EventID); err != nil {
+		return fmt.Errorf("event %s: %w", job.Args.EventID, err)
+	}
+	return nil
+}
+
+// Config configures the River client.
+type Config struct {
+	// Workers registers the job kinds this client works. Nil makes an insert-only
+	// client (no queues are worked).
+	Workers *river.Workers
+	// EventWorkers is how many event jobs run at once in this process.
+	EventWorkers int
+	// Logger receives River's own log lines.
+	Logger *slog.Logger
+}
+
+// NewClient returns a River client on pool. It works the events queue when cfg.Workers
+// is set. The client is started with Start and stopped with Stop by the caller.
+func NewClient(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
+	rc := &river.Config{
+		Logger:                      cfg.Logger,
+		JobTimeout:                  2 * time.Minute,
+		CompletedJobRetentionPeriod: 24 * time.Hour,
+	}
+	if cfg.Workers != nil {
+		n := cfg.EventWorkers
+		if n <= 0 {
+			n = 10
+		}
+		rc.Workers = cfg.Workers
+		rc.Queues = map[string]river.QueueConfig{
+			QueueEvents:        {MaxWorkers: n},
+			river.QueueDefault: {MaxWorkers: 2},
+		}
+	}
+	client, err := river.NewClient(riverpgxv5.New(pool), rc)
+	if err != nil {
+		return nil, fmt.Errorf("river client: %w", err)
+	}
+	return client, nil
+}
+
+// Enqueuer schedules event jobs in the caller's transaction, so an event is never
+// stored without its job (nor a job without its event).
+type Enqueuer struct {
+	client *river.Client[pgx.Tx]
+}
+
+// NewEnqueuer returns an Enqueuer inserting through client.
+func NewEnqueuer(client *river.Client[pgx.Tx]) *Enqueuer {
+	return &Enqueuer{client: client}
+}
+
+// EnqueueEventsTx inserts one job per event in tx. It returns River's error.
+func (e *Enqueuer) EnqueueEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	params := make([]river.InsertManyParams, len(evs))
+	for i, ev := range evs {
+		params[i] = river.InsertManyParams{Args: EventArgs{EventID: ev.ID, Type: ev.Type}}
+	}
+	if _, err := e.client.InsertManyTx(ctx, tx, params); err != nil {
+		return fmt.Errorf("enqueue events: %w", err)
+	}
+	return nil
+}

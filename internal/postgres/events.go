@@ -1,0 +1,115 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/keysync/keysync/internal/events"
+)
+
+// One multi-row INSERT for all events of a batch: webhooks that arrive together commit
+// together. DO NOTHING makes a redelivery (or a concurrent duplicate) a no-op; RETURNING
+// says which ids were new.
+const insertEvents = `
+INSERT INTO stripe_events (id, type, created, livemode, api_version, payload, source, status)
+SELECT u.id, u.type, to_timestamp(u.created), u.livemode, NULLIF(u.api_version, ''), u.payload::jsonb, u.source, u.status
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6::text[], $7::text[], $8::text[])
+    AS u(id, type, created, livemode, api_version, payload, source, status)
+ON CONFLICT (id) DO NOTHING
+RETURNING id`
+
+// InsertEventsTx stores evs in tx, skipping those already stored, and reports for each
+// event whether it was new. The ids in evs must be distinct. It returns the database's
+// error (ErrUnavailable when it cannot be reached).
+func (s *Store) InsertEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Event) ([]bool, error) {
+	n := len(evs)
+	ids, types, apiVersions, payloads, sources, statuses :=
+		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	created, livemode := make([]int64, n), make([]bool, n)
+	for i, e := range evs {
+		ids[i], types[i], apiVersions[i] = e.ID, e.Type, e.APIVersion
+		payloads[i], sources[i], statuses[i] = string(e.Payload), string(e.Source), string(e.InitialStatus())
+		created[i], livemode[i] = e.Created.Unix(), e.Livemode
+	}
+	rows, err := tx.Query(ctx, insertEvents, ids, types, created, livemode, apiVersions, payloads, sources, statuses)
+	if err != nil {
+		return nil, fmt.Errorf("insert events: %w", translate(err))
+	}
+	inserted, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("insert events: %w", translate(err))
+	}
+	isNew := make(map[string]bool, len(inserted))
+	for _, id := range inserted {
+		isNew[id] = true
+	}
+	out := make([]bool, n)
+	for i, e := range evs {
+		out[i] = isNew[e.ID]
+	}
+	return out, nil
+}
+
+// StoredEvent is a row of stripe_events without its payload.
+type StoredEvent struct {
+	ID          string  `db:"id"`
+	Type        string  `db:"type"`
+	Source      string  `db:"source"`
+	Status      string  `db:"status"`
+	Attempts    int     `db:"attempts"`
+	LastError   *string `db:"last_error"`
+	APIVersion  *string `db:"api_version"`
+	PayloadSize int     `db:"payload_size"`
+}
+
+const getEvent = `
+SELECT id, type, source, status, attempts, last_error, api_version, octet_length(payload::text) AS payload_size
+FROM stripe_events WHERE id = $1`
+
+// GetEvent returns the stored event id, or pgx.ErrNoRows (wrapped) when there is none.
+func (s *Store) GetEvent(ctx context.Context, id string) (StoredEvent, error) {
+	rows, err := s.pool.Query(ctx, getEvent, id)
+	if err != nil {
+		return StoredEvent{}, fmt.Errorf("get event: %w", translate(err))
+	}
+	ev, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[StoredEvent])
+	if err != nil {
+		return StoredEvent{}, fmt.Errorf("get event %s: %w", id, err)
+	}
+	return ev, nil
+}
+
+const markEventProcessed = `
+UPDATE stripe_events
+SET status = 'processed', processed_at = now(), attempts = attempts + 1, last_error = NULL
+WHERE id = $1 AND status IN ('pending', 'failed')`
+
+// MarkEventProcessed records that the event's work is done. Marking an event that is
+// already processed (a retried job) changes nothing.
+func (s *Store) MarkEventProcessed(ctx context.Context, id string) error {
+	if _, err := s.pool.Exec(ctx, markEventProcessed, id); err != nil {
+		return fmt.Errorf("mark event processed: %w", translate(err))
+	}
+	return nil
+}
+
+// EventCounts returns the number of stored events by status.
+func (s *Store) EventCounts(ctx context.Context) (map[events.Status]int, error) {
+	rows, err := s.pool.Query(ctx, `SELECT status, count(*) FROM stripe_events GROUP BY status`)
+	if err != nil {
+		return nil, fmt.Errorf("count events: %w", translate(err))
+	}
+	out := map[events.Status]int{}
+	var status string
+	var n int
+	_, err = pgx.ForEachRow(rows, []any{&status, &n}, func() error {
+		out[events.Status(status)] = n
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count events: %w", translate(err))
+	}
+	return out, nil
+}

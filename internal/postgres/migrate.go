@@ -1,0 +1,152 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivermigrate"
+
+	"github.com/keysync/keysync/migrations"
+)
+
+// riverMigrationLock is the advisory lock key held while River's migrator runs. goose
+// takes its own session lock; River's migrator takes none, so replicas starting together
+// would race to create the same tables without this.
+const riverMigrationLock int64 = 0x6b657973796e6301 // "keysync" + 1
+
+// MigrationState says how far the database's schema is from this binary's.
+type MigrationState struct {
+	GooseCurrent, GooseTarget int64
+	RiverCurrent, RiverTarget int
+}
+
+// Current reports whether every migration this binary knows is applied.
+func (m MigrationState) Current() bool {
+	return m.GooseCurrent >= m.GooseTarget && m.RiverCurrent >= m.RiverTarget
+}
+
+// Migrate applies keysync's goose migrations and then River's, and returns the state
+// reached. It is safe when several replicas start at once: goose holds a Postgres
+// session lock and River's migrator runs under an advisory lock of keysync's.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (MigrationState, error) {
+	provider, db, err := newGoose(pool, log)
+	if err != nil {
+		return MigrationState{}, err
+	}
+	defer db.Close()
+	if _, err := provider.Up(ctx); err != nil {
+		return MigrationState{}, fmt.Errorf("goose up: %w", translate(err))
+	}
+	if err := migrateRiver(ctx, pool, log); err != nil {
+		return MigrationState{}, err
+	}
+	return migrationState(ctx, provider, pool)
+}
+
+// Migrations returns the migration state without changing anything.
+func Migrations(ctx context.Context, pool *pgxpool.Pool) (MigrationState, error) {
+	provider, db, err := newGoose(pool, nil)
+	if err != nil {
+		return MigrationState{}, err
+	}
+	defer db.Close()
+	return migrationState(ctx, provider, pool)
+}
+
+// MigrationSources returns the names of keysync's own migration files, in order.
+func MigrationSources() ([]string, error) {
+	return fs.Glob(migrations.FS, "*.sql")
+}
+
+func newGoose(pool *pgxpool.Pool, log *slog.Logger) (*goose.Provider, interface{ Close() error }, error) {
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		return nil, nil, fmt.Errorf("goose locker: %w", err)
+	}
+	db := stdlib.OpenDBFromPool(pool)
+	opts := []goose.ProviderOption{goose.WithSessionLocker(locker), goose.WithDisableGlobalRegistry(true)}
+	if log != nil {
+		opts = append(opts, goose.WithSlog(log))
+	}
+	provider, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS, opts...)
+	if err != nil {
+		_ = db.Close()
+		return nil, nil, fmt.Errorf("goose provider: %w", err)
+	}
+	return provider, db, nil
+}
+
+func newRiverMigrator(pool *pgxpool.Pool, log *slog.Logger) (*rivermigrate.Migrator[pgx.Tx], error) {
+	cfg := &rivermigrate.Config{}
+	if log != nil {
+		cfg.Logger = log
+	}
+	m, err := rivermigrate.New(riverpgxv5.New(pool), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("river migrator: %w", err)
+	}
+	return m, nil
+}
+
+func migrateRiver(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("river migrate: %w", translate(err))
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", riverMigrationLock); err != nil {
+		return fmt.Errorf("river migrate lock: %w", translate(err))
+	}
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", riverMigrationLock)
+	}()
+	m, err := newRiverMigrator(pool, log)
+	if err != nil {
+		return err
+	}
+	if _, err := m.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
+		return fmt.Errorf("river migrate: %w", translate(err))
+	}
+	return nil
+}
+
+func migrationState(ctx context.Context, provider *goose.Provider, pool *pgxpool.Pool) (MigrationState, error) {
+	var st MigrationState
+	cur, target, err := provider.GetVersions(ctx)
+	if err != nil && !errors.Is(err, goose.ErrNoMigrations) {
+		return st, fmt.Errorf("goose versions: %w", translate(err))
+	}
+	st.GooseCurrent, st.GooseTarget = cur, target
+	m, err := newRiverMigrator(pool, nil)
+	if err != nil {
+		return st, err
+	}
+	all := m.AllVersions()
+	if len(all) > 0 {
+		st.RiverTarget = all[len(all)-1].Version
+	}
+	var exists bool
+	if err := pool.QueryRow(ctx, "SELECT to_regclass('river_migration') IS NOT NULL").Scan(&exists); err != nil {
+		return st, fmt.Errorf("river versions: %w", translate(err))
+	}
+	if !exists {
+		return st, nil
+	}
+	existing, err := m.ExistingVersions(ctx)
+	if err != nil {
+		return st, fmt.Errorf("river versions: %w", translate(err))
+	}
+	for _, v := range existing {
+		st.RiverCurrent = max(st.RiverCurrent, v.Version)
+	}
+	return st, nil
+}

@@ -1,0 +1,178 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/pgtest"
+	"github.com/keysync/keysync/internal/postgres"
+)
+
+func TestAuditLogIsAppendOnly(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	ctx := context.Background()
+	_, err := pool.Exec(ctx, `INSERT INTO audit_log (subscription_id, action, outcome, cause, params)
+		VALUES ('sub_1', 'extend', 'applied', 'webhook', '{"days": 35}')`)
+	if err != nil {
+		t.Fatalf("insert: %v", err)
+	}
+	tests := map[string]string{
+		"update":   `UPDATE audit_log SET outcome = 'failed'`,
+		"delete":   `DELETE FROM audit_log`,
+		"truncate": `TRUNCATE audit_log`,
+	}
+	for name, stmt := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := pool.Exec(ctx, stmt)
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || !strings.Contains(pgErr.Message, "append-only") {
+				t.Fatalf("got %v, want an append-only refusal", err)
+			}
+		})
+	}
+	var n int
+	var outcome string
+	if err := pool.QueryRow(ctx, `SELECT count(*), min(outcome) FROM audit_log`).Scan(&n, &outcome); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 || outcome != "applied" {
+		t.Fatalf("got %d rows with outcome %q, want 1 row, applied", n, outcome)
+	}
+}
+
+// Replicas start together: every one runs Migrate at once on an empty database.
+func TestMigrateConcurrentReplicas(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := emptyDatabase(t)
+	const replicas = 4
+	var wg sync.WaitGroup
+	errs := make([]error, replicas)
+	states := make([]postgres.MigrationState, replicas)
+	for i := range replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pool, err := pgxpool.New(ctx, url)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer pool.Close()
+			states[i], errs[i] = postgres.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+		}()
+	}
+	wg.Wait()
+	for i := range replicas {
+		if errs[i] != nil {
+			t.Fatalf("replica %d: %v", i, errs[i])
+		}
+		if !states[i].Current() {
+			t.Fatalf("replica %d: got state %+v, want current", i, states[i])
+		}
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var gooseRows int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM goose_db_version WHERE version_id > 0`).Scan(&gooseRows); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := postgres.MigrationSources()
+	if gooseRows != len(files) {
+		t.Fatalf("got %d goose versions applied, want %d (one per file, no double apply)", gooseRows, len(files))
+	}
+	for _, table := range []string{"stripe_events", "subscriptions", "audit_log", "sync_runs", "river_job", "river_leader"} {
+		var ok bool
+		if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, table).Scan(&ok); err != nil || !ok {
+			t.Fatalf("table %s: got exists=%v err=%v, want it created", table, ok, err)
+		}
+	}
+}
+
+func TestMigrationsReportsPending(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, emptyDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	st, err := postgres.Migrations(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Current() || st.GooseCurrent != 0 || st.RiverCurrent != 0 {
+		t.Fatalf("got %+v on an empty database, want nothing applied", st)
+	}
+	if _, err := postgres.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	st, err = postgres.Migrations(ctx, pool)
+	if err != nil || !st.Current() {
+		t.Fatalf("got %+v, %v after Migrate, want current", st, err)
+	}
+}
+
+func TestInsertEventsDedupes(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	store := postgres.NewStore(pool)
+	ctx := context.Background()
+	ev := func(id, typ string) events.Event {
+		return events.Event{ID: id, Type: typ, Created: time.Unix(1700000000, 0), APIVersion: events.StripeAPIVersion,
+			Payload: []byte(`{"id":"` + id + `"}`), Source: events.SourceWebhook}
+	}
+	insert := func(evs ...events.Event) []bool {
+		var got []bool
+		err := store.InTx(ctx, func(tx pgx.Tx) error {
+			var err error
+			got, err = store.InsertEventsTx(ctx, tx, evs)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := insert(ev("evt_1", "invoice.paid"), ev("evt_2", "customer.created")); !got[0] || !got[1] {
+		t.Fatalf("got new=%v, want both new", got)
+	}
+	if got := insert(ev("evt_1", "invoice.paid"), ev("evt_3", "invoice.paid")); got[0] || !got[1] {
+		t.Fatalf("got new=%v, want [false true]", got)
+	}
+	for id, want := range map[string]events.Status{"evt_1": events.StatusPending, "evt_2": events.StatusIgnored} {
+		got, err := store.GetEvent(ctx, id)
+		if err != nil || got.Status != string(want) {
+			t.Fatalf("%s: got %+v, %v, want status %s", id, got, err, want)
+		}
+	}
+}
+
+func TestUnreachableIsUnavailable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, err := postgres.Open(ctx, "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=1", postgres.PoolConfig{})
+	if !errors.Is(err, postgres.ErrUnavailable) {
+		t.Fatalf("got %v, want ErrUnavailable", err)
+	}
+	_, err = postgres.Open(ctx, "postgres://user:hunter2@127.0.0.1:%zz/db", postgres.PoolConfig{})
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("got %v, want an error without the password", err)
+	}
+}
+
+func emptyDatabase(t *testing.T) string { return pgtest.EmptyURL(t) }

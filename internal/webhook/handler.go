@@ -1,0 +1,210 @@
+// Package webhook receives Stripe webhooks: it verifies the signature, stores the event
+// and its job durably, and only then acknowledges, so that no event is ever lost.
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/keysync/keysync/internal/events"
+)
+
+// DefaultMaxBody is the largest webhook body accepted. Stripe's events are a few KB;
+// anything near this is not from Stripe.
+const DefaultMaxBody = 1 << 20
+
+// Config configures the Handler.
+type Config struct {
+	// Secrets are the endpoint signing secrets (whsec_...). An event signed with any one
+	// of them is accepted, so a secret can be rotated without downtime.
+	Secrets []string
+	// AcceptAPIVersions lists API versions accepted besides events.StripeAPIVersion: an
+	// escape hatch for an endpoint that cannot be recreated yet.
+	AcceptAPIVersions []string
+	// Tolerance is how old a signature's timestamp may be (default 5 minutes, Stripe's).
+	Tolerance time.Duration
+	// MaxBody caps the request body (default DefaultMaxBody).
+	MaxBody int64
+}
+
+// Ingest is what the handler needs to make an event durable.
+type Ingest interface {
+	Ingest(ctx context.Context, ev events.Event) (Result, error)
+}
+
+// Handler is the http.Handler for POST /webhooks/stripe.
+type Handler struct {
+	cfg    Config
+	ingest Ingest
+	log    zerolog.Logger
+}
+
+// NewHandler returns a Handler. It returns an error when no secret is configured: a
+// webhook endpoint that cannot verify anything must not exist.
+func NewHandler(cfg Config, ingest Ingest, log zerolog.Logger) (*Handler, error) {
+	if len(cfg.Secrets) == 0 {
+		return nil, errors.New("webhook: no signing secret configured")
+	}
+	if cfg.Tolerance <= 0 {
+		cfg.Tolerance = webhook.DefaultTolerance
+	}
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = DefaultMaxBody
+	}
+	return &Handler{cfg: cfg, ingest: ingest, log: log}, nil
+}
+
+// Errors the handler answers with. They are the only texts a sender ever sees.
+var (
+	errTooLarge      = errors.New("request body too large")
+	errUnreadable    = errors.New("request body could not be read")
+	errNotSigned     = errors.New("missing Stripe-Signature header")
+	errBadSignature  = errors.New("no valid signature for this endpoint's secrets")
+	errTooOld        = errors.New("signature timestamp outside the tolerance")
+	errBadHeader     = errors.New("malformed Stripe-Signature header")
+	errNotAnEvent    = errors.New("body is not a Stripe event")
+	errUnavailable   = errors.New("temporarily unable to store the event; retry later")
+	errAPIVersionFmt = "event api_version %q is not supported: keysync reads Stripe API version %s. " +
+		"Create the webhook endpoint with api_version=%s (Dashboard > Developers > Webhooks, or " +
+		"POST /v1/webhook_endpoints with api_version=%s), or list %q in STRIPE_ACCEPT_API_VERSIONS " +
+		"at your own risk: fields keysync needs may be missing in other versions"
+)
+
+type apiVersionError struct{ got string }
+
+func (e apiVersionError) Error() string {
+	return fmt.Sprintf(errAPIVersionFmt, e.got, events.StripeAPIVersion, events.StripeAPIVersion,
+		events.StripeAPIVersion, e.got)
+}
+
+// envelope is the part of an event that ingest decodes. Decoding the whole event into a
+// map costs a quarter of the throughput for nothing: the worker reads the payload later.
+type envelope struct {
+	ID         string  `json:"id"`
+	Object     string  `json:"object"`
+	Type       string  `json:"type"`
+	Created    int64   `json:"created"`
+	Livemode   bool    `json:"livemode"`
+	APIVersion *string `json:"api_version"`
+}
+
+// ServeHTTP verifies, stores and acknowledges one webhook delivery.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	ev, err := h.parse(w, r)
+	if err != nil {
+		h.fail(w, r, ev, err)
+		return
+	}
+	res, err := h.ingest.Ingest(r.Context(), ev)
+	if err != nil {
+		h.log.Error().Err(err).Str("event_id", ev.ID).Str("event_type", ev.Type).Msg("webhook not stored; answered 503")
+		h.fail(w, r, ev, errUnavailable)
+		return
+	}
+	h.log.Debug().Str("event_id", ev.ID).Str("event_type", ev.Type).Bool("duplicate", res.Duplicate).
+		Dur("took", time.Since(start)).Msg("webhook stored")
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	if res.Duplicate {
+		_, _ = io.WriteString(w, `{"received":true,"duplicate":true}`)
+		return
+	}
+	_, _ = io.WriteString(w, `{"received":true}`)
+}
+
+// parse reads, verifies and decodes the request. It returns one of the handler's errors.
+func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (events.Event, error) {
+	var ev events.Event
+	if r.ContentLength > h.cfg.MaxBody {
+		return ev, errTooLarge
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBody))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return ev, errTooLarge
+		}
+		return ev, errUnreadable
+	}
+	if err := h.verify(body, r.Header.Get("Stripe-Signature")); err != nil {
+		return ev, err
+	}
+	var env envelope
+	if err := json.Unmarshal(body, &env); err != nil || env.ID == "" || env.Type == "" || env.Object != "event" {
+		return ev, errNotAnEvent
+	}
+	ev = events.Event{
+		ID:       env.ID,
+		Type:     env.Type,
+		Created:  time.Unix(env.Created, 0).UTC(),
+		Livemode: env.Livemode,
+		Payload:  body,
+		Source:   events.SourceWebhook,
+	}
+	if env.APIVersion != nil {
+		ev.APIVersion = *env.APIVersion
+	}
+	if ev.APIVersion != events.StripeAPIVersion && !slices.Contains(h.cfg.AcceptAPIVersions, ev.APIVersion) {
+		return ev, apiVersionError{got: ev.APIVersion}
+	}
+	return ev, nil
+}
+
+// verify checks the signature against every configured secret; any one may match.
+func (h *Handler) verify(body []byte, header string) error {
+	if header == "" {
+		return errNotSigned
+	}
+	var last error
+	for _, secret := range h.cfg.Secrets {
+		last = webhook.ValidatePayloadWithTolerance(body, header, secret, h.cfg.Tolerance)
+		if last == nil {
+			return nil
+		}
+	}
+	switch {
+	case errors.Is(last, webhook.ErrTooOld):
+		return errTooOld
+	case errors.Is(last, webhook.ErrInvalidHeader):
+		return errBadHeader
+	case errors.Is(last, webhook.ErrNotSigned):
+		return errNotSigned
+	default:
+		return errBadSignature
+	}
+}
+
+// fail maps an error to its status and answers. It is the one place that does.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, ev events.Event, err error) {
+	status := http.StatusBadRequest
+	var versionErr apiVersionError
+	switch {
+	case errors.Is(err, errTooLarge):
+		status = http.StatusRequestEntityTooLarge
+	case errors.Is(err, errUnavailable):
+		status = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "5")
+	case errors.Is(err, errNotSigned), errors.Is(err, errBadSignature), errors.Is(err, errTooOld), errors.Is(err, errBadHeader):
+		// Never the body, never a secret: only what a person needs to find the sender.
+		h.log.Warn().Str("reason", err.Error()).Str("remote_addr", r.RemoteAddr).
+			Int64("content_length", r.ContentLength).Msg("webhook signature rejected")
+	case errors.As(err, &versionErr):
+		h.log.Warn().Str("event_id", ev.ID).Str("api_version", versionErr.got).Msg("webhook api_version rejected")
+	default:
+		h.log.Warn().Str("reason", err.Error()).Str("remote_addr", r.RemoteAddr).Msg("webhook rejected")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	msg, _ := json.Marshal(map[string]string{"error": err.Error()})
+	_, _ = w.Write(msg)
+}

@@ -1,0 +1,260 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
+
+	"github.com/keysync/keysync/internal/events"
+)
+
+// ErrStopped is returned by Ingest once the ingester is stopping: the caller answers
+// 503 and the sender retries against a replica that is up.
+var ErrStopped = errors.New("ingester stopped")
+
+// Store persists events.
+type Store interface {
+	InTx(ctx context.Context, fn func(tx pgx.Tx) error) error
+	InsertEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Event) ([]bool, error)
+}
+
+// Enqueuer schedules the processing of newly stored events in the same transaction.
+type Enqueuer interface {
+	EnqueueEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Event) error
+}
+
+// IngesterConfig tunes group commit.
+type IngesterConfig struct {
+	// Committers is how many transactions may be in flight at once. While one commits,
+	// the requests that arrive wait for the next free committer and go in together.
+	Committers int
+	// MaxBatch caps the events in one transaction.
+	MaxBatch int
+	// Timeout bounds one batch transaction.
+	Timeout time.Duration
+}
+
+// Ingester stores events durably with their jobs. Events that arrive while a
+// transaction is committing are committed together in the next one (group commit), so
+// a burst of webhooks costs a few commits, not one each; a lone event is committed at
+// once, without waiting for company.
+type Ingester struct {
+	store Store
+	jobs  Enqueuer
+	log   zerolog.Logger
+	cfg   IngesterConfig
+
+	queue  chan *request
+	mu     sync.RWMutex // guards closed against sends racing with Stop
+	closed bool
+	wg     sync.WaitGroup
+	start  sync.Once
+	stop   sync.Once
+}
+
+// Result says what Ingest did with an event.
+type Result struct {
+	// Duplicate is true when the event was already stored (a redelivery): nothing new
+	// was written and no job was enqueued.
+	Duplicate bool
+}
+
+type request struct {
+	ev   events.Event
+	done chan reply
+}
+
+type reply struct {
+	res Result
+	err error
+}
+
+// NewIngester returns an Ingester; Start it before use.
+func NewIngester(store Store, jobs Enqueuer, log zerolog.Logger, cfg IngesterConfig) *Ingester {
+	if cfg.Committers <= 0 {
+		cfg.Committers = 4
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 256
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	return &Ingester{
+		store: store,
+		jobs:  jobs,
+		log:   log,
+		cfg:   cfg,
+		queue: make(chan *request, cfg.MaxBatch*cfg.Committers),
+	}
+}
+
+// Start starts the committers. Batches do not inherit ctx's cancellation: a request
+// that is being committed finishes even when the server is shutting down.
+func (in *Ingester) Start(ctx context.Context) {
+	in.start.Do(func() {
+		base := context.WithoutCancel(ctx)
+		for range in.cfg.Committers {
+			in.wg.Add(1)
+			go in.commitLoop(base)
+		}
+	})
+}
+
+// Stop stops accepting events, commits those already accepted, and returns when the
+// committers have finished. It is safe to call more than once.
+func (in *Ingester) Stop() {
+	in.stop.Do(func() {
+		in.mu.Lock()
+		in.closed = true
+		close(in.queue)
+		in.mu.Unlock()
+	})
+	in.wg.Wait()
+}
+
+// Ingest stores ev and, when it is new and of a handled type, its job, in one
+// transaction, and returns once that transaction has committed or failed. It returns
+// ErrStopped after Stop, and the store's error (postgres.ErrUnavailable when the
+// database is out of reach) when nothing was committed.
+func (in *Ingester) Ingest(ctx context.Context, ev events.Event) (Result, error) {
+	req := &request{ev: ev, done: make(chan reply, 1)}
+	in.mu.RLock()
+	if in.closed {
+		in.mu.RUnlock()
+		return Result{}, ErrStopped
+	}
+	select {
+	case in.queue <- req:
+	case <-ctx.Done():
+		in.mu.RUnlock()
+		return Result{}, ctx.Err()
+	}
+	in.mu.RUnlock()
+	// Once queued, the event is committed or refused whatever happens to ctx: answering
+	// before knowing would turn a stored event into a 503 or a lost one into a 200.
+	r := <-req.done
+	return r.res, r.err
+}
+
+func (in *Ingester) commitLoop(ctx context.Context) {
+	defer in.wg.Done()
+	batch := make([]*request, 0, in.cfg.MaxBatch)
+	for first := range in.queue {
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < in.cfg.MaxBatch {
+			select {
+			case req, ok := <-in.queue:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, req)
+			default:
+				break fill
+			}
+		}
+		in.commit(ctx, batch)
+	}
+}
+
+// commit writes one batch and answers every request in it.
+func (in *Ingester) commit(ctx context.Context, batch []*request) {
+	// The same event delivered twice in one batch is stored once; the second copy is
+	// answered as the duplicate it is.
+	first := make(map[string]int, len(batch))
+	unique := make([]*request, 0, len(batch))
+	for _, req := range batch {
+		if _, seen := first[req.ev.ID]; !seen {
+			first[req.ev.ID] = len(unique)
+			unique = append(unique, req)
+		}
+	}
+	results, err := in.write(ctx, unique)
+	if err != nil && len(unique) > 1 && rejectedData(err) {
+		// One bad event (say, a payload Postgres cannot store) must not cost the
+		// others their delivery: write them one by one to isolate it.
+		in.log.Warn().Err(err).Int("batch", len(unique)).Msg("batch insert failed; retrying events one by one")
+		results, err = make([]Result, len(unique)), nil
+		perErr := make([]error, len(unique))
+		for i, req := range unique {
+			var r []Result
+			r, perErr[i] = in.write(ctx, []*request{req})
+			if perErr[i] == nil {
+				results[i] = r[0]
+			}
+		}
+		in.answer(batch, first, results, perErr)
+		return
+	}
+	var errs []error
+	if err != nil {
+		errs = make([]error, len(unique))
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+	in.answer(batch, first, results, errs)
+}
+
+func (in *Ingester) answer(batch []*request, first map[string]int, results []Result, errs []error) {
+	answered := make([]bool, len(first))
+	for _, req := range batch {
+		i := first[req.ev.ID]
+		var r reply
+		switch {
+		case errs != nil && errs[i] != nil:
+			r.err = errs[i]
+		case answered[i]:
+			r.res = Result{Duplicate: true}
+		default:
+			r.res = results[i]
+		}
+		answered[i] = true
+		req.done <- r
+	}
+}
+
+// rejectedData reports whether Postgres refused the data itself (SQLSTATE class 22, data
+// exception, or 23, integrity violation), as opposed to being out of reach: only then can
+// one event be the reason a batch failed.
+func rejectedData(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23"))
+}
+
+// write stores one batch in one transaction and enqueues jobs for the new handled events.
+func (in *Ingester) write(ctx context.Context, reqs []*request) ([]Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, in.cfg.Timeout)
+	defer cancel()
+	evs := make([]events.Event, len(reqs))
+	for i, req := range reqs {
+		evs[i] = req.ev
+	}
+	results := make([]Result, len(reqs))
+	err := in.store.InTx(ctx, func(tx pgx.Tx) error {
+		isNew, err := in.store.InsertEventsTx(ctx, tx, evs)
+		if err != nil {
+			return err
+		}
+		var toEnqueue []events.Event
+		for i, ev := range evs {
+			results[i].Duplicate = !isNew[i]
+			if isNew[i] && events.Handled(ev.Type) {
+				toEnqueue = append(toEnqueue, ev)
+			}
+		}
+		return in.jobs.EnqueueEventsTx(ctx, tx, toEnqueue)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store events: %w", err)
+	}
+	return results, nil
+}

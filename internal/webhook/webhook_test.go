@@ -1,0 +1,363 @@
+package webhook_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/keysync/keysync/internal/jobs"
+	"github.com/keysync/keysync/internal/pgtest"
+	"github.com/keysync/keysync/internal/postgres"
+	wh "github.com/keysync/keysync/internal/webhook"
+)
+
+const (
+	secret1 = "whsec_test_first_0123456789abcdef"
+	secret2 = "whsec_test_second_0123456789abcdef"
+)
+
+type bundle struct {
+	pool     *pgxpool.Pool
+	server   *httptest.Server
+	ingester *wh.Ingester
+	logs     *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type options struct {
+	poolURL       string
+	acceptVersion []string
+}
+
+func setup(t *testing.T, opts options) *bundle {
+	t.Helper()
+	url := opts.poolURL
+	if url == "" {
+		url = pgtest.URL(t)
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.ConnectTimeout = 2 * time.Second
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	client, err := jobs.NewClient(pool, jobs.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	log := zerolog.New(logs)
+	ing := wh.NewIngester(postgres.NewStore(pool), jobs.NewEnqueuer(client), log, wh.IngesterConfig{})
+	ing.Start(context.Background())
+	t.Cleanup(ing.Stop)
+	h, err := wh.NewHandler(wh.Config{Secrets: []string{secret1, secret2}, AcceptAPIVersions: opts.acceptVersion}, ing, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return &bundle{pool: pool, server: srv, ingester: ing, logs: logs}
+}
+
+func event(id, typ, apiVersion string) []byte {
+	return fmt.Appendf(nil, `{"id":%q,"object":"event","api_version":%q,"created":1700000000,"livemode":false,`+
+		`"pending_webhooks":1,"type":%q,"data":{"object":{"id":"in_1","object":"invoice","subscription":"sub_1"}}}`,
+		id, apiVersion, typ)
+}
+
+func sign(body []byte, secret string, at time.Time, scheme string) string {
+	return webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{
+		Payload: body, Secret: secret, Timestamp: at, Scheme: scheme,
+	}).Header
+}
+
+func (b *bundle) post(t *testing.T, body []byte, header string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, b.server.URL, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if header != "" {
+		req.Header.Set("Stripe-Signature", header)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(out)
+}
+
+func (b *bundle) count(t *testing.T, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := b.pool.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (b *bundle) events(t *testing.T) int { return b.count(t, `SELECT count(*) FROM stripe_events`) }
+func (b *bundle) jobs(t *testing.T) int   { return b.count(t, `SELECT count(*) FROM river_job`) }
+
+func TestSignatures(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	body := event("evt_sig", "invoice.paid", "2023-10-16")
+	tampered := bytes.Replace(body, []byte("sub_1"), []byte("sub_2"), 1)
+	tests := map[string]struct {
+		body   []byte
+		header string
+		want   int
+		stored bool
+	}{
+		"valid":                   {body, sign(body, secret1, now, ""), 200, true},
+		"valid under 2nd secret":  {body, sign(body, secret2, now, ""), 200, true},
+		"wrong secret":            {body, sign(body, "whsec_other", now, ""), 400, false},
+		"tampered body":           {tampered, sign(body, secret1, now, ""), 400, false},
+		"timestamp 10 min old":    {body, sign(body, secret1, now.Add(-10*time.Minute), ""), 400, false},
+		"missing header":          {body, "", 400, false},
+		"only a v0 signature":     {body, sign(body, secret1, now, "v0"), 400, false},
+		"garbage header":          {body, "not-a-signature", 400, false},
+		"v0 and a bad v1":         {body, sign(body, secret1, now, "v0") + ",v1=00ff", 400, false},
+		"rotation: 2 sigs, 1 ok": {body, sign(body, "whsec_old", now, "") + ",v1=" + strings.Split(sign(body, secret2, now, ""), "v1=")[1], 200, true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, options{})
+			got, resp := b.post(t, tc.body, tc.header)
+			if got != tc.want {
+				t.Fatalf("got status %d (%s), want %d", got, resp, tc.want)
+			}
+			wantRows := 0
+			if tc.stored {
+				wantRows = 1
+			}
+			if n := b.events(t); n != wantRows {
+				t.Fatalf("got %d stripe_events rows, want %d", n, wantRows)
+			}
+			if n := b.jobs(t); n != wantRows {
+				t.Fatalf("got %d jobs, want %d", n, wantRows)
+			}
+			if !tc.stored {
+				logs := b.logs.String()
+				if c := strings.Count(logs, `"level":"warn"`); c != 1 {
+					t.Fatalf("got %d warn lines, want 1: %s", c, logs)
+				}
+				for _, secret := range []string{secret1, secret2, "sub_1", "invoice.paid"} {
+					if strings.Contains(logs, secret) {
+						t.Fatalf("log leaks %q: %s", secret, logs)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestConcurrentDuplicateDeliveries(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	body := event("evt_dup", "invoice.paid", "2023-10-16")
+	header := sign(body, secret1, time.Now(), "")
+	const n = 50
+	statuses := make([]int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i], _ = b.post(t, body, header)
+		}()
+	}
+	wg.Wait()
+	for i, s := range statuses {
+		if s != 200 {
+			t.Fatalf("delivery %d: got %d, want 200", i, s)
+		}
+	}
+	if got := b.events(t); got != 1 {
+		t.Fatalf("got %d stripe_events rows, want 1", got)
+	}
+	if got := b.jobs(t); got != 1 {
+		t.Fatalf("got %d jobs, want 1", got)
+	}
+	// A later redelivery is acknowledged as a duplicate and enqueues nothing.
+	_, resp := b.post(t, body, sign(body, secret1, time.Now(), ""))
+	if !strings.Contains(resp, `"duplicate":true`) || b.jobs(t) != 1 {
+		t.Fatalf("got %s and %d jobs, want a duplicate answer and still 1 job", resp, b.jobs(t))
+	}
+}
+
+func TestDatabaseOutage(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	hp, err := pgtest.HostPort(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := pgtest.NewProxy(t, hp)
+	b := setup(t, options{poolURL: pgtest.WithHostPort(url, proxy.Addr())})
+
+	first := event("evt_before", "invoice.paid", "2023-10-16")
+	if got, resp := b.post(t, first, sign(first, secret1, time.Now(), "")); got != 200 {
+		t.Fatalf("before the outage: got %d (%s), want 200", got, resp)
+	}
+	proxy.Cut()
+	during := event("evt_during", "invoice.paid", "2023-10-16")
+	got, resp := b.post(t, during, sign(during, secret1, time.Now(), ""))
+	if got != http.StatusServiceUnavailable {
+		t.Fatalf("during the outage: got %d (%s), want 503", got, resp)
+	}
+	if strings.Contains(resp, "127.0.0.1") || strings.Contains(resp, "dial") {
+		t.Fatalf("503 body leaks internals: %s", resp)
+	}
+	proxy.Restore()
+	// Stripe redelivers the event that got the 503; it lands.
+	if got, resp := b.post(t, during, sign(during, secret1, time.Now(), "")); got != 200 {
+		t.Fatalf("after the outage: got %d (%s), want 200", got, resp)
+	}
+	if n := b.count(t, `SELECT count(*) FROM stripe_events WHERE id IN ('evt_before', 'evt_during')`); n != 2 {
+		t.Fatalf("got %d of the 2 events stored, want 2", n)
+	}
+	if n := b.jobs(t); n != 2 {
+		t.Fatalf("got %d jobs, want 2", n)
+	}
+}
+
+func TestBodyTooLarge(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	pad := strings.Repeat("x", wh.DefaultMaxBody)
+	body := []byte(strings.Replace(string(event("evt_big", "invoice.paid", "2023-10-16")), `"in_1"`, `"`+pad+`"`, 1))
+	got, _ := b.post(t, body, sign(body, secret1, time.Now(), ""))
+	if got != http.StatusRequestEntityTooLarge {
+		t.Fatalf("got %d, want 413", got)
+	}
+	// Without a Content-Length the limit still holds while reading.
+	req, _ := http.NewRequest(http.MethodPost, b.server.URL, io.MultiReader(bytes.NewReader(body)))
+	req.ContentLength = -1
+	req.Header.Set("Stripe-Signature", sign(body, secret1, time.Now(), ""))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("chunked: got %d, want 413", resp.StatusCode)
+	}
+	if n := b.events(t); n != 0 {
+		t.Fatalf("got %d rows, want 0", n)
+	}
+}
+
+func TestUnknownTypeIsStoredIgnored(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	body := event("evt_unknown", "customer.tax_id.created", "2023-10-16")
+	if got, resp := b.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 {
+		t.Fatalf("got %d (%s), want 200", got, resp)
+	}
+	if n := b.count(t, `SELECT count(*) FROM stripe_events WHERE id = 'evt_unknown' AND status = 'ignored'`); n != 1 {
+		t.Fatalf("got %d ignored rows, want 1", n)
+	}
+	if n := b.jobs(t); n != 0 {
+		t.Fatalf("got %d jobs for an ignored type, want 0", n)
+	}
+}
+
+func TestHandledTypeEnqueuesItsJob(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	body := event("evt_job", "customer.subscription.updated", "2023-10-16")
+	if got, _ := b.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 {
+		t.Fatalf("got %d, want 200", got)
+	}
+	n := b.count(t, `SELECT count(*) FROM river_job WHERE kind = 'stripe_event' AND queue = 'events'
+		AND args->>'event_id' = 'evt_job' AND args->>'type' = 'customer.subscription.updated'`)
+	if n != 1 {
+		t.Fatalf("got %d matching jobs, want 1", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM stripe_events WHERE id = 'evt_job' AND status = 'pending'
+		AND payload->'data'->'object'->>'subscription' = 'sub_1' AND source = 'webhook'`); n != 1 {
+		t.Fatalf("got %d pending rows with the payload, want 1", n)
+	}
+}
+
+func TestAPIVersion(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	body := event("evt_old", "invoice.paid", "2020-08-27")
+	got, resp := b.post(t, body, sign(body, secret1, time.Now(), ""))
+	if got != 400 {
+		t.Fatalf("got %d, want 400", got)
+	}
+	for _, want := range []string{"2020-08-27", "api_version=2023-10-16", "STRIPE_ACCEPT_API_VERSIONS"} {
+		if !strings.Contains(resp, want) {
+			t.Fatalf("got body %s, want it to mention %q", resp, want)
+		}
+	}
+	if n := b.events(t); n != 0 {
+		t.Fatalf("got %d rows, want 0", n)
+	}
+
+	accepting := setup(t, options{acceptVersion: []string{"2020-08-27"}})
+	if got, resp := accepting.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 {
+		t.Fatalf("with STRIPE_ACCEPT_API_VERSIONS: got %d (%s), want 200", got, resp)
+	}
+}
+
+func TestNotAnEvent(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	for _, body := range [][]byte{[]byte(`not json`), []byte(`{"id":"evt_1"}`), []byte(`{"id":"cus_1","object":"customer","type":"x"}`)} {
+		if got, _ := b.post(t, body, sign(body, secret1, time.Now(), "")); got != 400 {
+			t.Fatalf("%s: got %d, want 400", body, got)
+		}
+	}
+	if n := b.events(t); n != 0 {
+		t.Fatalf("got %d rows, want 0", n)
+	}
+}
+
+func TestStoppedIngesterAnswers503(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	b.ingester.Stop()
+	body := event("evt_late", "invoice.paid", "2023-10-16")
+	if got, _ := b.post(t, body, sign(body, secret1, time.Now(), "")); got != http.StatusServiceUnavailable {
+		t.Fatalf("got %d, want 503", got)
+	}
+}
