@@ -143,15 +143,15 @@ func TestSignatures(t *testing.T) {
 		want   int
 		stored bool
 	}{
-		"valid":                   {body, sign(body, secret1, now, ""), 200, true},
-		"valid under 2nd secret":  {body, sign(body, secret2, now, ""), 200, true},
-		"wrong secret":            {body, sign(body, "whsec_other", now, ""), 400, false},
-		"tampered body":           {tampered, sign(body, secret1, now, ""), 400, false},
-		"timestamp 10 min old":    {body, sign(body, secret1, now.Add(-10*time.Minute), ""), 400, false},
-		"missing header":          {body, "", 400, false},
-		"only a v0 signature":     {body, sign(body, secret1, now, "v0"), 400, false},
-		"garbage header":          {body, "not-a-signature", 400, false},
-		"v0 and a bad v1":         {body, sign(body, secret1, now, "v0") + ",v1=00ff", 400, false},
+		"valid":                  {body, sign(body, secret1, now, ""), 200, true},
+		"valid under 2nd secret": {body, sign(body, secret2, now, ""), 200, true},
+		"wrong secret":           {body, sign(body, "whsec_other", now, ""), 400, false},
+		"tampered body":          {tampered, sign(body, secret1, now, ""), 400, false},
+		"timestamp 10 min old":   {body, sign(body, secret1, now.Add(-10*time.Minute), ""), 400, false},
+		"missing header":         {body, "", 400, false},
+		"only a v0 signature":    {body, sign(body, secret1, now, "v0"), 400, false},
+		"garbage header":         {body, "not-a-signature", 400, false},
+		"v0 and a bad v1":        {body, sign(body, secret1, now, "v0") + ",v1=00ff", 400, false},
 		"rotation: 2 sigs, 1 ok": {body, sign(body, "whsec_old", now, "") + ",v1=" + strings.Split(sign(body, secret2, now, ""), "v1=")[1], 200, true},
 	}
 	for name, tc := range tests {
