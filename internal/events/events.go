@@ -3,8 +3,13 @@
 package events
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
 	"sort"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // StripeAPIVersion is the Stripe API version keysync's stripe-go (v76) decodes. Webhook
@@ -82,4 +87,47 @@ func (e Event) InitialStatus() Status {
 		return StatusPending
 	}
 	return StatusIgnored
+}
+
+// nulEscape is how a NUL character appears inside a JSON string.
+var nulEscape = []byte(`\u0000`)
+
+// StorablePayload returns payload in a form Postgres' jsonb accepts. jsonb refuses the
+// NUL character, which is valid JSON and can reach an event through free-text fields
+// such as metadata, and invalid UTF-8. Refusing the event would make Stripe redeliver it
+// for days to no avail, so both become U+FFFD; the worker reads the objects fresh from
+// Stripe anyway. A payload without either is returned as it is, without a copy.
+func StorablePayload(payload []byte) ([]byte, error) {
+	if !bytes.Contains(payload, nulEscape) && utf8.Valid(payload) {
+		return payload, nil
+	}
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.UseNumber() // keep ids and amounts exactly as sent
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("payload: %w", err)
+	}
+	out, err := json.Marshal(replaceNUL(v))
+	if err != nil {
+		return nil, fmt.Errorf("payload: %w", err)
+	}
+	return out, nil
+}
+
+func replaceNUL(v any) any {
+	switch t := v.(type) {
+	case string:
+		return strings.ReplaceAll(t, "\x00", "\uFFFD")
+	case []any:
+		for i := range t {
+			t[i] = replaceNUL(t[i])
+		}
+	case map[string]any:
+		out := make(map[string]any, len(t))
+		for k, val := range t {
+			out[strings.ReplaceAll(k, "\x00", "\uFFFD")] = replaceNUL(val)
+		}
+		return out
+	}
+	return v
 }

@@ -143,12 +143,16 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (events.Event, e
 	if err := json.Unmarshal(body, &env); err != nil || env.ID == "" || env.Type == "" || env.Object != "event" {
 		return ev, errNotAnEvent
 	}
+	payload, err := events.StorablePayload(body)
+	if err != nil {
+		return ev, errNotAnEvent
+	}
 	ev = events.Event{
 		ID:       env.ID,
 		Type:     env.Type,
 		Created:  time.Unix(env.Created, 0).UTC(),
 		Livemode: env.Livemode,
-		Payload:  body,
+		Payload:  payload,
 		Source:   events.SourceWebhook,
 	}
 	if env.APIVersion != nil {
