@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -149,4 +152,53 @@ func migrationState(ctx context.Context, provider *goose.Provider, pool *pgxpool
 		st.RiverCurrent = max(st.RiverCurrent, v.Version)
 	}
 	return st, nil
+}
+
+// MigrationsCurrent reports whether every migration this binary knows is applied, with
+// a short description of the versions, for /readyz. It costs one query, so probes can
+// call it often.
+func (s *Store) MigrationsCurrent(ctx context.Context) (bool, string, error) {
+	target, err := migrationTargets()
+	if err != nil {
+		return false, "", err
+	}
+	st := target
+	err = s.pool.QueryRow(ctx, `SELECT
+		(SELECT coalesce(max(version_id), 0) FROM goose_db_version WHERE is_applied),
+		(SELECT coalesce(max(version), 0) FROM river_migration WHERE line = 'main')`).
+		Scan(&st.GooseCurrent, &st.RiverCurrent)
+	if err != nil {
+		return false, "", fmt.Errorf("migration versions: %w", translate(err))
+	}
+	return st.Current(), st.String(), nil
+}
+
+// migrationTargets returns the latest versions this binary knows (the Current fields
+// are zero).
+var migrationTargets = sync.OnceValues(func() (MigrationState, error) {
+	var st MigrationState
+	names, err := MigrationSources()
+	if err != nil {
+		return st, err
+	}
+	for _, n := range names {
+		v, err := strconv.ParseInt(strings.SplitN(n, "_", 2)[0], 10, 64)
+		if err != nil {
+			return st, fmt.Errorf("migration file %s: no version prefix", n)
+		}
+		st.GooseTarget = max(st.GooseTarget, v)
+	}
+	m, err := newRiverMigrator(nil, nil)
+	if err != nil {
+		return st, err
+	}
+	for _, v := range m.AllVersions() {
+		st.RiverTarget = max(st.RiverTarget, v.Version)
+	}
+	return st, nil
+})
+
+// String describes the state as "goose 1/1, river 8/8".
+func (m MigrationState) String() string {
+	return fmt.Sprintf("goose %d/%d, river %d/%d", m.GooseCurrent, m.GooseTarget, m.RiverCurrent, m.RiverTarget)
 }

@@ -98,9 +98,14 @@ func (s *Store) begin(ctx context.Context) (pgx.Tx, error) {
 	return tx, err
 }
 
-// Ping checks that the database answers.
+// Ping checks that the database answers. It tries twice: after an outage the pool's
+// first idle connection may be a dead one, and that is no reason to report not ready.
 func (s *Store) Ping(ctx context.Context) error {
-	return translate(s.pool.Ping(ctx))
+	err := s.pool.Ping(ctx)
+	if err != nil && ctx.Err() == nil {
+		err = s.pool.Ping(ctx)
+	}
+	return translate(err)
 }
 
 // translate maps driver errors to the package's sentinels: anything that says the

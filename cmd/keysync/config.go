@@ -1,0 +1,324 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
+)
+
+// config is keysync's configuration, read from the environment (12-factor).
+type config struct {
+	DatabaseURL          string
+	DBMaxConns           int
+	StripeAPIKey         string
+	StripeAPIBase        string
+	StripeWebhookSecrets []string
+	StripeAcceptVersions []string
+	CryptolensToken      string
+	CryptolensAPIBase    string
+	CryptolensProductID  int
+	Listen               string
+	AdminToken           string
+	BufferDays           int
+	PlansFile            string
+	DryRun               bool
+	ReconcileInterval    time.Duration
+	ShutdownTimeout      time.Duration
+	LogLevel             zerolog.Level
+	LogFormat            string
+}
+
+// setting is one environment variable: its name, default, whether it is a secret (then
+// NAME_FILE is accepted too and the value is never printed), what it means, and how it
+// is parsed into the config.
+type setting struct {
+	name     string
+	def      string
+	secret   bool
+	required bool
+	// later names the issue whose feature reads the value; until then it is only
+	// validated. Empty for settings in effect now.
+	later string
+	doc   string
+	set   func(c *config, v string) error
+}
+
+// settings is the single list of variables: loading, the start-up print and the
+// README's table (checked by a test) all come from it.
+var settings = []setting{
+	{name: "DATABASE_URL", required: true, secret: true,
+		doc: "PostgreSQL connection URL. Holds a password, so it is masked when printed and accepted as `DATABASE_URL_FILE`.",
+		set: func(c *config, v string) error {
+			if _, err := pgconn.ParseConfig(v); err != nil {
+				// pgx's message can quote the value, password and all.
+				return errors.New("is not a valid PostgreSQL connection string (postgres://user:pass@host:5432/db)")
+			}
+			c.DatabaseURL = v
+			return nil
+		}},
+	{name: "KEYSYNC_DB_MAX_CONNS", def: "20",
+		doc: "Largest number of database connections per replica (webhook ingest, jobs and the admin API share them).",
+		set: func(c *config, v string) error { return intIn(&c.DBMaxConns, v, 2, 1000) }},
+	{name: "STRIPE_API_KEY", secret: true, later: "sync engine",
+		doc: "Stripe secret or restricted key (`sk_...`/`rk_...`) keysync reads subscriptions with.",
+		set: func(c *config, v string) error {
+			if !strings.HasPrefix(v, "sk_") && !strings.HasPrefix(v, "rk_") {
+				return errors.New("must be a Stripe secret (sk_...) or restricted (rk_...) key")
+			}
+			c.StripeAPIKey = v
+			return nil
+		}},
+	{name: "STRIPE_API_BASE", def: "https://api.stripe.com", later: "sync engine",
+		doc: "Stripe API base URL (the sandbox's URL in development).",
+		set: func(c *config, v string) error { return httpURL(&c.StripeAPIBase, v) }},
+	{name: "STRIPE_WEBHOOK_SECRETS", secret: true,
+		doc: "Comma-separated webhook signing secrets (`whsec_...`). An event signed with any one is accepted, so secrets rotate without downtime. Unset: no webhook endpoint.",
+		set: func(c *config, v string) error {
+			for _, s := range splitList(v) {
+				if !strings.HasPrefix(s, "whsec_") {
+					return errors.New("every secret must start with whsec_")
+				}
+				c.StripeWebhookSecrets = append(c.StripeWebhookSecrets, s)
+			}
+			return nil
+		}},
+	{name: "STRIPE_ACCEPT_API_VERSIONS",
+		doc: "Comma-separated Stripe API versions accepted besides `2023-10-16`. An escape hatch: events in other versions may lack fields keysync reads.",
+		set: func(c *config, v string) error {
+			for _, s := range splitList(v) {
+				if !apiVersionRe.MatchString(s) {
+					return fmt.Errorf("%q is not a Stripe API version (like 2023-10-16)", s)
+				}
+				c.StripeAcceptVersions = append(c.StripeAcceptVersions, s)
+			}
+			return nil
+		}},
+	{name: "CRYPTOLENS_TOKEN", secret: true, later: "sync engine",
+		doc: "Cryptolens access token with the key methods keysync calls.",
+		set: func(c *config, v string) error { c.CryptolensToken = v; return nil }},
+	{name: "CRYPTOLENS_API_BASE", def: "https://api.cryptolens.io", later: "sync engine",
+		doc: "Cryptolens Web API base URL (the sandbox's URL in development).",
+		set: func(c *config, v string) error { return httpURL(&c.CryptolensAPIBase, v) }},
+	{name: "CRYPTOLENS_PRODUCT_ID", later: "sync engine",
+		doc: "Cryptolens product that plans-file entries use when they name none. Maps nothing by itself.",
+		set: func(c *config, v string) error { return intIn(&c.CryptolensProductID, v, 1, 1<<31-1) }},
+	{name: "KEYSYNC_LISTEN", def: ":8080",
+		doc: "Address the HTTP server listens on (webhooks, health, metrics).",
+		set: func(c *config, v string) error {
+			if _, _, err := net.SplitHostPort(v); err != nil {
+				return errors.New("must be host:port or :port")
+			}
+			c.Listen = v
+			return nil
+		}},
+	{name: "KEYSYNC_ADMIN_TOKEN", secret: true, later: "operator surface",
+		doc: "Bearer token for the admin API. Unset: the admin API is off.",
+		set: func(c *config, v string) error {
+			if len(v) < 16 {
+				return errors.New("must be at least 16 characters")
+			}
+			c.AdminToken = v
+			return nil
+		}},
+	{name: "KEYSYNC_BUFFER_DAYS", def: "5", later: "sync engine",
+		doc: "Days of license beyond the paid-through date (35 days for a 30-day month).",
+		set: func(c *config, v string) error { return intIn(&c.BufferDays, v, 0, 365) }},
+	{name: "KEYSYNC_PLANS_FILE", later: "sync engine",
+		doc: "YAML file mapping Stripe prices/products to Cryptolens products, features and seats. Optional.",
+		set: func(c *config, v string) error {
+			if _, err := os.Stat(v); err != nil {
+				return errors.New("file cannot be read")
+			}
+			c.PlansFile = v
+			return nil
+		}},
+	{name: "KEYSYNC_DRY_RUN", def: "false", later: "sync engine",
+		doc: "`true`: run everything and audit it as `dry_run`, send no change to Cryptolens or Stripe.",
+		set: func(c *config, v string) error { return boolean(&c.DryRun, v) }},
+	{name: "KEYSYNC_RECONCILE_INTERVAL", def: "1h", later: "reconciliation",
+		doc: "How often the full sweep against Stripe runs.",
+		set: func(c *config, v string) error { return durationAtLeast(&c.ReconcileInterval, v, time.Minute) }},
+	{name: "KEYSYNC_SHUTDOWN_TIMEOUT", def: "30s",
+		doc: "How long a shutdown waits for in-flight requests and jobs before cancelling them.",
+		set: func(c *config, v string) error { return durationAtLeast(&c.ShutdownTimeout, v, time.Second) }},
+	{name: "LOG_LEVEL", def: "info",
+		doc: "`debug`, `info`, `warn` or `error`.",
+		set: func(c *config, v string) error {
+			lvl, err := zerolog.ParseLevel(v)
+			if err != nil || v == "" || lvl > zerolog.ErrorLevel || lvl < zerolog.DebugLevel {
+				return errors.New("must be debug, info, warn or error")
+			}
+			c.LogLevel = lvl
+			return nil
+		}},
+	{name: "LOG_FORMAT",
+		doc: "`json` or `console`. Default: console on a terminal, JSON otherwise.",
+		set: func(c *config, v string) error {
+			if v != "json" && v != "console" {
+				return errors.New("must be json or console")
+			}
+			c.LogFormat = v
+			return nil
+		}},
+}
+
+var apiVersionRe = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$`)
+
+// loadConfig reads the configuration through getenv and readFile. It reports every
+// invalid variable at once, each error naming its variable; no error contains a
+// secret's value.
+func loadConfig(getenv func(string) string, readFile func(string) ([]byte, error)) (config, error) {
+	var c config
+	var errs []error
+	for _, s := range settings {
+		v, err := lookup(s, getenv, readFile)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if v == "" {
+			v = s.def
+		}
+		if v == "" {
+			if s.required {
+				errs = append(errs, fmt.Errorf("%s is required: %s", s.name, firstSentence(s.doc)))
+			}
+			continue
+		}
+		if err := s.set(&c, v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
+		}
+	}
+	if c.LogFormat == "" {
+		c.LogFormat = "json"
+		if isTerminal(os.Stderr) {
+			c.LogFormat = "console"
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+// lookup returns a variable's value, reading NAME_FILE for secrets.
+func lookup(s setting, getenv func(string) string, readFile func(string) ([]byte, error)) (string, error) {
+	v := getenv(s.name)
+	if !s.secret {
+		return strings.TrimSpace(v), nil
+	}
+	path := getenv(s.name + "_FILE")
+	if path == "" {
+		return strings.TrimSpace(v), nil
+	}
+	if v != "" {
+		return "", fmt.Errorf("%s and %s_FILE are both set: use one", s.name, s.name)
+	}
+	b, err := readFile(path)
+	if err != nil {
+		// The path is not secret; the file's content is.
+		return "", fmt.Errorf("%s_FILE: cannot read %s", s.name, path)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// logConfig prints the configuration once, secrets masked.
+func logConfig(log zerolog.Logger, getenv func(string) string) {
+	ev := log.Info()
+	for _, s := range settings {
+		v := getenv(s.name)
+		if s.secret && getenv(s.name+"_FILE") != "" {
+			v = "(from file)"
+		}
+		switch {
+		case v == "" && s.def != "":
+			v = s.def
+		case v == "":
+			v = "(unset)"
+		case s.name == "DATABASE_URL" && v != "(from file)":
+			v = redactURL(v)
+		case s.secret && v != "(from file)":
+			v = "(set, masked)"
+		}
+		ev = ev.Str(s.name, v)
+	}
+	ev.Msg("configuration")
+}
+
+// redactURL masks a URL's password; an unparseable value is masked whole.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(set, masked)"
+	}
+	q := u.Query()
+	if q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
+}
+
+func firstSentence(s string) string {
+	if i := strings.Index(s, ". "); i >= 0 {
+		return s[:i+1]
+	}
+	return s
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func intIn(dst *int, v string, lo, hi int) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return fmt.Errorf("must be a whole number from %d to %d, got %q", lo, hi, v)
+	}
+	*dst = n
+	return nil
+}
+
+func boolean(dst *bool, v string) error {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("must be true or false, got %q", v)
+	}
+	*dst = b
+	return nil
+}
+
+func durationAtLeast(dst *time.Duration, v string, min time.Duration) error {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < min {
+		return fmt.Errorf("must be a duration of at least %s (like 90s, 5m, 1h), got %q", min, v)
+	}
+	*dst = d
+	return nil
+}
+
+func httpURL(dst *string, v string) error {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("must be an http(s) URL, got %q", v)
+	}
+	*dst = strings.TrimRight(v, "/")
+	return nil
+}
+
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

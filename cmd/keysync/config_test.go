@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func noFiles(string) ([]byte, error) { return nil, os.ErrNotExist }
+
+const validDB = "postgres://keysync:dbpassword-xyz@db.internal:5432/keysync"
+
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := loadConfig(env(map[string]string{"DATABASE_URL": validDB}), noFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != ":8080" || c.BufferDays != 5 || c.DryRun || c.ReconcileInterval != time.Hour ||
+		c.StripeAPIBase != "https://api.stripe.com" || c.CryptolensAPIBase != "https://api.cryptolens.io" ||
+		c.LogLevel != zerolog.InfoLevel || c.ShutdownTimeout != 30*time.Second {
+		t.Fatalf("got %+v, want the documented defaults", c)
+	}
+}
+
+func TestConfigErrorsNameTheVariable(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		env     map[string]string
+		wantVar string
+	}{
+		"missing database":   {map[string]string{}, "DATABASE_URL is required"},
+		"bad database":       {map[string]string{"DATABASE_URL": "mysql://secret-pw@x"}, "DATABASE_URL:"},
+		"bad webhook secret": {map[string]string{"STRIPE_WEBHOOK_SECRETS": "whsec_ok,sk_live_secret-pw"}, "STRIPE_WEBHOOK_SECRETS:"},
+		"bad stripe key":     {map[string]string{"STRIPE_API_KEY": "pk_live_secret-pw"}, "STRIPE_API_KEY:"},
+		"bad buffer":         {map[string]string{"KEYSYNC_BUFFER_DAYS": "-1"}, "KEYSYNC_BUFFER_DAYS:"},
+		"bad interval":       {map[string]string{"KEYSYNC_RECONCILE_INTERVAL": "5s"}, "KEYSYNC_RECONCILE_INTERVAL:"},
+		"bad listen":         {map[string]string{"KEYSYNC_LISTEN": "8080"}, "KEYSYNC_LISTEN:"},
+		"bad dry run":        {map[string]string{"KEYSYNC_DRY_RUN": "maybe"}, "KEYSYNC_DRY_RUN:"},
+		"bad log level":      {map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL:"},
+		"bad log format":     {map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT:"},
+		"bad product":        {map[string]string{"CRYPTOLENS_PRODUCT_ID": "abc"}, "CRYPTOLENS_PRODUCT_ID:"},
+		"bad api base":       {map[string]string{"STRIPE_API_BASE": "ftp://x"}, "STRIPE_API_BASE:"},
+		"bad api version":    {map[string]string{"STRIPE_ACCEPT_API_VERSIONS": "latest"}, "STRIPE_ACCEPT_API_VERSIONS:"},
+		"short admin token":  {map[string]string{"KEYSYNC_ADMIN_TOKEN": "secret-pw"}, "KEYSYNC_ADMIN_TOKEN:"},
+		"missing plans":      {map[string]string{"KEYSYNC_PLANS_FILE": "/nonexistent/plans.yaml"}, "KEYSYNC_PLANS_FILE:"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if _, ok := tc.env["DATABASE_URL"]; !ok && name != "missing database" {
+				tc.env["DATABASE_URL"] = validDB
+			}
+			_, err := loadConfig(env(tc.env), noFiles)
+			if err == nil || !strings.Contains(err.Error(), tc.wantVar) {
+				t.Fatalf("got %v, want an error naming %q", err, tc.wantVar)
+			}
+			if strings.Contains(err.Error(), "secret-pw") {
+				t.Fatalf("error leaks a secret value: %v", err)
+			}
+		})
+	}
+}
+
+func TestConfigReportsEveryError(t *testing.T) {
+	t.Parallel()
+	_, err := loadConfig(env(map[string]string{"KEYSYNC_BUFFER_DAYS": "x", "LOG_LEVEL": "x"}), noFiles)
+	for _, v := range []string{"DATABASE_URL", "KEYSYNC_BUFFER_DAYS", "LOG_LEVEL"} {
+		if err == nil || !strings.Contains(err.Error(), v) {
+			t.Fatalf("got %v, want it to name %s", err, v)
+		}
+	}
+}
+
+func TestConfigSecretFiles(t *testing.T) {
+	t.Parallel()
+	files := map[string]string{"/run/secrets/whsec": "whsec_a, whsec_b\n", "/run/secrets/db": validDB + "\n"}
+	read := func(p string) ([]byte, error) {
+		if s, ok := files[p]; ok {
+			return []byte(s), nil
+		}
+		return nil, os.ErrNotExist
+	}
+	c, err := loadConfig(env(map[string]string{
+		"DATABASE_URL_FILE":           "/run/secrets/db",
+		"STRIPE_WEBHOOK_SECRETS_FILE": "/run/secrets/whsec",
+	}), read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DatabaseURL != validDB || len(c.StripeWebhookSecrets) != 2 || c.StripeWebhookSecrets[1] != "whsec_b" {
+		t.Fatalf("got %q and %q, want values from the files", c.DatabaseURL, c.StripeWebhookSecrets)
+	}
+
+	_, err = loadConfig(env(map[string]string{"DATABASE_URL": validDB, "DATABASE_URL_FILE": "/run/secrets/db"}), read)
+	if err == nil || !strings.Contains(err.Error(), "both set") {
+		t.Fatalf("got %v, want a both-set error", err)
+	}
+	_, err = loadConfig(env(map[string]string{"DATABASE_URL": validDB, "CRYPTOLENS_TOKEN_FILE": "/missing"}), read)
+	if err == nil || !strings.Contains(err.Error(), "CRYPTOLENS_TOKEN_FILE: cannot read /missing") {
+		t.Fatalf("got %v, want a read error naming the variable and path", err)
+	}
+	_, err = loadConfig(env(map[string]string{"LOG_LEVEL_FILE": "/run/secrets/db", "DATABASE_URL": validDB}), read)
+	if err != nil {
+		t.Fatalf("got %v: a _FILE variant of a non-secret is simply not read", err)
+	}
+}
+
+func TestLogConfigMasksSecrets(t *testing.T) {
+	t.Parallel()
+	vars := map[string]string{
+		"DATABASE_URL":           validDB,
+		"STRIPE_API_KEY":         "sk_test_secret-stripe-key",
+		"STRIPE_WEBHOOK_SECRETS": "whsec_secret-one,whsec_secret-two",
+		"CRYPTOLENS_TOKEN":       "WyIsecret-cryptolens-token",
+		"KEYSYNC_ADMIN_TOKEN":    "secret-admin-token-0123456789",
+		"KEYSYNC_BUFFER_DAYS":    "7",
+	}
+	var buf bytes.Buffer
+	logConfig(zerolog.New(&buf), env(vars))
+	out := buf.String()
+	for _, leak := range []string{"dbpassword-xyz", "secret-stripe-key", "secret-one", "secret-two", "secret-cryptolens-token", "secret-admin-token"} {
+		if strings.Contains(out, leak) {
+			t.Fatalf("config line leaks %q: %s", leak, out)
+		}
+	}
+	for _, want := range []string{`"KEYSYNC_BUFFER_DAYS":"7"`, `"KEYSYNC_LISTEN":":8080"`, `db.internal:5432`, `"STRIPE_API_KEY":"(set, masked)"`, `"KEYSYNC_PLANS_FILE":"(unset)"`} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("config line lacks %s: %s", want, out)
+		}
+	}
+	if n := strings.Count(out, "\n"); n != 1 {
+		t.Fatalf("got %d lines, want the configuration printed once", n)
+	}
+}
+
+// The README's configuration table lists exactly the variables the code reads.
+func TestREADMEConfigTable(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := regexp.MustCompile("(?m)^\\| `([A-Z_]+)` \\|").FindAllStringSubmatch(string(readme), -1)
+	documented := map[string]bool{}
+	for _, r := range rows {
+		documented[r[1]] = true
+	}
+	for _, s := range settings {
+		if !documented[s.name] {
+			t.Errorf("README's configuration table lacks %s", s.name)
+		}
+		delete(documented, s.name)
+	}
+	for name := range documented {
+		t.Errorf("README documents %s, which the code does not read", name)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	for _, args := range [][]string{nil, {"frobnicate"}, {"serve"}} {
+		err := run(t.Context(), args, env(nil), &out, &errOut, nil)
+		if !errors.Is(err, errUsage) {
+			t.Fatalf("%v: got %v, want a usage error", args, err)
+		}
+	}
+	if err := run(t.Context(), []string{"version"}, env(nil), &out, &errOut, nil); err != nil || !strings.Contains(out.String(), "2023-10-16") {
+		t.Fatalf("version: got %v, %q", err, out.String())
+	}
+}

@@ -1,0 +1,134 @@
+// Command keysync keeps Cryptolens license keys in sync with Stripe subscriptions.
+//
+// Usage: keysync serve | migrate [up|status] | version | help
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/postgres"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+const usage = `keysync keeps Cryptolens license keys in sync with Stripe subscriptions.
+
+Usage:
+  keysync serve            run the daemon: webhooks, jobs, health (migrates first)
+  keysync migrate [up]     apply database migrations (keysync's and River's)
+  keysync migrate status   show applied and pending migrations
+  keysync version          print the version
+  keysync help             print this help
+
+Configuration comes from environment variables; see the README.
+`
+
+// errUsage marks errors in the command line or configuration: exit status 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr, nil)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "keysync: %v\n", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// run executes one subcommand. onServing, if set, is told the address serve listens on.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, onServing func(addr string)) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("%w: no command given", errUsage)
+	}
+	switch args[0] {
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "version", "--version":
+		fmt.Fprintf(stdout, "keysync %s (Stripe API %s, %s)\n", version, events.StripeAPIVersion, runtime.Version())
+		return nil
+	case "serve", "migrate":
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+	}
+
+	cfg, err := loadConfig(getenv, os.ReadFile)
+	if err != nil {
+		return fmt.Errorf("%w: configuration:\n%w", errUsage, err)
+	}
+	log := newLogger(cfg, stderr)
+
+	switch args[0] {
+	case "serve":
+		if len(args) > 1 {
+			return fmt.Errorf("%w: serve takes no arguments", errUsage)
+		}
+		logConfig(log, getenv)
+		return serve(ctx, cfg, log, onServing)
+	default:
+		return migrate(ctx, cfg, log, args[1:], stdout)
+	}
+}
+
+func newLogger(cfg config, w io.Writer) zerolog.Logger {
+	if cfg.LogFormat == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(cfg.LogLevel).With().Timestamp().Logger()
+}
+
+// slogFor bridges a zerolog logger for the libraries that log through slog (River,
+// goose).
+func slogFor(log zerolog.Logger, component string) *slog.Logger {
+	return slog.New(zerolog.NewSlogHandler(log.With().Str("component", component).Logger()))
+}
+
+func migrate(ctx context.Context, cfg config, log zerolog.Logger, args []string, stdout io.Writer) error {
+	action := "up"
+	if len(args) > 0 {
+		action = args[0]
+	}
+	if len(args) > 1 || (action != "up" && action != "status") {
+		return fmt.Errorf("%w: migrate takes up or status", errUsage)
+	}
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.PoolConfig{MaxConns: 4})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	var st postgres.MigrationState
+	if action == "up" {
+		st, err = postgres.Migrate(ctx, pool, slogFor(log, "migrate"))
+	} else {
+		st, err = postgres.Migrations(ctx, pool)
+	}
+	if err != nil {
+		return err
+	}
+	state := "current"
+	if !st.Current() {
+		state = "pending"
+	}
+	fmt.Fprintf(stdout, "keysync migrations: %d of %d applied\nriver migrations:   %d of %d applied\nschema: %s\n",
+		st.GooseCurrent, st.GooseTarget, st.RiverCurrent, st.RiverTarget, state)
+	return nil
+}

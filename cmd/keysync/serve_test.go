@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/keysync/keysync/internal/pgtest"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// withPassword adds a password to the test database's URL. The local server trusts
+// loopback connections, so the password is ignored, but keysync must never print it.
+func withPassword(raw, pw string) string {
+	u, _ := url.Parse(raw)
+	u.User = url.UserPassword(u.User.Username(), pw)
+	return u.String()
+}
+
+// TestServeLifecycle starts keysync on an empty database, as a first deployment does,
+// and follows one event from webhook to processed, then shuts down on cancellation.
+func TestServeLifecycle(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.EmptyURL(t)
+	secrets := map[string]string{
+		"DATABASE_URL":           withPassword(dbURL, "db-secret-pw"),
+		"STRIPE_WEBHOOK_SECRETS": "whsec_old_secret_value,whsec_new_secret_value",
+		"STRIPE_API_KEY":         "sk_test_stripe_secret_value",
+		"CRYPTOLENS_TOKEN":       "cryptolens_secret_value",
+		"KEYSYNC_ADMIN_TOKEN":    "admin_secret_value_0123456789",
+	}
+	vars := map[string]string{"KEYSYNC_LISTEN": "127.0.0.1:0", "LOG_FORMAT": "json", "LOG_LEVEL": "debug"}
+	for k, v := range secrets {
+		vars[k] = v
+	}
+	logs := &lockedBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrCh := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve"}, env(vars), io.Discard, logs, func(a string) { addrCh <- a })
+	}()
+	var base string
+	select {
+	case a := <-addrCh:
+		base = "http://" + a
+	case err := <-done:
+		t.Fatalf("serve exited early: %v\n%s", err, logs)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("serve did not start\n%s", logs)
+	}
+
+	for path, want := range map[string]string{"/healthz": `"ok"`, "/readyz": `"ready"`, "/metrics": "go_goroutines"} {
+		code, body := get(t, base+path)
+		if code != 200 || !strings.Contains(body, want) {
+			t.Fatalf("GET %s: got %d %s, want 200 with %s", path, code, body, want)
+		}
+	}
+
+	body := []byte(`{"id":"evt_serve","object":"event","api_version":"2023-10-16","created":1700000000,` +
+		`"livemode":false,"type":"invoice.paid","data":{"object":{"id":"in_1","subscription":"sub_1"}}}`)
+	sig := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: body, Secret: "whsec_new_secret_value"})
+	resp, err := http.Post(base+"/webhooks/stripe", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("unsigned: got %d, want 400", resp.StatusCode)
+	}
+	req, _ := http.NewRequest(http.MethodPost, base+"/webhooks/stripe", bytes.NewReader(body))
+	req.Header.Set("Stripe-Signature", sig.Header)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("signed: got %d, want 200", resp.StatusCode)
+	}
+
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	pgtest.WaitFor(t, 20*time.Second, "the event job to run", func() bool {
+		var status string
+		_ = pool.QueryRow(context.Background(), `SELECT status FROM stripe_events WHERE id = 'evt_serve'`).Scan(&status)
+		return status == "processed"
+	})
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve returned %v, want nil after a clean shutdown", err)
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+
+	out := logs.String()
+	for name, secret := range secrets {
+		if name == "DATABASE_URL" {
+			secret = "db-secret-pw"
+		}
+		if strings.Contains(out, secret) {
+			t.Fatalf("logs contain the value of %s:\n%s", name, out)
+		}
+	}
+	for _, want := range []string{`"message":"configuration"`, `"message":"keysync serving"`, `"message":"stopped"`} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("logs lack %s:\n%s", want, out)
+		}
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Fatalf("log line is not JSON: %s", line)
+		}
+	}
+}
+
+func TestServeRefusesBadConfig(t *testing.T) {
+	t.Parallel()
+	err := run(t.Context(), []string{"serve"}, env(map[string]string{"DATABASE_URL": validDB, "KEYSYNC_BUFFER_DAYS": "many"}), io.Discard, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "KEYSYNC_BUFFER_DAYS") {
+		t.Fatalf("got %v, want a configuration error naming KEYSYNC_BUFFER_DAYS", err)
+	}
+}
+
+func TestMigrateCommand(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.EmptyURL(t)
+	var out bytes.Buffer
+	vars := env(map[string]string{"DATABASE_URL": dbURL, "LOG_FORMAT": "json", "LOG_LEVEL": "warn"})
+	if err := run(t.Context(), []string{"migrate", "status"}, vars, &out, io.Discard, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "schema: pending") {
+		t.Fatalf("status before: got %q, want pending", out.String())
+	}
+	out.Reset()
+	if err := run(t.Context(), []string{"migrate"}, vars, &out, io.Discard, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "schema: current") {
+		t.Fatalf("up: got %q, want current", out.String())
+	}
+	out.Reset()
+	if err := run(t.Context(), []string{"migrate", "status"}, vars, &out, io.Discard, nil); err != nil || !strings.Contains(out.String(), "schema: current") {
+		t.Fatalf("status after: got %v %q, want current", err, out.String())
+	}
+	err := run(t.Context(), []string{"migrate", "sideways"}, vars, &out, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "up or status") {
+		t.Fatalf("got %v, want a usage error", err)
+	}
+}
+
+func get(t *testing.T, u string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, fmt.Sprint(string(b))
+}

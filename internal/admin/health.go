@@ -1,0 +1,69 @@
+// Package admin serves keysync's operational HTTP endpoints: liveness, readiness and
+// metrics (and, later, the admin API).
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// Checker reports whether the database answers and its schema is current.
+type Checker interface {
+	Ping(ctx context.Context) error
+	MigrationsCurrent(ctx context.Context) (bool, string, error)
+}
+
+// Health serves /healthz and /readyz.
+type Health struct {
+	check    Checker
+	draining atomic.Bool
+}
+
+// NewHealth returns the health endpoints over check.
+func NewHealth(check Checker) *Health { return &Health{check: check} }
+
+// Drain makes /readyz answer 503 from now on, so a load balancer stops sending traffic
+// before the server stops accepting it.
+func (h *Health) Drain() { h.draining.Store(true) }
+
+// Healthz answers 200 while the process is alive and serving HTTP.
+func (h *Health) Healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// Readyz answers 200 when the database answers and every migration is applied, 503
+// with the reason otherwise. The reason never carries connection details.
+func (h *Health) Readyz(w http.ResponseWriter, r *http.Request) {
+	if h.draining.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := h.check.Ping(ctx); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "database": "unreachable"})
+		return
+	}
+	ok, detail, err := h.check.MigrationsCurrent(ctx)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "migrations": "unknown"})
+		return
+	}
+	if !ok {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "migrations": "pending: " + detail})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "migrations": detail})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		_, _ = fmt.Fprint(w, `{"status":"error"}`)
+	}
+}
