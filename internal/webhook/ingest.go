@@ -79,7 +79,9 @@ type reply struct {
 // NewIngester returns an Ingester; Start it before use.
 func NewIngester(store Store, jobs Enqueuer, log zerolog.Logger, cfg IngesterConfig) *Ingester {
 	if cfg.Committers <= 0 {
-		cfg.Committers = 4
+		// Measured (make bench): 2 beats 1 (no overlap of a commit with the next batch)
+		// and 4 (batches too small to amortise a transaction's four round trips).
+		cfg.Committers = 2
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 256
