@@ -26,6 +26,8 @@ type config struct {
 	CryptolensToken      string
 	CryptolensAPIBase    string
 	CryptolensProductID  int
+	CryptolensRateLimit  float64
+	CryptolensTimeout    time.Duration
 	Listen               string
 	AdminToken           string
 	BufferDays           int
@@ -111,6 +113,19 @@ var settings = []setting{
 	{name: "CRYPTOLENS_PRODUCT_ID", later: "sync engine",
 		doc: "Cryptolens product that plans-file entries use when they name none. Maps nothing by itself.",
 		set: func(c *config, v string) error { return intIn(&c.CryptolensProductID, v, 1, 1<<31-1) }},
+	{name: "CRYPTOLENS_RATE_LIMIT", def: "10", later: "sync engine",
+		doc: "Most Cryptolens requests per second per replica (Cryptolens documents no limit; this keeps keysync polite).",
+		set: func(c *config, v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 || f > 1000 {
+				return fmt.Errorf("must be a number of requests per second above 0 and up to 1000, got %q", v)
+			}
+			c.CryptolensRateLimit = f
+			return nil
+		}},
+	{name: "CRYPTOLENS_TIMEOUT", def: "15s", later: "sync engine",
+		doc: "Longest wait for one Cryptolens request.",
+		set: func(c *config, v string) error { return durationAtLeast(&c.CryptolensTimeout, v, 100*time.Millisecond) }},
 	{name: "KEYSYNC_LISTEN", def: ":8080",
 		doc: "Address the HTTP server listens on (webhooks, health, metrics).",
 		set: func(c *config, v string) error {
