@@ -1,0 +1,493 @@
+package stripesim
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Faults injects failures into the API (not into webhook delivery).
+type Faults struct {
+	// RateLimitRate answers that share of requests with HTTP 429 and Stripe's
+	// rate_limit error (which stripe-go does not retry).
+	RateLimitRate float64
+	// ErrorRate answers that share with HTTP 500 and an api_error.
+	ErrorRate float64
+	// Latency is added to every request.
+	Latency time.Duration
+}
+
+// SetFaults replaces the API's injected faults.
+func (s *Sim) SetFaults(f Faults) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = f
+}
+
+// Requests returns how many API requests each route received ("GET /v1/subscriptions"),
+// faulted ones included.
+func (s *Sim) Requests() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.requests))
+	for k, v := range s.requests {
+		out[k] = v
+	}
+	return out
+}
+
+type idemResult struct {
+	status int
+	body   []byte
+}
+
+type apiError struct {
+	status  int
+	typ     string
+	code    string
+	message string
+	param   string
+}
+
+func notFound(kind, id string) *apiError {
+	return &apiError{status: 404, typ: "invalid_request_error", code: "resource_missing", param: "id",
+		message: fmt.Sprintf("No such %s: '%s'", kind, id)}
+}
+
+func badRequest(param, format string, a ...any) *apiError {
+	return &apiError{status: 400, typ: "invalid_request_error", param: param, message: fmt.Sprintf(format, a...)}
+}
+
+// ServeHTTP serves the Stripe API routes keysync uses.
+func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	faults := s.faults
+	s.mu.Unlock()
+	if faults.Latency > 0 {
+		t := time.NewTimer(faults.Latency)
+		select {
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+	if err := r.ParseForm(); err != nil {
+		writeError(w, badRequest("", "Invalid request body"))
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	route := routeName(r)
+	s.requests[route]++
+	if !s.authorized(r) {
+		writeError(w, &apiError{status: 401, typ: "invalid_request_error",
+			message: "Invalid API Key provided: " + maskKey(bearer(r))})
+		return
+	}
+	switch {
+	case faults.RateLimitRate > 0 && s.rng.Float64() < faults.RateLimitRate:
+		writeError(w, &apiError{status: 429, typ: "invalid_request_error", code: "rate_limit",
+			message: "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits."})
+		return
+	case faults.ErrorRate > 0 && s.rng.Float64() < faults.ErrorRate:
+		writeError(w, &apiError{status: 500, typ: "api_error", message: "An unknown error occurred"})
+		return
+	}
+	if r.Method == http.MethodPost {
+		if key := r.Header.Get("Idempotency-Key"); key != "" {
+			if prev, ok := s.idempotent[key]; ok {
+				w.Header().Set("Idempotent-Replayed", "true")
+				writeRaw(w, prev.status, prev.body)
+				return
+			}
+			rec := &recorder{ResponseWriter: w}
+			s.route(rec, r)
+			if rec.status < 500 {
+				s.idempotent[key] = idemResult{status: rec.status, body: rec.body}
+			}
+			return
+		}
+	}
+	s.route(w, r)
+}
+
+type recorder struct {
+	http.ResponseWriter
+	status int
+	body   []byte
+}
+
+func (r *recorder) WriteHeader(status int) { r.status = status; r.ResponseWriter.WriteHeader(status) }
+func (r *recorder) Write(b []byte) (int, error) {
+	r.body = append(r.body, b...)
+	return r.ResponseWriter.Write(b)
+}
+
+func routeName(r *http.Request) string {
+	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	// Collapse ids so counts group by endpoint: /v1/subscriptions/{id}.
+	for i := 2; i < len(parts); i++ {
+		if strings.Contains(parts[i], "_") {
+			parts[i] = "{id}"
+		}
+	}
+	return r.Method + " /" + strings.Join(parts, "/")
+}
+
+func bearer(r *http.Request) string {
+	if u, _, ok := r.BasicAuth(); ok {
+		return u
+	}
+	return strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+}
+
+func (s *Sim) authorized(r *http.Request) bool { return bearer(r) == s.opts.APIKey }
+
+func maskKey(k string) string {
+	if len(k) <= 8 {
+		return "****"
+	}
+	return k[:8] + strings.Repeat("*", 12) + k[len(k)-4:]
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	body := obj{"type": e.typ, "message": e.message}
+	if e.code != "" {
+		body["code"] = e.code
+		body["doc_url"] = "https://stripe.com/docs/error-codes/" + strings.ReplaceAll(e.code, "_", "-")
+	}
+	if e.param != "" {
+		body["param"] = e.param
+	}
+	b, _ := json.Marshal(obj{"error": body})
+	writeRaw(w, e.status, b)
+}
+
+func writeRaw(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Request-Id", "req_sim")
+	w.Header().Set("Stripe-Version", APIVersion)
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, &apiError{status: 500, typ: "api_error", message: "render"})
+		return
+	}
+	writeRaw(w, http.StatusOK, b)
+}
+
+func (s *Sim) route(w http.ResponseWriter, r *http.Request) {
+	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	if len(parts) < 2 || parts[0] != "v1" {
+		writeError(w, &apiError{status: 404, typ: "invalid_request_error", message: "Unrecognized request URL (" + r.Method + ": " + r.URL.Path + ")."})
+		return
+	}
+	q := r.Form
+	exp := expansion(q["expand[]"])
+	get := r.Method == http.MethodGet
+	res, id := parts[1], ""
+	if len(parts) > 2 {
+		id = parts[2]
+	}
+	if res == "checkout" && len(parts) >= 3 && parts[2] == "sessions" {
+		res, id = "checkout/sessions", ""
+		if len(parts) > 3 {
+			id = parts[3]
+		}
+	}
+	var out any
+	var err *apiError
+	switch {
+	case res == "subscriptions" && get && id == "":
+		out, err = s.listSubscriptions(q)
+	case res == "subscriptions" && get:
+		sub, ok := s.subs[id]
+		if !ok {
+			err = notFound("subscription", id)
+			break
+		}
+		out = s.renderSubscription(sub, exp)
+	case res == "subscriptions" && r.Method == http.MethodPost && id != "":
+		out, err = s.updateSubscription(id, q)
+	case res == "invoices" && get && id == "":
+		out, err = s.listInvoices(q)
+	case res == "invoices" && get:
+		inv, ok := s.invoices[id]
+		if !ok {
+			err = notFound("invoice", id)
+			break
+		}
+		out = s.renderInvoice(inv, exp)
+	case res == "charges" && get && id != "":
+		c, ok := s.charges[id]
+		if !ok {
+			err = notFound("charge", id)
+			break
+		}
+		out = s.renderCharge(c)
+	case res == "disputes" && get && id != "":
+		d, ok := s.disputes[id]
+		if !ok {
+			err = notFound("dispute", id)
+			break
+		}
+		out = s.renderDispute(d)
+	case res == "customers" && get && id != "":
+		c, ok := s.customers[id]
+		if !ok {
+			err = notFound("customer", id)
+			break
+		}
+		out = s.renderCustomer(c)
+	case res == "checkout/sessions" && get && id != "":
+		cs, ok := s.sessions[id]
+		if !ok {
+			err = notFound("checkout.session", id)
+			break
+		}
+		out = s.renderSession(cs)
+	case res == "prices" && get && id != "":
+		p, ok := s.prices[id]
+		if !ok {
+			err = notFound("price", id)
+			break
+		}
+		out = s.renderPrice(p, exp)
+	case res == "products" && get && id != "":
+		p, ok := s.products[id]
+		if !ok {
+			err = notFound("product", id)
+			break
+		}
+		out = s.renderProduct(p)
+	case res == "events" && get && id == "":
+		out, err = s.listEvents(q)
+	case res == "events" && get:
+		ev, ok := s.eventByID[id]
+		if !ok {
+			err = notFound("event", id)
+			break
+		}
+		out = json.RawMessage(ev.Payload)
+	default:
+		err = &apiError{status: 404, typ: "invalid_request_error", message: "Unrecognized request URL (" + r.Method + ": " + r.URL.Path + ")."}
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, out)
+}
+
+// page applies limit/starting_after/ending_before to ids sorted newest first.
+func page(ids []string, q url.Values) (lo, hi int, hasMore bool, e *apiError) {
+	limit := 10
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 100 {
+			return 0, 0, false, badRequest("limit", "Invalid integer: %s (limit must be between 1 and 100)", v)
+		}
+		limit = n
+	}
+	lo, hi = 0, len(ids)
+	if after := q.Get("starting_after"); after != "" {
+		i := slices.Index(ids, after)
+		if i < 0 {
+			return 0, 0, false, notFound("object", after)
+		}
+		lo = i + 1
+	}
+	if before := q.Get("ending_before"); before != "" {
+		i := slices.Index(ids, before)
+		if i < 0 {
+			return 0, 0, false, notFound("object", before)
+		}
+		hi = i
+		lo = max(0, hi-limit)
+		return lo, hi, lo > 0, nil
+	}
+	hasMore = hi-lo > limit
+	return lo, min(hi, lo+limit), hasMore, nil
+}
+
+var subscriptionStatuses = []string{StatusActive, StatusCanceled, StatusIncomplete, StatusIncompleteExpired,
+	StatusPastDue, StatusPaused, StatusTrialing, StatusUnpaid, "all", "ended"}
+
+func (s *Sim) listSubscriptions(q url.Values) (any, *apiError) {
+	status := q.Get("status")
+	if status != "" && !slices.Contains(subscriptionStatuses, status) {
+		return nil, badRequest("status", "Invalid status: must be one of %s", strings.Join(subscriptionStatuses, ", "))
+	}
+	var subs []*Subscription
+	for _, sub := range s.sortedSubs() {
+		switch {
+		case q.Get("customer") != "" && sub.Customer != q.Get("customer"):
+			continue
+		case q.Get("price") != "" && !slices.ContainsFunc(sub.Items, func(it *SubscriptionItem) bool { return it.Price == q.Get("price") }):
+			continue
+		case status == "all":
+		case status == "ended":
+			if sub.Status != StatusCanceled && sub.Status != StatusIncompleteExpired {
+				continue
+			}
+		case status == "":
+			// Without a status, Stripe leaves canceled subscriptions out.
+			if sub.Status == StatusCanceled {
+				continue
+			}
+		case sub.Status != status:
+			continue
+		}
+		subs = append(subs, sub)
+	}
+	ids := make([]string, len(subs))
+	for i, sub := range subs {
+		ids[i] = sub.ID
+	}
+	lo, hi, more, err := page(ids, q)
+	if err != nil {
+		return nil, err
+	}
+	exp := expansion(q["expand[]"]).under("data")
+	data := make([]any, 0, hi-lo)
+	for _, sub := range subs[lo:hi] {
+		data = append(data, s.renderSubscription(sub, exp))
+	}
+	return list("/v1/subscriptions", data, more), nil
+}
+
+func (s *Sim) listInvoices(q url.Values) (any, *apiError) {
+	status := q.Get("status")
+	if status != "" && !slices.Contains([]string{"draft", "open", "paid", "uncollectible", "void"}, status) {
+		return nil, badRequest("status", "Invalid status: must be one of draft, open, paid, uncollectible, or void")
+	}
+	var invs []*Invoice
+	for _, inv := range s.sortedInvoices() {
+		if (q.Get("subscription") != "" && inv.Subscription != q.Get("subscription")) ||
+			(q.Get("customer") != "" && inv.Customer != q.Get("customer")) || (status != "" && inv.Status != status) {
+			continue
+		}
+		invs = append(invs, inv)
+	}
+	ids := make([]string, len(invs))
+	for i, inv := range invs {
+		ids[i] = inv.ID
+	}
+	lo, hi, more, err := page(ids, q)
+	if err != nil {
+		return nil, err
+	}
+	exp := expansion(q["expand[]"]).under("data")
+	data := make([]any, 0, hi-lo)
+	for _, inv := range invs[lo:hi] {
+		data = append(data, s.renderInvoice(inv, exp))
+	}
+	return list("/v1/invoices", data, more), nil
+}
+
+func (s *Sim) listEvents(q url.Values) (any, *apiError) {
+	types := q["types[]"]
+	if t := q.Get("type"); t != "" {
+		if len(types) > 0 {
+			return nil, badRequest("type", "You may only specify one of these parameters: type, types.")
+		}
+		types = []string{t}
+	}
+	if len(types) > 20 {
+		return nil, badRequest("types", "types may contain at most 20 values")
+	}
+	rng := map[string]int64{}
+	for _, op := range []string{"gt", "gte", "lt", "lte"} {
+		if v := q.Get("created[" + op + "]"); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, badRequest("created", "Invalid integer: %s", v)
+			}
+			rng[op] = n
+		}
+	}
+	if v := q.Get("created"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, badRequest("created", "Invalid integer: %s", v)
+		}
+		rng["gte"], rng["lte"] = n, n
+	}
+	cutoff := s.unix() - 30*86400 // Stripe keeps events for 30 days
+	var evs []*Event
+	for i := len(s.events) - 1; i >= 0; i-- {
+		ev := s.events[i]
+		if ev.Created < cutoff || !matchType(types, ev.Type) || !inRange(ev.Created, rng) {
+			continue
+		}
+		evs = append(evs, ev)
+	}
+	ids := make([]string, len(evs))
+	for i, ev := range evs {
+		ids[i] = ev.ID
+	}
+	lo, hi, more, err := page(ids, q)
+	if err != nil {
+		return nil, err
+	}
+	data := make([]any, 0, hi-lo)
+	for _, ev := range evs[lo:hi] {
+		data = append(data, json.RawMessage(ev.Payload))
+	}
+	return list("/v1/events", data, more), nil
+}
+
+func matchType(types []string, t string) bool {
+	if len(types) == 0 {
+		return true
+	}
+	for _, want := range types {
+		if want == t || want == "*" || (strings.HasSuffix(want, ".*") && strings.HasPrefix(t, strings.TrimSuffix(want, "*"))) {
+			return true
+		}
+	}
+	return false
+}
+
+func inRange(v int64, rng map[string]int64) bool {
+	for op, n := range rng {
+		switch {
+		case op == "gt" && v <= n, op == "gte" && v < n, op == "lt" && v >= n, op == "lte" && v > n:
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Sim) updateSubscription(id string, q url.Values) (any, *apiError) {
+	sub, ok := s.subs[id]
+	if !ok {
+		return nil, notFound("subscription", id)
+	}
+	kv := map[string]string{}
+	for k, v := range q {
+		name, isMeta := strings.CutPrefix(k, "metadata[")
+		if isMeta && strings.HasSuffix(name, "]") {
+			kv[strings.TrimSuffix(name, "]")] = v[0]
+			continue
+		}
+		if k == "expand[]" {
+			continue
+		}
+		return nil, badRequest(k, "Received unknown parameter: %s", k)
+	}
+	if len(kv) > 0 {
+		s.updateMetadata(sub, kv)
+	}
+	return s.renderSubscription(sub, expansion(q["expand[]"])), nil
+}

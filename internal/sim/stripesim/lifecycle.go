@@ -1,0 +1,763 @@
+package stripesim
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// emit records an event with a snapshot of object and hands it to the endpoints.
+func (s *Sim) emit(typ string, object obj, previous obj) {
+	ev := &Event{ID: s.id("evt"), Type: typ, Created: s.unix(), seq: s.next(), Object: object, Previous: previous}
+	pending := 0
+	for _, ep := range s.endpoints {
+		if ep.wants(typ) {
+			pending++
+		}
+	}
+	data := obj{"object": object}
+	if previous != nil {
+		data["previous_attributes"] = previous
+	}
+	payload, err := json.Marshal(obj{
+		"id": ev.ID, "object": "event", "api_version": APIVersion, "created": ev.Created, "data": data,
+		"livemode": false, "pending_webhooks": pending, "request": obj{"id": nil, "idempotency_key": nil}, "type": typ,
+	})
+	if err != nil {
+		panic(fmt.Sprintf("stripesim: render event: %v", err)) // the renderers only build JSON-safe values
+	}
+	ev.Payload = payload
+	s.events = append(s.events, ev)
+	s.eventByID[ev.ID] = ev
+	for _, ep := range s.endpoints {
+		if ep.wants(typ) {
+			ep.enqueue(ev)
+		}
+	}
+}
+
+func (s *Sim) emitSub(typ string, sub *Subscription, previous obj) {
+	s.emit(typ, s.renderSubscription(sub, nil), previous)
+}
+
+func (s *Sim) emitInvoice(typ string, inv *Invoice) { s.emit(typ, s.renderInvoice(inv, nil), nil) }
+
+// CreateProduct creates a product and returns its id.
+func (s *Sim) CreateProduct(name string, metadata map[string]string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := &Product{ID: s.id("prod"), Name: name, Metadata: cloneMap(metadata), Created: s.unix()}
+	s.products[p.ID] = p
+	s.emit("product.created", s.renderProduct(p), nil)
+	return p.ID
+}
+
+// PriceParams create a recurring price.
+type PriceParams struct {
+	Product       string
+	UnitAmount    int64
+	Currency      string // default usd
+	Interval      string // day, week, month (default), year
+	IntervalCount int64  // default 1
+	Nickname      string
+	Metadata      map[string]string
+}
+
+// CreatePrice creates a recurring price and returns its id.
+func (s *Sim) CreatePrice(p PriceParams) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.products[p.Product]; !ok {
+		return "", errNotFound("product", p.Product)
+	}
+	if p.Currency == "" {
+		p.Currency = "usd"
+	}
+	if p.Interval == "" {
+		p.Interval = "month"
+	}
+	if p.IntervalCount == 0 {
+		p.IntervalCount = 1
+	}
+	pr := &Price{ID: s.id("price"), Product: p.Product, UnitAmount: p.UnitAmount, Currency: p.Currency,
+		Interval: p.Interval, IntervalCount: p.IntervalCount, Nickname: p.Nickname, Metadata: cloneMap(p.Metadata), Created: s.unix()}
+	s.prices[pr.ID] = pr
+	s.emit("price.created", s.renderPrice(pr, nil), nil)
+	return pr.ID, nil
+}
+
+// ItemParams is one price and quantity of a subscription.
+type ItemParams struct {
+	Price    string
+	Quantity int64 // default 1
+}
+
+// CheckoutParams describe a Checkout Session in subscription mode.
+type CheckoutParams struct {
+	// Customer is an existing customer; empty creates one from Email and Name.
+	Customer string
+	Email    string
+	Name     string
+	Items    []ItemParams
+	// TrialDays starts the subscription with a trial (no charge until it ends).
+	TrialDays int
+	// CardDeclines gives the customer a card that declines every payment.
+	CardDeclines         bool
+	ClientReferenceID    string
+	Metadata             map[string]string // the session's
+	SubscriptionMetadata map[string]string
+}
+
+// CheckoutResult names what a checkout created.
+type CheckoutResult struct {
+	Session, Subscription, Customer, Invoice string
+	// Completed is false when the first payment failed: the session stays open and the
+	// subscription incomplete.
+	Completed bool
+}
+
+// Checkout plays a completed Checkout Session in subscription mode and emits Stripe's
+// events in Stripe's order.
+func (s *Sim) Checkout(p CheckoutParams) (CheckoutResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(p.Items) == 0 {
+		return CheckoutResult{}, errors.New("checkout needs at least one item")
+	}
+	var first *Price
+	for _, it := range p.Items {
+		pr, ok := s.prices[it.Price]
+		if !ok {
+			return CheckoutResult{}, errNotFound("price", it.Price)
+		}
+		if first == nil {
+			first = pr
+		} else if pr.Interval != first.Interval || pr.IntervalCount != first.IntervalCount {
+			return CheckoutResult{}, errors.New("all items of a subscription must share one billing interval")
+		}
+	}
+	cust, ok := s.customers[p.Customer]
+	if p.Customer != "" && !ok {
+		return CheckoutResult{}, errNotFound("customer", p.Customer)
+	}
+	if cust == nil {
+		cust = &Customer{ID: s.id("cus"), Email: p.Email, Name: p.Name, Metadata: map[string]string{}, Created: s.unix()}
+		s.customers[cust.ID] = cust
+		s.emit("customer.created", s.renderCustomer(cust), nil)
+	}
+	cust.CardDeclines = cust.CardDeclines || p.CardDeclines
+
+	now := s.unix()
+	sub := &Subscription{ID: s.id("sub"), Customer: cust.ID, Currency: first.Currency, Created: now, StartDate: now,
+		Metadata: cloneMap(p.SubscriptionMetadata), seq: s.next()}
+	for _, it := range p.Items {
+		q := it.Quantity
+		if q == 0 {
+			q = 1
+		}
+		sub.Items = append(sub.Items, &SubscriptionItem{ID: s.id("si"), Price: it.Price, Quantity: q, Created: now})
+	}
+	s.subs[sub.ID] = sub
+	sess := &CheckoutSession{ID: s.id("cs_test"), Customer: cust.ID, Subscription: sub.ID, ClientReferenceID: p.ClientReferenceID,
+		Metadata: cloneMap(p.Metadata), Created: now, Email: cust.Email, Name: cust.Name}
+	s.sessions[sess.ID] = sess
+
+	if p.TrialDays > 0 {
+		sub.Status = StatusTrialing
+		sub.TrialStart, sub.TrialEnd = now, now+int64(p.TrialDays)*86400
+		sub.CurrentPeriodStart, sub.CurrentPeriodEnd, sub.BillingCycleAnchor = now, sub.TrialEnd, sub.TrialEnd
+		inv := s.newInvoice(sub, "subscription_create", s.subscriptionLines(sub, now, sub.TrialEnd, true))
+		s.emitSub("customer.subscription.created", sub, nil)
+		s.emitInvoice("invoice.created", inv)
+		s.finalize(inv)
+		s.pay(sub, inv)
+		sess.Invoice, sess.PaymentStatus = inv.ID, "no_payment_required"
+		s.emit("checkout.session.completed", s.renderSession(sess), nil)
+		return CheckoutResult{Session: sess.ID, Subscription: sub.ID, Customer: cust.ID, Invoice: inv.ID, Completed: true}, nil
+	}
+
+	sub.Status = StatusIncomplete
+	sub.CurrentPeriodStart, sub.BillingCycleAnchor = now, now
+	sub.CurrentPeriodEnd = advancePeriod(now, first)
+	inv := s.newInvoice(sub, "subscription_create", s.subscriptionLines(sub, now, sub.CurrentPeriodEnd, false))
+	s.emitSub("customer.subscription.created", sub, nil)
+	s.emitInvoice("invoice.created", inv)
+	s.finalize(inv)
+	s.pay(sub, inv)
+	res := CheckoutResult{Session: sess.ID, Subscription: sub.ID, Customer: cust.ID, Invoice: inv.ID, Completed: inv.Paid}
+	if inv.Paid {
+		sess.Invoice, sess.PaymentStatus = inv.ID, "paid"
+		s.emit("checkout.session.completed", s.renderSession(sess), nil)
+	}
+	return res, nil
+}
+
+// subscriptionLines bills every item for [start, end]; a trial bills nothing.
+func (s *Sim) subscriptionLines(sub *Subscription, start, end int64, trial bool) []*LineItem {
+	var lines []*LineItem
+	for _, it := range sub.Items {
+		pr := s.prices[it.Price]
+		amount, desc := pr.UnitAmount*it.Quantity, fmt.Sprintf("%d × %s", it.Quantity, s.products[pr.Product].Name)
+		if trial {
+			amount, desc = 0, "Trial period for "+s.products[pr.Product].Name
+		}
+		lines = append(lines, &LineItem{ID: s.id("il"), Type: "subscription", Price: it.Price, Quantity: it.Quantity,
+			Amount: amount, PeriodStart: start, PeriodEnd: end, Description: desc, SubscriptionItem: it.ID})
+	}
+	return lines
+}
+
+func (s *Sim) newInvoice(sub *Subscription, reason string, lines []*LineItem) *Invoice {
+	// Stripe sorts pending items (prorations) before subscription lines.
+	lines = append(sub.pending, lines...)
+	sub.pending = nil
+	inv := &Invoice{ID: s.id("in"), Customer: sub.Customer, Subscription: sub.ID, Status: "draft", BillingReason: reason,
+		Lines: lines, Currency: sub.Currency, Created: s.unix(), PeriodStart: s.unix(), PeriodEnd: s.unix(), seq: s.next()}
+	s.invoices[inv.ID] = inv
+	sub.LatestInvoice = inv.ID
+	return inv
+}
+
+func (s *Sim) finalize(inv *Invoice) {
+	inv.Status, inv.FinalizedAt = "open", s.unix()
+	s.emitInvoice("invoice.finalized", inv)
+}
+
+// pay attempts to collect an open invoice and moves the subscription accordingly.
+func (s *Sim) pay(sub *Subscription, inv *Invoice) {
+	total := inv.Total()
+	if total <= 0 {
+		s.markPaid(sub, inv, false)
+		return
+	}
+	cust := s.customers[inv.Customer]
+	declined := cust.CardDeclines || cust.failNext
+	cust.failNext = false
+	ch := &Charge{ID: s.id("ch"), Amount: total, Currency: inv.Currency, Customer: inv.Customer, Invoice: inv.ID, Created: s.unix(), seq: s.next()}
+	s.charges[ch.ID] = ch
+	inv.AttemptCount++
+	inv.Attempted = true
+	inv.Charge = ch.ID
+	if !declined {
+		ch.Status, ch.Paid = "succeeded", true
+		s.emit("charge.succeeded", s.renderCharge(ch), nil)
+		s.markPaid(sub, inv, false)
+		return
+	}
+	ch.Status, ch.FailureCode, ch.FailureMessage = "failed", "card_declined", "Your card was declined."
+	s.emit("charge.failed", s.renderCharge(ch), nil)
+	if sub.firstFailure == 0 {
+		sub.firstFailure, sub.retryIndex = s.unix(), 0
+	}
+	if sub.Status != StatusIncomplete && sub.retryIndex < len(s.opts.Dunning.Retries) {
+		inv.NextPaymentAttempt = sub.firstFailure + int64(s.opts.Dunning.Retries[sub.retryIndex]/time.Second)
+	} else {
+		inv.NextPaymentAttempt = 0
+	}
+	s.emitInvoice("invoice.payment_failed", inv)
+	switch {
+	case sub.Status == StatusIncomplete:
+		// The first payment: Checkout keeps asking; the subscription expires after 23 hours.
+	case inv.NextPaymentAttempt == 0:
+		s.endDunning(sub, inv, s.opts.Dunning.Final)
+	case sub.Status != StatusPastDue:
+		prev := obj{"status": sub.Status}
+		sub.Status = StatusPastDue
+		s.emitSub("customer.subscription.updated", sub, prev)
+	}
+}
+
+func (s *Sim) markPaid(sub *Subscription, inv *Invoice, outOfBand bool) {
+	inv.Status, inv.Paid, inv.PaidOutOfBand, inv.PaidAt = "paid", true, outOfBand, s.unix()
+	inv.AmountPaid, inv.NextPaymentAttempt = inv.Total(), 0
+	if outOfBand {
+		inv.AmountPaid = 0
+	}
+	s.emitInvoice("invoice.paid", inv)
+	if !outOfBand {
+		s.emitInvoice("invoice.payment_succeeded", inv)
+	}
+	sub.firstFailure, sub.retryIndex = 0, 0
+	switch sub.Status {
+	case StatusIncomplete, StatusPastDue, StatusUnpaid:
+		prev := obj{"status": sub.Status}
+		sub.Status = StatusActive
+		s.emitSub("customer.subscription.updated", sub, prev)
+	}
+}
+
+// endDunning applies the account's final dunning action.
+func (s *Sim) endDunning(sub *Subscription, inv *Invoice, final string) {
+	inv.NextPaymentAttempt = 0
+	if final == StatusUnpaid {
+		prev := obj{"status": sub.Status}
+		sub.Status = StatusUnpaid
+		s.emitSub("customer.subscription.updated", sub, prev)
+		return
+	}
+	s.cancel(sub, "payment_failed")
+}
+
+func (s *Sim) cancel(sub *Subscription, reason string) {
+	now := s.unix()
+	if sub.CanceledAt == 0 {
+		sub.CanceledAt = now
+	}
+	sub.Status, sub.EndedAt, sub.CancelReason = StatusCanceled, now, reason
+	sub.draft, sub.finalizeAt = "", 0
+	s.emitSub("customer.subscription.deleted", sub, nil)
+}
+
+// Advance moves the test clock forward by d, running everything that falls due on the
+// way in time order: trial ends, renewals, invoice finalization and payment, dunning
+// retries, cancellations at period end, expiry of unpaid first invoices.
+func (s *Sim) Advance(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	target := s.now.Add(d)
+	for {
+		at, run := s.nextDue()
+		if run == nil || at.After(target) {
+			break
+		}
+		if at.After(s.now) {
+			s.now = at
+		}
+		run()
+	}
+	s.now = target
+}
+
+// nextDue returns the earliest pending piece of work.
+func (s *Sim) nextDue() (time.Time, func()) {
+	var best int64 = math.MaxInt64
+	var run func()
+	consider := func(at int64, f func()) {
+		if at > 0 && at < best {
+			best, run = at, f
+		}
+	}
+	for _, sub := range s.sortedSubsOldestFirst() {
+		sub := sub
+		switch sub.Status {
+		case StatusTrialing, StatusActive, StatusPastDue:
+			if sub.draft != "" {
+				consider(sub.finalizeAt, func() { s.finalizeDraft(sub) })
+			}
+			consider(sub.CurrentPeriodEnd, func() { s.periodEnd(sub) })
+			if inv := s.invoices[sub.LatestInvoice]; inv != nil && inv.Status == "open" && inv.NextPaymentAttempt > 0 {
+				consider(inv.NextPaymentAttempt, func() { s.retry(sub, inv) })
+			}
+		case StatusIncomplete:
+			consider(sub.Created+23*3600, func() { s.expireIncomplete(sub) })
+		}
+	}
+	if run == nil {
+		return time.Time{}, nil
+	}
+	return time.Unix(best, 0).UTC(), run
+}
+
+func (s *Sim) sortedSubsOldestFirst() []*Subscription {
+	subs := s.sortedSubs()
+	for i, j := 0, len(subs)-1; i < j; i, j = i+1, j-1 {
+		subs[i], subs[j] = subs[j], subs[i]
+	}
+	return subs
+}
+
+// periodEnd starts the next period (creating its invoice as a draft) or ends the
+// subscription if it was set to cancel at period end.
+func (s *Sim) periodEnd(sub *Subscription) {
+	if sub.CancelAtPeriodEnd {
+		s.cancel(sub, "cancellation_requested")
+		return
+	}
+	price := s.prices[sub.Items[0].Price]
+	prev := obj{"current_period_start": sub.CurrentPeriodStart, "current_period_end": sub.CurrentPeriodEnd,
+		"latest_invoice": nullStr(sub.LatestInvoice)}
+	if sub.Status == StatusTrialing {
+		prev["status"] = StatusTrialing
+		sub.Status = StatusActive
+	}
+	start := sub.CurrentPeriodEnd
+	sub.CurrentPeriodStart, sub.CurrentPeriodEnd = start, advancePeriod(start, price)
+	inv := s.newInvoice(sub, "subscription_cycle", s.subscriptionLines(sub, sub.CurrentPeriodStart, sub.CurrentPeriodEnd, false))
+	// The period moves now, before anything is paid: keysync must not take
+	// current_period_end as paid-through.
+	s.emitSub("customer.subscription.updated", sub, prev)
+	s.emitInvoice("invoice.created", inv)
+	sub.draft, sub.finalizeAt = inv.ID, s.unix()+int64(s.opts.FinalizeDelay/time.Second)
+}
+
+func (s *Sim) finalizeDraft(sub *Subscription) {
+	inv := s.invoices[sub.draft]
+	sub.draft, sub.finalizeAt = "", 0
+	if inv == nil || inv.Status != "draft" {
+		return
+	}
+	s.finalize(inv)
+	s.pay(sub, inv)
+}
+
+func (s *Sim) retry(sub *Subscription, inv *Invoice) {
+	sub.retryIndex++
+	s.pay(sub, inv)
+}
+
+func (s *Sim) expireIncomplete(sub *Subscription) {
+	if inv := s.invoices[sub.LatestInvoice]; inv != nil && inv.Status == "open" {
+		inv.Status, inv.VoidedAt = "void", s.unix()
+		s.emitInvoice("invoice.voided", inv)
+	}
+	prev := obj{"status": sub.Status}
+	sub.Status, sub.EndedAt = StatusIncompleteExpired, s.unix()
+	// UNCONFIRMED: which event Stripe sends here; an ended subscription gets .deleted.
+	s.emitSub("customer.subscription.deleted", sub, prev)
+}
+
+func (s *Sim) sub(id string) (*Subscription, error) {
+	sub, ok := s.subs[id]
+	if !ok {
+		return nil, errNotFound("subscription", id)
+	}
+	return sub, nil
+}
+
+// SetCardDeclines makes every payment of the customer fail (true) or succeed (false).
+func (s *Sim) SetCardDeclines(customer string, declines bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.customers[customer]
+	if !ok {
+		return errNotFound("customer", customer)
+	}
+	c.CardDeclines = declines
+	return nil
+}
+
+// FailNextPayment makes only the customer's next payment attempt fail.
+func (s *Sim) FailNextPayment(customer string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.customers[customer]
+	if !ok {
+		return errNotFound("customer", customer)
+	}
+	c.failNext = true
+	return nil
+}
+
+// PayInvoice attempts payment of an open invoice now (the customer fixed the card and
+// clicked "pay" on the hosted invoice page).
+func (s *Sim) PayInvoice(invoice string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inv, ok := s.invoices[invoice]
+	if !ok {
+		return errNotFound("invoice", invoice)
+	}
+	if inv.Status != "open" {
+		return fmt.Errorf("invoice %s is %s, not open", invoice, inv.Status)
+	}
+	sub := s.subs[inv.Subscription]
+	s.pay(sub, inv)
+	if sub.Status == StatusIncomplete && inv.Paid {
+		for _, cs := range s.sessions {
+			if cs.Subscription == sub.ID && cs.Invoice == "" {
+				cs.Invoice, cs.PaymentStatus = inv.ID, "paid"
+				s.emit("checkout.session.completed", s.renderSession(cs), nil)
+			}
+		}
+	}
+	return nil
+}
+
+// PayOutOfBand marks an open invoice paid outside Stripe (invoice.paid, no charge).
+func (s *Sim) PayOutOfBand(invoice string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inv, ok := s.invoices[invoice]
+	if !ok {
+		return errNotFound("invoice", invoice)
+	}
+	if inv.Status != "open" {
+		return fmt.Errorf("invoice %s is %s, not open", invoice, inv.Status)
+	}
+	s.markPaid(s.subs[inv.Subscription], inv, true)
+	return nil
+}
+
+// ExhaustDunning fails every remaining retry of the subscription's open invoice now and
+// applies the final action: final is "canceled" or "unpaid" ("" for the configured one).
+func (s *Sim) ExhaustDunning(subscription, final string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub, err := s.sub(subscription)
+	if err != nil {
+		return err
+	}
+	inv := s.invoices[sub.LatestInvoice]
+	if sub.Status != StatusPastDue || inv == nil || inv.Status != "open" {
+		return fmt.Errorf("subscription %s is %s with no open invoice in dunning", subscription, sub.Status)
+	}
+	if final != "" {
+		saved := s.opts.Dunning.Final
+		s.opts.Dunning.Final = final
+		defer func() { s.opts.Dunning.Final = saved }()
+	}
+	cust := s.customers[sub.Customer]
+	declines := cust.CardDeclines
+	cust.CardDeclines = true
+	defer func() { cust.CardDeclines = declines }()
+	// Each remaining retry fails as it would have on its day; the last one applies the
+	// final action.
+	for sub.Status == StatusPastDue && inv.Status == "open" {
+		sub.retryIndex++
+		s.pay(sub, inv)
+	}
+	return nil
+}
+
+// CancelNow cancels the subscription immediately.
+func (s *Sim) CancelNow(subscription string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub, err := s.sub(subscription)
+	if err != nil {
+		return err
+	}
+	if sub.Status == StatusCanceled || sub.Status == StatusIncompleteExpired {
+		return fmt.Errorf("subscription %s has ended", subscription)
+	}
+	s.cancel(sub, "cancellation_requested")
+	return nil
+}
+
+// CancelAtPeriodEnd sets or clears cancel_at_period_end.
+func (s *Sim) CancelAtPeriodEnd(subscription string, on bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub, err := s.sub(subscription)
+	if err != nil {
+		return err
+	}
+	prev := obj{"cancel_at_period_end": sub.CancelAtPeriodEnd, "cancel_at": nullable(sub.CancelAt), "canceled_at": nullable(sub.CanceledAt)}
+	sub.CancelAtPeriodEnd = on
+	if on {
+		sub.CancelAt, sub.CanceledAt = sub.CurrentPeriodEnd, s.unix()
+	} else {
+		sub.CancelAt, sub.CanceledAt = 0, 0
+	}
+	s.emitSub("customer.subscription.updated", sub, prev)
+	return nil
+}
+
+// ChangeOptions say how a plan change is billed.
+type ChangeOptions struct {
+	// InvoiceNow bills the proration at once (proration_behavior=always_invoice);
+	// otherwise it waits for the next renewal invoice.
+	InvoiceNow bool
+}
+
+// ChangePrice moves the subscription's first item to another price. A price with another
+// billing interval resets the billing cycle: a new period starts now and is invoiced now.
+func (s *Sim) ChangePrice(subscription, price string, o ChangeOptions) error {
+	return s.changeItem(subscription, price, 0, o)
+}
+
+// ChangeQuantity sets the first item's quantity (seats).
+func (s *Sim) ChangeQuantity(subscription string, quantity int64, o ChangeOptions) error {
+	return s.changeItem(subscription, "", quantity, o)
+}
+
+func (s *Sim) changeItem(subscription, price string, quantity int64, o ChangeOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub, err := s.sub(subscription)
+	if err != nil {
+		return err
+	}
+	if sub.Status != StatusActive && sub.Status != StatusTrialing && sub.Status != StatusPastDue {
+		return fmt.Errorf("subscription %s is %s", subscription, sub.Status)
+	}
+	it := sub.Items[0]
+	oldPrice, oldQty := s.prices[it.Price], it.Quantity
+	newPrice, newQty := oldPrice, oldQty
+	if price != "" {
+		p, ok := s.prices[price]
+		if !ok {
+			return errNotFound("price", price)
+		}
+		newPrice = p
+	}
+	if quantity > 0 {
+		newQty = quantity
+	}
+	prevItems := s.renderSubscription(sub, nil)["items"]
+	it.Price, it.Quantity = newPrice.ID, newQty
+	now := s.unix()
+	resetCycle := newPrice.Interval != oldPrice.Interval || newPrice.IntervalCount != oldPrice.IntervalCount
+	if sub.Status == StatusTrialing {
+		s.emitSub("customer.subscription.updated", sub, obj{"items": prevItems})
+		return nil
+	}
+	frac := float64(sub.CurrentPeriodEnd-now) / float64(max(sub.CurrentPeriodEnd-sub.CurrentPeriodStart, 1))
+	credit := &LineItem{ID: s.id("il"), Type: "invoiceitem", Price: oldPrice.ID, Quantity: oldQty, Proration: true,
+		Amount: -int64(math.Round(float64(oldPrice.UnitAmount*oldQty) * frac)), PeriodStart: now, PeriodEnd: sub.CurrentPeriodEnd,
+		Description: "Unused time on " + s.products[oldPrice.Product].Name}
+	if resetCycle {
+		prev := obj{"items": prevItems, "current_period_start": sub.CurrentPeriodStart, "current_period_end": sub.CurrentPeriodEnd,
+			"billing_cycle_anchor": sub.BillingCycleAnchor, "latest_invoice": nullStr(sub.LatestInvoice)}
+		sub.CurrentPeriodStart, sub.CurrentPeriodEnd, sub.BillingCycleAnchor = now, advancePeriod(now, newPrice), now
+		sub.pending = append(sub.pending, credit)
+		inv := s.newInvoice(sub, "subscription_update", s.subscriptionLines(sub, sub.CurrentPeriodStart, sub.CurrentPeriodEnd, false))
+		s.emitSub("customer.subscription.updated", sub, prev)
+		s.emitInvoice("invoice.created", inv)
+		s.finalize(inv)
+		s.pay(sub, inv)
+		return nil
+	}
+	charge := &LineItem{ID: s.id("il"), Type: "invoiceitem", Price: newPrice.ID, Quantity: newQty, Proration: true,
+		Amount: int64(math.Round(float64(newPrice.UnitAmount*newQty) * frac)), PeriodStart: now, PeriodEnd: sub.CurrentPeriodEnd,
+		Description: "Remaining time on " + s.products[newPrice.Product].Name}
+	sub.pending = append(sub.pending, credit, charge)
+	if !o.InvoiceNow {
+		s.emitSub("customer.subscription.updated", sub, obj{"items": prevItems})
+		return nil
+	}
+	prev := obj{"items": prevItems, "latest_invoice": nullStr(sub.LatestInvoice)}
+	inv := s.newInvoice(sub, "subscription_update", nil)
+	s.emitSub("customer.subscription.updated", sub, prev)
+	s.emitInvoice("invoice.created", inv)
+	s.finalize(inv)
+	s.pay(sub, inv)
+	return nil
+}
+
+// Pause moves the subscription to status paused (as when a trial ends without a payment
+// method and the trial settings say pause).
+func (s *Sim) Pause(subscription string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub, err := s.sub(subscription)
+	if err != nil {
+		return err
+	}
+	if sub.Status != StatusTrialing && sub.Status != StatusActive {
+		return fmt.Errorf("subscription %s is %s", subscription, sub.Status)
+	}
+	prev := obj{"status": sub.Status}
+	sub.Status, sub.draft, sub.finalizeAt = StatusPaused, "", 0
+	s.emitSub("customer.subscription.updated", sub, prev)
+	s.emitSub("customer.subscription.paused", sub, nil)
+	return nil
+}
+
+// Resume resumes a paused subscription: a new period starts now and is invoiced now.
+func (s *Sim) Resume(subscription string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub, err := s.sub(subscription)
+	if err != nil {
+		return err
+	}
+	if sub.Status != StatusPaused {
+		return fmt.Errorf("subscription %s is %s, not paused", subscription, sub.Status)
+	}
+	now := s.unix()
+	prev := obj{"status": StatusPaused, "current_period_start": sub.CurrentPeriodStart, "current_period_end": sub.CurrentPeriodEnd}
+	sub.Status = StatusActive
+	sub.CurrentPeriodStart, sub.CurrentPeriodEnd, sub.BillingCycleAnchor = now, advancePeriod(now, s.prices[sub.Items[0].Price]), now
+	inv := s.newInvoice(sub, "subscription_cycle", s.subscriptionLines(sub, sub.CurrentPeriodStart, sub.CurrentPeriodEnd, false))
+	s.emitSub("customer.subscription.resumed", sub, nil)
+	s.emitSub("customer.subscription.updated", sub, prev)
+	s.emitInvoice("invoice.created", inv)
+	s.finalize(inv)
+	s.pay(sub, inv)
+	return nil
+}
+
+// Refund refunds amount of a charge (0: what is left of it) and returns the refund id.
+func (s *Sim) Refund(charge string, amount int64) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch, ok := s.charges[charge]
+	if !ok {
+		return "", errNotFound("charge", charge)
+	}
+	left := ch.Amount - ch.AmountRefunded
+	if ch.Status != "succeeded" || left <= 0 {
+		return "", fmt.Errorf("charge %s has nothing to refund", charge)
+	}
+	if amount <= 0 || amount > left {
+		amount = left
+	}
+	r := &Refund{ID: s.id("re"), Charge: ch.ID, Amount: amount, Created: s.unix()}
+	s.refunds[r.ID] = r
+	ch.AmountRefunded += amount
+	ch.Refunded = ch.AmountRefunded >= ch.Amount
+	s.emit("charge.refunded", s.renderCharge(ch), obj{"amount_refunded": ch.AmountRefunded - amount, "refunded": false})
+	return r.ID, nil
+}
+
+// Dispute opens a dispute on a charge and returns its id.
+func (s *Sim) Dispute(charge, reason string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch, ok := s.charges[charge]
+	if !ok {
+		return "", errNotFound("charge", charge)
+	}
+	if reason == "" {
+		reason = "fraudulent"
+	}
+	d := &Dispute{ID: s.id("dp"), Charge: ch.ID, Amount: ch.Amount, Status: "needs_response", Reason: reason, Created: s.unix()}
+	s.disputes[d.ID] = d
+	ch.Disputed = true
+	s.emit("charge.dispute.created", s.renderDispute(d), nil)
+	return d.ID, nil
+}
+
+// CloseDispute closes a dispute as won or lost.
+func (s *Sim) CloseDispute(dispute string, won bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.disputes[dispute]
+	if !ok {
+		return errNotFound("dispute", dispute)
+	}
+	prev := obj{"status": d.Status}
+	d.Status = "lost"
+	if won {
+		d.Status = "won"
+	}
+	s.emit("charge.dispute.closed", s.renderDispute(d), prev)
+	return nil
+}
+
+// SetSubscriptionMetadata changes metadata as the dashboard would (a "" value deletes).
+func (s *Sim) SetSubscriptionMetadata(subscription string, kv map[string]string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sub, err := s.sub(subscription)
+	if err != nil {
+		return err
+	}
+	s.updateMetadata(sub, kv)
+	return nil
+}
+
+func (s *Sim) updateMetadata(sub *Subscription, kv map[string]string) {
+	prev := obj{"metadata": meta(sub.Metadata)}
+	for k, v := range kv {
+		if v == "" {
+			delete(sub.Metadata, k)
+		} else {
+			sub.Metadata[k] = v
+		}
+	}
+	s.emitSub("customer.subscription.updated", sub, prev)
+}
