@@ -18,6 +18,10 @@ type Faults struct {
 	RateLimitRate float64
 	// ErrorRate answers that share with HTTP 500 and an api_error.
 	ErrorRate float64
+	// RateLimitNext answers the next N requests with 429: a burst, deterministic.
+	RateLimitNext int
+	// ErrorNext answers the next N requests with 500.
+	ErrorNext int
 	// Latency is added to every request.
 	Latency time.Duration
 }
@@ -90,12 +94,20 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			message: "Invalid API Key provided: " + maskKey(bearer(r))})
 		return
 	}
+	rateLimited := s.faults.RateLimitNext > 0
+	if rateLimited {
+		s.faults.RateLimitNext--
+	}
+	failed := !rateLimited && s.faults.ErrorNext > 0
+	if failed {
+		s.faults.ErrorNext--
+	}
 	switch {
-	case faults.RateLimitRate > 0 && s.rng.Float64() < faults.RateLimitRate:
+	case rateLimited || (faults.RateLimitRate > 0 && s.rng.Float64() < faults.RateLimitRate):
 		writeError(w, &apiError{status: 429, typ: "invalid_request_error", code: "rate_limit",
 			message: "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits."})
 		return
-	case faults.ErrorRate > 0 && s.rng.Float64() < faults.ErrorRate:
+	case failed || (faults.ErrorRate > 0 && s.rng.Float64() < faults.ErrorRate):
 		writeError(w, &apiError{status: 500, typ: "api_error", message: "An unknown error occurred"})
 		return
 	}

@@ -1,0 +1,204 @@
+package stripesim_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keysync/keysync/internal/sim/stripesim"
+)
+
+func call(t *testing.T, srv *httptest.Server, method, path, key string, form url.Values, header ...string) (int, map[string]any) {
+	t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, _ := http.NewRequest(method, srv.URL+path, body)
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+func ids(l map[string]any) []string {
+	var out []string
+	for _, d := range l["data"].([]any) {
+		out = append(out, d.(map[string]any)["id"].(string))
+	}
+	return out
+}
+
+func TestAPIAuthAndErrors(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, stripesim.Options{})
+	srv := httptest.NewServer(w.sim)
+	defer srv.Close()
+	status, body := call(t, srv, "GET", "/v1/subscriptions", "sk_test_wrong_key_123", nil)
+	if status != 401 || !strings.Contains(body["error"].(map[string]any)["message"].(string), "Invalid API Key") ||
+		strings.Contains(body["error"].(map[string]any)["message"].(string), "wrong_key") {
+		t.Fatalf("got %d %v, want 401 with the key masked", status, body)
+	}
+	status, body = call(t, srv, "GET", "/v1/subscriptions/sub_nope", "sk_test_sim", nil)
+	e := body["error"].(map[string]any)
+	if status != 404 || e["code"] != "resource_missing" || e["type"] != "invalid_request_error" {
+		t.Fatalf("got %d %v", status, body)
+	}
+	if status, _ = call(t, srv, "GET", "/v1/subscriptions?status=bogus", "sk_test_sim", nil); status != 400 {
+		t.Fatalf("bad status filter: got %d, want 400", status)
+	}
+}
+
+func TestAPISubscriptionListing(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, stripesim.Options{})
+	srv := httptest.NewServer(w.sim)
+	defer srv.Close()
+	var created []string
+	for i := range 25 {
+		res, _ := w.sim.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: w.monthly}}})
+		created = append(created, res.Subscription)
+		if i%5 == 0 {
+			_ = w.sim.CancelNow(res.Subscription)
+		}
+	}
+	// Default listing leaves canceled ones out; status=all pages through everything, newest first.
+	_, def := call(t, srv, "GET", "/v1/subscriptions?limit=100", "sk_test_sim", nil)
+	if n := len(def["data"].([]any)); n != 20 {
+		t.Fatalf("default listing: got %d, want 20 (no canceled)", n)
+	}
+	var all []string
+	after := ""
+	for pages := 0; ; pages++ {
+		q := "/v1/subscriptions?status=all&limit=10&expand[]=data.latest_invoice"
+		if after != "" {
+			q += "&starting_after=" + after
+		}
+		_, l := call(t, srv, "GET", q, "sk_test_sim", nil)
+		page := ids(l)
+		all = append(all, page...)
+		first := l["data"].([]any)[0].(map[string]any)
+		if _, expanded := first["latest_invoice"].(map[string]any); !expanded {
+			t.Fatal("latest_invoice not expanded")
+		}
+		if !l["has_more"].(bool) {
+			if pages != 2 {
+				t.Fatalf("got %d pages, want 3", pages+1)
+			}
+			break
+		}
+		after = page[len(page)-1]
+	}
+	if len(all) != 25 || all[0] != created[24] || all[24] != created[0] {
+		t.Fatalf("got %d subscriptions, first %s last %s; want 25 newest first", len(all), all[0], all[24])
+	}
+	_, ended := call(t, srv, "GET", "/v1/subscriptions?status=canceled&limit=100", "sk_test_sim", nil)
+	if len(ended["data"].([]any)) != 5 {
+		t.Fatalf("status=canceled: got %d, want 5", len(ended["data"].([]any)))
+	}
+}
+
+func TestAPIEvents(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, stripesim.Options{})
+	srv := httptest.NewServer(w.sim)
+	defer srv.Close()
+	res, _ := w.sim.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: w.monthly}}})
+	mark := w.sim.Now().Unix()
+	w.sim.Advance(2 * time.Hour)
+	w.sim.Advance(31 * 24 * time.Hour)
+	_ = res
+	_, l := call(t, srv, "GET", "/v1/events?limit=100&types[]=invoice.paid&types[]=customer.subscription.updated", "sk_test_sim", nil)
+	for _, e := range l["data"].([]any) {
+		typ := e.(map[string]any)["type"]
+		if typ != "invoice.paid" && typ != "customer.subscription.updated" {
+			t.Fatalf("types filter let %s through", typ)
+		}
+	}
+	_, after := call(t, srv, "GET", "/v1/events?limit=100&created[gt]="+itoa(mark), "sk_test_sim", nil)
+	for _, e := range after["data"].([]any) {
+		if int64(e.(map[string]any)["created"].(float64)) <= mark {
+			t.Fatal("created[gt] let an older event through")
+		}
+	}
+	// Pagination both ways: ending_before gives the events just newer than the cursor.
+	_, page1 := call(t, srv, "GET", "/v1/events?limit=5", "sk_test_sim", nil)
+	_, page2 := call(t, srv, "GET", "/v1/events?limit=5&starting_after="+ids(page1)[4], "sk_test_sim", nil)
+	_, back := call(t, srv, "GET", "/v1/events?limit=5&ending_before="+ids(page2)[0], "sk_test_sim", nil)
+	if strings.Join(ids(back), ",") != strings.Join(ids(page1), ",") {
+		t.Fatalf("ending_before: got %v, want %v", ids(back), ids(page1))
+	}
+	// Events older than 30 days are gone from the list.
+	w.sim.Advance(40 * 24 * time.Hour)
+	cutoff := w.sim.Now().Add(-30 * 24 * time.Hour).Unix()
+	_, recent := call(t, srv, "GET", "/v1/events?limit=100", "sk_test_sim", nil)
+	for _, e := range recent["data"].([]any) {
+		if int64(e.(map[string]any)["created"].(float64)) < cutoff {
+			t.Fatal("listed an event older than 30 days")
+		}
+	}
+	if status, _ := call(t, srv, "GET", "/v1/events?limit=5&starting_after="+ids(page1)[0], "sk_test_sim", nil); status != 404 {
+		t.Fatalf("paging from an expired event: got %d, want 404", status)
+	}
+}
+
+func TestAPIMetadataUpdateAndIdempotency(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, stripesim.Options{})
+	srv := httptest.NewServer(w.sim)
+	defer srv.Close()
+	res, _ := w.sim.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: w.monthly}}})
+	n := w.sim.EventCount()
+	form := url.Values{"metadata[cryptolens_key]": {"AAAAA-BBBBB-CCCCC-DDDDD"}}
+	for range 2 { // a retried request with the same Idempotency-Key is replayed, not applied again
+		status, body := call(t, srv, "POST", "/v1/subscriptions/"+res.Subscription, "sk_test_sim", form, "Idempotency-Key", "idem-1")
+		if status != 200 || body["metadata"].(map[string]any)["cryptolens_key"] != "AAAAA-BBBBB-CCCCC-DDDDD" {
+			t.Fatalf("got %d %v", status, body["metadata"])
+		}
+	}
+	if got := w.sim.EventTypes(n); len(got) != 1 || got[0] != "customer.subscription.updated" {
+		t.Fatalf("got events %v, want one update", got)
+	}
+	if status, _ := call(t, srv, "POST", "/v1/subscriptions/"+res.Subscription, "sk_test_sim", url.Values{"status": {"canceled"}}); status != 400 {
+		t.Fatalf("unknown parameter: got %d, want 400", status)
+	}
+}
+
+func TestAPIFaults(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, stripesim.Options{})
+	srv := httptest.NewServer(w.sim)
+	defer srv.Close()
+	w.sim.SetFaults(stripesim.Faults{RateLimitRate: 1})
+	status, body := call(t, srv, "GET", "/v1/subscriptions", "sk_test_sim", nil)
+	if status != 429 || body["error"].(map[string]any)["code"] != "rate_limit" {
+		t.Fatalf("got %d %v", status, body)
+	}
+	w.sim.SetFaults(stripesim.Faults{ErrorRate: 1})
+	if status, body = call(t, srv, "GET", "/v1/subscriptions", "sk_test_sim", nil); status != 500 || body["error"].(map[string]any)["type"] != "api_error" {
+		t.Fatalf("got %d %v", status, body)
+	}
+	if got := w.sim.Requests()["GET /v1/subscriptions"]; got != 2 {
+		t.Fatalf("got %d requests counted, want 2", got)
+	}
+}
+
+func itoa(n int64) string { return strings.TrimSpace(strings.Replace(jsonNum(n), "\n", "", -1)) }
+
+func jsonNum(n int64) string { b, _ := json.Marshal(n); return string(b) }
