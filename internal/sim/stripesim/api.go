@@ -205,7 +205,7 @@ func (s *Sim) route(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.Form
-	exp := expansion(q["expand[]"])
+	exp := expansion(arrayParam(q, "expand"))
 	get := r.Method == http.MethodGet
 	res, id := parts[1], ""
 	if len(parts) > 2 {
@@ -370,7 +370,7 @@ func (s *Sim) listSubscriptions(q url.Values) (any, *apiError) {
 	if err != nil {
 		return nil, err
 	}
-	exp := expansion(q["expand[]"]).under("data")
+	exp := expansion(arrayParam(q, "expand")).under("data")
 	data := make([]any, 0, hi-lo)
 	for _, sub := range subs[lo:hi] {
 		data = append(data, s.renderSubscription(sub, exp))
@@ -399,7 +399,7 @@ func (s *Sim) listInvoices(q url.Values) (any, *apiError) {
 	if err != nil {
 		return nil, err
 	}
-	exp := expansion(q["expand[]"]).under("data")
+	exp := expansion(arrayParam(q, "expand")).under("data")
 	data := make([]any, 0, hi-lo)
 	for _, inv := range invs[lo:hi] {
 		data = append(data, s.renderInvoice(inv, exp))
@@ -408,7 +408,7 @@ func (s *Sim) listInvoices(q url.Values) (any, *apiError) {
 }
 
 func (s *Sim) listEvents(q url.Values) (any, *apiError) {
-	types := q["types[]"]
+	types := arrayParam(q, "types")
 	if t := q.Get("type"); t != "" {
 		if len(types) > 0 {
 			return nil, badRequest("type", "You may only specify one of these parameters: type, types.")
@@ -493,7 +493,7 @@ func (s *Sim) updateSubscription(id string, q url.Values) (any, *apiError) {
 			kv[strings.TrimSuffix(name, "]")] = v[0]
 			continue
 		}
-		if k == "expand[]" {
+		if strings.HasPrefix(k, "expand[") {
 			continue
 		}
 		return nil, badRequest(k, "Received unknown parameter: %s", k)
@@ -501,5 +501,19 @@ func (s *Sim) updateSubscription(id string, q url.Values) (any, *apiError) {
 	if len(kv) > 0 {
 		s.updateMetadata(sub, kv)
 	}
-	return s.renderSubscription(sub, expansion(q["expand[]"])), nil
+	return s.renderSubscription(sub, expansion(arrayParam(q, "expand"))), nil
+}
+
+// arrayParam reads an array parameter in either of Stripe's encodings: name[]=a&name[]=b
+// (curl, most clients) or name[0]=a&name[1]=b (stripe-go).
+func arrayParam(q url.Values, name string) []string {
+	out := slices.Clone(q[name+"[]"])
+	for i := 0; ; i++ {
+		v, ok := q[name+"["+strconv.Itoa(i)+"]"]
+		if !ok {
+			break
+		}
+		out = append(out, v...)
+	}
+	return out
 }

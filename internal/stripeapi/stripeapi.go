@@ -1,0 +1,277 @@
+// Package stripeapi is the narrow set of Stripe reads and writes keysync makes, over
+// stripe-go v76 (API 2023-10-16) with a per-instance client, its own token bucket, and
+// retries of rate limits and server errors.
+package stripeapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/client"
+	"golang.org/x/time/rate"
+)
+
+// DefaultBaseURL is Stripe's API.
+const DefaultBaseURL = "https://api.stripe.com"
+
+// Errors callers test with errors.Is.
+var (
+	// ErrNotFound: no such object (resource_missing). Permanent.
+	ErrNotFound = errors.New("stripe: not found")
+	// ErrAuth: the key is wrong or lacks a permission (401, 403). Permanent.
+	ErrAuth = errors.New("stripe: authentication failed")
+	// ErrRateLimited: still rate limited after the retries. Retryable later.
+	ErrRateLimited = errors.New("stripe: rate limited")
+	// ErrUnavailable: server errors or no answer after the retries. Retryable later.
+	ErrUnavailable = errors.New("stripe: unavailable")
+	// ErrInvalid: Stripe refused the request (400). Permanent: a bug or a configuration
+	// problem, not something a retry fixes.
+	ErrInvalid = errors.New("stripe: invalid request")
+)
+
+// Config configures a Client.
+type Config struct {
+	// APIKey is the secret or restricted key. It never appears in errors or logs.
+	APIKey string
+	// BaseURL is Stripe's API (default DefaultBaseURL); the simulator's URL in tests.
+	BaseURL string
+	// RateLimit is the most requests per second (default 20: under test mode's 25;
+	// live mode allows 100). Burst defaults to RateLimit.
+	RateLimit float64
+	Burst     int
+	// Retries is how often a 429 or 5xx is retried (default 5); Backoff the first wait
+	// (default 500ms), doubled each time with jitter.
+	Retries int
+	Backoff time.Duration
+	// Timeout bounds one request (default 30s).
+	Timeout time.Duration
+	Logger  zerolog.Logger
+}
+
+// Client makes keysync's Stripe calls. It is safe for concurrent use.
+type Client struct {
+	api *client.API
+	key string
+	log zerolog.Logger
+}
+
+// New returns a Client. It returns an error when the key or the base URL is unusable.
+func New(cfg Config) (*Client, error) {
+	if !strings.HasPrefix(cfg.APIKey, "sk_") && !strings.HasPrefix(cfg.APIKey, "rk_") {
+		return nil, errors.New("stripe: the API key must be a secret (sk_) or restricted (rk_) key")
+	}
+	base := cfg.BaseURL
+	if base == "" {
+		base = DefaultBaseURL
+	}
+	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("stripe: base URL must be an http(s) URL")
+	}
+	if cfg.RateLimit <= 0 {
+		cfg.RateLimit = 20
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = max(1, int(cfg.RateLimit))
+	}
+	if cfg.Retries == 0 {
+		cfg.Retries = 5
+	}
+	if cfg.Backoff <= 0 {
+		cfg.Backoff = 500 * time.Millisecond
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	httpClient := &http.Client{
+		Timeout: cfg.Timeout,
+		Transport: &transport{base: http.DefaultTransport, limiter: rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.Burst),
+			retries: max(cfg.Retries, 0), backoff: cfg.Backoff, log: cfg.Logger},
+	}
+	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
+		URL:               stripe.String(strings.TrimRight(base, "/")),
+		HTTPClient:        httpClient,
+		MaxNetworkRetries: stripe.Int64(0), // the transport retries, including 429s
+		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
+		EnableTelemetry:   stripe.Bool(false),
+	})
+	api := &client.API{}
+	api.Init(cfg.APIKey, &stripe.Backends{API: backend, Connect: backend, Uploads: backend})
+	return &Client{api: api, key: cfg.APIKey, log: cfg.Logger}, nil
+}
+
+// subscriptionExpand is what a Sync needs in one read: the latest invoice, and each
+// item's product (for skm_product_id metadata).
+var subscriptionExpand = []*string{stripe.String("latest_invoice"), stripe.String("items.data.price.product")}
+
+// GetSubscription returns a subscription with its latest invoice and its items' products
+// expanded.
+func (c *Client) GetSubscription(ctx context.Context, id string) (*stripe.Subscription, error) {
+	p := &stripe.SubscriptionParams{}
+	p.Context = ctx
+	p.Expand = subscriptionExpand
+	sub, err := c.api.Subscriptions.Get(id, p)
+	return sub, c.wrap("get subscription", err)
+}
+
+// Subscriptions yields every subscription of the account, whatever its status, 100 a
+// page with the latest invoice expanded, newest first. It stops at the first error,
+// which it yields.
+func (c *Client) Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscription, error] {
+	return func(yield func(*stripe.Subscription, error) bool) {
+		p := &stripe.SubscriptionListParams{Status: stripe.String("all")}
+		p.Context = ctx
+		p.Limit = stripe.Int64(100)
+		p.Expand = []*string{stripe.String("data.latest_invoice")}
+		it := c.api.Subscriptions.List(p)
+		for it.Next() {
+			if !yield(it.Subscription(), nil) {
+				return
+			}
+		}
+		if err := it.Err(); err != nil {
+			yield(nil, c.wrap("list subscriptions", err))
+		}
+	}
+}
+
+// PaidInvoices returns the subscription's paid invoices (including $0 trial invoices
+// and invoices paid out of band), newest first.
+func (c *Client) PaidInvoices(ctx context.Context, subscription string) ([]*stripe.Invoice, error) {
+	p := &stripe.InvoiceListParams{Subscription: stripe.String(subscription), Status: stripe.String("paid")}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	var out []*stripe.Invoice
+	it := c.api.Invoices.List(p)
+	for it.Next() {
+		out = append(out, it.Invoice())
+	}
+	return out, c.wrap("list paid invoices", it.Err())
+}
+
+// GetInvoice returns an invoice.
+func (c *Client) GetInvoice(ctx context.Context, id string) (*stripe.Invoice, error) {
+	p := &stripe.InvoiceParams{}
+	p.Context = ctx
+	inv, err := c.api.Invoices.Get(id, p)
+	return inv, c.wrap("get invoice", err)
+}
+
+// GetCharge returns a charge (its invoice leads to the subscription).
+func (c *Client) GetCharge(ctx context.Context, id string) (*stripe.Charge, error) {
+	p := &stripe.ChargeParams{}
+	p.Context = ctx
+	ch, err := c.api.Charges.Get(id, p)
+	return ch, c.wrap("get charge", err)
+}
+
+// GetDispute returns a dispute.
+func (c *Client) GetDispute(ctx context.Context, id string) (*stripe.Dispute, error) {
+	p := &stripe.DisputeParams{}
+	p.Context = ctx
+	d, err := c.api.Disputes.Get(id, p)
+	return d, c.wrap("get dispute", err)
+}
+
+// GetCheckoutSession returns a Checkout Session.
+func (c *Client) GetCheckoutSession(ctx context.Context, id string) (*stripe.CheckoutSession, error) {
+	p := &stripe.CheckoutSessionParams{}
+	p.Context = ctx
+	s, err := c.api.CheckoutSessions.Get(id, p)
+	return s, c.wrap("get checkout session", err)
+}
+
+// GetCustomer returns a customer (name and email for a new key).
+func (c *Client) GetCustomer(ctx context.Context, id string) (*stripe.Customer, error) {
+	p := &stripe.CustomerParams{}
+	p.Context = ctx
+	cu, err := c.api.Customers.Get(id, p)
+	return cu, c.wrap("get customer", err)
+}
+
+// GetProduct returns a product (its metadata may map it to a Cryptolens product).
+func (c *Client) GetProduct(ctx context.Context, id string) (*stripe.Product, error) {
+	p := &stripe.ProductParams{}
+	p.Context = ctx
+	pr, err := c.api.Products.Get(id, p)
+	return pr, c.wrap("get product", err)
+}
+
+// GetPrice returns a price with its product expanded.
+func (c *Client) GetPrice(ctx context.Context, id string) (*stripe.Price, error) {
+	p := &stripe.PriceParams{}
+	p.Context = ctx
+	p.Expand = []*string{stripe.String("product")}
+	pr, err := c.api.Prices.Get(id, p)
+	return pr, c.wrap("get price", err)
+}
+
+// Events returns the events of the given types created after since, oldest first.
+// Stripe keeps events for 30 days.
+func (c *Client) Events(ctx context.Context, since time.Time, types []string) ([]*stripe.Event, error) {
+	if len(types) > 20 {
+		return nil, fmt.Errorf("stripe: at most 20 event types a query, got %d", len(types))
+	}
+	p := &stripe.EventListParams{CreatedRange: &stripe.RangeQueryParams{GreaterThan: since.Unix()}}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	for _, t := range types {
+		p.Types = append(p.Types, stripe.String(t))
+	}
+	var out []*stripe.Event
+	it := c.api.Events.List(p)
+	for it.Next() {
+		out = append(out, it.Event())
+	}
+	if err := it.Err(); err != nil {
+		return nil, c.wrap("list events", err)
+	}
+	slices.Reverse(out) // Stripe lists newest first
+	return out, nil
+}
+
+// SetSubscriptionMetadata sets one metadata key on a subscription ("" deletes it).
+func (c *Client) SetSubscriptionMetadata(ctx context.Context, subscription, key, value string) error {
+	p := &stripe.SubscriptionParams{}
+	p.Context = ctx
+	p.AddMetadata(key, value)
+	_, err := c.api.Subscriptions.Update(subscription, p)
+	return c.wrap("set subscription metadata", err)
+}
+
+// wrap maps stripe-go's errors to the package's, keeping Stripe's message and request
+// id and never the key.
+func (c *Client) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var se *stripe.Error
+	if errors.As(err, &se) {
+		kind := ErrInvalid
+		switch {
+		case se.Code == stripe.ErrorCodeResourceMissing || se.HTTPStatusCode == http.StatusNotFound:
+			kind = ErrNotFound
+		case se.HTTPStatusCode == http.StatusUnauthorized || se.HTTPStatusCode == http.StatusForbidden:
+			kind = ErrAuth
+		case se.HTTPStatusCode == http.StatusTooManyRequests:
+			kind = ErrRateLimited
+		case se.HTTPStatusCode >= 500:
+			kind = ErrUnavailable
+		}
+		return fmt.Errorf("%s: %w: %s (HTTP %d, request %s)", op, kind, c.scrub(se.Msg), se.HTTPStatusCode, se.RequestID)
+	}
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return fmt.Errorf("%s: %w: %s", op, ErrUnavailable, c.scrub(err.Error()))
+}
+
+func (c *Client) scrub(s string) string { return strings.ReplaceAll(s, c.key, "[key]") }

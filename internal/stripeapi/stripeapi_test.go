@@ -1,0 +1,197 @@
+package stripeapi_test
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keysync/keysync/internal/sim/stripesim"
+	"github.com/keysync/keysync/internal/stripeapi"
+)
+
+type bundle struct {
+	sim    *stripesim.Sim
+	client *stripeapi.Client
+	srv    *httptest.Server
+	price  string
+}
+
+func setup(t *testing.T, cfg stripeapi.Config) *bundle {
+	t.Helper()
+	sim := stripesim.New(stripesim.Options{APIKey: "sk_test_keysync_secret"})
+	srv := httptest.NewServer(sim)
+	t.Cleanup(srv.Close)
+	if cfg.APIKey == "" {
+		cfg.APIKey = "sk_test_keysync_secret"
+	}
+	cfg.BaseURL = srv.URL
+	if cfg.RateLimit == 0 {
+		cfg.RateLimit = 1000
+	}
+	if cfg.Backoff == 0 {
+		cfg.Backoff = time.Millisecond
+	}
+	c, err := stripeapi.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prod := sim.CreateProduct("Pro", map[string]string{"skm_product_id": "777"})
+	price, _ := sim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 3000, Metadata: map[string]string{"skm": `{"F1":true}`}})
+	return &bundle{sim: sim, client: c, srv: srv, price: price}
+}
+
+func (b *bundle) checkout(t *testing.T, trial int) stripesim.CheckoutResult {
+	t.Helper()
+	res, err := b.sim.Checkout(stripesim.CheckoutParams{Email: "ada@example.com", Name: "Ada", Items: []stripesim.ItemParams{{Price: b.price, Quantity: 2}}, TrialDays: trial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func TestReads(t *testing.T) {
+	t.Parallel()
+	b := setup(t, stripeapi.Config{})
+	ctx := context.Background()
+	res := b.checkout(t, 14)
+	b.sim.Advance(15 * 24 * time.Hour)
+
+	sub, err := b.client.GetSubscription(ctx, res.Subscription)
+	if err != nil {
+		t.Fatal(err)
+	}
+	item := sub.Items.Data[0]
+	if sub.Status != "active" || sub.LatestInvoice == nil || len(sub.LatestInvoice.Lines.Data) != 1 ||
+		item.Quantity != 2 || item.Price.Metadata["skm"] != `{"F1":true}` || item.Price.Product.Metadata["skm_product_id"] != "777" {
+		t.Fatalf("got %+v", sub)
+	}
+	paid, err := b.client.PaidInvoices(ctx, res.Subscription)
+	if err != nil || len(paid) != 2 || paid[0].BillingReason != "subscription_cycle" || paid[1].BillingReason != "subscription_create" {
+		t.Fatalf("got %d paid invoices (%v), want the renewal then the trial invoice", len(paid), err)
+	}
+	if cs, err := b.client.GetCheckoutSession(ctx, res.Session); err != nil || cs.Subscription.ID != res.Subscription {
+		t.Fatalf("checkout session: %+v, %v", cs, err)
+	}
+	if cu, err := b.client.GetCustomer(ctx, res.Customer); err != nil || cu.Email != "ada@example.com" || cu.Name != "Ada" {
+		t.Fatalf("customer: %+v, %v", cu, err)
+	}
+	if pr, err := b.client.GetPrice(ctx, b.price); err != nil || pr.Product.Metadata["skm_product_id"] != "777" {
+		t.Fatalf("price: %+v, %v", pr, err)
+	}
+	charge := b.sim.Charges(paid[0].ID)[0].ID
+	disputeID, _ := b.sim.Dispute(charge, "fraudulent")
+	if ch, err := b.client.GetCharge(ctx, charge); err != nil || ch.Invoice.ID != paid[0].ID || !ch.Disputed {
+		t.Fatalf("charge: %+v, %v", ch, err)
+	}
+	if d, err := b.client.GetDispute(ctx, disputeID); err != nil || d.Charge.ID != charge {
+		t.Fatalf("dispute: %+v, %v", d, err)
+	}
+	if inv, err := b.client.GetInvoice(ctx, paid[0].ID); err != nil || inv.Subscription.ID != res.Subscription {
+		t.Fatalf("invoice: %+v, %v", inv, err)
+	}
+}
+
+func TestSubscriptionsPages(t *testing.T) {
+	t.Parallel()
+	b := setup(t, stripeapi.Config{})
+	for i := range 250 {
+		res := b.checkout(t, 0)
+		if i%10 == 0 {
+			_ = b.sim.CancelNow(res.Subscription)
+		}
+	}
+	n := 0
+	for sub, err := range b.client.Subscriptions(context.Background()) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sub.LatestInvoice == nil || sub.LatestInvoice.ID == "" || len(sub.LatestInvoice.Lines.Data) == 0 {
+			t.Fatalf("latest invoice not expanded: %+v", sub.LatestInvoice)
+		}
+		n++
+	}
+	if got := b.sim.Requests()["GET /v1/subscriptions"]; n != 250 || got != 3 {
+		t.Fatalf("got %d subscriptions in %d requests, want 250 (canceled included) in 3", n, got)
+	}
+}
+
+func TestEventsSince(t *testing.T) {
+	t.Parallel()
+	b := setup(t, stripeapi.Config{})
+	b.checkout(t, 0)
+	since := b.sim.Now()
+	b.sim.Advance(time.Second)
+	res := b.checkout(t, 0)
+	_ = b.sim.CancelNow(res.Subscription)
+	evs, err := b.client.Events(context.Background(), since, []string{"customer.subscription.created", "customer.subscription.deleted"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 || evs[0].Type != "customer.subscription.created" || evs[1].Type != "customer.subscription.deleted" {
+		t.Fatalf("got %d events, want created then deleted, oldest first", len(evs))
+	}
+}
+
+func TestSetSubscriptionMetadata(t *testing.T) {
+	t.Parallel()
+	b := setup(t, stripeapi.Config{})
+	res := b.checkout(t, 0)
+	if err := b.client.SetSubscriptionMetadata(context.Background(), res.Subscription, "cryptolens_key", "AAAAA-BBBBB-CCCCC-DDDDD"); err != nil {
+		t.Fatal(err)
+	}
+	if sub, _ := b.sim.Subscription(res.Subscription); sub.Metadata["cryptolens_key"] != "AAAAA-BBBBB-CCCCC-DDDDD" {
+		t.Fatalf("got metadata %v", sub.Metadata)
+	}
+}
+
+func TestRetriesRateLimitsAndServerErrors(t *testing.T) {
+	t.Parallel()
+	b := setup(t, stripeapi.Config{Retries: 4})
+	res := b.checkout(t, 0)
+	ctx := context.Background()
+	b.sim.SetFaults(stripesim.Faults{RateLimitNext: 2, ErrorNext: 2})
+	if _, err := b.client.GetSubscription(ctx, res.Subscription); err != nil {
+		t.Fatalf("got %v, want success after 4 retries", err)
+	}
+	if got := b.sim.Requests()["GET /v1/subscriptions/{id}"]; got != 5 {
+		t.Fatalf("got %d requests, want 5 (2 × 429, 2 × 500, then success)", got)
+	}
+	// A write is retried safely: stripe-go's Idempotency-Key makes the replay a no-op.
+	n := b.sim.EventCount()
+	b.sim.SetFaults(stripesim.Faults{RateLimitNext: 1})
+	if err := b.client.SetSubscriptionMetadata(ctx, res.Subscription, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.sim.EventTypes(n); len(got) != 1 {
+		t.Fatalf("got events %v, want one update", got)
+	}
+	b.sim.SetFaults(stripesim.Faults{RateLimitNext: 10})
+	_, err := b.client.GetSubscription(ctx, res.Subscription)
+	if !errors.Is(err, stripeapi.ErrRateLimited) {
+		t.Fatalf("got %v, want ErrRateLimited after the retries", err)
+	}
+}
+
+func TestErrorKinds(t *testing.T) {
+	t.Parallel()
+	b := setup(t, stripeapi.Config{})
+	ctx := context.Background()
+	if _, err := b.client.GetSubscription(ctx, "sub_missing"); !errors.Is(err, stripeapi.ErrNotFound) {
+		t.Fatalf("got %v, want ErrNotFound", err)
+	}
+	wrong, _ := stripeapi.New(stripeapi.Config{APIKey: "sk_test_wrong_secret_value", BaseURL: b.srv.URL})
+	_, err := wrong.GetSubscription(ctx, "sub_x")
+	if !errors.Is(err, stripeapi.ErrAuth) || strings.Contains(err.Error(), "wrong_secret_value") {
+		t.Fatalf("got %v, want ErrAuth without the key", err)
+	}
+	down, _ := stripeapi.New(stripeapi.Config{APIKey: "sk_test_x", BaseURL: "http://127.0.0.1:1", Retries: -1})
+	if _, err := down.GetCustomer(ctx, "cus_x"); !errors.Is(err, stripeapi.ErrUnavailable) {
+		t.Fatalf("got %v, want ErrUnavailable", err)
+	}
+	if _, err := stripeapi.New(stripeapi.Config{APIKey: "pk_test_public"}); err == nil {
+		t.Fatal("got nil error for a publishable key")
+	}
+}
