@@ -8,17 +8,21 @@ FUZZTIME    ?= 30s
 BENCHTIME   ?= 5s
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo test lint check-tidy bench fuzz migrate clean
+.PHONY: help build demo sandbox test lint check-tidy bench fuzz migrate clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## build bin/keysync and bin/keysync-demo (static binaries)
+build: ## build bin/keysync, bin/keysync-sandbox and bin/keysync-demo (static binaries)
 	$(BUILD) -o bin/keysync ./cmd/keysync
+	$(BUILD) -o bin/keysync-sandbox ./cmd/keysync-sandbox
 	$(BUILD) -o bin/keysync-demo ./cmd/keysync-demo
 
 demo: build ## run keysync against local Postgres and show what it does
 	./bin/keysync-demo -keysync bin/keysync
+
+sandbox: build ## run the Stripe and Cryptolens simulators on loopback (prints keysync's environment)
+	./bin/keysync-sandbox $(SANDBOX_ARGS)
 
 test: lint ## vet, staticcheck and every test (-race) against real Postgres
 	$(GO) test -race -count=1 ./...

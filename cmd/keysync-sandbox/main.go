@@ -1,0 +1,151 @@
+// Command keysync-sandbox serves the Stripe and Cryptolens simulators and their control
+// API on loopback, and prints the environment a keysync needs to use them. Both worlds
+// share one test clock: advancing Stripe's moves Cryptolens' too.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keysync/keysync/internal/sim/cryptolenssim"
+	"github.com/keysync/keysync/internal/sim/stripesim"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, nil)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "keysync-sandbox: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// Sandbox credentials: test values that only this sandbox accepts.
+const (
+	stripeKey       = "sk_test_sandbox"
+	cryptolensToken = "sandbox_cryptolens_token"
+	webhookSecret   = "whsec_sandbox_0123456789abcdef"
+)
+
+// ready describes a running sandbox.
+type ready struct {
+	Stripe, Cryptolens, Control string
+	Env                         map[string]string
+}
+
+func run(ctx context.Context, args []string, out io.Writer, onReady func(ready)) error {
+	fs := flag.NewFlagSet("keysync-sandbox", flag.ContinueOnError)
+	stripeAddr := fs.String("stripe-addr", "127.0.0.1:12111", "Stripe API listen address (loopback)")
+	cryptolensAddr := fs.String("cryptolens-addr", "127.0.0.1:12112", "Cryptolens API listen address (loopback)")
+	controlAddr := fs.String("control-addr", "127.0.0.1:12113", "control API listen address (loopback)")
+	product := fs.Int("cryptolens-product", 1001, "Cryptolens product id to create")
+	blockExpired := fs.Bool("block-expired", false, `the product's "Block Expired Licenses" option`)
+	webhookURL := fs.String("webhook-url", "", "deliver Stripe events to this URL (keysync's /webhooks/stripe)")
+	seed := fs.Uint64("seed", 1, "seed for ids and faults")
+	envFile := fs.String("env-file", "", "also write the keysync environment to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for _, a := range []string{*stripeAddr, *cryptolensAddr, *controlAddr} {
+		if err := loopbackOnly(a); err != nil {
+			return err
+		}
+	}
+
+	stripe := stripesim.New(stripesim.Options{APIKey: stripeKey, Start: time.Now(), Seed: *seed})
+	defer stripe.Close()
+	crypto := cryptolenssim.New(cryptolenssim.WithClock(stripe.Now), cryptolenssim.WithSeed(*seed))
+	crypto.AddProduct(*product, cryptolenssim.ProductOptions{BlockExpired: *blockExpired})
+	crypto.AddToken(cryptolensToken, cryptolenssim.Token{ProductID: *product})
+	if *webhookURL != "" {
+		stripe.AddEndpoint(*webhookURL, stripesim.EndpointOptions{Secrets: []string{webhookSecret}})
+	}
+
+	control := http.NewServeMux()
+	control.Handle("/stripe/", http.StripPrefix("/stripe", stripe.ControlHandler()))
+	control.Handle("/cryptolens/", http.StripPrefix("/cryptolens", crypto.ControlHandler()))
+
+	var servers []*http.Server
+	listen := func(addr string, h http.Handler) (string, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return "", err
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, srv)
+		go func() { _ = srv.Serve(ln) }()
+		return "http://" + ln.Addr().String(), nil
+	}
+	defer func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	}()
+	r := ready{}
+	var err error
+	if r.Stripe, err = listen(*stripeAddr, stripe); err != nil {
+		return err
+	}
+	if r.Cryptolens, err = listen(*cryptolensAddr, crypto); err != nil {
+		return err
+	}
+	if r.Control, err = listen(*controlAddr, control); err != nil {
+		return err
+	}
+	r.Env = map[string]string{
+		"STRIPE_API_BASE":        r.Stripe,
+		"STRIPE_API_KEY":         stripeKey,
+		"STRIPE_WEBHOOK_SECRETS": webhookSecret,
+		"CRYPTOLENS_API_BASE":    r.Cryptolens,
+		"CRYPTOLENS_TOKEN":       cryptolensToken,
+		"CRYPTOLENS_PRODUCT_ID":  fmt.Sprint(*product),
+	}
+	var env strings.Builder
+	for _, k := range []string{"STRIPE_API_BASE", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRETS", "CRYPTOLENS_API_BASE", "CRYPTOLENS_TOKEN", "CRYPTOLENS_PRODUCT_ID"} {
+		fmt.Fprintf(&env, "%s=%s\n", k, r.Env[k])
+	}
+	if *envFile != "" {
+		if err := os.WriteFile(*envFile, []byte(env.String()), 0o600); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "keysync sandbox (test credentials; loopback only)\n  Stripe API      %s\n  Cryptolens API  %s\n  control API     %s (/stripe/..., /cryptolens/...)\n",
+		r.Stripe, r.Cryptolens, r.Control)
+	if *webhookURL != "" {
+		fmt.Fprintf(out, "  webhooks to     %s\n", *webhookURL)
+	}
+	fmt.Fprintf(out, "\nEnvironment for keysync:\n%s", env.String())
+	if onReady != nil {
+		onReady(r)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// loopbackOnly refuses addresses that are not on the loopback interface: the sandbox
+// accepts test credentials and must not be reachable from elsewhere.
+func loopbackOnly(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return errors.New("the sandbox listens on loopback only, got " + addr)
+	}
+	return nil
+}

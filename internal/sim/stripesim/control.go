@@ -1,0 +1,292 @@
+package stripesim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// ControlHandler serves the control API over HTTP (JSON in, JSON out), for the sandbox
+// binary and scripts. Every route calls the Go function of the same name:
+//
+//	POST /products                          {"name","metadata"}                 -> {"id"}
+//	POST /prices                            PriceParams (snake_case)            -> {"id"}
+//	POST /checkout                          CheckoutParams (snake_case)         -> CheckoutResult
+//	POST /advance                           {"duration":"720h"}                 -> {"now"}
+//	POST /customers/{id}/card_declines      {"declines":true}
+//	POST /customers/{id}/fail_next_payment
+//	POST /invoices/{id}/pay | /pay_out_of_band
+//	POST /subscriptions/{id}/cancel | /pause | /resume
+//	POST /subscriptions/{id}/cancel_at_period_end {"on":true}
+//	POST /subscriptions/{id}/price          {"price","invoice_now"}
+//	POST /subscriptions/{id}/quantity       {"quantity","invoice_now"}
+//	POST /subscriptions/{id}/exhaust_dunning {"final":"unpaid"}
+//	POST /charges/{id}/refund               {"amount"}                          -> {"id"}
+//	POST /charges/{id}/dispute              {"reason"}                          -> {"id"}
+//	POST /disputes/{id}/close               {"won":true}
+//	POST /endpoints                         {"url","secrets",...EndpointOptions}
+//	POST /faults                            Faults
+//	POST /flush                             waits until webhooks are delivered
+//	GET  /subscriptions/{id}                the subscription's state and invoices
+//	GET  /now                               {"now"}
+func (s *Sim) ControlHandler() http.Handler {
+	mux := http.NewServeMux()
+	handle := func(pattern string, fn func(r *http.Request, body map[string]json.RawMessage) (any, error)) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			body := map[string]json.RawMessage{}
+			if r.Method == http.MethodPost && r.ContentLength != 0 {
+				if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+					controlError(w, http.StatusBadRequest, err)
+					return
+				}
+			}
+			out, err := fn(r, body)
+			if err != nil {
+				controlError(w, http.StatusUnprocessableEntity, err)
+				return
+			}
+			if out == nil {
+				out = map[string]any{"ok": true}
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(out)
+		})
+	}
+	id := func(r *http.Request) string { return r.PathValue("id") }
+	handle("POST /products", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Name     string            `json:"name"`
+			Metadata map[string]string `json:"metadata"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return map[string]string{"id": s.CreateProduct(p.Name, p.Metadata)}, nil
+	})
+	handle("POST /prices", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Product       string            `json:"product"`
+			UnitAmount    int64             `json:"unit_amount"`
+			Currency      string            `json:"currency"`
+			Interval      string            `json:"interval"`
+			IntervalCount int64             `json:"interval_count"`
+			Nickname      string            `json:"nickname"`
+			Metadata      map[string]string `json:"metadata"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		pid, err := s.CreatePrice(PriceParams(p))
+		return map[string]string{"id": pid}, err
+	})
+	handle("POST /checkout", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Customer string `json:"customer"`
+			Email    string `json:"email"`
+			Name     string `json:"name"`
+			Items    []struct {
+				Price    string `json:"price"`
+				Quantity int64  `json:"quantity"`
+			} `json:"items"`
+			TrialDays            int               `json:"trial_days"`
+			CardDeclines         bool              `json:"card_declines"`
+			ClientReferenceID    string            `json:"client_reference_id"`
+			Metadata             map[string]string `json:"metadata"`
+			SubscriptionMetadata map[string]string `json:"subscription_metadata"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		cp := CheckoutParams{Customer: p.Customer, Email: p.Email, Name: p.Name, TrialDays: p.TrialDays, CardDeclines: p.CardDeclines,
+			ClientReferenceID: p.ClientReferenceID, Metadata: p.Metadata, SubscriptionMetadata: p.SubscriptionMetadata}
+		for _, it := range p.Items {
+			cp.Items = append(cp.Items, ItemParams{Price: it.Price, Quantity: it.Quantity})
+		}
+		res, err := s.Checkout(cp)
+		return map[string]any{"session": res.Session, "subscription": res.Subscription, "customer": res.Customer,
+			"invoice": res.Invoice, "completed": res.Completed}, err
+	})
+	handle("POST /advance", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Duration string `json:"duration"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		d, err := time.ParseDuration(p.Duration)
+		if err != nil || d < 0 {
+			return nil, errors.New(`duration must be a positive Go duration such as "720h"`)
+		}
+		s.Advance(d)
+		return map[string]any{"now": s.Now()}, nil
+	})
+	handle("GET /now", func(*http.Request, map[string]json.RawMessage) (any, error) { return map[string]any{"now": s.Now()}, nil })
+	handle("POST /customers/{id}/card_declines", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Declines bool `json:"declines"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.SetCardDeclines(id(r), p.Declines)
+	})
+	handle("POST /customers/{id}/fail_next_payment", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
+		return nil, s.FailNextPayment(id(r))
+	})
+	handle("POST /invoices/{id}/pay", func(r *http.Request, _ map[string]json.RawMessage) (any, error) { return nil, s.PayInvoice(id(r)) })
+	handle("POST /invoices/{id}/pay_out_of_band", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
+		return nil, s.PayOutOfBand(id(r))
+	})
+	handle("POST /subscriptions/{id}/cancel", func(r *http.Request, _ map[string]json.RawMessage) (any, error) { return nil, s.CancelNow(id(r)) })
+	handle("POST /subscriptions/{id}/pause", func(r *http.Request, _ map[string]json.RawMessage) (any, error) { return nil, s.Pause(id(r)) })
+	handle("POST /subscriptions/{id}/resume", func(r *http.Request, _ map[string]json.RawMessage) (any, error) { return nil, s.Resume(id(r)) })
+	handle("POST /subscriptions/{id}/cancel_at_period_end", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			On bool `json:"on"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.CancelAtPeriodEnd(id(r), p.On)
+	})
+	handle("POST /subscriptions/{id}/price", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Price      string `json:"price"`
+			InvoiceNow bool   `json:"invoice_now"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.ChangePrice(id(r), p.Price, ChangeOptions{InvoiceNow: p.InvoiceNow})
+	})
+	handle("POST /subscriptions/{id}/quantity", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Quantity   int64 `json:"quantity"`
+			InvoiceNow bool  `json:"invoice_now"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.ChangeQuantity(id(r), p.Quantity, ChangeOptions{InvoiceNow: p.InvoiceNow})
+	})
+	handle("POST /subscriptions/{id}/exhaust_dunning", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Final string `json:"final"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.ExhaustDunning(id(r), p.Final)
+	})
+	handle("POST /charges/{id}/refund", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Amount int64 `json:"amount"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		rid, err := s.Refund(id(r), p.Amount)
+		return map[string]string{"id": rid}, err
+	})
+	handle("POST /charges/{id}/dispute", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Reason string `json:"reason"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		did, err := s.Dispute(id(r), p.Reason)
+		return map[string]string{"id": did}, err
+	})
+	handle("POST /disputes/{id}/close", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Won bool `json:"won"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.CloseDispute(id(r), p.Won)
+	})
+	handle("POST /endpoints", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			URL           string   `json:"url"`
+			Secrets       []string `json:"secrets"`
+			Types         []string `json:"types"`
+			Workers       int      `json:"workers"`
+			Reorder       bool     `json:"reorder"`
+			DuplicateRate float64  `json:"duplicate_rate"`
+			DropRate      float64  `json:"drop_rate"`
+			MaxAttempts   int      `json:"max_attempts"`
+			RetryBackoff  string   `json:"retry_backoff"`
+			Seed          uint64   `json:"seed"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		if p.URL == "" || len(p.Secrets) == 0 {
+			return nil, errors.New("an endpoint needs a url and at least one secret")
+		}
+		var backoff time.Duration
+		if p.RetryBackoff != "" {
+			var err error
+			if backoff, err = time.ParseDuration(p.RetryBackoff); err != nil {
+				return nil, err
+			}
+		}
+		s.AddEndpoint(p.URL, EndpointOptions{Secrets: p.Secrets, Types: p.Types, Workers: p.Workers, Reorder: p.Reorder,
+			DuplicateRate: p.DuplicateRate, DropRate: p.DropRate, MaxAttempts: p.MaxAttempts, RetryBackoff: backoff, Seed: p.Seed})
+		return nil, nil
+	})
+	handle("POST /faults", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			RateLimitRate float64 `json:"rate_limit_rate"`
+			ErrorRate     float64 `json:"error_rate"`
+			RateLimitNext int     `json:"rate_limit_next"`
+			ErrorNext     int     `json:"error_next"`
+			Latency       string  `json:"latency"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		f := Faults{RateLimitRate: p.RateLimitRate, ErrorRate: p.ErrorRate, RateLimitNext: p.RateLimitNext, ErrorNext: p.ErrorNext}
+		if p.Latency != "" {
+			d, err := time.ParseDuration(p.Latency)
+			if err != nil {
+				return nil, err
+			}
+			f.Latency = d
+		}
+		s.SetFaults(f)
+		return nil, nil
+	})
+	handle("POST /flush", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+		defer cancel()
+		return nil, s.FlushWebhooks(ctx)
+	})
+	handle("GET /subscriptions/{id}", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
+		sub, ok := s.Subscription(id(r))
+		if !ok {
+			return nil, errNotFound("subscription", id(r))
+		}
+		return map[string]any{"subscription": sub, "invoices": s.Invoices(sub.ID)}, nil
+	})
+	return mux
+}
+
+// decode reads a control request's body into v, refusing unknown fields.
+func decode(body map[string]json.RawMessage, v any) error {
+	b, _ := json.Marshal(body)
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+func controlError(w http.ResponseWriter, status int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+}
