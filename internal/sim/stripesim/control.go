@@ -123,7 +123,9 @@ func (s *Sim) ControlHandler() http.Handler {
 		s.Advance(d)
 		return map[string]any{"now": s.Now()}, nil
 	})
-	handle("GET /now", func(*http.Request, map[string]json.RawMessage) (any, error) { return map[string]any{"now": s.Now()}, nil })
+	handle("GET /now", func(*http.Request, map[string]json.RawMessage) (any, error) {
+		return map[string]any{"now": s.Now()}, nil
+	})
 	handle("POST /customers/{id}/card_declines", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
 		var p struct {
 			Declines bool `json:"declines"`
