@@ -1,0 +1,293 @@
+// Package license is keysync's policy: from a subscription's state in Stripe, its
+// paid-through date, the plan mapping, and the key's state in Cryptolens, it computes
+// the license the subscription is entitled to and the ordered actions that get the key
+// there. It does no I/O.
+package license
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"time"
+)
+
+// Stripe subscription statuses.
+const (
+	StatusIncomplete        = "incomplete"
+	StatusIncompleteExpired = "incomplete_expired"
+	StatusTrialing          = "trialing"
+	StatusActive            = "active"
+	StatusPastDue           = "past_due"
+	StatusCanceled          = "canceled"
+	StatusUnpaid            = "unpaid"
+	StatusPaused            = "paused"
+)
+
+// Invoice is what paid-through needs of a Stripe invoice.
+type Invoice struct {
+	Paid  bool // status paid: charged, $0 trial invoices, and paid out of band
+	Lines []Line
+}
+
+// Line is an invoice line.
+type Line struct {
+	Type      string // "subscription" or "invoiceitem"
+	PeriodEnd time.Time
+}
+
+// PaidThrough returns the latest period end of the subscription lines of the paid
+// invoices: the end of the service the customer has paid for. It is zero when nothing
+// is paid. Neither the subscription's current_period_end (it moves when a renewal
+// invoice is created, before it is paid) nor an invoice's period_end (not the service
+// period) is used.
+func PaidThrough(invoices []Invoice) time.Time {
+	var out time.Time
+	for _, inv := range invoices {
+		if !inv.Paid {
+			continue
+		}
+		for _, l := range inv.Lines {
+			if l.Type == "subscription" && l.PeriodEnd.After(out) {
+				out = l.PeriodEnd
+			}
+		}
+	}
+	return out
+}
+
+// Subscription is the Stripe side of one subscription, read fresh.
+type Subscription struct {
+	ID         string
+	CustomerID string
+	Status     string
+	Items      []Item
+	// PaidThrough is the later of PaidThrough(invoices) and the one keysync stored
+	// (it only moves forward).
+	PaidThrough time.Time
+	// Disputed is true while a dispute on one of its charges is open or was lost.
+	Disputed bool
+	// RefundedLatest is true when the latest paid invoice was refunded in full.
+	RefundedLatest bool
+}
+
+// Key is the Cryptolens side: the key's state, if there is one.
+type Key struct {
+	Exists      bool
+	Key         string
+	Expires     time.Time
+	Blocked     bool
+	Features    [8]bool
+	MaxMachines int
+}
+
+// Options are the policy's settings.
+type Options struct {
+	// BufferDays is added to paid-through (KEYSYNC_BUFFER_DAYS, default 5).
+	BufferDays int
+	// BlockOnDispute blocks the key of a disputed subscription (KEYSYNC_ON_DISPUTE=block).
+	BlockOnDispute bool
+	// BlockOnRefund blocks the key when the latest invoice was refunded in full
+	// (KEYSYNC_ON_REFUND=block).
+	BlockOnRefund bool
+}
+
+// Desired is the license a subscription is entitled to.
+type Desired struct {
+	// Mapped is false when no item maps to a plan: the subscription needs no license.
+	Mapped bool
+	// ProductID is the Cryptolens product of the key.
+	ProductID int
+	// NeedKey is true when a key should exist (one is created if missing).
+	NeedKey bool
+	// Expires is the target expiry: paid-through + buffer (zero when not extending).
+	Expires time.Time
+	// Block says the key must be blocked; Reason says why.
+	Block  bool
+	Reason string
+	// Features are the managed features and whether each should be on.
+	Features map[int]bool
+	// Machines is the machine limit, nil when no plan manages it.
+	Machines *int
+	// Sources are the mappings used, for the audit.
+	Sources []string
+}
+
+// ErrMixedProducts means a subscription's items map to different Cryptolens products:
+// one subscription has one key.
+var ErrMixedProducts = errors.New("items map to different Cryptolens products")
+
+// Desire computes the license sub is entitled to. It returns an error when the
+// mapping cannot be read or is contradictory for this subscription; those are not
+// fixed by retrying.
+func Desire(sub Subscription, m *Mapping, o Options) (Desired, error) {
+	d := Desired{Features: map[int]bool{}}
+	buffer := o.BufferDays
+	machines, managesMachines := 0, false
+	for _, it := range sub.Items {
+		p, ok, err := m.Resolve(it)
+		if err != nil {
+			return Desired{}, err
+		}
+		if !ok {
+			continue
+		}
+		if d.Mapped && p.ProductID != d.ProductID {
+			return Desired{}, fmt.Errorf("%w: %d and %d", ErrMixedProducts, d.ProductID, p.ProductID)
+		}
+		d.Mapped, d.ProductID = true, p.ProductID
+		d.Sources = append(d.Sources, p.Source)
+		for f, on := range p.Features {
+			d.Features[f] = d.Features[f] || on // the union over items
+		}
+		if p.Machines != nil {
+			managesMachines = true
+			machines += p.Machines.Fixed + p.Machines.PerSeat*int(max(it.Quantity, 1))
+		}
+		if p.BufferDays != nil && *p.BufferDays > buffer {
+			buffer = *p.BufferDays
+		}
+	}
+	if !d.Mapped {
+		return d, nil
+	}
+	if managesMachines {
+		d.Machines = &machines
+	}
+	switch sub.Status {
+	case StatusIncomplete:
+		// The first payment is pending: no key yet.
+	case StatusTrialing, StatusActive, StatusPastDue:
+		// past_due: the key keeps its paid-through + buffer and is not extended further;
+		// it lapses at the end of the buffer unless the invoice gets paid.
+		d.NeedKey = true
+		if !sub.PaidThrough.IsZero() {
+			d.Expires = sub.PaidThrough.AddDate(0, 0, buffer)
+		}
+	case StatusUnpaid, StatusCanceled, StatusIncompleteExpired, StatusPaused:
+		d.Block, d.Reason = true, "subscription "+sub.Status
+	default:
+		return Desired{}, fmt.Errorf("unknown subscription status %q", sub.Status)
+	}
+	switch {
+	case d.Block:
+	case o.BlockOnDispute && sub.Disputed:
+		d.Block, d.Reason = true, "payment disputed"
+	case o.BlockOnRefund && sub.RefundedLatest:
+		d.Block, d.Reason = true, "latest invoice refunded"
+	}
+	return d, nil
+}
+
+// ActionKind names an action, as in the audit log.
+type ActionKind string
+
+// The actions.
+const (
+	CreateKey     ActionKind = "create_key"
+	Extend        ActionKind = "extend"
+	Block         ActionKind = "block"
+	Unblock       ActionKind = "unblock"
+	AddFeature    ActionKind = "add_feature"
+	RemoveFeature ActionKind = "remove_feature"
+	MachineLimit  ActionKind = "machine_limit"
+	SkipUnmapped  ActionKind = "skip_unmapped"
+)
+
+// Action is one change to make to the key.
+type Action struct {
+	Kind ActionKind
+	// Days is the ExtendLicense argument, or CreateKey's Period.
+	Days int
+	// OldExpires and NewExpires are the expiry before and after (extend, create).
+	OldExpires, NewExpires time.Time
+	Feature                int
+	Machines               int
+	// Features and Machines (create) are the new key's settings.
+	Features [8]bool
+	// Reason explains a block or unblock.
+	Reason string
+}
+
+// State is what keysync remembers of the key between syncs.
+type State struct {
+	// BlockedByKeysync is true when keysync blocked the key (or set out to: the intent
+	// is recorded before the call).
+	BlockedByKeysync bool
+}
+
+// Actions returns the actions that move key to desired, in the order to apply them:
+// create, or block first (nothing else changes on a key being blocked); else extend,
+// features, machine limit, and unblock last (the key is whole when it works again).
+// now is the current time. It never shortens a key and never unblocks a block that is
+// not keysync's, except an expiry block (Cryptolens' "Block Expired Licenses").
+func Actions(d Desired, key Key, st State, now time.Time) []Action {
+	if !d.Mapped {
+		return []Action{{Kind: SkipUnmapped}}
+	}
+	if !key.Exists {
+		if !d.NeedKey || d.Block {
+			return nil
+		}
+		a := Action{Kind: CreateKey, Days: DaysUntil(now, d.Expires), OldExpires: now}
+		a.NewExpires = now.Add(time.Duration(a.Days) * 24 * time.Hour)
+		for f, on := range d.Features {
+			a.Features[f-1] = on
+		}
+		if d.Machines != nil {
+			a.Machines = *d.Machines
+		}
+		return []Action{a}
+	}
+	if d.Block {
+		if key.Blocked {
+			return nil
+		}
+		return []Action{{Kind: Block, Reason: d.Reason}}
+	}
+	var out []Action
+	ref := key.Expires
+	if ref.Before(now) {
+		ref = now // Cryptolens counts from today when the key has expired
+	}
+	if days := DaysUntil(ref, d.Expires); days > 0 {
+		out = append(out, Action{Kind: Extend, Days: days, OldExpires: key.Expires, NewExpires: ref.Add(time.Duration(days) * 24 * time.Hour)})
+	}
+	features := make([]int, 0, len(d.Features))
+	for f := range d.Features {
+		features = append(features, f)
+	}
+	sort.Ints(features)
+	for _, f := range features {
+		want := d.Features[f]
+		if key.Features[f-1] == want {
+			continue
+		}
+		kind := RemoveFeature
+		if want {
+			kind = AddFeature
+		}
+		out = append(out, Action{Kind: kind, Feature: f})
+	}
+	if d.Machines != nil && key.MaxMachines != *d.Machines {
+		out = append(out, Action{Kind: MachineLimit, Machines: *d.Machines})
+	}
+	if key.Blocked {
+		switch {
+		case st.BlockedByKeysync:
+			out = append(out, Action{Kind: Unblock, Reason: "keysync's block lifted: subscription in good standing"})
+		case !key.Expires.After(now):
+			out = append(out, Action{Kind: Unblock, Reason: "expiry block lifted: the key had expired and the subscription is paid"})
+		}
+		// Otherwise the vendor blocked a valid key by hand: it stays blocked.
+	}
+	return out
+}
+
+// DaysUntil returns ceil((target - from) / 24h), and 0 when target is not after from.
+func DaysUntil(from, target time.Time) int {
+	if target.IsZero() || !target.After(from) {
+		return 0
+	}
+	return int(math.Ceil(target.Sub(from).Hours() / 24))
+}
