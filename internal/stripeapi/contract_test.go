@@ -81,6 +81,8 @@ func TestContractWithStripeMock(t *testing.T) {
 	check("GetCharge", err)
 	_, err = c.GetDispute(ctx, "dp_123")
 	check("GetDispute", err)
+	_, err = c.Disputes(ctx, "ch_123")
+	check("Disputes", err)
 	_, err = c.GetCheckoutSession(ctx, "cs_test_123")
 	check("GetCheckoutSession", err)
 	_, err = c.GetCustomer(ctx, "cus_123")

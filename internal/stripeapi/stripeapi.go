@@ -275,3 +275,16 @@ func (c *Client) wrap(op string, err error) error {
 }
 
 func (c *Client) scrub(s string) string { return strings.ReplaceAll(s, c.key, "[key]") }
+
+// Disputes returns the disputes of a charge.
+func (c *Client) Disputes(ctx context.Context, charge string) ([]*stripe.Dispute, error) {
+	p := &stripe.DisputeListParams{Charge: stripe.String(charge)}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	var out []*stripe.Dispute
+	it := c.api.Disputes.List(p)
+	for it.Next() {
+		out = append(out, it.Dispute())
+	}
+	return out, c.wrap("list disputes", it.Err())
+}

@@ -247,6 +247,14 @@ func (s *Sim) route(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		out = s.renderCharge(c)
+	case res == "disputes" && get && id == "":
+		var data []any
+		for _, d := range s.disputes {
+			if q.Get("charge") == "" || d.Charge == q.Get("charge") {
+				data = append(data, s.renderDispute(d))
+			}
+		}
+		out = list("/v1/disputes", data, false)
 	case res == "disputes" && get && id != "":
 		d, ok := s.disputes[id]
 		if !ok {
