@@ -1,15 +1,12 @@
-// Command keysync-demo runs the keysync binary against local Postgres and shows what it
-// does, end to end. It is what `make demo` runs.
-//
-// Today it plays Stripe's side of webhook delivery (signed events, a redelivery, a
-// rotated secret, a forged signature, an unhandled type, a wrong API version) and
-// prints what keysync stored and processed. When the sandbox and the sync engine land,
-// it plays a whole subscription lifecycle against them instead.
+// Command keysync-demo runs keysync against the sandbox (the Stripe and Cryptolens
+// simulators) on local Postgres, plays a subscription's life through it, checks the
+// license key after every step, and prints the audit trail. It is what `make demo` runs.
 package main
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,15 +24,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/keysync/keysync/internal/localpg"
 )
 
-const (
-	secretOld = "whsec_demo_old_0123456789abcdef"
-	secretNew = "whsec_demo_new_0123456789abcdef"
-)
+const product = 1001
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -47,24 +40,33 @@ func main() {
 	}
 }
 
+type demo struct {
+	out     io.Writer
+	control string
+	db      *pgx.Conn
+	sub     string
+	cust    string
+}
+
 func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("keysync-demo", flag.ContinueOnError)
-	binary := fs.String("keysync", "bin/keysync", "the keysync binary to run")
-	workdir := fs.String("dir", ".demo", "where the demo writes keysync's log")
+	keysyncBin := fs.String("keysync", "bin/keysync", "the keysync binary")
+	sandboxBin := fs.String("sandbox", "bin/keysync-sandbox", "the keysync-sandbox binary")
+	workdir := fs.String("dir", ".demo", "where the demo writes logs and the plans file")
 	database := fs.String("database", "keysync_demo", "database the demo creates (on a local or throwaway server)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	p := func(format string, a ...any) { fmt.Fprintf(out, format, a...) }
-	step := func(s string) { p("\n== %s\n", s) }
-	if _, err := os.Stat(*binary); err != nil {
-		return fmt.Errorf("%s not found: run `make build` first (make demo does)", *binary)
+	for _, b := range []string{*keysyncBin, *sandboxBin} {
+		if _, err := os.Stat(b); err != nil {
+			return fmt.Errorf("%s not found: run `make build` first (make demo does)", b)
+		}
 	}
 	if err := os.MkdirAll(*workdir, 0o755); err != nil {
 		return err
 	}
-
-	step("Postgres")
+	d := &demo{out: out}
+	d.step("Postgres")
 	server, err := localpg.Find(ctx, os.Getenv)
 	if err != nil {
 		return err
@@ -74,123 +76,471 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p("  using the %s server: %s\n", server.Kind, redact(dbURL))
+	d.say("using the %s server: %s", server.Kind, redact(dbURL))
+	if d.db, err = pgx.Connect(ctx, dbURL); err != nil {
+		return err
+	}
+	defer d.db.Close(context.Background())
 
-	step("keysync serve")
-	addr, err := freeAddr()
+	d.step("keysync-sandbox: Stripe and Cryptolens simulators on loopback")
+	ports, err := freePorts(4)
 	if err != nil {
 		return err
 	}
-	logPath := filepath.Join(*workdir, "keysync.log")
-	logFile, err := os.Create(logPath)
+	keysyncAddr := "127.0.0.1:" + ports[3]
+	envFile := filepath.Join(*workdir, "sandbox.env")
+	sandbox, err := start(*sandboxBin, filepath.Join(*workdir, "sandbox.log"), nil,
+		"-stripe-addr", "127.0.0.1:"+ports[0], "-cryptolens-addr", "127.0.0.1:"+ports[1], "-control-addr", "127.0.0.1:"+ports[2],
+		"-cryptolens-product", fmt.Sprint(product), "-webhook-url", "http://"+keysyncAddr+"/webhooks/stripe", "-env-file", envFile)
 	if err != nil {
 		return err
 	}
-	defer logFile.Close()
-	cmd := exec.Command(*binary, "serve")
-	cmd.Env = append(os.Environ(),
-		"DATABASE_URL="+dbURL,
-		"KEYSYNC_LISTEN="+addr,
-		"STRIPE_WEBHOOK_SECRETS="+secretNew+","+secretOld,
-		"LOG_FORMAT=json",
-		"LOG_LEVEL=info",
-	)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
+	defer sandbox.stop()
+	d.control = "http://127.0.0.1:" + ports[2]
+	if err := waitHTTP(ctx, d.control+"/stripe/now", sandbox.exited); err != nil {
+		return fmt.Errorf("sandbox: %w", err)
+	}
+	var prod, pro, team map[string]string
+	if err := d.post("/stripe/products", map[string]any{"name": "Acme App", "metadata": map[string]string{"skm_product_id": fmt.Sprint(product)}}, &prod); err != nil {
 		return err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-		}
-	}()
-	base := "http://" + addr
-	if err := waitReady(ctx, base, exited); err != nil {
-		return fmt.Errorf("%w (log: %s)", err, logPath)
+	if err := d.post("/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 2900, "nickname": "Pro"}, &pro); err != nil {
+		return err
 	}
-	p("  pid %d, listening on %s, ready (log: %s)\n", cmd.Process.Pid, addr, logPath)
+	if err := d.post("/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 9900, "nickname": "Team"}, &team); err != nil {
+		return err
+	}
+	plans := filepath.Join(*workdir, "plans.yaml")
+	plansYAML := fmt.Sprintf("plans:\n  - price: %s   # Pro\n    features: [1]\n    machines_per_seat: 1\n  - price: %s   # Team\n    features: [1, 3]\n    machines_per_seat: 2\n", pro["id"], team["id"])
+	if err := os.WriteFile(plans, []byte(plansYAML), 0o644); err != nil {
+		return err
+	}
+	d.say("control API %s; prices Pro %s (F1, 1 machine a seat) and Team %s (F1+F3, 2 a seat) in %s", d.control, pro["id"], team["id"], plans)
 
-	step("Stripe delivers webhooks")
-	run := time.Now().Format("150405")
-	id := func(n string) string { return "evt_demo_" + run + "_" + n }
-	deliveries := []struct {
-		what    string
-		body    []byte
-		secret  string
-		want    int
-		wantTxt string
+	d.step("keysync serve")
+	env, err := readEnv(envFile)
+	if err != nil {
+		return err
+	}
+	env = append(env, "DATABASE_URL="+dbURL, "KEYSYNC_LISTEN="+keysyncAddr, "KEYSYNC_PLANS_FILE="+plans, "LOG_FORMAT=json", "LOG_LEVEL=info")
+	keysync, err := start(*keysyncBin, filepath.Join(*workdir, "keysync.log"), env, "serve")
+	if err != nil {
+		return err
+	}
+	defer keysync.stop()
+	if err := waitHTTP(ctx, "http://"+keysyncAddr+"/readyz", keysync.exited); err != nil {
+		return fmt.Errorf("keysync: %w (log: %s)", err, keysync.log)
+	}
+	d.say("pid %d on %s, ready (log: %s)", keysync.cmd.Process.Pid, keysyncAddr, keysync.log)
+
+	d.step("A subscription's life (each step: Stripe acts, webhooks arrive, keysync syncs)")
+	var co map[string]any
+	if err := d.post("/stripe/checkout", map[string]any{"email": "ada@example.com", "name": "Ada Lovelace",
+		"items": []map[string]any{{"price": pro["id"], "quantity": 1}}, "trial_days": 14}, &co); err != nil {
+		return err
+	}
+	d.sub, d.cust = co["subscription"].(string), co["customer"].(string)
+	steps := []struct {
+		what   string
+		act    func() error
+		expect func(k keyState, s subState) error
 	}{
-		{"subscription created", eventBody(id("1"), "customer.subscription.created", "2023-10-16"), secretNew, 200, "stored"},
-		{"first invoice paid", eventBody(id("2"), "invoice.paid", "2023-10-16"), secretNew, 200, "stored"},
-		{"same invoice.paid redelivered", eventBody(id("2"), "invoice.paid", "2023-10-16"), secretNew, 200, "duplicate"},
-		{"signed with the old (rotating) secret", eventBody(id("3"), "customer.subscription.updated", "2023-10-16"), secretOld, 200, "stored"},
-		{"event type keysync does not act on", eventBody(id("4"), "customer.created", "2023-10-16"), secretNew, 200, "stored"},
-		{"forged: signed with a wrong secret", eventBody(id("5"), "invoice.paid", "2023-10-16"), "whsec_attacker", 400, "signature"},
-		{"endpoint on the wrong API version", eventBody(id("6"), "invoice.paid", "2020-08-27"), secretNew, 400, "api_version"},
+		{"checkout: Pro, 1 seat, 14-day trial", nil, d.wantValid([8]bool{true}, 1)},
+		{"trial converts, first invoice paid", d.pastRenewal, d.wantValid([8]bool{true}, 1)},
+		{"renewal 1", d.pastRenewal, d.wantValid([8]bool{true}, 1)},
+		{"renewal 2", d.pastRenewal, d.wantValid([8]bool{true}, 1)},
+		{"renewal 3", d.pastRenewal, d.wantValid([8]bool{true}, 1)},
+		{"renewal 4: the card is declined", func() error {
+			if err := d.post("/stripe/customers/"+d.cust+"/fail_next_payment", nil, nil); err != nil {
+				return err
+			}
+			return d.pastRenewal()
+		}, d.wantStatus("past_due", d.wantValid([8]bool{true}, 1))},
+		{"the customer pays the open invoice", func() error {
+			s, err := d.subscription()
+			if err != nil {
+				return err
+			}
+			return d.post("/stripe/invoices/"+s.Subscription.LatestInvoice+"/pay", nil, nil)
+		}, d.wantStatus("active", d.wantValid([8]bool{true}, 1))},
+		{"upgrade to Team", func() error {
+			return d.post("/stripe/subscriptions/"+d.sub+"/price", map[string]any{"price": team["id"]}, nil)
+		}, d.wantValid([8]bool{true, false, true}, 2)},
+		{"seats 1 -> 3", func() error {
+			return d.post("/stripe/subscriptions/"+d.sub+"/quantity", map[string]any{"quantity": 3}, nil)
+		}, d.wantValid([8]bool{true, false, true}, 6)},
+		{"cancel at period end (still valid until then)", func() error {
+			return d.post("/stripe/subscriptions/"+d.sub+"/cancel_at_period_end", map[string]any{"on": true}, nil)
+		}, d.wantValid([8]bool{true, false, true}, 6)},
+		{"the period ends: subscription canceled", d.pastRenewal, d.wantBlocked},
 	}
-	for _, d := range deliveries {
-		code, resp, err := deliver(ctx, base, d.body, d.secret)
+	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "  STEP\tSTRIPE\tKEY\tEXPIRES\tBLOCKED\tFEATURES\tMACHINES\tCHECK")
+	for _, st := range steps {
+		if st.act != nil {
+			if err := st.act(); err != nil {
+				return fmt.Errorf("%s: %w", st.what, err)
+			}
+		}
+		if err := d.idle(ctx); err != nil {
+			return fmt.Errorf("%s: %w", st.what, err)
+		}
+		k, s, err := d.state()
 		if err != nil {
 			return err
 		}
-		verdict := "ok"
-		if code != d.want || !strings.Contains(resp+stored(code), d.wantTxt) {
-			verdict = "UNEXPECTED"
+		check := "ok"
+		if err := st.expect(k, s); err != nil {
+			check = "FAILED: " + err.Error()
 		}
-		p("  %-40s -> %d %s  [%s]\n", d.what, code, short(resp), verdict)
-		if verdict != "ok" {
-			return fmt.Errorf("%s: got %d %s, want %d", d.what, code, resp, d.want)
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%v\t%s\t%d\t%s\n", st.what, s.Subscription.Status, short(k.Key), k.Expires.Format("2006-01-02 15:04"),
+			k.Block, features(k.Features), k.MaxNoOfMachines, check)
+		if check != "ok" {
+			w.Flush()
+			return fmt.Errorf("%s: %s", st.what, check)
 		}
 	}
+	w.Flush()
 
-	step("keysync processes the stored events (River jobs)")
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	if err := waitProcessed(ctx, conn, "evt_demo_"+run+"_%"); err != nil {
-		return err
-	}
-	if err := printEvents(ctx, out, conn, "evt_demo_"+run+"_%"); err != nil {
+	d.step("Audit trail (audit_log)")
+	if err := d.printAudit(ctx); err != nil {
 		return err
 	}
 
-	step("keysync stops on SIGTERM")
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			return fmt.Errorf("keysync exited with %v (log: %s)", err, logPath)
-		}
-	case <-time.After(60 * time.Second):
-		return errors.New("keysync did not stop within 60s")
+	d.step("Stop")
+	if err := keysync.stop(); err != nil {
+		return fmt.Errorf("keysync: %w (log: %s)", err, keysync.log)
 	}
-	p("  stopped cleanly (exit 0)\n")
-	p("\nThe sync engine (license keys from these events) and the Stripe/Cryptolens sandbox come with later issues.\n")
+	if err := sandbox.stop(); err != nil {
+		return fmt.Errorf("sandbox: %w", err)
+	}
+	d.say("keysync and the sandbox stopped cleanly")
 	return nil
 }
 
-func stored(code int) string {
-	if code == 200 {
-		return "stored"
+func (d *demo) step(s string)               { fmt.Fprintf(d.out, "\n== %s\n", s) }
+func (d *demo) say(format string, a ...any) { fmt.Fprintf(d.out, "  "+format+"\n", a...) }
+func short(k string) string                 { return k }
+func features(f [8]bool) string {
+	var on []string
+	for i, v := range f {
+		if v {
+			on = append(on, fmt.Sprintf("F%d", i+1))
+		}
 	}
-	return ""
+	return strings.Join(on, "+")
 }
 
-func short(s string) string {
-	s = strings.TrimSpace(s)
-	if len(s) > 90 {
-		return s[:87] + "..."
-	}
-	return s
+type keyState struct {
+	Key             string
+	Expires         time.Time
+	Block           bool
+	Features        [8]bool
+	MaxNoOfMachines int
 }
 
-// demoDatabase returns the URL of a fresh keysync_demo database on a local or throwaway
-// server. A server named by DATABASE_URL is used as it is: the demo never drops a
-// database it did not create.
+type subState struct {
+	Subscription struct {
+		Status           string
+		CurrentPeriodEnd int64
+		LatestInvoice    string
+	}
+	Invoices []struct {
+		Status string
+		Lines  []struct {
+			Type      string
+			PeriodEnd int64
+		}
+	}
+}
+
+// paidThrough recomputes, from Stripe's side, what the key should reach.
+func (s subState) paidThrough() time.Time {
+	var pt int64
+	for _, inv := range s.Invoices {
+		if inv.Status != "paid" {
+			continue
+		}
+		for _, l := range inv.Lines {
+			if l.Type == "subscription" && l.PeriodEnd > pt {
+				pt = l.PeriodEnd
+			}
+		}
+	}
+	return time.Unix(pt, 0).UTC()
+}
+
+func (d *demo) wantValid(f [8]bool, machines int) func(keyState, subState) error {
+	return func(k keyState, s subState) error {
+		want := s.paidThrough().AddDate(0, 0, 5)
+		switch {
+		case k.Key == "":
+			return errors.New("no key")
+		case k.Block:
+			return errors.New("blocked")
+		case k.Expires.Before(want) || k.Expires.Sub(want) >= 24*time.Hour:
+			return fmt.Errorf("expires %s, want paid-through + 5 days = %s", k.Expires.Format(time.DateTime), want.Format(time.DateTime))
+		case k.Features != f || k.MaxNoOfMachines != machines:
+			return fmt.Errorf("features %s machines %d, want %s and %d", features(k.Features), k.MaxNoOfMachines, features(f), machines)
+		}
+		return nil
+	}
+}
+
+func (d *demo) wantStatus(status string, next func(keyState, subState) error) func(keyState, subState) error {
+	return func(k keyState, s subState) error {
+		if s.Subscription.Status != status {
+			return fmt.Errorf("subscription %s, want %s", s.Subscription.Status, status)
+		}
+		return next(k, s)
+	}
+}
+
+func (d *demo) wantBlocked(k keyState, s subState) error {
+	if !k.Block || s.Subscription.Status != "canceled" {
+		return fmt.Errorf("subscription %s, key blocked %v: want canceled and blocked", s.Subscription.Status, k.Block)
+	}
+	return nil
+}
+
+func (d *demo) state() (keyState, subState, error) {
+	s, err := d.subscription()
+	if err != nil {
+		return keyState{}, s, err
+	}
+	var keys []keyState
+	if err := d.get(fmt.Sprintf("/cryptolens/keys?product=%d", product), &keys); err != nil {
+		return keyState{}, s, err
+	}
+	if len(keys) != 1 {
+		return keyState{}, s, fmt.Errorf("Cryptolens has %d keys, want exactly 1", len(keys))
+	}
+	return keys[0], s, nil
+}
+
+func (d *demo) subscription() (subState, error) {
+	var s subState
+	err := d.get("/stripe/subscriptions/"+d.sub, &s)
+	return s, err
+}
+
+// pastRenewal moves the test clock to two hours after the current period ends: the
+// renewal invoice has been finalized and charged (or declined).
+func (d *demo) pastRenewal() error {
+	s, err := d.subscription()
+	if err != nil {
+		return err
+	}
+	var now struct{ Now time.Time }
+	if err := d.get("/stripe/now", &now); err != nil {
+		return err
+	}
+	dur := time.Unix(s.Subscription.CurrentPeriodEnd, 0).Sub(now.Now) + 2*time.Hour
+	return d.post("/stripe/advance", map[string]string{"duration": dur.String()}, nil)
+}
+
+// idle waits until every webhook was acknowledged and keysync has worked every event.
+func (d *demo) idle(ctx context.Context) error {
+	if err := d.post("/stripe/flush", nil, nil); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		var pending int
+		err := d.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM stripe_events WHERE status = 'pending')
+			+ (SELECT count(*) FROM river_job WHERE state IN ('available', 'running', 'retryable', 'scheduled'))`).Scan(&pending)
+		if err != nil {
+			return err
+		}
+		if pending == 0 {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return errors.New("keysync did not become idle within 60s")
+}
+
+func (d *demo) printAudit(ctx context.Context) error {
+	rows, err := d.db.Query(ctx, `SELECT id, action, outcome, params::text, cause, coalesce(cause_id, ''), coalesce(message, '')
+		FROM audit_log ORDER BY id`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	w := tabwriter.NewWriter(d.out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "  #\tACTION\tOUTCOME\tDETAILS\tCAUSE")
+	for rows.Next() {
+		var id int64
+		var action, outcome, params, cause, causeID, msg string
+		if err := rows.Scan(&id, &action, &outcome, &params, &cause, &causeID, &msg); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "  %d\t%s\t%s\t%s\t%s %s\n", id, action, outcome, details(action, params, msg), cause, causeID)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+func details(action, params, msg string) string {
+	var p map[string]any
+	_ = json.Unmarshal([]byte(params), &p)
+	date := func(k string) string {
+		s, _ := p[k].(string)
+		if t, err := time.Parse(time.RFC3339, s); err == nil {
+			return t.UTC().Format("2006-01-02 15:04")
+		}
+		return s
+	}
+	switch action {
+	case "create_key":
+		return fmt.Sprintf("period %v days, expires %s, %v machines", p["period"], date("expires"), p["machines"])
+	case "extend":
+		return fmt.Sprintf("+%v days: %s -> %s", p["days"], date("old_expires"), date("new_expires"))
+	case "add_feature", "remove_feature":
+		return fmt.Sprintf("F%v", p["feature"])
+	case "machine_limit":
+		return fmt.Sprintf("%v -> %v machines", p["old_machines"], p["machines"])
+	case "block", "unblock":
+		return fmt.Sprint(p["reason"])
+	}
+	if msg != "" {
+		return msg
+	}
+	return params
+}
+
+func (d *demo) post(path string, body any, into any) error {
+	var buf bytes.Buffer
+	if body != nil {
+		_ = json.NewEncoder(&buf).Encode(body)
+	}
+	resp, err := http.Post(d.control+path, "application/json", &buf)
+	if err != nil {
+		return err
+	}
+	return decodeResp(resp, path, into)
+}
+
+func (d *demo) get(path string, into any) error {
+	resp, err := http.Get(d.control + path)
+	if err != nil {
+		return err
+	}
+	return decodeResp(resp, path, into)
+}
+
+func decodeResp(resp *http.Response, path string, into any) error {
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %d %s", path, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	if into != nil {
+		return json.Unmarshal(b, into)
+	}
+	return nil
+}
+
+type proc struct {
+	cmd    *exec.Cmd
+	log    string
+	exited chan error
+	done   bool
+	err    error
+}
+
+func start(bin, logPath string, env []string, args ...string) (*proc, error) {
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	p := &proc{cmd: cmd, log: logPath, exited: make(chan error, 1)}
+	go func() {
+		err := cmd.Wait()
+		f.Close()
+		p.exited <- err
+	}()
+	return p, nil
+}
+
+// stop sends SIGTERM and waits; it kills after 60 seconds. It is safe to call twice.
+func (p *proc) stop() error {
+	if p.done {
+		return p.err
+	}
+	p.done = true
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case p.err = <-p.exited:
+	case <-time.After(60 * time.Second):
+		_ = p.cmd.Process.Kill()
+		p.err = errors.New("did not stop within 60s; killed")
+	}
+	return p.err
+}
+
+func waitHTTP(ctx context.Context, url string, exited <-chan error) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("exited during start-up: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return errors.New("not ready within 60s")
+}
+
+func readEnv(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(string(b)), nil
+}
+
+func freePorts(n int) ([]string, error) {
+	var out []string
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+		out = append(out, fmt.Sprint(ln.Addr().(*net.TCPAddr).Port))
+	}
+	return out, nil
+}
+
+// demoDatabase returns the URL of a fresh database on a local or throwaway server. A
+// server named by DATABASE_URL is used as it is: the demo never drops a database it did
+// not create.
 func demoDatabase(ctx context.Context, s *localpg.Server, name string) (string, error) {
 	if s.Kind == "DATABASE_URL" {
 		return s.URL, nil
@@ -213,100 +563,6 @@ func demoDatabase(ctx context.Context, s *localpg.Server, name string) (string, 
 	}
 	u.Path = "/" + name
 	return u.String(), nil
-}
-
-func eventBody(id, typ, apiVersion string) []byte {
-	return fmt.Appendf(nil, `{"id":%q,"object":"event","api_version":%q,"created":%d,"livemode":false,`+
-		`"pending_webhooks":1,"type":%q,"data":{"object":{"id":"sub_demo","object":"subscription"}}}`,
-		id, apiVersion, time.Now().Unix(), typ)
-}
-
-func deliver(ctx context.Context, base string, body []byte, secret string) (int, string, error) {
-	sig := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: body, Secret: secret})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/webhooks/stripe", bytes.NewReader(body))
-	if err != nil {
-		return 0, "", err
-	}
-	req.Header.Set("Stripe-Signature", sig.Header)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), nil
-}
-
-func waitReady(ctx context.Context, base string, exited <-chan error) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("keysync exited during start-up: %v", err)
-		case <-ctx.Done():
-			return ctx.Err()
-		default:
-		}
-		if resp, err := http.Get(base + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return errors.New("keysync was not ready within 60s")
-}
-
-func waitProcessed(ctx context.Context, conn *pgx.Conn, pattern string) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		var pending int
-		if err := conn.QueryRow(ctx, `SELECT count(*) FROM stripe_events WHERE id LIKE $1 AND status = 'pending'`, pattern).Scan(&pending); err != nil {
-			return err
-		}
-		if pending == 0 {
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return errors.New("events still pending after 60s")
-}
-
-func printEvents(ctx context.Context, out io.Writer, conn *pgx.Conn, pattern string) error {
-	rows, err := conn.Query(ctx, `
-		SELECT e.id, e.type, e.status, e.source, e.attempts,
-		       (SELECT count(*) FROM river_job j WHERE j.args->>'event_id' = e.id) AS jobs,
-		       to_char(e.received_at, 'HH24:MI:SS.MS'), coalesce(to_char(e.processed_at, 'HH24:MI:SS.MS'), '-')
-		FROM stripe_events e WHERE e.id LIKE $1 ORDER BY e.received_at, e.id`, pattern)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "  EVENT\tTYPE\tSTATUS\tSOURCE\tATTEMPTS\tJOBS\tRECEIVED\tPROCESSED")
-	for rows.Next() {
-		var id, typ, status, source, received, processed string
-		var attempts, jobs int
-		if err := rows.Scan(&id, &typ, &status, &source, &attempts, &jobs, &received, &processed); err != nil {
-			return err
-		}
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", id, typ, status, source, attempts, jobs, received, processed)
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	return w.Flush()
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 func redact(raw string) string {

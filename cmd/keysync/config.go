@@ -33,6 +33,10 @@ type config struct {
 	BufferDays           int
 	PlansFile            string
 	DryRun               bool
+	WriteStripeMetadata  bool
+	BlockOnDispute       bool
+	BlockOnRefund        bool
+	StripeRateLimit      float64
 	ReconcileInterval    time.Duration
 	ShutdownTimeout      time.Duration
 	LogLevel             zerolog.Level
@@ -70,7 +74,7 @@ var settings = []setting{
 	{name: "KEYSYNC_DB_MAX_CONNS", def: "20",
 		doc: "Largest number of database connections per replica (webhook ingest, jobs and the admin API share them).",
 		set: func(c *config, v string) error { return intIn(&c.DBMaxConns, v, 2, 1000) }},
-	{name: "STRIPE_API_KEY", secret: true, later: "sync engine",
+	{name: "STRIPE_API_KEY", secret: true,
 		doc: "Stripe secret or restricted key (`sk_...`/`rk_...`) keysync reads subscriptions with.",
 		set: func(c *config, v string) error {
 			if !strings.HasPrefix(v, "sk_") && !strings.HasPrefix(v, "rk_") {
@@ -79,7 +83,7 @@ var settings = []setting{
 			c.StripeAPIKey = v
 			return nil
 		}},
-	{name: "STRIPE_API_BASE", def: "https://api.stripe.com", later: "sync engine",
+	{name: "STRIPE_API_BASE", def: "https://api.stripe.com",
 		doc: "Stripe API base URL (the sandbox's URL in development).",
 		set: func(c *config, v string) error { return httpURL(&c.StripeAPIBase, v) }},
 	{name: "STRIPE_WEBHOOK_SECRETS", secret: true,
@@ -104,16 +108,16 @@ var settings = []setting{
 			}
 			return nil
 		}},
-	{name: "CRYPTOLENS_TOKEN", secret: true, later: "sync engine",
+	{name: "CRYPTOLENS_TOKEN", secret: true,
 		doc: "Cryptolens access token with the key methods keysync calls.",
 		set: func(c *config, v string) error { c.CryptolensToken = v; return nil }},
-	{name: "CRYPTOLENS_API_BASE", def: "https://api.cryptolens.io", later: "sync engine",
+	{name: "CRYPTOLENS_API_BASE", def: "https://api.cryptolens.io",
 		doc: "Cryptolens Web API base URL (the sandbox's URL in development).",
 		set: func(c *config, v string) error { return httpURL(&c.CryptolensAPIBase, v) }},
-	{name: "CRYPTOLENS_PRODUCT_ID", later: "sync engine",
+	{name: "CRYPTOLENS_PRODUCT_ID",
 		doc: "Cryptolens product that plans-file entries use when they name none. Maps nothing by itself.",
 		set: func(c *config, v string) error { return intIn(&c.CryptolensProductID, v, 1, 1<<31-1) }},
-	{name: "CRYPTOLENS_RATE_LIMIT", def: "10", later: "sync engine",
+	{name: "CRYPTOLENS_RATE_LIMIT", def: "10",
 		doc: "Most Cryptolens requests per second per replica (Cryptolens documents no limit; this keeps keysync polite).",
 		set: func(c *config, v string) error {
 			f, err := strconv.ParseFloat(v, 64)
@@ -123,7 +127,7 @@ var settings = []setting{
 			c.CryptolensRateLimit = f
 			return nil
 		}},
-	{name: "CRYPTOLENS_TIMEOUT", def: "15s", later: "sync engine",
+	{name: "CRYPTOLENS_TIMEOUT", def: "15s",
 		doc: "Longest wait for one Cryptolens request.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.CryptolensTimeout, v, 100*time.Millisecond) }},
 	{name: "KEYSYNC_LISTEN", def: ":8080",
@@ -144,10 +148,10 @@ var settings = []setting{
 			c.AdminToken = v
 			return nil
 		}},
-	{name: "KEYSYNC_BUFFER_DAYS", def: "5", later: "sync engine",
+	{name: "KEYSYNC_BUFFER_DAYS", def: "5",
 		doc: "Days of license beyond the paid-through date (35 days for a 30-day month).",
 		set: func(c *config, v string) error { return intIn(&c.BufferDays, v, 0, 365) }},
-	{name: "KEYSYNC_PLANS_FILE", later: "sync engine",
+	{name: "KEYSYNC_PLANS_FILE",
 		doc: "YAML file mapping Stripe prices/products to Cryptolens products, features and seats. Optional.",
 		set: func(c *config, v string) error {
 			if _, err := os.Stat(v); err != nil {
@@ -156,9 +160,28 @@ var settings = []setting{
 			c.PlansFile = v
 			return nil
 		}},
-	{name: "KEYSYNC_DRY_RUN", def: "false", later: "sync engine",
+	{name: "KEYSYNC_DRY_RUN", def: "false",
 		doc: "`true`: run everything and audit it as `dry_run`, send no change to Cryptolens or Stripe.",
 		set: func(c *config, v string) error { return boolean(&c.DryRun, v) }},
+	{name: "KEYSYNC_WRITE_STRIPE_METADATA", def: "true",
+		doc: "Write `cryptolens_key` into the subscription's Stripe metadata after a key is created or adopted.",
+		set: func(c *config, v string) error { return boolean(&c.WriteStripeMetadata, v) }},
+	{name: "KEYSYNC_ON_DISPUTE", def: "block",
+		doc: "`block`: block the key while a dispute on the latest paid invoice's charge is open or lost. `ignore`: leave it.",
+		set: func(c *config, v string) error { return blockOrIgnore(&c.BlockOnDispute, v) }},
+	{name: "KEYSYNC_ON_REFUND", def: "ignore",
+		doc: "`block`: block the key when the latest paid invoice was refunded in full. `ignore`: leave it.",
+		set: func(c *config, v string) error { return blockOrIgnore(&c.BlockOnRefund, v) }},
+	{name: "STRIPE_RATE_LIMIT", def: "20",
+		doc: "Most Stripe requests per second per replica (test mode allows 25, live mode 100).",
+		set: func(c *config, v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 || f > 100 {
+				return fmt.Errorf("must be a number of requests per second above 0 and up to 100, got %q", v)
+			}
+			c.StripeRateLimit = f
+			return nil
+		}},
 	{name: "KEYSYNC_RECONCILE_INTERVAL", def: "1h", later: "reconciliation",
 		doc: "How often the full sweep against Stripe runs.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.ReconcileInterval, v, time.Minute) }},
@@ -303,6 +326,18 @@ func intIn(dst *int, v string, lo, hi int) error {
 		return fmt.Errorf("must be a whole number from %d to %d, got %q", lo, hi, v)
 	}
 	*dst = n
+	return nil
+}
+
+func blockOrIgnore(dst *bool, v string) error {
+	switch v {
+	case "block":
+		*dst = true
+	case "ignore":
+		*dst = false
+	default:
+		return fmt.Errorf("must be block or ignore, got %q", v)
+	}
 	return nil
 }
 

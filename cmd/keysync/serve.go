@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,8 +17,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/admin"
+	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/jobs"
+	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/syncer"
 	"github.com/keysync/keysync/internal/webhook"
 )
 
@@ -24,6 +30,10 @@ import (
 // accepting webhooks and finish the requests in flight, commit what the ingester
 // holds, let running jobs finish (then cancel them), close the pool.
 func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(addr string)) error {
+	engine, mappingEntries, err := newEngineParts(cfg, log)
+	if err != nil {
+		return err
+	}
 	pool, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.PoolConfig{MaxConns: int32(cfg.DBMaxConns)})
 	if err != nil {
 		return err
@@ -36,8 +46,11 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	log.Info().Str("migrations", st.String()).Msg("database schema current")
 
 	store := postgres.NewStore(pool)
+	sync := engine(store)
+	log.Info().Int("plans_file_entries", mappingEntries).Bool("dry_run", cfg.DryRun).Int("buffer_days", cfg.BufferDays).
+		Msg("sync engine ready")
 	workers := river.NewWorkers()
-	river.AddWorker(workers, &jobs.EventWorker{Store: store})
+	river.AddWorker(workers, &jobs.EventWorker{Store: store, Engine: sync})
 	riverClient, err := jobs.NewClient(pool, jobs.Config{Workers: workers, Logger: slogFor(log, "river")})
 	if err != nil {
 		return err
@@ -116,4 +129,48 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	}
 	log.Info().Msg("stopped")
 	return runErr
+}
+
+// newEngineParts checks what the sync engine needs and returns a constructor for it
+// (the store comes later) and the number of plans-file entries. A missing credential or
+// a malformed plans file is a configuration error that stops start-up.
+func newEngineParts(cfg config, log zerolog.Logger) (func(*postgres.Store) *syncer.Syncer, int, error) {
+	var missing []string
+	if cfg.StripeAPIKey == "" {
+		missing = append(missing, "STRIPE_API_KEY")
+	}
+	if cfg.CryptolensToken == "" {
+		missing = append(missing, "CRYPTOLENS_TOKEN")
+	}
+	if len(missing) > 0 {
+		return nil, 0, fmt.Errorf("%w: serve needs %s", errUsage, strings.Join(missing, " and "))
+	}
+	mapping := license.NewMapping(cfg.CryptolensProductID)
+	if cfg.PlansFile != "" {
+		data, err := os.ReadFile(cfg.PlansFile)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%w: KEYSYNC_PLANS_FILE: cannot read %s", errUsage, cfg.PlansFile)
+		}
+		if mapping, err = license.ParsePlans(cfg.PlansFile, data, cfg.CryptolensProductID); err != nil {
+			return nil, 0, fmt.Errorf("%w: KEYSYNC_PLANS_FILE: %w", errUsage, err)
+		}
+	}
+	sc, err := stripeapi.New(stripeapi.Config{APIKey: cfg.StripeAPIKey, BaseURL: cfg.StripeAPIBase, RateLimit: cfg.StripeRateLimit,
+		Logger: log.With().Str("component", "stripe").Logger()})
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	cc, err := cryptolens.New(cryptolens.Config{BaseURL: cfg.CryptolensAPIBase, Token: cfg.CryptolensToken,
+		RateLimit: cfg.CryptolensRateLimit, Timeout: cfg.CryptolensTimeout, Logger: log.With().Str("component", "cryptolens").Logger()})
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	opts := syncer.Options{
+		Policy:              license.Options{BufferDays: cfg.BufferDays, BlockOnDispute: cfg.BlockOnDispute, BlockOnRefund: cfg.BlockOnRefund},
+		DryRun:              cfg.DryRun,
+		WriteStripeMetadata: cfg.WriteStripeMetadata,
+	}
+	return func(store *postgres.Store) *syncer.Syncer {
+		return syncer.New(sc, cc, store, mapping, opts, log.With().Str("component", "sync").Logger())
+	}, mapping.Entries(), nil
 }

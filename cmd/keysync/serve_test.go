@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +21,8 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/keysync/keysync/internal/pgtest"
+	"github.com/keysync/keysync/internal/sim/cryptolenssim"
+	"github.com/keysync/keysync/internal/sim/stripesim"
 )
 
 type lockedBuffer struct {
@@ -49,6 +55,27 @@ func withPassword(raw, pw string) string {
 func TestServeLifecycle(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.EmptyURL(t)
+	ssim := stripesim.New(stripesim.Options{APIKey: "sk_test_stripe_secret_value"})
+	t.Cleanup(ssim.Close)
+	csim := cryptolenssim.New(cryptolenssim.WithClock(ssim.Now))
+	csim.AddProduct(1001, cryptolenssim.ProductOptions{})
+	csim.AddToken("cryptolens_secret_value", cryptolenssim.Token{})
+	ss, cs := httptest.NewServer(ssim), httptest.NewServer(csim)
+	t.Cleanup(ss.Close)
+	t.Cleanup(cs.Close)
+	prod := ssim.CreateProduct("App", nil)
+	price, _ := ssim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 1000})
+	checkout, _ := ssim.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: price}}})
+	var subCreated []byte
+	for _, ev := range ssim.Events() {
+		if ev.Type == "customer.subscription.created" {
+			subCreated = ev.Payload
+		}
+	}
+	plans := filepath.Join(t.TempDir(), "plans.yaml")
+	if err := os.WriteFile(plans, []byte("plans:\n  - price: "+price+"\n    features: [2]\n    machines_per_seat: 3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	secrets := map[string]string{
 		"DATABASE_URL":           withPassword(dbURL, "db-secret-pw"),
 		"STRIPE_WEBHOOK_SECRETS": "whsec_old_secret_value,whsec_new_secret_value",
@@ -56,7 +83,8 @@ func TestServeLifecycle(t *testing.T) {
 		"CRYPTOLENS_TOKEN":       "cryptolens_secret_value",
 		"KEYSYNC_ADMIN_TOKEN":    "admin_secret_value_0123456789",
 	}
-	vars := map[string]string{"KEYSYNC_LISTEN": "127.0.0.1:0", "LOG_FORMAT": "json", "LOG_LEVEL": "debug"}
+	vars := map[string]string{"KEYSYNC_LISTEN": "127.0.0.1:0", "LOG_FORMAT": "json", "LOG_LEVEL": "debug",
+		"STRIPE_API_BASE": ss.URL, "CRYPTOLENS_API_BASE": cs.URL, "CRYPTOLENS_PRODUCT_ID": "1001", "KEYSYNC_PLANS_FILE": plans}
 	for k, v := range secrets {
 		vars[k] = v
 	}
@@ -85,8 +113,7 @@ func TestServeLifecycle(t *testing.T) {
 		}
 	}
 
-	body := []byte(`{"id":"evt_serve","object":"event","api_version":"2023-10-16","created":1700000000,` +
-		`"livemode":false,"type":"invoice.paid","data":{"object":{"id":"in_1","subscription":"sub_1"}}}`)
+	body := subCreated
 	sig := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: body, Secret: "whsec_new_secret_value"})
 	resp, err := http.Post(base+"/webhooks/stripe", "application/json", bytes.NewReader(body))
 	if err != nil {
@@ -114,9 +141,14 @@ func TestServeLifecycle(t *testing.T) {
 	defer pool.Close()
 	pgtest.WaitFor(t, 20*time.Second, "the event job to run", func() bool {
 		var status string
-		_ = pool.QueryRow(context.Background(), `SELECT status FROM stripe_events WHERE id = 'evt_serve'`).Scan(&status)
+		_ = pool.QueryRow(context.Background(), `SELECT status FROM stripe_events WHERE type = 'customer.subscription.created'`).Scan(&status)
 		return status == "processed"
 	})
+	// The event made the key: the plans file's features and per-seat machines.
+	keys := csim.Keys(1001)
+	if len(keys) != 1 || keys[0].Features != [8]bool{false, true} || keys[0].MaxNoOfMachines != 3 || keys[0].Notes != "stripe:"+checkout.Subscription {
+		t.Fatalf("got keys %+v, want one key from the plans file", keys)
+	}
 
 	cancel()
 	select {
@@ -146,6 +178,21 @@ func TestServeLifecycle(t *testing.T) {
 		if !json.Valid([]byte(line)) {
 			t.Fatalf("log line is not JSON: %s", line)
 		}
+	}
+}
+
+func TestServeRefusesBadPlansFile(t *testing.T) {
+	t.Parallel()
+	plans := filepath.Join(t.TempDir(), "plans.yaml")
+	_ = os.WriteFile(plans, []byte("plans:\n  - price: price_1\n    cryptolens_product: 1\n    features: [9]\n"), 0o600)
+	err := run(t.Context(), []string{"serve"}, env(map[string]string{"DATABASE_URL": validDB, "KEYSYNC_PLANS_FILE": plans,
+		"STRIPE_API_KEY": "sk_test_x", "CRYPTOLENS_TOKEN": "t"}), io.Discard, io.Discard, nil)
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "plans.yaml:4: feature 9 does not exist") {
+		t.Fatalf("got %v, want a usage error naming plans.yaml:4", err)
+	}
+	err = run(t.Context(), []string{"serve"}, env(map[string]string{"DATABASE_URL": validDB}), io.Discard, io.Discard, nil)
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "STRIPE_API_KEY and CRYPTOLENS_TOKEN") {
+		t.Fatalf("got %v, want a usage error naming the missing credentials", err)
 	}
 }
 

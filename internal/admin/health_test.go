@@ -43,7 +43,7 @@ func TestReadyz(t *testing.T) {
 	if _, err := postgres.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
-	if code, body := readyz(h); code != 200 || !strings.Contains(body, "goose 1/1") {
+	if code, body := readyz(h); code != 200 || !strings.Contains(body, `"status":"ready"`) {
 		t.Fatalf("after migrating: got %d %s, want 200 with versions", code, body)
 	}
 	proxy.Cut()

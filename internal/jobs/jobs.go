@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -14,6 +15,7 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/syncer"
 )
 
 // QueueEvents is the River queue for stored Stripe events.
@@ -30,30 +32,69 @@ func (EventArgs) Kind() string { return "stripe_event" }
 
 // InsertOpts puts event jobs on their own queue.
 func (EventArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{Queue: QueueEvents}
+	return river.InsertOpts{Queue: QueueEvents, MaxAttempts: MaxAttempts}
 }
 
 // EventStore is what the event worker needs from the store.
 type EventStore interface {
+	EventPayload(ctx context.Context, id string) (typ, source string, payload []byte, err error)
 	MarkEventProcessed(ctx context.Context, id string) error
+	MarkEventFailed(ctx context.Context, id, lastError string) error
+	NoteEventAttempt(ctx context.Context, id, lastError string) error
 }
 
-// EventWorker processes stored events.
-//
-// PLACEHOLDER: until the sync engine exists (its own issue), the worker only marks the
-// event processed. The engine replaces Work's body with: resolve the subscription id
-// from the event, then Sync(subscription).
+// Engine is the sync engine as the worker uses it.
+type Engine interface {
+	SubscriptionFor(ctx context.Context, typ string, payload []byte) (string, error)
+	Sync(ctx context.Context, subscription string, cause syncer.Cause) (syncer.Result, error)
+}
+
+// EventWorker processes a stored event: it finds the subscription the event is about
+// and syncs it. A permanent failure marks the event failed with its error (it stays
+// visible; replay it once fixed); a retryable one is retried with backoff.
 type EventWorker struct {
 	river.WorkerDefaults[EventArgs]
-	Store EventStore
+	Store  EventStore
+	Engine Engine
 }
 
-// Work marks the event processed. A store error is returned so River retries the job.
+// MaxAttempts bounds an event job's attempts: with NextRetry's schedule, about 13 hours.
+const MaxAttempts = 20
+
+// Work processes one event. It returns an error only for River to retry the job.
 func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error {
-	if err := w.Store.MarkEventProcessed(ctx, job.Args.EventID); err != nil {
-		return fmt.Errorf("event %s: %w", job.Args.EventID, err)
+	id := job.Args.EventID
+	typ, source, payload, err := w.Store.EventPayload(ctx, id)
+	if err != nil {
+		return fmt.Errorf("event %s: %w", id, err)
 	}
-	return nil
+	sub, err := w.Engine.SubscriptionFor(ctx, typ, payload)
+	if err == nil && sub != "" {
+		cause := syncer.Cause{Kind: "webhook", ID: id}
+		if source == string(events.SourceEventsAPI) {
+			cause.Kind = "catch_up"
+		}
+		_, err = w.Engine.Sync(ctx, sub, cause)
+	}
+	switch {
+	case err == nil:
+		return w.Store.MarkEventProcessed(ctx, id)
+	case syncer.IsPermanent(err) || job.Attempt >= job.MaxAttempts:
+		if markErr := w.Store.MarkEventFailed(ctx, id, err.Error()); markErr != nil {
+			return markErr
+		}
+		return nil
+	default:
+		_ = w.Store.NoteEventAttempt(ctx, id, err.Error())
+		return fmt.Errorf("event %s: %w", id, err)
+	}
+}
+
+// NextRetry backs off from seconds to an hour, with jitter: minutes to hours of
+// retries, not River's default days of silence.
+func (w *EventWorker) NextRetry(job *river.Job[EventArgs]) time.Time {
+	d := min(10*time.Second<<min(job.Attempt, 12), time.Hour)
+	return time.Now().Add(d/2 + rand.N(d/2+1))
 }
 
 // Config configures the River client.

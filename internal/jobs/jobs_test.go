@@ -2,60 +2,123 @@ package jobs_test
 
 import (
 	"context"
+	"net/http/httptest"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+	"github.com/rs/zerolog"
 
+	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/jobs"
+	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/sim/cryptolenssim"
+	"github.com/keysync/keysync/internal/sim/stripesim"
+	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/syncer"
 )
 
-func TestEventWorkerMarksEventProcessed(t *testing.T) {
+// The worker resolves each kind of event to its subscription, syncs it, and records
+// the outcome on the event: processed, or failed with the reason when retrying cannot help.
+func TestEventWorker(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := pgtest.Pool(t)
 	store := postgres.NewStore(pool)
+	ssim := stripesim.New(stripesim.Options{})
+	t.Cleanup(ssim.Close)
+	csim := cryptolenssim.New(cryptolenssim.WithClock(ssim.Now))
+	csim.AddProduct(1001, cryptolenssim.ProductOptions{})
+	csim.AddToken("tok", cryptolenssim.Token{})
+	ss, cs := httptest.NewServer(ssim), httptest.NewServer(csim)
+	t.Cleanup(ss.Close)
+	t.Cleanup(cs.Close)
+	sc, _ := stripeapi.New(stripeapi.Config{APIKey: "sk_test_sim", BaseURL: ss.URL, RateLimit: 1000, Retries: -1})
+	cc, _ := cryptolens.New(cryptolens.Config{BaseURL: cs.URL, Token: "tok", RateLimit: -1})
+	engine := syncer.New(sc, cc, store, license.NewMapping(0), syncer.Options{Policy: license.Options{BufferDays: 5, BlockOnDispute: true}}, zerolog.Nop())
+
+	prod := ssim.CreateProduct("App", map[string]string{"skm_product_id": "1001"})
+	price, _ := ssim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 1000, Metadata: map[string]string{"skm": `{"F2":true}`}})
+	res, _ := ssim.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: price}}})
+	charge := ssim.Charges(res.Invoice)[0].ID
+
 	workers := river.NewWorkers()
-	river.AddWorker(workers, &jobs.EventWorker{Store: store})
+	river.AddWorker(workers, &jobs.EventWorker{Store: store, Engine: engine})
 	client, err := jobs.NewClient(pool, jobs.Config{Workers: workers, EventWorkers: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
+	done, cancel := client.Subscribe(river.EventKindJobCompleted)
 	defer cancel()
 	if err := client.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = client.Stop(ctx) }()
 
-	ev := events.Event{ID: "evt_work", Type: "invoice.paid", Created: time.Now(), APIVersion: events.StripeAPIVersion,
-		Payload: []byte(`{}`), Source: events.SourceWebhook}
-	err = store.InTx(ctx, func(tx pgx.Tx) error {
-		if _, err := store.InsertEventsTx(ctx, tx, []events.Event{ev}); err != nil {
-			return err
+	want := map[string]string{} // event id -> final status
+	stored := func(types ...string) []events.Event {
+		var out []events.Event
+		for _, ev := range ssim.Events() {
+			if _, done := want[ev.ID]; done || !slices.Contains(types, ev.Type) {
+				continue
+			}
+			out = append(out, events.Event{ID: ev.ID, Type: ev.Type, Created: time.Unix(ev.Created, 0), APIVersion: events.StripeAPIVersion,
+				Payload: ev.Payload, Source: events.SourceWebhook})
+			want[ev.ID] = "processed"
 		}
-		return jobs.NewEnqueuer(client).EnqueueEventsTx(ctx, tx, []events.Event{ev})
-	})
-	if err != nil {
-		t.Fatal(err)
+		return out
 	}
-	select {
-	case e := <-completed:
-		if e.Job.Kind != "stripe_event" {
-			t.Fatalf("got completed job of kind %q, want stripe_event", e.Job.Kind)
+	deliver := func(evs []events.Event) {
+		t.Helper()
+		err := store.InTx(ctx, func(tx pgx.Tx) error {
+			if _, err := store.InsertEventsTx(ctx, tx, evs); err != nil {
+				return err
+			}
+			return jobs.NewEnqueuer(client).EnqueueEventsTx(ctx, tx, evs)
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out waiting for the event job to complete")
+		for range evs {
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("timed out waiting for the event jobs")
+			}
+		}
 	}
-	got, err := store.GetEvent(ctx, "evt_work")
-	if err != nil {
-		t.Fatal(err)
+	// One event of each shape, taken from what the simulator emitted.
+	evs := stored("customer.subscription.created", "invoice.paid", "checkout.session.completed")
+	// An event about a subscription Stripe does not know fails for good, visibly.
+	ghost := events.Event{ID: "evt_ghost", Type: "customer.subscription.updated", Created: time.Now(), APIVersion: events.StripeAPIVersion,
+		Payload: []byte(`{"id":"evt_ghost","data":{"object":{"id":"sub_ghost","object":"subscription"}}}`), Source: events.SourceWebhook}
+	evs = append(evs, ghost)
+	want["evt_ghost"] = "failed"
+	deliver(evs)
+	// Then the customer disputes the charge: the event names a dispute, which leads
+	// through the charge and the invoice to the subscription.
+	disputeID, _ := ssim.Dispute(charge, "fraudulent")
+	deliver(stored("charge.dispute.created"))
+	for id, status := range want {
+		got, err := store.GetEvent(ctx, id)
+		if err != nil || got.Status != status {
+			t.Fatalf("%s: got %+v (%v), want %s", id, got, err, status)
+		}
+		if status == "failed" && (got.LastError == nil || *got.LastError == "") {
+			t.Fatalf("%s failed without a last_error", id)
+		}
 	}
-	if got.Status != "processed" || got.Attempts != 1 {
-		t.Fatalf("got status %s after %d attempts, want processed after 1", got.Status, got.Attempts)
+	// The dispute (resolved charge -> invoice -> subscription) blocked the key.
+	row, _ := store.GetSubscription(ctx, res.Subscription)
+	if row.LicenseKey == nil {
+		t.Fatal("no key")
+	}
+	if k, _ := csim.Key(1001, *row.LicenseKey); !k.Block || !row.BlockedByKeysync {
+		t.Fatalf("got key %+v, want blocked by keysync for dispute %s", k, disputeID)
 	}
 }

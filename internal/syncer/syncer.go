@@ -26,6 +26,7 @@ type Stripe interface {
 	GetSubscription(ctx context.Context, id string) (*stripe.Subscription, error)
 	PaidInvoices(ctx context.Context, subscription string) ([]*stripe.Invoice, error)
 	GetCustomer(ctx context.Context, id string) (*stripe.Customer, error)
+	GetInvoice(ctx context.Context, id string) (*stripe.Invoice, error)
 	GetCharge(ctx context.Context, id string) (*stripe.Charge, error)
 	Disputes(ctx context.Context, charge string) ([]*stripe.Dispute, error)
 	SetSubscriptionMetadata(ctx context.Context, subscription, key, value string) error
@@ -450,4 +451,9 @@ func item(it *stripe.SubscriptionItem) license.Item {
 
 func toKey(k cryptolens.Key) license.Key {
 	return license.Key{Exists: true, Key: k.Key, Expires: k.Expires, Blocked: k.Block, Features: k.Features, MaxMachines: k.MaxNoOfMachines}
+}
+
+// SubscriptionFor returns the subscription an event is about (see the package function).
+func (s *Syncer) SubscriptionFor(ctx context.Context, typ string, payload []byte) (string, error) {
+	return SubscriptionFor(ctx, s.stripe, typ, payload)
 }
