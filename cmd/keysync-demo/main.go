@@ -313,7 +313,7 @@ func (d *demo) state() (keyState, subState, error) {
 		return keyState{}, s, err
 	}
 	if len(keys) != 1 {
-		return keyState{}, s, fmt.Errorf("Cryptolens has %d keys, want exactly 1", len(keys))
+		return keyState{}, s, fmt.Errorf("the Cryptolens simulator has %d keys, want exactly 1", len(keys))
 	}
 	return keys[0], s, nil
 }
