@@ -77,6 +77,21 @@ func (s *Store) InTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin: %w", translate(err))
 	}
+	return finishTx(ctx, tx, fn)
+}
+
+// inTx runs fn in a transaction on q (a pool or a held connection).
+func inTx(ctx context.Context, q interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}, fn func(tx pgx.Tx) error) error {
+	tx, err := q.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", translate(err))
+	}
+	return finishTx(ctx, tx, fn)
+}
+
+func finishTx(ctx context.Context, tx pgx.Tx, fn func(tx pgx.Tx) error) error {
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	if err := fn(tx); err != nil {
 		return err

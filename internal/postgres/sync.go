@@ -91,7 +91,22 @@ FROM subscriptions WHERE id = $1`
 
 // GetSubscription returns the mapping row of a subscription, or ErrNotFound.
 func (s *Store) GetSubscription(ctx context.Context, id string) (SubscriptionRow, error) {
-	rows, err := s.pool.Query(ctx, getSubscription, id)
+	return getSubscriptionRow(ctx, s.pool, id)
+}
+
+// GetSubscription reads the locked subscription's row on the lock's own connection: a
+// Sync needs one connection, whatever the pool's size.
+func (l *SubscriptionLock) GetSubscription(ctx context.Context) (SubscriptionRow, error) {
+	return getSubscriptionRow(ctx, l.conn, l.id)
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+func getSubscriptionRow(ctx context.Context, q querier, id string) (SubscriptionRow, error) {
+	rows, err := q.Query(ctx, getSubscription, id)
 	if err != nil {
 		return SubscriptionRow{}, fmt.Errorf("get subscription: %w", translate(err))
 	}
@@ -141,7 +156,16 @@ VALUES ($1, $2, NULLIF($3, 0), NULLIF($4, ''), $5, $6, $7, $8, NULLIF($9, ''), N
 // SaveSync writes the subscription's row and its audit rows in one transaction, so the
 // audit never tells a story the mapping does not, or the reverse.
 func (s *Store) SaveSync(ctx context.Context, row SubscriptionRow, audits []AuditRow) error {
-	return s.InTx(ctx, func(tx pgx.Tx) error {
+	return saveSync(ctx, s.pool, row, audits)
+}
+
+// SaveSync is Store.SaveSync on the lock's own connection.
+func (l *SubscriptionLock) SaveSync(ctx context.Context, row SubscriptionRow, audits []AuditRow) error {
+	return saveSync(ctx, l.conn, row, audits)
+}
+
+func saveSync(ctx context.Context, q querier, row SubscriptionRow, audits []AuditRow) error {
+	return inTx(ctx, q, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, upsertSubscription, row.ID, row.CustomerID, row.Status, row.ProductID, row.LicenseKey, row.KeyID,
 			row.PaidThrough, row.DesiredExpires, row.BlockedByKeysync, row.CheckoutSessionID, row.LastSyncedAt, row.UnmappedAt, row.LastError)
 		if err != nil {

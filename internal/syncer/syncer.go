@@ -45,11 +45,10 @@ type Cryptolens interface {
 	MachineLockLimit(ctx context.Context, productID int, key string, machines int) error
 }
 
-// Store is what Sync keeps in Postgres.
+// Store is what Sync keeps in Postgres: it locks the subscription, then reads and
+// writes through the lock, on the lock's connection.
 type Store interface {
 	LockSubscription(ctx context.Context, id string) (*postgres.SubscriptionLock, error)
-	GetSubscription(ctx context.Context, id string) (postgres.SubscriptionRow, error)
-	SaveSync(ctx context.Context, row postgres.SubscriptionRow, audits []postgres.AuditRow) error
 }
 
 // Cause says why a Sync runs; it is written on every audit row.
@@ -112,6 +111,7 @@ func Marker(subscription string) string { return "stripe:" + subscription }
 // run carries one Sync's state.
 type run struct {
 	s      *Syncer
+	lock   *postgres.SubscriptionLock
 	cause  Cause
 	row    postgres.SubscriptionRow
 	audits []postgres.AuditRow
@@ -129,9 +129,9 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 		return Result{}, err
 	}
 	defer lock.Release()
-	r := &run{s: s, cause: cause, now: s.opts.Now().UTC(),
+	r := &run{s: s, lock: lock, cause: cause, now: s.opts.Now().UTC(),
 		log: s.log.With().Str("subscription_id", subscription).Str("cause", cause.Kind).Str("cause_id", cause.ID).Logger()}
-	row, err := s.store.GetSubscription(ctx, subscription)
+	row, err := lock.GetSubscription(ctx)
 	switch {
 	case errors.Is(err, postgres.ErrNotFound):
 		row = postgres.SubscriptionRow{ID: subscription}
@@ -153,7 +153,7 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 	}
 	synced := r.now
 	r.row.LastSyncedAt = &synced
-	if saveErr := s.store.SaveSync(ctx, r.row, r.audits); saveErr != nil {
+	if saveErr := lock.SaveSync(ctx, r.row, r.audits); saveErr != nil {
 		return res, errors.Join(err, saveErr)
 	}
 	return res, err
@@ -312,7 +312,7 @@ func (r *run) apply(ctx context.Context, sub *stripe.Subscription, d license.Des
 		// The intent is recorded before the call: if BlockKey succeeds and its answer is
 		// lost, keysync still knows the block is its own and can lift it later.
 		r.row.BlockedByKeysync = true
-		if err := s.store.SaveSync(ctx, r.row, nil); err != nil {
+		if err := r.lock.SaveSync(ctx, r.row, nil); err != nil {
 			return "", fmt.Errorf("record block intent: %w", err)
 		}
 	}
@@ -375,7 +375,7 @@ func (r *run) apply(ctx context.Context, sub *stripe.Subscription, d license.Des
 	if a.Kind == license.CreateKey {
 		// Record the new key at once: a crash before the end of this Sync must not lead
 		// the next one to create another (the Notes marker would also find it).
-		if err := s.store.SaveSync(ctx, r.row, r.audits); err != nil {
+		if err := r.lock.SaveSync(ctx, r.row, r.audits); err != nil {
 			return created, fmt.Errorf("record new key: %w", err)
 		}
 		r.audits = nil
