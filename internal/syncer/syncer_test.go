@@ -2,11 +2,13 @@ package syncer_test
 
 import (
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/cryptolens"
@@ -37,13 +39,23 @@ type opt func(*syncer.Options)
 
 func setup(t *testing.T, opts ...opt) *env {
 	t.Helper()
-	e := &env{store: postgres.NewStore(pgtest.Pool(t))}
+	return setupWith(t, pgtest.Pool(t), nil, opts...)
+}
+
+// setupWith builds the env on pool, with wrap (if set) around the Cryptolens simulator.
+func setupWith(t *testing.T, pool *pgxpool.Pool, wrap func(http.Handler) http.Handler, opts ...opt) *env {
+	t.Helper()
+	e := &env{store: postgres.NewStore(pool)}
 	e.stripe = stripesim.New(stripesim.Options{Start: t0})
 	t.Cleanup(e.stripe.Close)
 	e.crypto = cryptolenssim.New(cryptolenssim.WithClock(e.stripe.Now))
 	e.crypto.AddProduct(product, cryptolenssim.ProductOptions{BlockExpired: true})
 	e.crypto.AddToken("tok", cryptolenssim.Token{})
-	ss, cs := httptest.NewServer(e.stripe), httptest.NewServer(e.crypto)
+	var cryptoHandler http.Handler = e.crypto
+	if wrap != nil {
+		cryptoHandler = wrap(e.crypto)
+	}
+	ss, cs := httptest.NewServer(e.stripe), httptest.NewServer(cryptoHandler)
 	t.Cleanup(ss.Close)
 	t.Cleanup(cs.Close)
 	sc, err := stripeapi.New(stripeapi.Config{APIKey: "sk_test_sim", BaseURL: ss.URL, RateLimit: 1000, Retries: -1})

@@ -1,0 +1,80 @@
+package syncer_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/keysync/keysync/internal/pgtest"
+	"github.com/keysync/keysync/internal/sim/cryptolenssim"
+	"github.com/keysync/keysync/internal/sim/stripesim"
+	"github.com/keysync/keysync/internal/syncer"
+)
+
+// Crash safety: Sync is interrupted after Cryptolens applied a change and before the
+// database committed it (the database goes away at that instant), then run again. No
+// second key, no second extension.
+func TestInterruptedAfterCryptolensBeforeCommit(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	hp, err := pgtest.HostPort(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := pgtest.NewProxy(t, hp)
+	cfg, _ := pgxpool.ParseConfig(pgtest.WithHostPort(url, proxy.Addr()))
+	cfg.ConnConfig.ConnectTimeout = time.Second
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+
+	var cutAfter atomic.Value // the method whose success cuts the database
+	cutAfter.Store("")
+	wrap := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			next.ServeHTTP(w, r)
+			if m := cutAfter.Load().(string); m != "" && strings.HasSuffix(r.URL.Path, "/"+m) {
+				proxy.Cut() // the change is applied and answered; the commit will fail
+			}
+		})
+	}
+	e := setupWith(t, pool, wrap)
+	res, _ := e.stripe.Checkout(stripesim.CheckoutParams{Email: "c@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
+	ctx := context.Background()
+	retry := func(step string) {
+		t.Helper()
+		cutAfter.Store("")
+		proxy.Restore()
+		if _, err := e.syncer.Sync(ctx, res.Subscription, syncer.Cause{Kind: "webhook", ID: "evt_retry"}); err != nil {
+			t.Fatalf("%s: retry: %v", step, err)
+		}
+	}
+
+	cutAfter.Store(cryptolenssim.CreateKey)
+	if _, err := e.syncer.Sync(ctx, res.Subscription, syncer.Cause{Kind: "webhook", ID: "evt_1"}); err == nil {
+		t.Fatal("got nil error with the database gone before the commit")
+	}
+	retry("create")
+	if n := e.crypto.AppliedCount(cryptolenssim.CreateKey); n != 1 || len(e.crypto.Keys(product)) != 1 {
+		t.Fatalf("got %d creates and %d keys after the interrupted create, want 1 and 1", n, len(e.crypto.Keys(product)))
+	}
+
+	e.pastRenewal(t, res.Subscription)
+	cutAfter.Store(cryptolenssim.ExtendLicense)
+	if _, err := e.syncer.Sync(ctx, res.Subscription, syncer.Cause{Kind: "webhook", ID: "evt_2"}); err == nil {
+		t.Fatal("got nil error with the database gone before the commit")
+	}
+	retry("extend")
+	retry("extend again")
+	if n := e.crypto.AppliedCount(cryptolenssim.ExtendLicense); n != 1 {
+		t.Fatalf("got %d extensions after the interrupted one, want 1", n)
+	}
+	e.wantExpiry(t, res.Subscription, "after the interrupted extension")
+}
