@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -21,8 +20,8 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/keysync/keysync/internal/pgtest"
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
 	"github.com/keysync/keysync/internal/sim/stripesim"
+	"github.com/keysync/keysync/internal/simtest"
 )
 
 type lockedBuffer struct {
@@ -55,14 +54,8 @@ func withPassword(raw, pw string) string {
 func TestServeLifecycle(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.EmptyURL(t)
-	ssim := stripesim.New(stripesim.Options{APIKey: "sk_test_stripe_secret_value"})
-	t.Cleanup(ssim.Close)
-	csim := cryptolenssim.New(cryptolenssim.WithClock(ssim.Now))
-	csim.AddProduct(1001, cryptolenssim.ProductOptions{})
-	csim.AddToken("cryptolens_secret_value", cryptolenssim.Token{})
-	ss, cs := httptest.NewServer(ssim), httptest.NewServer(csim)
-	t.Cleanup(ss.Close)
-	t.Cleanup(cs.Close)
+	world := simtest.New(t, simtest.Options{StripeKey: "sk_test_stripe_secret_value", CryptolensToken: "cryptolens_secret_value"})
+	ssim, csim := world.Stripe, world.Crypto
 	prod := ssim.CreateProduct("App", nil)
 	price, _ := ssim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 1000})
 	checkout, _ := ssim.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: price}}})
@@ -84,7 +77,7 @@ func TestServeLifecycle(t *testing.T) {
 		"KEYSYNC_ADMIN_TOKEN":    "admin_secret_value_0123456789",
 	}
 	vars := map[string]string{"KEYSYNC_LISTEN": "127.0.0.1:0", "LOG_FORMAT": "json", "LOG_LEVEL": "debug",
-		"STRIPE_API_BASE": ss.URL, "CRYPTOLENS_API_BASE": cs.URL, "CRYPTOLENS_PRODUCT_ID": "1001", "KEYSYNC_PLANS_FILE": plans}
+		"STRIPE_API_BASE": world.StripeURL, "CRYPTOLENS_API_BASE": world.CryptolensURL, "CRYPTOLENS_PRODUCT_ID": "1001", "KEYSYNC_PLANS_FILE": plans}
 	for k, v := range secrets {
 		vars[k] = v
 	}

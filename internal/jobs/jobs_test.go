@@ -2,7 +2,6 @@ package jobs_test
 
 import (
 	"context"
-	"net/http/httptest"
 	"slices"
 	"testing"
 	"time"
@@ -11,15 +10,13 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/rs/zerolog"
 
-	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
 	"github.com/keysync/keysync/internal/sim/stripesim"
-	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/simtest"
 	"github.com/keysync/keysync/internal/syncer"
 )
 
@@ -30,16 +27,9 @@ func TestEventWorker(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.Pool(t)
 	store := postgres.NewStore(pool)
-	ssim := stripesim.New(stripesim.Options{})
-	t.Cleanup(ssim.Close)
-	csim := cryptolenssim.New(cryptolenssim.WithClock(ssim.Now))
-	csim.AddProduct(1001, cryptolenssim.ProductOptions{})
-	csim.AddToken("tok", cryptolenssim.Token{})
-	ss, cs := httptest.NewServer(ssim), httptest.NewServer(csim)
-	t.Cleanup(ss.Close)
-	t.Cleanup(cs.Close)
-	sc, _ := stripeapi.New(stripeapi.Config{APIKey: "sk_test_sim", BaseURL: ss.URL, RateLimit: 1000, Retries: -1})
-	cc, _ := cryptolens.New(cryptolens.Config{BaseURL: cs.URL, Token: "tok", RateLimit: -1})
+	w := simtest.New(t, simtest.Options{})
+	ssim, csim := w.Stripe, w.Crypto
+	sc, cc := w.Clients(t)
 	engine := syncer.New(sc, cc, store, license.NewMapping(0), syncer.Options{Policy: license.Options{BufferDays: 5, BlockOnDispute: true}}, zerolog.Nop())
 
 	prod := ssim.CreateProduct("App", map[string]string{"skm_product_id": "1001"})

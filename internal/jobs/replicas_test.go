@@ -2,7 +2,6 @@ package jobs_test
 
 import (
 	"context"
-	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -11,7 +10,6 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/rs/zerolog"
 
-	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
@@ -19,7 +17,7 @@ import (
 	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/sim/cryptolenssim"
 	"github.com/keysync/keysync/internal/sim/stripesim"
-	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/simtest"
 	"github.com/keysync/keysync/internal/syncer"
 )
 
@@ -44,22 +42,15 @@ func TestThreeReplicasOneSetOfEffects(t *testing.T) {
 		return p
 	}
 	store := postgres.NewStore(newPool())
-	ssim := stripesim.New(stripesim.Options{})
-	t.Cleanup(ssim.Close)
-	csim := cryptolenssim.New(cryptolenssim.WithClock(ssim.Now))
-	csim.AddProduct(1001, cryptolenssim.ProductOptions{})
-	csim.AddToken("tok", cryptolenssim.Token{})
-	ss, cs := httptest.NewServer(ssim), httptest.NewServer(csim)
-	t.Cleanup(ss.Close)
-	t.Cleanup(cs.Close)
+	world := simtest.New(t, simtest.Options{})
+	ssim, csim := world.Stripe, world.Crypto
 	prod := ssim.CreateProduct("App", map[string]string{"skm_product_id": "1001"})
 	price, _ := ssim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 1000, Metadata: map[string]string{"skm": `{"F1":true}`}})
 
 	completed := make(chan struct{}, 1000)
 	var clients []*river.Client[pgx.Tx]
 	for range 3 {
-		sc, _ := stripeapi.New(stripeapi.Config{APIKey: "sk_test_sim", BaseURL: ss.URL, RateLimit: 1000, Retries: -1})
-		cc, _ := cryptolens.New(cryptolens.Config{BaseURL: cs.URL, Token: "tok", RateLimit: -1})
+		sc, cc := world.Clients(t) // each replica has its own clients
 		pool := newPool()
 		engine := syncer.New(sc, cc, postgres.NewStore(pool), license.NewMapping(0), syncer.Options{Policy: license.Options{BufferDays: 5}, Now: ssim.Now}, zerolog.Nop())
 		workers := river.NewWorkers()

@@ -3,7 +3,6 @@ package syncer_test
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -11,13 +10,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
-	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/sim/cryptolenssim"
 	"github.com/keysync/keysync/internal/sim/stripesim"
-	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/simtest"
 	"github.com/keysync/keysync/internal/syncer"
 )
 
@@ -46,26 +44,9 @@ func setup(t *testing.T, opts ...opt) *env {
 func setupWith(t *testing.T, pool *pgxpool.Pool, wrap func(http.Handler) http.Handler, opts ...opt) *env {
 	t.Helper()
 	e := &env{store: postgres.NewStore(pool)}
-	e.stripe = stripesim.New(stripesim.Options{Start: t0})
-	t.Cleanup(e.stripe.Close)
-	e.crypto = cryptolenssim.New(cryptolenssim.WithClock(e.stripe.Now))
-	e.crypto.AddProduct(product, cryptolenssim.ProductOptions{BlockExpired: true})
-	e.crypto.AddToken("tok", cryptolenssim.Token{})
-	var cryptoHandler http.Handler = e.crypto
-	if wrap != nil {
-		cryptoHandler = wrap(e.crypto)
-	}
-	ss, cs := httptest.NewServer(e.stripe), httptest.NewServer(cryptoHandler)
-	t.Cleanup(ss.Close)
-	t.Cleanup(cs.Close)
-	sc, err := stripeapi.New(stripeapi.Config{APIKey: "sk_test_sim", BaseURL: ss.URL, RateLimit: 1000, Retries: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := cryptolens.New(cryptolens.Config{BaseURL: cs.URL, Token: "tok", RateLimit: -1, ReadRetries: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := simtest.New(t, simtest.Options{Start: t0, BlockExpired: true, WrapCryptolens: wrap})
+	e.stripe, e.crypto = w.Stripe, w.Crypto
+	sc, cc := w.Clients(t)
 	prod := e.stripe.CreateProduct("App", map[string]string{"skm_product_id": "1001"})
 	e.pro, _ = e.stripe.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 3000, Metadata: map[string]string{"skm": `{"F1":true,"F3":false,"MaxNoOfMachines":2}`}})
 	e.team, _ = e.stripe.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 9000, Metadata: map[string]string{"skm": `{"F1":true,"F3":true,"MaxNoOfMachines":5}`}})

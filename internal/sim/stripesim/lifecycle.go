@@ -428,26 +428,35 @@ func (s *Sim) sub(id string) (*Subscription, error) {
 
 // SetCardDeclines makes every payment of the customer fail (true) or succeed (false).
 func (s *Sim) SetCardDeclines(customer string, declines bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c, ok := s.customers[customer]
-	if !ok {
-		return errNotFound("customer", customer)
-	}
-	c.CardDeclines = declines
-	return nil
+	return s.withCustomer(customer, func(c *Customer) { c.CardDeclines = declines })
 }
 
 // FailNextPayment makes only the customer's next payment attempt fail.
 func (s *Sim) FailNextPayment(customer string) error {
+	return s.withCustomer(customer, func(c *Customer) { c.failNext = true })
+}
+
+func (s *Sim) withCustomer(id string, fn func(*Customer)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c, ok := s.customers[customer]
+	c, ok := s.customers[id]
 	if !ok {
-		return errNotFound("customer", customer)
+		return errNotFound("customer", id)
 	}
-	c.failNext = true
+	fn(c)
 	return nil
+}
+
+// openInvoice returns an invoice that is open, or an error saying why not.
+func (s *Sim) openInvoice(id string) (*Invoice, error) {
+	inv, ok := s.invoices[id]
+	if !ok {
+		return nil, errNotFound("invoice", id)
+	}
+	if inv.Status != "open" {
+		return nil, fmt.Errorf("invoice %s is %s, not open", id, inv.Status)
+	}
+	return inv, nil
 }
 
 // PayInvoice attempts payment of an open invoice now (the customer fixed the card and
@@ -455,12 +464,9 @@ func (s *Sim) FailNextPayment(customer string) error {
 func (s *Sim) PayInvoice(invoice string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	inv, ok := s.invoices[invoice]
-	if !ok {
-		return errNotFound("invoice", invoice)
-	}
-	if inv.Status != "open" {
-		return fmt.Errorf("invoice %s is %s, not open", invoice, inv.Status)
+	inv, err := s.openInvoice(invoice)
+	if err != nil {
+		return err
 	}
 	sub := s.subs[inv.Subscription]
 	s.pay(sub, inv)
@@ -479,12 +485,9 @@ func (s *Sim) PayInvoice(invoice string) error {
 func (s *Sim) PayOutOfBand(invoice string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	inv, ok := s.invoices[invoice]
-	if !ok {
-		return errNotFound("invoice", invoice)
-	}
-	if inv.Status != "open" {
-		return fmt.Errorf("invoice %s is %s, not open", invoice, inv.Status)
+	inv, err := s.openInvoice(invoice)
+	if err != nil {
+		return err
 	}
 	s.markPaid(s.subs[inv.Subscription], inv, true)
 	return nil
