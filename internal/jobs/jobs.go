@@ -106,6 +106,8 @@ type Config struct {
 	EventWorkers int
 	// Logger receives River's own log lines.
 	Logger *slog.Logger
+	// Periodic jobs run on the elected leader only (one replica at a time).
+	Periodic []*river.PeriodicJob
 }
 
 // NewClient returns a River client on pool. It works the events queue when cfg.Workers
@@ -122,6 +124,7 @@ func NewClient(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 			n = 10
 		}
 		rc.Workers = cfg.Workers
+		rc.PeriodicJobs = cfg.Periodic
 		rc.Queues = map[string]river.QueueConfig{
 			QueueEvents:        {MaxWorkers: n},
 			river.QueueDefault: {MaxWorkers: 2},

@@ -330,3 +330,26 @@ func (m *Mapping) ManagedFeatures(product int) []int {
 	sort.Ints(out)
 	return out
 }
+
+// Products returns the Cryptolens products the plans file and the default product name.
+func (m *Mapping) Products() []int {
+	set := map[int]bool{}
+	for _, p := range m.byPrice {
+		set[p.ProductID] = true
+	}
+	for _, p := range m.byProduct {
+		set[p.ProductID] = true
+	}
+	if m.catchAll != nil {
+		set[m.catchAll.ProductID] = true
+	}
+	if m.DefaultProductID != 0 {
+		set[m.DefaultProductID] = true
+	}
+	out := make([]int, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	sort.Ints(out)
+	return out
+}

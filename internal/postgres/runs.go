@@ -1,0 +1,137 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// RunSummary is what a sweep or catch-up run counted.
+type RunSummary struct {
+	Scanned, Drifted, Fixed, Failed, Orphans int
+	// Cursor is the catch-up's position (unix seconds of Stripe's event time).
+	Cursor string
+	Error  string
+}
+
+// StartRun records the start of a sweep or catch-up and returns its id.
+func (s *Store) StartRun(ctx context.Context, kind string) (int64, error) {
+	var id int64
+	if err := s.pool.QueryRow(ctx, `INSERT INTO sync_runs (kind) VALUES ($1) RETURNING id`, kind).Scan(&id); err != nil {
+		return 0, fmt.Errorf("start run: %w", translate(err))
+	}
+	return id, nil
+}
+
+// FinishRun records a run's end and counts.
+func (s *Store) FinishRun(ctx context.Context, id int64, sum RunSummary) error {
+	status := "succeeded"
+	if sum.Error != "" {
+		status = "failed"
+	}
+	_, err := s.pool.Exec(ctx, `UPDATE sync_runs SET finished_at = now(), status = $2, scanned = $3, drifted = $4,
+		fixed = fixed + $5, failed = failed + $6, orphans = $7, cursor = NULLIF($8, ''), error = NULLIF($9, '') WHERE id = $1`,
+		id, status, sum.Scanned, sum.Drifted, sum.Fixed, sum.Failed, sum.Orphans, sum.Cursor, sum.Error)
+	if err != nil {
+		return fmt.Errorf("finish run: %w", translate(err))
+	}
+	return nil
+}
+
+// CountRunResult adds one fixed (ok) or failed Sync to a run.
+func (s *Store) CountRunResult(ctx context.Context, id int64, ok bool) error {
+	col := "failed"
+	if ok {
+		col = "fixed"
+	}
+	if _, err := s.pool.Exec(ctx, `UPDATE sync_runs SET `+col+` = `+col+` + 1 WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("count run result: %w", translate(err))
+	}
+	return nil
+}
+
+// CatchUpCursor returns the position of the last successful catch-up, and false when
+// there was none.
+func (s *Store) CatchUpCursor(ctx context.Context) (time.Time, bool, error) {
+	var cursor string
+	err := s.pool.QueryRow(ctx, `SELECT cursor FROM sync_runs WHERE kind = 'catch_up' AND status = 'succeeded' AND cursor IS NOT NULL
+		ORDER BY id DESC LIMIT 1`).Scan(&cursor)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("catch-up cursor: %w", translate(err))
+	}
+	n, err := strconv.ParseInt(cursor, 10, 64)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("catch-up cursor %q: %w", cursor, err)
+	}
+	return time.Unix(n, 0).UTC(), true, nil
+}
+
+// RunRow is a sync_runs row.
+type RunRow struct {
+	ID         int64      `db:"id"`
+	Kind       string     `db:"kind"`
+	StartedAt  time.Time  `db:"started_at"`
+	FinishedAt *time.Time `db:"finished_at"`
+	Status     string     `db:"status"`
+	Scanned    int        `db:"scanned"`
+	Drifted    int        `db:"drifted"`
+	Fixed      int        `db:"fixed"`
+	Failed     int        `db:"failed"`
+	Orphans    int        `db:"orphans"`
+	Cursor     *string    `db:"cursor"`
+	Error      *string    `db:"error"`
+}
+
+// Runs returns the runs of a kind, oldest first.
+func (s *Store) Runs(ctx context.Context, kind string) ([]RunRow, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, kind, started_at, finished_at, status, scanned, drifted, fixed, failed, orphans, cursor, error
+		FROM sync_runs WHERE kind = $1 ORDER BY id`, kind)
+	if err != nil {
+		return nil, fmt.Errorf("runs: %w", translate(err))
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByName[RunRow])
+	if err != nil {
+		return nil, fmt.Errorf("runs: %w", translate(err))
+	}
+	return out, nil
+}
+
+// SubscriptionBrief is the part of a mapping row a sweep compares.
+type SubscriptionBrief struct {
+	LicenseKey       string
+	ProductID        int
+	PaidThrough      time.Time
+	BlockedByKeysync bool
+	Unmapped         bool
+}
+
+// SubscriptionIndex returns every mapping row, briefly, by subscription id. About 100
+// bytes a subscription: a sweep of 100,000 holds 10 MB.
+func (s *Store) SubscriptionIndex(ctx context.Context) (map[string]SubscriptionBrief, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, coalesce(license_key, ''), coalesce(product_id, 0),
+		coalesce(paid_through, 'epoch'::timestamptz), blocked_by_keysync, unmapped_at IS NOT NULL FROM subscriptions`)
+	if err != nil {
+		return nil, fmt.Errorf("subscription index: %w", translate(err))
+	}
+	out := map[string]SubscriptionBrief{}
+	var id string
+	var b SubscriptionBrief
+	_, err = pgx.ForEachRow(rows, []any{&id, &b.LicenseKey, &b.ProductID, &b.PaidThrough, &b.BlockedByKeysync, &b.Unmapped}, func() error {
+		if b.PaidThrough.Unix() == 0 {
+			b.PaidThrough = time.Time{}
+		}
+		out[id] = b
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscription index: %w", translate(err))
+	}
+	return out, nil
+}

@@ -1,0 +1,159 @@
+package reconcile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stripe/stripe-go/v76"
+
+	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/webhook"
+)
+
+// CatchUpStripe is what the catch-up reads from Stripe.
+type CatchUpStripe interface {
+	Events(ctx context.Context, since time.Time, types []string) ([]*stripe.Event, error)
+}
+
+// Ingest stores events on the webhook path (dedupe, job, one transaction).
+type Ingest interface {
+	Ingest(ctx context.Context, ev events.Event) (webhook.Result, error)
+}
+
+// CatchUpStore is what the catch-up reads and records.
+type CatchUpStore interface {
+	StartRun(ctx context.Context, kind string) (int64, error)
+	FinishRun(ctx context.Context, id int64, sum postgres.RunSummary) error
+	CatchUpCursor(ctx context.Context) (time.Time, bool, error)
+}
+
+// Stripe keeps events for 30 days; keysync warns well before.
+const (
+	eventRetention = 30 * 24 * time.Hour
+	cursorWarnAge  = 25 * 24 * time.Hour
+	// overlap re-reads a minute before the cursor: events created in the same second
+	// may be listed late, and ingest dedupes what was already stored.
+	overlap = time.Minute
+)
+
+// CatchUp lists the events Stripe has and keysync may not, and ingests them.
+type CatchUp struct {
+	stripe     CatchUpStripe
+	ingest     Ingest
+	store      CatchUpStore
+	forceSweep func(ctx context.Context) error
+	now        func() time.Time
+	log        zerolog.Logger
+	// lag is the cursor's age at the last run, in seconds, for metrics and /readyz.
+	lag atomic.Int64
+}
+
+// NewCatchUp returns a CatchUp. forceSweep runs (or schedules) a full sweep when the
+// cursor has fallen out of Stripe's 30 days. now is the clock (nil: time.Now).
+func NewCatchUp(st CatchUpStripe, in Ingest, store CatchUpStore, forceSweep func(context.Context) error, now func() time.Time, log zerolog.Logger) *CatchUp {
+	if now == nil {
+		now = time.Now
+	}
+	return &CatchUp{stripe: st, ingest: in, store: store, forceSweep: forceSweep, now: now, log: log}
+}
+
+// CatchUpSummary is what one catch-up did.
+type CatchUpSummary struct {
+	Listed, Inserted int
+	Cursor           time.Time
+	// Reset is true when the cursor was older than Stripe's retention: a sweep was
+	// forced instead.
+	Reset bool
+}
+
+// Lag returns the cursor's age at the last run.
+func (c *CatchUp) Lag() time.Duration { return time.Duration(c.lag.Load()) * time.Second }
+
+// RunOnce lists the handled events created since the cursor (the first run starts an
+// hour back), ingests the ones keysync does not have as source events_api, and moves
+// the cursor. It returns an error when Stripe or the database failed; the cursor then
+// stays where it was.
+func (c *CatchUp) RunOnce(ctx context.Context) (CatchUpSummary, error) {
+	now := c.now().UTC()
+	cursor, ok, err := c.store.CatchUpCursor(ctx)
+	if err != nil {
+		return CatchUpSummary{}, err
+	}
+	if !ok {
+		cursor = now.Add(-time.Hour)
+	}
+	runID, err := c.store.StartRun(ctx, "catch_up")
+	if err != nil {
+		return CatchUpSummary{}, err
+	}
+	sum := CatchUpSummary{Cursor: cursor}
+	age := now.Sub(cursor)
+	c.lag.Store(int64(age / time.Second))
+	switch {
+	case age > eventRetention:
+		c.log.Warn().Dur("cursor_age", age).Msg("catch-up cursor is older than Stripe's 30 days of events: forcing a full sweep and resetting it")
+		sum.Reset, sum.Cursor = true, now
+		if c.forceSweep != nil {
+			if err = c.forceSweep(ctx); err != nil {
+				err = fmt.Errorf("force sweep: %w", err)
+			}
+		}
+	default:
+		if age > cursorWarnAge {
+			c.log.Warn().Dur("cursor_age", age).Msg("catch-up cursor is older than 25 days: events older than 30 days cannot be fetched")
+		}
+		err = c.catchUp(ctx, &sum, now)
+	}
+	rs := postgres.RunSummary{Scanned: sum.Listed, Drifted: sum.Inserted, Cursor: strconv.FormatInt(sum.Cursor.Unix(), 10)}
+	if err != nil {
+		rs.Error, rs.Cursor = err.Error(), ""
+	}
+	if ferr := c.store.FinishRun(ctx, runID, rs); ferr != nil {
+		err = errors.Join(err, ferr)
+	}
+	if err == nil {
+		c.lag.Store(int64(now.Sub(sum.Cursor) / time.Second))
+	}
+	c.log.Info().Int("listed", sum.Listed).Int("inserted", sum.Inserted).Time("cursor", sum.Cursor).Msg("catch-up finished")
+	return sum, err
+}
+
+func (c *CatchUp) catchUp(ctx context.Context, sum *CatchUpSummary, now time.Time) error {
+	evs, err := c.stripe.Events(ctx, sum.Cursor.Add(-overlap), events.HandledTypes())
+	if err != nil {
+		return fmt.Errorf("list events: %w", err)
+	}
+	latest := sum.Cursor
+	for _, ev := range evs {
+		sum.Listed++
+		payload, err := json.Marshal(ev)
+		if err != nil {
+			return fmt.Errorf("event %s: %w", ev.ID, err)
+		}
+		res, err := c.ingest.Ingest(ctx, events.Event{ID: ev.ID, Type: string(ev.Type), Created: time.Unix(ev.Created, 0).UTC(),
+			Livemode: ev.Livemode, APIVersion: ev.APIVersion, Payload: payload, Source: events.SourceEventsAPI})
+		if err != nil {
+			return fmt.Errorf("ingest %s: %w", ev.ID, err)
+		}
+		if !res.Duplicate {
+			sum.Inserted++
+		}
+		if created := time.Unix(ev.Created, 0).UTC(); created.After(latest) {
+			latest = created
+		}
+	}
+	// The cursor is how far keysync has looked: up to the newest event, or to a minute
+	// ago when nothing newer exists.
+	if lookedTo := now.Add(-overlap); lookedTo.After(latest) {
+		latest = lookedTo
+	}
+	sum.Cursor = latest
+	return nil
+}

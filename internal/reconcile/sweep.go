@@ -1,0 +1,262 @@
+// Package reconcile finds what webhooks missed: a periodic sweep compares every
+// subscription in Stripe with every key in Cryptolens and enqueues a Sync for each one
+// that drifted; a catch-up reads the Events API for events that never arrived.
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stripe/stripe-go/v76"
+
+	"github.com/keysync/keysync/internal/cryptolens"
+	"github.com/keysync/keysync/internal/license"
+	"github.com/keysync/keysync/internal/postgres"
+)
+
+// SweepStripe is what the sweep reads from Stripe.
+type SweepStripe interface {
+	Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscription, error]
+	GetProduct(ctx context.Context, id string) (*stripe.Product, error)
+}
+
+// SweepCryptolens is what the sweep reads from Cryptolens.
+type SweepCryptolens interface {
+	AllKeys(ctx context.Context, productID int, search string) iter.Seq2[cryptolens.Key, error]
+}
+
+// SweepStore is what the sweep reads and records.
+type SweepStore interface {
+	StartRun(ctx context.Context, kind string) (int64, error)
+	FinishRun(ctx context.Context, id int64, sum postgres.RunSummary) error
+	SubscriptionIndex(ctx context.Context) (map[string]postgres.SubscriptionBrief, error)
+}
+
+// Enqueue schedules Syncs of the drifted subscriptions, caused by sweep run runID.
+type Enqueue func(ctx context.Context, subscriptions []string, runID int64) error
+
+// Sweeper runs sweeps.
+type Sweeper struct {
+	stripe  SweepStripe
+	crypto  SweepCryptolens
+	store   SweepStore
+	mapping *license.Mapping
+	policy  license.Options
+	enqueue Enqueue
+	now     func() time.Time
+	log     zerolog.Logger
+}
+
+// NewSweeper returns a Sweeper. now is the clock (nil: time.Now).
+func NewSweeper(st SweepStripe, cl SweepCryptolens, store SweepStore, m *license.Mapping, policy license.Options,
+	enqueue Enqueue, now func() time.Time, log zerolog.Logger) *Sweeper {
+	if now == nil {
+		now = time.Now
+	}
+	return &Sweeper{stripe: st, crypto: cl, store: store, mapping: m, policy: policy, enqueue: enqueue, now: now, log: log}
+}
+
+// Summary is what a sweep found.
+type Summary struct {
+	RunID   int64
+	Scanned int
+	Drifted []Drift
+	Orphans []string
+	Failed  int
+	Took    time.Duration
+}
+
+// Drift is one subscription whose key is not what the policy wants.
+type Drift struct {
+	Subscription string
+	Reason       string
+}
+
+// pending is what a sweep keeps of one subscription until the keys are read.
+type pending struct {
+	id      string
+	desired license.Desired
+	metaKey string
+	mapped  bool
+	err     string
+}
+
+// RunOnce sweeps once: it lists every subscription and every key of the mapped
+// products, page by page, compares each subscription's key with the policy (without a
+// GetKey per key), and enqueues a Sync for each drifted one. Failures of one
+// subscription are counted and do not stop the run. It returns the run's summary and
+// an error only when the run could not complete.
+func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
+	start := time.Now()
+	runID, err := s.store.StartRun(ctx, "sweep")
+	if err != nil {
+		return Summary{}, err
+	}
+	sum := Summary{RunID: runID}
+	err = s.sweep(ctx, &sum)
+	sum.Took = time.Since(start)
+	rs := postgres.RunSummary{Scanned: sum.Scanned, Drifted: len(sum.Drifted), Failed: sum.Failed, Orphans: len(sum.Orphans)}
+	if err != nil {
+		rs.Error = err.Error()
+	}
+	if ferr := s.store.FinishRun(ctx, runID, rs); ferr != nil {
+		err = errors.Join(err, ferr)
+	}
+	ev := s.log.Info()
+	if err != nil {
+		ev = s.log.Error().Err(err)
+	}
+	ev.Int64("run_id", runID).Int("scanned", sum.Scanned).Int("drifted", len(sum.Drifted)).Int("orphans", len(sum.Orphans)).
+		Int("failed", sum.Failed).Dur("took", sum.Took).Msg("sweep finished")
+	return sum, err
+}
+
+func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
+	now := s.now().UTC()
+	rows, err := s.store.SubscriptionIndex(ctx)
+	if err != nil {
+		return err
+	}
+	productMeta := map[string]map[string]string{} // Stripe product -> metadata, read once a sweep
+	var subs []pending
+	inStripe := map[string]bool{}
+	products := map[int]bool{}
+	for _, p := range s.mapping.Products() {
+		products[p] = true
+	}
+	for _, b := range rows {
+		if b.ProductID != 0 {
+			products[b.ProductID] = true
+		}
+	}
+	for sub, err := range s.stripe.Subscriptions(ctx) {
+		if err != nil {
+			return fmt.Errorf("list subscriptions: %w", err)
+		}
+		sum.Scanned++
+		inStripe[sub.ID] = true
+		p := pending{id: sub.ID, metaKey: sub.Metadata["cryptolens_key"]}
+		ls := license.Subscription{ID: sub.ID, Status: string(sub.Status), PaidThrough: rows[sub.ID].PaidThrough}
+		if inv := sub.LatestInvoice; inv != nil && inv.Status == stripe.InvoiceStatusPaid && inv.Lines != nil {
+			for _, l := range inv.Lines.Data {
+				if l.Type == stripe.InvoiceLineItemTypeSubscription && l.Period != nil {
+					if end := time.Unix(l.Period.End, 0).UTC(); end.After(ls.PaidThrough) {
+						ls.PaidThrough = end
+					}
+				}
+			}
+		}
+		for _, it := range sub.Items.Data {
+			li := license.Item{Quantity: it.Quantity}
+			if it.Price != nil {
+				li.PriceID, li.PriceMetadata = it.Price.ID, it.Price.Metadata
+				if it.Price.Product != nil {
+					li.ProductID = it.Price.Product.ID
+					md, ok := productMeta[li.ProductID]
+					if !ok {
+						prod, err := s.stripe.GetProduct(ctx, li.ProductID)
+						if err != nil {
+							return fmt.Errorf("read product %s: %w", li.ProductID, err)
+						}
+						md = prod.Metadata
+						productMeta[li.ProductID] = md
+					}
+					li.ProductMetadata = md
+				}
+			}
+			ls.Items = append(ls.Items, li)
+		}
+		d, err := license.Desire(ls, s.mapping, s.policy)
+		switch {
+		case err != nil:
+			p.err = err.Error()
+		case d.Mapped:
+			p.desired, p.mapped = d, true
+			products[d.ProductID] = true
+		}
+		subs = append(subs, p)
+	}
+
+	// Every key of every product in play, indexed by name and by Notes marker.
+	byKey := map[string]cryptolens.Key{}
+	byMarker := map[string]cryptolens.Key{}
+	for product := range products {
+		for k, err := range s.crypto.AllKeys(ctx, product, "") {
+			if err != nil {
+				return fmt.Errorf("list keys of product %d: %w", product, err)
+			}
+			byKey[k.Key] = k
+			for _, word := range strings.Fields(k.Notes) {
+				if sub, ok := strings.CutPrefix(word, "stripe:"); ok {
+					byMarker[sub] = k
+					if !inStripe[sub] {
+						sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (notes name %s, which Stripe does not have)", k.Key, sub))
+					}
+				}
+			}
+		}
+	}
+	for sub, b := range rows {
+		if b.LicenseKey != "" && !inStripe[sub] {
+			sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (mapped to %s, which Stripe does not have)", b.LicenseKey, sub))
+		}
+	}
+	slices.Sort(sum.Orphans)
+	sum.Orphans = slices.Compact(sum.Orphans)
+
+	for _, p := range subs {
+		row, hasRow := rows[p.id]
+		var reason string
+		switch {
+		case p.err != "":
+			reason = "mapping error"
+		case !p.mapped:
+			if !hasRow || !row.Unmapped {
+				reason = "unmapped, not yet recorded"
+			}
+		default:
+			k, found := byKey[row.LicenseKey]
+			if !found && p.metaKey != "" {
+				k, found = byKey[p.metaKey]
+			}
+			if !found {
+				k, found = byMarker[p.id]
+			}
+			key := license.Key{}
+			if found {
+				key = license.Key{Exists: true, Key: k.Key, Expires: k.Expires, Blocked: k.Block, Features: k.Features, MaxMachines: k.MaxNoOfMachines}
+			}
+			acts := license.Actions(p.desired, key, license.State{BlockedByKeysync: row.BlockedByKeysync}, now)
+			switch {
+			case len(acts) > 0:
+				kinds := make([]string, len(acts))
+				for i, a := range acts {
+					kinds[i] = string(a.Kind)
+				}
+				reason = strings.Join(kinds, ", ")
+			case found && (!hasRow || row.LicenseKey != k.Key):
+				reason = "missing mapping row"
+			}
+		}
+		if reason != "" {
+			sum.Drifted = append(sum.Drifted, Drift{Subscription: p.id, Reason: reason})
+		}
+	}
+	if len(sum.Drifted) == 0 {
+		return nil
+	}
+	ids := make([]string, len(sum.Drifted))
+	for i, d := range sum.Drifted {
+		ids[i] = d.Subscription
+	}
+	if err := s.enqueue(ctx, ids, sum.RunID); err != nil {
+		return fmt.Errorf("enqueue syncs: %w", err)
+	}
+	return nil
+}
