@@ -7,7 +7,6 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 
-	"github.com/keysync/keysync/internal/reconcile"
 	"github.com/keysync/keysync/internal/syncer"
 )
 
@@ -84,14 +83,12 @@ func (SweepArgs) InsertOpts() river.InsertOpts {
 // SweepWorker runs sweeps.
 type SweepWorker struct {
 	river.WorkerDefaults[SweepArgs]
-	Sweeper *reconcile.Sweeper
+	// Run runs one sweep (reconcile.Sweeper.RunOnce).
+	Run func(ctx context.Context) error
 }
 
 // Work runs one sweep.
-func (w *SweepWorker) Work(ctx context.Context, _ *river.Job[SweepArgs]) error {
-	_, err := w.Sweeper.RunOnce(ctx)
-	return err
-}
+func (w *SweepWorker) Work(ctx context.Context, _ *river.Job[SweepArgs]) error { return w.Run(ctx) }
 
 // CatchUpArgs is the job that runs one catch-up.
 type CatchUpArgs struct{}
@@ -107,11 +104,9 @@ func (CatchUpArgs) InsertOpts() river.InsertOpts {
 // CatchUpWorker runs catch-ups.
 type CatchUpWorker struct {
 	river.WorkerDefaults[CatchUpArgs]
-	CatchUp *reconcile.CatchUp
+	// Run runs one catch-up (reconcile.CatchUp.RunOnce).
+	Run func(ctx context.Context) error
 }
 
 // Work runs one catch-up.
-func (w *CatchUpWorker) Work(ctx context.Context, _ *river.Job[CatchUpArgs]) error {
-	_, err := w.CatchUp.RunOnce(ctx)
-	return err
-}
+func (w *CatchUpWorker) Work(ctx context.Context, _ *river.Job[CatchUpArgs]) error { return w.Run(ctx) }
