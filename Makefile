@@ -36,8 +36,9 @@ lint: ## gofmt, go vet, staticcheck
 check-tidy: ## fail if go mod tidy would change go.mod or go.sum
 	$(GO) mod tidy -diff
 
-bench: ## ingest benchmark: keysync vs the minimal-ingest floor vs raw inserts (BENCHTIME per run)
+bench: ## ingest (keysync vs the minimal-ingest floor vs raw inserts) and sweep benchmarks
 	$(GO) run ./cmd/keysync-bench -duration $(BENCHTIME) -out bench/ingest.json
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/reconcile
 
 fuzz: ## run each fuzz target for FUZZTIME
 	$(GO) test ./internal/webhook -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME)
