@@ -38,6 +38,7 @@ type config struct {
 	BlockOnRefund        bool
 	StripeRateLimit      float64
 	ReconcileInterval    time.Duration
+	CatchUpInterval      time.Duration
 	ShutdownTimeout      time.Duration
 	LogLevel             zerolog.Level
 	LogFormat            string
@@ -182,9 +183,12 @@ var settings = []setting{
 			c.StripeRateLimit = f
 			return nil
 		}},
-	{name: "KEYSYNC_RECONCILE_INTERVAL", def: "1h", later: "reconciliation",
-		doc: "How often the full sweep against Stripe runs.",
+	{name: "KEYSYNC_RECONCILE_INTERVAL", def: "1h",
+		doc: "How often the full sweep against Stripe and Cryptolens runs (one replica runs it).",
 		set: func(c *config, v string) error { return durationAtLeast(&c.ReconcileInterval, v, time.Minute) }},
+	{name: "KEYSYNC_CATCHUP_INTERVAL",
+		doc: "How often missed events are read from Stripe's Events API. Default 5m, or 1m in polling mode (no `STRIPE_WEBHOOK_SECRETS`).",
+		set: func(c *config, v string) error { return durationAtLeast(&c.CatchUpInterval, v, 10*time.Second) }},
 	{name: "KEYSYNC_SHUTDOWN_TIMEOUT", def: "30s",
 		doc: "How long a shutdown waits for in-flight requests and jobs before cancelling them.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.ShutdownTimeout, v, time.Second) }},
@@ -234,6 +238,12 @@ func loadConfig(getenv func(string) string, readFile func(string) ([]byte, error
 		}
 		if err := s.set(&c, v); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
+		}
+	}
+	if c.CatchUpInterval == 0 {
+		c.CatchUpInterval = 5 * time.Minute
+		if len(c.StripeWebhookSecrets) == 0 {
+			c.CatchUpInterval = time.Minute // polling mode: catch-up is the only source
 		}
 	}
 	if c.LogFormat == "" {

@@ -18,7 +18,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/reconcile"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -30,6 +32,8 @@ Usage:
   keysync serve            run the daemon: webhooks, jobs, health (migrates first)
   keysync migrate [up]     apply database migrations (keysync's and River's)
   keysync migrate status   show applied and pending migrations
+  keysync reconcile --once sweep now: compare every subscription with its key, queue
+                           a Sync for each that drifted (the running keysync works them)
   keysync version          print the version
   keysync help             print this help
 
@@ -65,7 +69,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "version", "--version":
 		fmt.Fprintf(stdout, "keysync %s (Stripe API %s, %s)\n", version, events.StripeAPIVersion, runtime.Version())
 		return nil
-	case "serve", "migrate":
+	case "serve", "migrate", "reconcile":
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
@@ -84,6 +88,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		logConfig(log, getenv)
 		return serve(ctx, cfg, log, onServing)
+	case "reconcile":
+		return reconcileOnce(ctx, cfg, log, args[1:], stdout)
 	default:
 		return migrate(ctx, cfg, log, args[1:], stdout)
 	}
@@ -130,5 +136,52 @@ func migrate(ctx context.Context, cfg config, log zerolog.Logger, args []string,
 	}
 	fmt.Fprintf(stdout, "keysync migrations: %d of %d applied\nriver migrations:   %d of %d applied\nschema: %s\n",
 		st.GooseCurrent, st.GooseTarget, st.RiverCurrent, st.RiverTarget, state)
+	return nil
+}
+
+// reconcileOnce runs one sweep and prints its summary.
+func reconcileOnce(ctx context.Context, cfg config, log zerolog.Logger, args []string, stdout io.Writer) error {
+	if len(args) != 1 || args[0] != "--once" {
+		return fmt.Errorf("%w: reconcile takes --once (serve runs the scheduled sweeps)", errUsage)
+	}
+	parts, err := newParts(cfg, log)
+	if err != nil {
+		return err
+	}
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.PoolConfig{MaxConns: 4})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	st, err := postgres.Migrations(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if !st.Current() {
+		return fmt.Errorf("the database schema is not current (%s): run keysync migrate", st)
+	}
+	client, err := jobs.NewClient(pool, jobs.Config{}) // insert-only: serve works the jobs
+	if err != nil {
+		return err
+	}
+	store := postgres.NewStore(pool)
+	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, parts.mapping, parts.policy,
+		jobs.NewEnqueuer(client).EnqueueSyncs, nil, log)
+	fmt.Fprintln(stdout, "sweeping: listing every subscription and every key ...")
+	sum, err := sweeper.RunOnce(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "sweep run %d: %d subscriptions scanned in %s, %d drifted, %d orphan keys\n",
+		sum.RunID, sum.Scanned, sum.Took.Round(time.Millisecond), len(sum.Drifted), len(sum.Orphans))
+	for _, d := range sum.Drifted {
+		fmt.Fprintf(stdout, "  drift   %s: %s\n", d.Subscription, d.Reason)
+	}
+	for _, o := range sum.Orphans {
+		fmt.Fprintf(stdout, "  orphan  %s (left alone)\n", o)
+	}
+	if len(sum.Drifted) > 0 {
+		fmt.Fprintf(stdout, "%d Syncs queued; the running keysync works them (keysync serve)\n", len(sum.Drifted))
+	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -18,9 +19,11 @@ import (
 
 	"github.com/keysync/keysync/internal/admin"
 	"github.com/keysync/keysync/internal/cryptolens"
+	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/reconcile"
 	"github.com/keysync/keysync/internal/stripeapi"
 	"github.com/keysync/keysync/internal/syncer"
 	"github.com/keysync/keysync/internal/webhook"
@@ -30,7 +33,7 @@ import (
 // accepting webhooks and finish the requests in flight, commit what the ingester
 // holds, let running jobs finish (then cancel them), close the pool.
 func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(addr string)) error {
-	engine, mappingEntries, err := newEngineParts(cfg, log)
+	parts, err := newParts(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -46,12 +49,37 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	log.Info().Str("migrations", st.String()).Msg("database schema current")
 
 	store := postgres.NewStore(pool)
-	sync := engine(store)
-	log.Info().Int("plans_file_entries", mappingEntries).Bool("dry_run", cfg.DryRun).Int("buffer_days", cfg.BufferDays).
-		Msg("sync engine ready")
+	sync := syncer.New(parts.stripe, parts.crypto, store, parts.mapping,
+		syncer.Options{Policy: parts.policy, DryRun: cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata}, log.With().Str("component", "sync").Logger())
+	log.Info().Int("plans_file_entries", parts.mapping.Entries()).Bool("dry_run", cfg.DryRun).Int("buffer_days", cfg.BufferDays).
+		Dur("reconcile_interval", cfg.ReconcileInterval).Dur("catch_up_interval", cfg.CatchUpInterval).Msg("sync engine ready")
+
+	// The sweep enqueues Syncs and the catch-up ingests events through the River client
+	// and the ingester made below; the closures see them once they exist.
+	var riverClient *river.Client[pgx.Tx]
+	var ingester *webhook.Ingester
+	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, parts.mapping, parts.policy,
+		func(ctx context.Context, subs []string, runID int64) error {
+			return jobs.NewEnqueuer(riverClient).EnqueueSyncs(ctx, subs, runID)
+		}, nil, log.With().Str("component", "sweep").Logger())
+	catchUp := reconcile.NewCatchUp(parts.stripe, ingestFunc(func(ctx context.Context, ev events.Event) (webhook.Result, error) {
+		return ingester.Ingest(ctx, ev)
+	}), store, func(ctx context.Context) error {
+		_, err := riverClient.Insert(ctx, jobs.SweepArgs{}, nil)
+		return err
+	}, nil, log.With().Str("component", "catch_up").Logger())
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &jobs.EventWorker{Store: store, Engine: sync})
-	riverClient, err := jobs.NewClient(pool, jobs.Config{Workers: workers, Logger: slogFor(log, "river")})
+	river.AddWorker(workers, &jobs.SyncWorker{Engine: sync, Runs: store})
+	river.AddWorker(workers, &jobs.SweepWorker{Run: func(ctx context.Context) error { _, err := sweeper.RunOnce(ctx); return err }})
+	river.AddWorker(workers, &jobs.CatchUpWorker{Run: func(ctx context.Context) error { _, err := catchUp.RunOnce(ctx); return err }})
+	periodic := []*river.PeriodicJob{
+		river.NewPeriodicJob(river.PeriodicInterval(cfg.ReconcileInterval),
+			func() (river.JobArgs, *river.InsertOpts) { return jobs.SweepArgs{}, nil }, nil),
+		river.NewPeriodicJob(river.PeriodicInterval(cfg.CatchUpInterval),
+			func() (river.JobArgs, *river.InsertOpts) { return jobs.CatchUpArgs{}, nil }, &river.PeriodicJobOpts{RunOnStart: true}),
+	}
+	riverClient, err = jobs.NewClient(pool, jobs.Config{Workers: workers, Logger: slogFor(log, "river"), Periodic: periodic})
 	if err != nil {
 		return err
 	}
@@ -61,10 +89,11 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		return fmt.Errorf("start river: %w", err)
 	}
 
-	ingester := webhook.NewIngester(store, jobs.NewEnqueuer(riverClient), log, webhook.IngesterConfig{})
+	ingester = webhook.NewIngester(store, jobs.NewEnqueuer(riverClient), log, webhook.IngesterConfig{})
 	ingester.Start(ctx)
 
 	health := admin.NewHealth(store)
+	health.CatchUpLag = catchUp.Lag
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", health.Healthz)
 	mux.HandleFunc("GET /readyz", health.Readyz)
@@ -81,7 +110,8 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		}
 		mux.Handle("POST /webhooks/stripe", h)
 	} else {
-		log.Warn().Msg("STRIPE_WEBHOOK_SECRETS is unset: no webhook endpoint")
+		log.Warn().Dur("catch_up_interval", cfg.CatchUpInterval).
+			Msg("STRIPE_WEBHOOK_SECRETS is unset: polling mode, no webhook endpoint; events come from the Events API")
 	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -131,10 +161,17 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	return runErr
 }
 
-// newEngineParts checks what the sync engine needs and returns a constructor for it
-// (the store comes later) and the number of plans-file entries. A missing credential or
-// a malformed plans file is a configuration error that stops start-up.
-func newEngineParts(cfg config, log zerolog.Logger) (func(*postgres.Store) *syncer.Syncer, int, error) {
+// engineParts are the sync engine's pieces that do not depend on the database. newParts
+// builds them; a missing credential or a malformed plans file is a configuration error
+// that stops start-up.
+type engineParts struct {
+	stripe  *stripeapi.Client
+	crypto  *cryptolens.Client
+	mapping *license.Mapping
+	policy  license.Options
+}
+
+func newParts(cfg config, log zerolog.Logger) (engineParts, error) {
 	var missing []string
 	if cfg.StripeAPIKey == "" {
 		missing = append(missing, "STRIPE_API_KEY")
@@ -143,34 +180,35 @@ func newEngineParts(cfg config, log zerolog.Logger) (func(*postgres.Store) *sync
 		missing = append(missing, "CRYPTOLENS_TOKEN")
 	}
 	if len(missing) > 0 {
-		return nil, 0, fmt.Errorf("%w: serve needs %s", errUsage, strings.Join(missing, " and "))
+		return engineParts{}, fmt.Errorf("%w: keysync needs %s", errUsage, strings.Join(missing, " and "))
 	}
 	mapping := license.NewMapping(cfg.CryptolensProductID)
 	if cfg.PlansFile != "" {
 		data, err := os.ReadFile(cfg.PlansFile)
 		if err != nil {
-			return nil, 0, fmt.Errorf("%w: KEYSYNC_PLANS_FILE: cannot read %s", errUsage, cfg.PlansFile)
+			return engineParts{}, fmt.Errorf("%w: KEYSYNC_PLANS_FILE: cannot read %s", errUsage, cfg.PlansFile)
 		}
 		if mapping, err = license.ParsePlans(cfg.PlansFile, data, cfg.CryptolensProductID); err != nil {
-			return nil, 0, fmt.Errorf("%w: KEYSYNC_PLANS_FILE: %w", errUsage, err)
+			return engineParts{}, fmt.Errorf("%w: KEYSYNC_PLANS_FILE: %w", errUsage, err)
 		}
 	}
 	sc, err := stripeapi.New(stripeapi.Config{APIKey: cfg.StripeAPIKey, BaseURL: cfg.StripeAPIBase, RateLimit: cfg.StripeRateLimit,
 		Logger: log.With().Str("component", "stripe").Logger()})
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %w", errUsage, err)
+		return engineParts{}, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	cc, err := cryptolens.New(cryptolens.Config{BaseURL: cfg.CryptolensAPIBase, Token: cfg.CryptolensToken,
 		RateLimit: cfg.CryptolensRateLimit, Timeout: cfg.CryptolensTimeout, Logger: log.With().Str("component", "cryptolens").Logger()})
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %w", errUsage, err)
+		return engineParts{}, fmt.Errorf("%w: %w", errUsage, err)
 	}
-	opts := syncer.Options{
-		Policy:              license.Options{BufferDays: cfg.BufferDays, BlockOnDispute: cfg.BlockOnDispute, BlockOnRefund: cfg.BlockOnRefund},
-		DryRun:              cfg.DryRun,
-		WriteStripeMetadata: cfg.WriteStripeMetadata,
-	}
-	return func(store *postgres.Store) *syncer.Syncer {
-		return syncer.New(sc, cc, store, mapping, opts, log.With().Str("component", "sync").Logger())
-	}, mapping.Entries(), nil
+	return engineParts{stripe: sc, crypto: cc, mapping: mapping,
+		policy: license.Options{BufferDays: cfg.BufferDays, BlockOnDispute: cfg.BlockOnDispute, BlockOnRefund: cfg.BlockOnRefund}}, nil
+}
+
+// ingestFunc adapts a function to reconcile.Ingest.
+type ingestFunc func(ctx context.Context, ev events.Event) (webhook.Result, error)
+
+func (f ingestFunc) Ingest(ctx context.Context, ev events.Event) (webhook.Result, error) {
+	return f(ctx, ev)
 }

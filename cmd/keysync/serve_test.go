@@ -20,6 +20,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/keysync/keysync/internal/pgtest"
+	"github.com/keysync/keysync/internal/sim/cryptolenssim"
 	"github.com/keysync/keysync/internal/sim/stripesim"
 	"github.com/keysync/keysync/internal/simtest"
 )
@@ -234,4 +235,80 @@ func get(t *testing.T, u string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, fmt.Sprint(string(b))
+}
+
+func TestReconcileOnce(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.URL(t)
+	world := simtest.New(t, simtest.Options{})
+	price := world.Price("App", 1000, `{"F1":true}`)
+	res, _ := world.Stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: price}}})
+	orphan, _ := world.Crypto.PutKey(cryptolenssim.Key{ProductID: simtest.Product, Notes: "stripe:sub_gone"})
+	vars := env(map[string]string{"DATABASE_URL": dbURL, "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
+		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "LOG_LEVEL": "warn", "LOG_FORMAT": "json"})
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"reconcile", "--once"}, vars, &out, io.Discard, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{"1 subscriptions scanned", "1 drifted", "drift   " + res.Subscription + ": create_key", "orphan  " + orphan.Key, "1 Syncs queued"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("output lacks %q:\n%s", want, got)
+		}
+	}
+	pool, _ := pgxpool.New(context.Background(), dbURL)
+	defer pool.Close()
+	var n int
+	_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM river_job WHERE kind = 'sync_subscription' AND args->>'subscription' = $1`, res.Subscription).Scan(&n)
+	if n != 1 {
+		t.Fatalf("got %d queued Syncs, want 1", n)
+	}
+	if err := run(t.Context(), []string{"reconcile"}, vars, &out, io.Discard, nil); !errors.Is(err, errUsage) {
+		t.Fatalf("without --once: got %v, want a usage error", err)
+	}
+}
+
+// Polling mode: no webhook secret, so no webhook route; the catch-up that runs at start
+// reads the Events API and the key appears all the same.
+func TestServePollingMode(t *testing.T) {
+	t.Parallel()
+	world := simtest.New(t, simtest.Options{Start: time.Now()})
+	price := world.Price("App", 1000, `{"F4":true}`)
+	res, _ := world.Stripe.Checkout(stripesim.CheckoutParams{Email: "p@example.com", Items: []stripesim.ItemParams{{Price: price}}})
+	vars := env(map[string]string{"DATABASE_URL": pgtest.URL(t), "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
+		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "KEYSYNC_LISTEN": "127.0.0.1:0",
+		"LOG_FORMAT": "json", "LOG_LEVEL": "warn"})
+	ctx, cancel := context.WithCancel(context.Background())
+	addrCh, done := make(chan string, 1), make(chan error, 1)
+	logs := &lockedBuffer{}
+	go func() { done <- run(ctx, []string{"serve"}, vars, io.Discard, logs, func(a string) { addrCh <- a }) }()
+	var base string
+	select {
+	case a := <-addrCh:
+		base = "http://" + a
+	case err := <-done:
+		t.Fatalf("serve exited: %v\n%s", err, logs)
+	}
+	resp, err := http.Post(base+"/webhooks/stripe", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("webhook route in polling mode: got %d, want 404", resp.StatusCode)
+	}
+	pgtest.WaitFor(t, 30*time.Second, "the key from the Events API", func() bool {
+		keys := world.Crypto.Keys(simtest.Product)
+		return len(keys) == 1 && keys[0].Notes == "stripe:"+res.Subscription && keys[0].Features[3]
+	})
+	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, "catch_up_lag") {
+		t.Fatalf("readyz: got %d %s, want the catch-up lag", code, body)
+	}
+	if !strings.Contains(logs.String(), "polling mode") {
+		t.Fatalf("logs do not say polling mode:\n%s", logs)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }

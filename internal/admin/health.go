@@ -21,6 +21,9 @@ type Checker interface {
 type Health struct {
 	check    Checker
 	draining atomic.Bool
+	// CatchUpLag, if set, reports how far behind the Events API catch-up is; /readyz
+	// shows it, with a warning past 25 days (Stripe keeps events for 30).
+	CatchUpLag func() time.Duration
 }
 
 // NewHealth returns the health endpoints over check.
@@ -57,7 +60,15 @@ func (h *Health) Readyz(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "migrations": "pending: " + detail})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "migrations": detail})
+	out := map[string]string{"status": "ready", "migrations": detail}
+	if h.CatchUpLag != nil {
+		lag := h.CatchUpLag().Round(time.Second)
+		out["catch_up_lag"] = lag.String()
+		if lag > 25*24*time.Hour {
+			out["warning"] = "the Events API catch-up is more than 25 days behind; past 30 days events are lost and a full sweep runs"
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
