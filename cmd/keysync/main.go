@@ -32,6 +32,8 @@ Usage:
   keysync serve            run the daemon: webhooks, jobs, health (migrates first)
   keysync migrate [up]     apply database migrations (keysync's and River's)
   keysync migrate status   show applied and pending migrations
+  keysync audit [filters]  print the audit log (--subscription, --customer, --key, --action,
+                           --outcome, --cause, --since 24h, --format table|json|csv, ...)
   keysync reconcile --once sweep now: compare every subscription with its key, queue
                            a Sync for each that drifted (the running keysync works them)
   keysync version          print the version
@@ -69,7 +71,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "version", "--version":
 		fmt.Fprintf(stdout, "keysync %s (Stripe API %s, %s)\n", version, events.StripeAPIVersion, runtime.Version())
 		return nil
-	case "serve", "migrate", "reconcile":
+	case "serve", "migrate", "reconcile", "audit":
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
@@ -90,6 +92,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return serve(ctx, cfg, log, onServing)
 	case "reconcile":
 		return reconcileOnce(ctx, cfg, log, args[1:], stdout)
+	case "audit":
+		return audit(ctx, cfg, args[1:], stdout, time.Now())
 	default:
 		return migrate(ctx, cfg, log, args[1:], stdout)
 	}

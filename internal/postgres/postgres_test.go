@@ -176,3 +176,40 @@ func TestUnreachableIsUnavailable(t *testing.T) {
 }
 
 func emptyDatabase(t *testing.T) string { return pgtest.EmptyURL(t) }
+
+func TestAuditViews(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	ctx := context.Background()
+	store := postgres.NewStore(pool)
+	old, mid, newer := time.Date(2026, 1, 10, 0, 0, 0, 0, time.UTC), time.Date(2026, 2, 10, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC)
+	err := store.SaveSync(ctx, postgres.SubscriptionRow{ID: "sub_v", CustomerID: "cus_v", Status: "active"}, []postgres.AuditRow{
+		{SubscriptionID: "sub_v", LicenseKey: "K", Action: "create_key", Outcome: "applied", Cause: "webhook", Params: map[string]any{"period": 31, "expires": old}},
+		{SubscriptionID: "sub_v", LicenseKey: "K", Action: "extend", Outcome: "applied", Cause: "webhook", Params: map[string]any{"days": 31, "old_expires": old, "new_expires": mid}},
+		{SubscriptionID: "sub_v", LicenseKey: "K", Action: "extend", Outcome: "dry_run", Cause: "webhook", Params: map[string]any{"days": 28, "old_expires": mid, "new_expires": newer}},
+		{SubscriptionID: "sub_v", LicenseKey: "K", Action: "add_feature", Outcome: "applied", Cause: "webhook", Params: map[string]any{"feature": 3}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM keysync_audit WHERE subscription_id = 'sub_v'`).Scan(&n); err != nil || n != 4 {
+		t.Fatalf("keysync_audit: got %d, %v, want 4", n, err)
+	}
+	rows, err := pool.Query(ctx, `SELECT action, new_expires FROM keysync_license_timeline WHERE license_key = 'K' ORDER BY at, action`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type point struct {
+		Action string
+		At     time.Time
+	}
+	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (point, error) {
+		var p point
+		err := r.Scan(&p.Action, &p.At)
+		return p, err
+	})
+	if err != nil || len(got) != 2 || !got[0].At.Equal(old) || !got[1].At.Equal(mid) {
+		t.Fatalf("timeline: got %+v, %v: want the create and the applied extension only", got, err)
+	}
+}
