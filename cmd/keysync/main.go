@@ -34,6 +34,11 @@ Usage:
   keysync migrate status   show applied and pending migrations
   keysync audit [filters]  print the audit log (--subscription, --customer, --key, --action,
                            --outcome, --cause, --since 24h, --format table|json|csv, ...)
+  keysync status <sub>     Stripe, keysync, Cryptolens and the policy side by side (changes nothing)
+  keysync sync <sub> [--dry-run]
+                           sync one subscription now, as the operator
+  keysync replay <event>|--since 24h [--type t]
+                           process events again (the running keysync works them)
   keysync reconcile --once sweep now: compare every subscription with its key, queue
                            a Sync for each that drifted (the running keysync works them)
   keysync version          print the version
@@ -71,7 +76,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "version", "--version":
 		fmt.Fprintf(stdout, "keysync %s (Stripe API %s, %s)\n", version, events.StripeAPIVersion, runtime.Version())
 		return nil
-	case "serve", "migrate", "reconcile", "audit":
+	case "serve", "migrate", "reconcile", "audit", "status", "sync", "replay":
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
@@ -94,6 +99,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return reconcileOnce(ctx, cfg, log, args[1:], stdout)
 	case "audit":
 		return audit(ctx, cfg, args[1:], stdout, time.Now())
+	case "status":
+		return statusCmd(ctx, cfg, log, args[1:], stdout)
+	case "sync":
+		return syncCmd(ctx, cfg, log, args[1:], stdout)
+	case "replay":
+		return replay(ctx, cfg, log, args[1:], stdout, time.Now())
 	default:
 		return migrate(ctx, cfg, log, args[1:], stdout)
 	}

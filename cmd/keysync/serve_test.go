@@ -312,3 +312,42 @@ func TestServePollingMode(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestStatusAndSyncCommands(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.URL(t)
+	world := simtest.New(t, simtest.Options{})
+	price := world.Price("App", 1000, `{"F2":true,"MaxNoOfMachines":3}`)
+	res, _ := world.Stripe.Checkout(stripesim.CheckoutParams{Email: "s@example.com", Items: []stripesim.ItemParams{{Price: price}}})
+	vars := env(map[string]string{"DATABASE_URL": dbURL, "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
+		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "LOG_LEVEL": "warn", "LOG_FORMAT": "json"})
+	cmd := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(t.Context(), args, vars, &out, io.Discard, nil); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		return out.String()
+	}
+	status := cmd("status", res.Subscription)
+	for _, want := range []string{"Stripe", "status active", "no mapping row yet", "Cryptolens", "no key", "policy", "F2", "3", "create_key"} {
+		if !strings.Contains(status, want) {
+			t.Fatalf("status lacks %q:\n%s", want, status)
+		}
+	}
+	if out := cmd("sync", res.Subscription, "--dry-run"); !strings.Contains(out, "dry run: nothing sent") || len(world.Crypto.Keys(simtest.Product)) != 0 {
+		t.Fatalf("sync --dry-run: got %q and %d keys", out, len(world.Crypto.Keys(simtest.Product)))
+	}
+	if out := cmd("sync", res.Subscription); !strings.Contains(out, "create_key") || len(world.Crypto.Keys(simtest.Product)) != 1 {
+		t.Fatalf("sync: got %q and %d keys", out, len(world.Crypto.Keys(simtest.Product)))
+	}
+	if out := cmd("status", res.Subscription); !strings.Contains(out, "would change nothing") {
+		t.Fatalf("status after the sync:\n%s", out)
+	}
+	if out := cmd("audit", "--subscription", res.Subscription, "--cause", "operator", "--format", "csv"); strings.Count(out, "create_key") != 2 {
+		t.Fatalf("audit: want the dry-run and the applied create_key by the operator:\n%s", out)
+	}
+	if err := run(t.Context(), []string{"sync"}, vars, io.Discard, io.Discard, nil); !errors.Is(err, errUsage) {
+		t.Fatalf("sync without a subscription: got %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -112,4 +113,33 @@ func (s *Store) EventCounts(ctx context.Context) (map[events.Status]int, error) 
 		return nil, fmt.Errorf("count events: %w", translate(err))
 	}
 	return out, nil
+}
+
+// ReplayableEvent names a stored event.
+type ReplayableEvent struct {
+	ID   string `db:"id"`
+	Type string `db:"type"`
+}
+
+// EventsSince returns the stored events created at or after since, of the given types
+// (all when empty), oldest first.
+func (s *Store) EventsSince(ctx context.Context, since time.Time, types []string) ([]ReplayableEvent, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, type FROM stripe_events WHERE created >= $1 AND (cardinality($2::text[]) = 0 OR type = ANY($2))
+		ORDER BY created, id`, since, types)
+	if err != nil {
+		return nil, fmt.Errorf("events since: %w", translate(err))
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByName[ReplayableEvent])
+	if err != nil {
+		return nil, fmt.Errorf("events since: %w", translate(err))
+	}
+	return out, nil
+}
+
+// ResetEventsTx marks stored events pending again, for a replay, in tx.
+func (s *Store) ResetEventsTx(ctx context.Context, tx pgx.Tx, ids []string) error {
+	if _, err := tx.Exec(ctx, `UPDATE stripe_events SET status = 'pending', last_error = NULL, processed_at = NULL WHERE id = ANY($1)`, ids); err != nil {
+		return fmt.Errorf("reset events: %w", translate(err))
+	}
+	return nil
 }

@@ -91,6 +91,8 @@ func TestContractWithStripeMock(t *testing.T) {
 	check("GetProduct", err)
 	_, err = c.GetPrice(ctx, "price_123")
 	check("GetPrice", err)
+	_, err = c.GetEvent(ctx, "evt_123")
+	check("GetEvent", err)
 	_, err = c.Events(ctx, time.Now().Add(-24*time.Hour), []string{"invoice.paid", "customer.subscription.updated"})
 	check("Events", err)
 	check("SetSubscriptionMetadata", c.SetSubscriptionMetadata(ctx, "sub_123", "cryptolens_key", "AAAAA-BBBBB-CCCCC-DDDDD"))

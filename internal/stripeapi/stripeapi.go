@@ -288,3 +288,11 @@ func (c *Client) Disputes(ctx context.Context, charge string) ([]*stripe.Dispute
 	}
 	return out, c.wrap("list disputes", it.Err())
 }
+
+// GetEvent returns one event (Stripe keeps them 30 days).
+func (c *Client) GetEvent(ctx context.Context, id string) (*stripe.Event, error) {
+	p := &stripe.EventParams{}
+	p.Context = ctx
+	ev, err := c.api.Events.Get(id, p)
+	return ev, c.wrap("get event", err)
+}

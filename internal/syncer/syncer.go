@@ -110,13 +110,14 @@ func Marker(subscription string) string { return "stripe:" + subscription }
 
 // run carries one Sync's state.
 type run struct {
-	s      *Syncer
-	lock   *postgres.SubscriptionLock
-	cause  Cause
-	row    postgres.SubscriptionRow
-	audits []postgres.AuditRow
-	now    time.Time
-	log    zerolog.Logger
+	s       *Syncer
+	lock    *postgres.SubscriptionLock
+	preview *Preview // set: decide, do not act, save nothing
+	cause   Cause
+	row     postgres.SubscriptionRow
+	audits  []postgres.AuditRow
+	now     time.Time
+	log     zerolog.Logger
 }
 
 // Sync brings the subscription's key to the state the policy wants. It returns an
@@ -193,6 +194,10 @@ func (r *run) sync(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: plan mapping: %v", ErrPermanent, err)
 	}
+	if !desired.Mapped && r.preview != nil {
+		r.preview.Status, r.preview.PaidThrough, r.preview.Desired = ls.Status, ls.PaidThrough, desired
+		return Result{Unmapped: true}, nil
+	}
 	if !desired.Mapped {
 		if r.row.UnmappedAt == nil {
 			at := r.now
@@ -218,6 +223,10 @@ func (r *run) sync(ctx context.Context) (Result, error) {
 	}
 	actions := license.Actions(desired, key, license.State{BlockedByKeysync: r.row.BlockedByKeysync}, r.now)
 	res := Result{Key: key.Key, Actions: actions}
+	if r.preview != nil {
+		r.preview.Status, r.preview.PaidThrough, r.preview.Desired, r.preview.Key, r.preview.Actions = ls.Status, ls.PaidThrough, desired, key, actions
+		return res, nil
+	}
 	for _, a := range actions {
 		created, err := r.apply(ctx, sub, desired, key, a)
 		if created != "" {
@@ -456,4 +465,41 @@ func toKey(k cryptolens.Key) license.Key {
 // SubscriptionFor returns the subscription an event is about (see the package function).
 func (s *Syncer) SubscriptionFor(ctx context.Context, typ string, payload []byte) (string, error) {
 	return SubscriptionFor(ctx, s.stripe, typ, payload)
+}
+
+// Preview is what a Sync would see and do now.
+type Preview struct {
+	// Row is keysync's mapping row as stored (Found false: none yet).
+	Row   postgres.SubscriptionRow
+	Found bool
+	// Status and PaidThrough are Stripe's, read now.
+	Status      string
+	PaidThrough time.Time
+	Desired     license.Desired
+	Key         license.Key
+	Actions     []license.Action
+}
+
+// Preview reads the subscription and its key as Sync does and returns what Sync would
+// do now, without doing it or writing anything. It returns Sync's errors.
+func (s *Syncer) Preview(ctx context.Context, subscription string) (Preview, error) {
+	lock, err := s.store.LockSubscription(ctx, subscription)
+	if err != nil {
+		return Preview{}, err
+	}
+	defer lock.Release()
+	p := &Preview{}
+	r := &run{s: s, lock: lock, preview: p, cause: Cause{Kind: "operator", ID: "status"}, now: s.opts.Now().UTC(), log: s.log}
+	row, err := lock.GetSubscription(ctx)
+	switch {
+	case errors.Is(err, postgres.ErrNotFound):
+		row = postgres.SubscriptionRow{ID: subscription}
+	case err != nil:
+		return Preview{}, err
+	default:
+		p.Found = true
+	}
+	p.Row, r.row = row, row
+	_, err = r.sync(ctx)
+	return *p, err
 }

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/pgtest"
+	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/sim/stripesim"
+	"github.com/keysync/keysync/internal/simtest"
+)
+
+func TestReplay(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.URL(t)
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store := postgres.NewStore(pool)
+	world := simtest.New(t, simtest.Options{Start: time.Now()})
+	price := world.Price("App", 1000, "")
+	if _, err := world.Stripe.Checkout(stripesim.CheckoutParams{Email: "x@example.com", Items: []stripesim.ItemParams{{Price: price}}}); err != nil {
+		t.Fatal(err)
+	}
+	// Store every simulated event except the last handled one, all processed.
+	all := world.Stripe.Events()
+	var stored []events.Event
+	var missing stripesim.Event
+	for _, ev := range all {
+		if ev.Type == "checkout.session.completed" {
+			missing = ev
+			continue
+		}
+		stored = append(stored, events.Event{ID: ev.ID, Type: ev.Type, Created: time.Unix(ev.Created, 0), APIVersion: events.StripeAPIVersion,
+			Payload: ev.Payload, Source: events.SourceWebhook})
+	}
+	if err := store.InTx(ctx, func(tx pgx.Tx) error { _, err := store.InsertEventsTx(ctx, tx, stored); return err }); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = pool.Exec(ctx, `UPDATE stripe_events SET status = 'processed' WHERE status = 'pending'`)
+	vars := env(map[string]string{"DATABASE_URL": dbURL, "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
+		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "LOG_LEVEL": "warn", "LOG_FORMAT": "json"})
+	replayRun := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(ctx, append([]string{"replay"}, args...), vars, &out, io.Discard, nil); err != nil {
+			t.Fatalf("replay %v: %v", args, err)
+		}
+		return out.String()
+	}
+	jobsFor := func(id string) int {
+		var n int
+		_ = pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE args->>'event_id' = $1`, id).Scan(&n)
+		return n
+	}
+	var subCreated string
+	for _, e := range stored {
+		if e.Type == "customer.subscription.created" {
+			subCreated = e.ID
+		}
+	}
+	if out := replayRun(subCreated); !strings.Contains(out, "1 event(s) queued") || jobsFor(subCreated) != 1 {
+		t.Fatalf("replay by id: got %q and %d jobs", out, jobsFor(subCreated))
+	}
+	if ev, _ := store.GetEvent(ctx, subCreated); ev.Status != "pending" {
+		t.Fatalf("replayed event is %s, want pending", ev.Status)
+	}
+	out := replayRun("--since", "1h", "--type", "invoice.paid", "--type", "invoice.created")
+	if !strings.Contains(out, "1 event(s) queued") || !strings.Contains(out, "(1 skipped") {
+		t.Fatalf("replay --since with types: got %q, want invoice.paid queued and invoice.created skipped", out)
+	}
+	if out := replayRun(missing.ID); !strings.Contains(out, "fetched it from Stripe") || jobsFor(missing.ID) != 1 {
+		t.Fatalf("replay of an unstored event: got %q and %d jobs", out, jobsFor(missing.ID))
+	}
+	if ev, err := store.GetEvent(ctx, missing.ID); err != nil || ev.Source != "events_api" {
+		t.Fatalf("fetched event: got %+v, %v", ev, err)
+	}
+	if err := run(ctx, []string{"replay", "evt_nowhere"}, vars, io.Discard, io.Discard, nil); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("unknown event: got %v", err)
+	}
+}
