@@ -52,9 +52,6 @@ type setting struct {
 	def      string
 	secret   bool
 	required bool
-	// later names the issue whose feature reads the value; until then it is only
-	// validated. Empty for settings in effect now.
-	later string
 	doc   string
 	set   func(c *config, v string) error
 }
@@ -140,7 +137,7 @@ var settings = []setting{
 			c.Listen = v
 			return nil
 		}},
-	{name: "KEYSYNC_ADMIN_TOKEN", secret: true, later: "operator surface",
+	{name: "KEYSYNC_ADMIN_TOKEN", secret: true,
 		doc: "Bearer token for the admin API. Unset: the admin API is off.",
 		set: func(c *config, v string) error {
 			if len(v) < 16 {

@@ -100,6 +100,11 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	if api := admin.NewAPI(cfg.AdminToken, store, sync, adminJobs{store: store, client: riverClient}, log.With().Str("component", "admin").Logger()); api != nil {
+		api.Mount(mux)
+	} else {
+		log.Info().Msg("KEYSYNC_ADMIN_TOKEN is unset: the admin API is off")
+	}
 	if len(cfg.StripeWebhookSecrets) > 0 {
 		h, err := webhook.NewHandler(webhook.Config{
 			Secrets:           cfg.StripeWebhookSecrets,
@@ -211,4 +216,31 @@ type ingestFunc func(ctx context.Context, ev events.Event) (webhook.Result, erro
 
 func (f ingestFunc) Ingest(ctx context.Context, ev events.Event) (webhook.Result, error) {
 	return f(ctx, ev)
+}
+
+// adminJobs queues the admin API's work on River.
+type adminJobs struct {
+	store  *postgres.Store
+	client *river.Client[pgx.Tx]
+}
+
+func (j adminJobs) ReplayEvent(ctx context.Context, id string) error {
+	ev, err := j.store.GetEvent(ctx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return admin.ErrNotFound
+	}
+	if err != nil {
+		return err
+	}
+	return j.store.InTx(ctx, func(tx pgx.Tx) error {
+		if err := j.store.ResetEventsTx(ctx, tx, []string{id}); err != nil {
+			return err
+		}
+		return jobs.NewEnqueuer(j.client).EnqueueEventsTx(ctx, tx, []events.Event{{ID: ev.ID, Type: ev.Type}})
+	})
+}
+
+func (j adminJobs) Reconcile(ctx context.Context) error {
+	_, err := j.client.Insert(ctx, jobs.SweepArgs{}, nil)
+	return err
 }

@@ -55,14 +55,14 @@ func (s *Store) InsertEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Even
 
 // StoredEvent is a row of stripe_events without its payload.
 type StoredEvent struct {
-	ID          string  `db:"id"`
-	Type        string  `db:"type"`
-	Source      string  `db:"source"`
-	Status      string  `db:"status"`
-	Attempts    int     `db:"attempts"`
-	LastError   *string `db:"last_error"`
-	APIVersion  *string `db:"api_version"`
-	PayloadSize int     `db:"payload_size"`
+	ID          string  `db:"id" json:"id"`
+	Type        string  `db:"type" json:"type"`
+	Source      string  `db:"source" json:"source"`
+	Status      string  `db:"status" json:"status"`
+	Attempts    int     `db:"attempts" json:"attempts"`
+	LastError   *string `db:"last_error" json:"last_error"`
+	APIVersion  *string `db:"api_version" json:"api_version"`
+	PayloadSize int     `db:"payload_size" json:"payload_size"`
 }
 
 const getEvent = `
@@ -142,4 +142,18 @@ func (s *Store) ResetEventsTx(ctx context.Context, tx pgx.Tx, ids []string) erro
 		return fmt.Errorf("reset events: %w", translate(err))
 	}
 	return nil
+}
+
+// FailedEvents returns the events that failed for good, newest first.
+func (s *Store) FailedEvents(ctx context.Context, limit int) ([]StoredEvent, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, type, source, status, attempts, last_error, api_version, octet_length(payload::text) AS payload_size
+		FROM stripe_events WHERE status = 'failed' ORDER BY received_at DESC LIMIT $1`, max(1, min(limit, 1000)))
+	if err != nil {
+		return nil, fmt.Errorf("failed events: %w", translate(err))
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByName[StoredEvent])
+	if err != nil {
+		return nil, fmt.Errorf("failed events: %w", translate(err))
+	}
+	return out, nil
 }
