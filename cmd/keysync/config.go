@@ -52,8 +52,8 @@ type setting struct {
 	def      string
 	secret   bool
 	required bool
-	doc   string
-	set   func(c *config, v string) error
+	doc      string
+	set      func(c *config, v string) error
 }
 
 // settings is the single list of variables: loading, the start-up print and the
