@@ -159,7 +159,7 @@ func reconcileOnce(ctx context.Context, cfg config, log zerolog.Logger, args []s
 	if len(args) != 1 || args[0] != "--once" {
 		return fmt.Errorf("%w: reconcile takes --once (serve runs the scheduled sweeps)", errUsage)
 	}
-	parts, err := newParts(cfg, log)
+	parts, err := newParts(cfg, log, nil)
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ import (
 
 // operatorEngine opens the database and returns a Syncer for an operator command.
 func operatorEngine(ctx context.Context, cfg config, log zerolog.Logger, dryRun bool) (*syncer.Syncer, func(), error) {
-	parts, err := newParts(cfg, log)
+	parts, err := newParts(cfg, log, nil)
 	if err != nil {
 		return nil, nil, err
 	}

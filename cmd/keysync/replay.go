@@ -98,7 +98,7 @@ func replay(ctx context.Context, cfg config, log zerolog.Logger, args []string, 
 }
 
 func fetchEvent(ctx context.Context, cfg config, log zerolog.Logger, id string) (events.Event, error) {
-	parts, err := newParts(cfg, log)
+	parts, err := newParts(cfg, log, nil)
 	if err != nil {
 		return events.Event{}, err
 	}

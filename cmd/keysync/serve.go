@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/riverqueue/river"
 	"github.com/rs/zerolog"
@@ -22,6 +20,7 @@ import (
 	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
+	"github.com/keysync/keysync/internal/metrics"
 	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/reconcile"
 	"github.com/keysync/keysync/internal/stripeapi"
@@ -33,7 +32,8 @@ import (
 // accepting webhooks and finish the requests in flight, commit what the ingester
 // holds, let running jobs finish (then cancel them), close the pool.
 func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(addr string)) error {
-	parts, err := newParts(cfg, log)
+	m := metrics.New()
+	parts, err := newParts(cfg, log, m)
 	if err != nil {
 		return err
 	}
@@ -50,7 +50,9 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 
 	store := postgres.NewStore(pool)
 	sync := syncer.New(parts.stripe, parts.crypto, store, parts.mapping,
-		syncer.Options{Policy: parts.policy, DryRun: cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata}, log.With().Str("component", "sync").Logger())
+		syncer.Options{Policy: parts.policy, DryRun: cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata,
+			ObserveAction: func(kind, outcome string) { m.Actions.WithLabelValues(kind, outcome).Inc() }},
+		log.With().Str("component", "sync").Logger())
 	log.Info().Int("plans_file_entries", parts.mapping.Entries()).Bool("dry_run", cfg.DryRun).Int("buffer_days", cfg.BufferDays).
 		Dur("reconcile_interval", cfg.ReconcileInterval).Dur("catch_up_interval", cfg.CatchUpInterval).Msg("sync engine ready")
 
@@ -69,7 +71,13 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		return err
 	}, nil, log.With().Str("component", "catch_up").Logger())
 	workers := river.NewWorkers()
-	river.AddWorker(workers, &jobs.EventWorker{Store: store, Engine: sync})
+	sweeper.OnRun = func(sum reconcile.Summary) {
+		m.SweepDrift.Set(float64(len(sum.Drifted)))
+		m.SweepOrphans.Set(float64(len(sum.Orphans)))
+		m.SweepSeconds.Set(sum.Took.Seconds())
+	}
+	m.Watch(store, catchUp.Lag)
+	river.AddWorker(workers, &jobs.EventWorker{Store: store, Engine: sync, Applied: func(d time.Duration) { m.EventToApplied.Observe(d.Seconds()) }})
 	river.AddWorker(workers, &jobs.SyncWorker{Engine: sync, Runs: store})
 	river.AddWorker(workers, &jobs.SweepWorker{Run: func(ctx context.Context) error { _, err := sweeper.RunOnce(ctx); return err }})
 	river.AddWorker(workers, &jobs.CatchUpWorker{Run: func(ctx context.Context) error { _, err := catchUp.RunOnce(ctx); return err }})
@@ -97,9 +105,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", health.Healthz)
 	mux.HandleFunc("GET /readyz", health.Readyz)
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	if api := admin.NewAPI(cfg.AdminToken, store, sync, adminJobs{store: store, client: riverClient}, log.With().Str("component", "admin").Logger()); api != nil {
 		api.Mount(mux)
 	} else {
@@ -109,6 +115,13 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		h, err := webhook.NewHandler(webhook.Config{
 			Secrets:           cfg.StripeWebhookSecrets,
 			AcceptAPIVersions: cfg.StripeAcceptVersions,
+			Observe: func(typ, outcome string, took time.Duration) {
+				if !events.Handled(typ) && typ != "" {
+					typ = "other" // bound the label's values
+				}
+				m.Webhooks.WithLabelValues(typ, outcome).Inc()
+				m.IngestSeconds.Observe(took.Seconds())
+			},
 		}, ingester, log.With().Str("component", "webhook").Logger())
 		if err != nil {
 			return err
@@ -176,7 +189,8 @@ type engineParts struct {
 	policy  license.Options
 }
 
-func newParts(cfg config, log zerolog.Logger) (engineParts, error) {
+// newParts builds the engine's pieces; m, if set, receives the clients' observations.
+func newParts(cfg config, log zerolog.Logger, m *metrics.Metrics) (engineParts, error) {
 	var missing []string
 	if cfg.StripeAPIKey == "" {
 		missing = append(missing, "STRIPE_API_KEY")
@@ -197,13 +211,25 @@ func newParts(cfg config, log zerolog.Logger) (engineParts, error) {
 			return engineParts{}, fmt.Errorf("%w: KEYSYNC_PLANS_FILE: %w", errUsage, err)
 		}
 	}
-	sc, err := stripeapi.New(stripeapi.Config{APIKey: cfg.StripeAPIKey, BaseURL: cfg.StripeAPIBase, RateLimit: cfg.StripeRateLimit,
-		Logger: log.With().Str("component", "stripe").Logger()})
+	sconf := stripeapi.Config{APIKey: cfg.StripeAPIKey, BaseURL: cfg.StripeAPIBase, RateLimit: cfg.StripeRateLimit,
+		Logger: log.With().Str("component", "stripe").Logger()}
+	cconf := cryptolens.Config{BaseURL: cfg.CryptolensAPIBase, Token: cfg.CryptolensToken,
+		RateLimit: cfg.CryptolensRateLimit, Timeout: cfg.CryptolensTimeout, Logger: log.With().Str("component", "cryptolens").Logger()}
+	if m != nil {
+		sconf.Observe = func(route, outcome string, took time.Duration) {
+			m.StripeCalls.WithLabelValues(route, outcome).Inc()
+			m.StripeTime.WithLabelValues(route).Observe(took.Seconds())
+		}
+		cconf.Observe = func(method, outcome string, took time.Duration) {
+			m.CryptolensCalls.WithLabelValues(method, outcome).Inc()
+			m.CryptolensTime.WithLabelValues(method).Observe(took.Seconds())
+		}
+	}
+	sc, err := stripeapi.New(sconf)
 	if err != nil {
 		return engineParts{}, fmt.Errorf("%w: %w", errUsage, err)
 	}
-	cc, err := cryptolens.New(cryptolens.Config{BaseURL: cfg.CryptolensAPIBase, Token: cfg.CryptolensToken,
-		RateLimit: cfg.CryptolensRateLimit, Timeout: cfg.CryptolensTimeout, Logger: log.With().Str("component", "cryptolens").Logger()})
+	cc, err := cryptolens.New(cconf)
 	if err != nil {
 		return engineParts{}, fmt.Errorf("%w: %w", errUsage, err)
 	}

@@ -144,6 +144,37 @@ func TestServeLifecycle(t *testing.T) {
 		t.Fatalf("got keys %+v, want one key from the plans file", keys)
 	}
 
+	// Every metric family, with the counts of this lifecycle: one stored event, one
+	// unsigned delivery, one key created.
+	pgtest.WaitFor(t, 20*time.Second, "the catch-up at start", func() bool {
+		var n int
+		_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM sync_runs WHERE kind = 'catch_up' AND finished_at IS NOT NULL`).Scan(&n)
+		return n > 0
+	})
+	_, metricsText := get(t, base+"/metrics")
+	for _, want := range []string{
+		`keysync_webhooks_total{outcome="stored",type="customer.subscription.created"} 1`,
+		`keysync_webhooks_total{outcome="bad_signature",type=""} 1`,
+		`keysync_webhook_ingest_seconds_count 2`,
+		`keysync_event_to_applied_seconds_count 1`,
+		`keysync_actions_total{kind="create_key",outcome="applied"} 1`,
+		`keysync_cryptolens_calls_total{method="CreateKey",outcome="ok"} 1`,
+		`keysync_cryptolens_call_seconds_count{method="CreateKey"} 1`,
+		`keysync_stripe_calls_total{outcome="2xx",route="GET /v1/subscriptions/{id}"}`,
+		`keysync_stripe_call_seconds_count{route="GET /v1/events"}`,
+		`keysync_jobs{state="completed"}`,
+		`keysync_oldest_pending_event_age_seconds 0`,
+		`keysync_catchup_cursor_age_seconds`,
+		`keysync_sweep_drifted 0`,
+		`keysync_sweep_orphans 0`,
+		`keysync_sweep_duration_seconds`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(metricsText, want) {
+			t.Fatalf("/metrics lacks %s", want)
+		}
+	}
+
 	cancel()
 	select {
 	case err := <-done:

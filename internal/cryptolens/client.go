@@ -51,6 +51,9 @@ type Config struct {
 	RetryBackoff time.Duration
 	// Logger receives one debug line per call and a warning per retryable failure.
 	Logger zerolog.Logger
+	// Observe, if set, is told each call's method, outcome ("ok" or the error kind) and
+	// duration (for metrics).
+	Observe func(method, outcome string, took time.Duration)
 }
 
 // Client calls the Cryptolens Web API. It is safe for concurrent use.
@@ -63,6 +66,7 @@ type Client struct {
 	retries int
 	backoff time.Duration
 	log     zerolog.Logger
+	observe func(method, outcome string, took time.Duration)
 }
 
 // New returns a Client. It returns an error when the token is empty or the base URL is
@@ -87,6 +91,7 @@ func New(cfg Config) (*Client, error) {
 		retries: cfg.ReadRetries,
 		backoff: cfg.RetryBackoff,
 		log:     cfg.Logger,
+		observe: cfg.Observe,
 	}
 	if c.http == nil {
 		c.http = &http.Client{}
@@ -488,6 +493,14 @@ func (c *Client) once(ctx context.Context, group, method string, params url.Valu
 		ev = ev.Str("license_key", k)
 	}
 	msg, status, err := c.send(ctx, group, method, params, out)
+	if c.observe != nil {
+		outcome := "ok"
+		var e *Error
+		if errors.As(err, &e) {
+			outcome = strings.TrimPrefix(e.Kind.Error(), "cryptolens: ")
+		}
+		c.observe(method, outcome, time.Since(start))
+	}
 	if err != nil {
 		if IsRetryable(err) {
 			c.log.Warn().Str("method", method).Int("status", status).Err(err).Dur("took", time.Since(start)).

@@ -56,6 +56,9 @@ type EventWorker struct {
 	river.WorkerDefaults[EventArgs]
 	Store  EventStore
 	Engine Engine
+	// Applied, if set, is told how long after its storage an event was synced: the
+	// job was inserted in the event's own transaction (for metrics).
+	Applied func(took time.Duration)
 }
 
 // MaxAttempts bounds an event job's attempts: with NextRetry's schedule, about 13 hours.
@@ -78,6 +81,9 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 	}
 	switch {
 	case err == nil:
+		if w.Applied != nil && sub != "" {
+			w.Applied(time.Since(job.CreatedAt))
+		}
 		return w.Store.MarkEventProcessed(ctx, id)
 	case syncer.IsPermanent(err) || job.Attempt >= job.MaxAttempts:
 		if markErr := w.Store.MarkEventFailed(ctx, id, err.Error()); markErr != nil {

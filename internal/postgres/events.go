@@ -157,3 +157,29 @@ func (s *Store) FailedEvents(ctx context.Context, limit int) ([]StoredEvent, err
 	}
 	return out, nil
 }
+
+// JobsByState counts River jobs by state (for metrics).
+func (s *Store) JobsByState(ctx context.Context) (map[string]int, error) {
+	rows, err := s.pool.Query(ctx, `SELECT state::text, count(*) FROM river_job GROUP BY state`)
+	if err != nil {
+		return nil, fmt.Errorf("jobs by state: %w", translate(err))
+	}
+	out := map[string]int{}
+	var st string
+	var n int
+	_, err = pgx.ForEachRow(rows, []any{&st, &n}, func() error { out[st] = n; return nil })
+	if err != nil {
+		return nil, fmt.Errorf("jobs by state: %w", translate(err))
+	}
+	return out, nil
+}
+
+// OldestPendingEvent returns how long the oldest pending event has waited (0: none).
+func (s *Store) OldestPendingEvent(ctx context.Context) (time.Duration, error) {
+	var secs float64
+	err := s.pool.QueryRow(ctx, `SELECT coalesce(extract(epoch FROM now() - min(received_at)), 0) FROM stripe_events WHERE status = 'pending'`).Scan(&secs)
+	if err != nil {
+		return 0, fmt.Errorf("oldest pending event: %w", translate(err))
+	}
+	return time.Duration(secs * float64(time.Second)), nil
+}

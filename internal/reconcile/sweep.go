@@ -51,6 +51,8 @@ type Sweeper struct {
 	enqueue Enqueue
 	now     func() time.Time
 	log     zerolog.Logger
+	// OnRun, if set, is told each run's summary (for metrics).
+	OnRun func(Summary)
 }
 
 // NewSweeper returns a Sweeper. now is the clock (nil: time.Now).
@@ -111,6 +113,9 @@ func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 	ev := s.log.Info()
 	if err != nil {
 		ev = s.log.Error().Err(err)
+	}
+	if s.OnRun != nil {
+		s.OnRun(sum)
 	}
 	ev.Int64("run_id", runID).Int("scanned", sum.Scanned).Int("drifted", len(sum.Drifted)).Int("orphans", len(sum.Orphans)).
 		Int("failed", sum.Failed).Dur("took", sum.Took).Msg("sweep finished")

@@ -55,6 +55,8 @@ type Config struct {
 	// Timeout bounds one request (default 30s).
 	Timeout time.Duration
 	Logger  zerolog.Logger
+	// Observe, if set, is told each HTTP attempt's route, outcome and duration.
+	Observe func(route, outcome string, took time.Duration)
 }
 
 // Client makes keysync's Stripe calls. It is safe for concurrent use.
@@ -94,7 +96,7 @@ func New(cfg Config) (*Client, error) {
 	httpClient := &http.Client{
 		Timeout: cfg.Timeout,
 		Transport: &transport{base: http.DefaultTransport, limiter: rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.Burst),
-			retries: max(cfg.Retries, 0), backoff: cfg.Backoff, log: cfg.Logger},
+			retries: max(cfg.Retries, 0), backoff: cfg.Backoff, log: cfg.Logger, observe: cfg.Observe},
 	}
 	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
 		URL:               stripe.String(strings.TrimRight(base, "/")),

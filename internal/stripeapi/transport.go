@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -20,6 +21,7 @@ type transport struct {
 	retries int
 	backoff time.Duration
 	log     zerolog.Logger
+	observe func(route, outcome string, took time.Duration)
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -40,7 +42,18 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 				r.Body = body
 			}
 		}
+		began := time.Now()
 		resp, err = t.base.RoundTrip(r)
+		if t.observe != nil {
+			outcome := "error"
+			if err == nil {
+				outcome = strconv.Itoa(resp.StatusCode/100) + "xx"
+				if resp.StatusCode == http.StatusTooManyRequests {
+					outcome = "429"
+				}
+			}
+			t.observe(route(req), outcome, time.Since(began))
+		}
 		retryable := err != nil || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500
 		if !retryable || attempt >= t.retries || req.Context().Err() != nil {
 			return resp, err
@@ -70,4 +83,15 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		case <-timer.C:
 		}
 	}
+}
+
+// route names a request for metrics: the method and the path with ids collapsed.
+func route(r *http.Request) string {
+	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	for i := 2; i < len(parts); i++ {
+		if strings.Contains(parts[i], "_") {
+			parts[i] = "{id}"
+		}
+	}
+	return r.Method + " /" + strings.Join(parts, "/")
 }

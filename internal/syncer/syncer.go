@@ -67,6 +67,8 @@ type Options struct {
 	WriteStripeMetadata bool
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// ObserveAction, if set, is told each action's kind and outcome (for metrics).
+	ObserveAction func(kind, outcome string)
 }
 
 // Syncer runs Syncs. It is safe for concurrent use; Syncs of one subscription queue.
@@ -393,6 +395,9 @@ func (r *run) apply(ctx context.Context, sub *stripe.Subscription, d license.Des
 }
 
 func (r *run) audit(a postgres.AuditRow) {
+	if r.s.opts.ObserveAction != nil && r.preview == nil {
+		r.s.opts.ObserveAction(a.Action, a.Outcome)
+	}
 	a.SubscriptionID, a.CustomerID = r.row.ID, r.row.CustomerID
 	if a.LicenseKey == "" && r.row.LicenseKey != nil {
 		a.LicenseKey = *r.row.LicenseKey

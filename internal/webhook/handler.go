@@ -34,6 +34,9 @@ type Config struct {
 	Tolerance time.Duration
 	// MaxBody caps the request body (default DefaultMaxBody).
 	MaxBody int64
+	// Observe, if set, is told each delivery's event type ("" when unreadable), outcome
+	// and time to answer (for metrics).
+	Observe func(eventType, outcome string, took time.Duration)
 }
 
 // Ingest is what the handler needs to make an event durable.
@@ -100,16 +103,28 @@ type envelope struct {
 // ServeHTTP verifies, stores and acknowledges one webhook delivery.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	outcome := "stored"
+	var ev events.Event
+	defer func() {
+		if h.cfg.Observe != nil {
+			h.cfg.Observe(ev.Type, outcome, time.Since(start))
+		}
+	}()
 	ev, err := h.parse(w, r)
 	if err != nil {
+		outcome = outcomeOf(err)
 		h.fail(w, r, ev, err)
 		return
 	}
 	res, err := h.ingest.Ingest(r.Context(), ev)
 	if err != nil {
+		outcome = "unavailable"
 		h.log.Error().Err(err).Str("event_id", ev.ID).Str("event_type", ev.Type).Msg("webhook not stored; answered 503")
 		h.fail(w, r, ev, errUnavailable)
 		return
+	}
+	if res.Duplicate {
+		outcome = "duplicate"
 	}
 	h.log.Debug().Str("event_id", ev.ID).Str("event_type", ev.Type).Bool("duplicate", res.Duplicate).
 		Dur("took", time.Since(start)).Msg("webhook stored")
@@ -186,6 +201,19 @@ func (h *Handler) verify(body []byte, header string) error {
 	default:
 		return errBadSignature
 	}
+}
+
+func outcomeOf(err error) string {
+	var versionErr apiVersionError
+	switch {
+	case errors.Is(err, errTooLarge):
+		return "too_large"
+	case errors.As(err, &versionErr):
+		return "wrong_api_version"
+	case errors.Is(err, errNotAnEvent), errors.Is(err, errUnreadable):
+		return "not_an_event"
+	}
+	return "bad_signature"
 }
 
 // fail maps an error to its status and answers. It is the one place that does.

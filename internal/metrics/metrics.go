@@ -1,0 +1,96 @@
+// Package metrics defines keysync's Prometheus metrics. The packages that do the work
+// report through plain functions (hooks); only this package knows Prometheus.
+package metrics
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics holds keysync's metric families.
+type Metrics struct {
+	Registry        *prometheus.Registry
+	Webhooks        *prometheus.CounterVec
+	IngestSeconds   prometheus.Histogram
+	EventToApplied  prometheus.Histogram
+	CryptolensCalls *prometheus.CounterVec
+	CryptolensTime  *prometheus.HistogramVec
+	StripeCalls     *prometheus.CounterVec
+	StripeTime      *prometheus.HistogramVec
+	Actions         *prometheus.CounterVec
+	SweepDrift      prometheus.Gauge
+	SweepSeconds    prometheus.Gauge
+	SweepOrphans    prometheus.Gauge
+}
+
+// DB answers the metrics read on each scrape.
+type DB interface {
+	JobsByState(ctx context.Context) (map[string]int, error)
+	OldestPendingEvent(ctx context.Context) (time.Duration, error)
+}
+
+// New registers every family on a fresh registry, with Go and process metrics. Watch
+// adds the gauges read at scrape time.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	lat := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	m := &Metrics{
+		Registry: r,
+		Webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keysync_webhooks_total",
+			Help: "Webhook deliveries by event type and outcome (stored, duplicate, rejected, unavailable)."}, []string{"type", "outcome"}),
+		IngestSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keysync_webhook_ingest_seconds",
+			Help: "Time from receiving a webhook to answering it.", Buckets: lat}),
+		EventToApplied: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keysync_event_to_applied_seconds",
+			Help: "Time from storing an event to the end of the Sync it caused.", Buckets: lat}),
+		CryptolensCalls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keysync_cryptolens_calls_total",
+			Help: "Cryptolens Web API calls by method and outcome."}, []string{"method", "outcome"}),
+		CryptolensTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keysync_cryptolens_call_seconds",
+			Help: "Cryptolens call latency by method.", Buckets: lat}, []string{"method"}),
+		StripeCalls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keysync_stripe_calls_total",
+			Help: "Stripe API requests by route and outcome (HTTP status class, or error)."}, []string{"route", "outcome"}),
+		StripeTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keysync_stripe_call_seconds",
+			Help: "Stripe request latency by route.", Buckets: lat}, []string{"route"}),
+		Actions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keysync_actions_total",
+			Help: "License actions by kind and outcome (applied, dry_run, failed)."}, []string{"kind", "outcome"}),
+		SweepDrift:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "keysync_sweep_drifted", Help: "Subscriptions the last sweep found drifted."}),
+		SweepSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keysync_sweep_duration_seconds", Help: "Duration of the last sweep."}),
+		SweepOrphans: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keysync_sweep_orphans", Help: "Orphan keys the last sweep reported."}),
+	}
+	r.MustRegister(m.Webhooks, m.IngestSeconds, m.EventToApplied, m.CryptolensCalls, m.CryptolensTime, m.StripeCalls, m.StripeTime,
+		m.Actions, m.SweepDrift, m.SweepSeconds, m.SweepOrphans)
+	return m
+}
+
+// Watch registers the gauges read at scrape time: jobs by state and the oldest pending
+// event from db, and the catch-up cursor's age.
+func (m *Metrics) Watch(db DB, catchUpLag func() time.Duration) {
+	m.Registry.MustRegister(&dbCollector{db: db}, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keysync_catchup_cursor_age_seconds",
+		Help: "Age of the Events API catch-up cursor (Stripe keeps 30 days)."}, func() float64 { return catchUpLag().Seconds() }))
+}
+
+var (
+	jobsDesc   = prometheus.NewDesc("keysync_jobs", "River jobs by state.", []string{"state"}, nil)
+	oldestDesc = prometheus.NewDesc("keysync_oldest_pending_event_age_seconds", "Age of the oldest event not yet processed (0: none).", nil, nil)
+)
+
+// dbCollector reads job and event gauges from Postgres at scrape time.
+type dbCollector struct{ db DB }
+
+func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) { ch <- jobsDesc; ch <- oldestDesc }
+
+func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if states, err := c.db.JobsByState(ctx); err == nil {
+		for _, s := range []string{"available", "running", "retryable", "scheduled", "completed", "discarded", "cancelled", "pending"} {
+			ch <- prometheus.MustNewConstMetric(jobsDesc, prometheus.GaugeValue, float64(states[s]), s)
+		}
+	}
+	if age, err := c.db.OldestPendingEvent(ctx); err == nil {
+		ch <- prometheus.MustNewConstMetric(oldestDesc, prometheus.GaugeValue, age.Seconds())
+	}
+}
