@@ -39,6 +39,7 @@ type config struct {
 	StripeRateLimit      float64
 	ReconcileInterval    time.Duration
 	CatchUpInterval      time.Duration
+	EventRetention       time.Duration
 	ShutdownTimeout      time.Duration
 	LogLevel             zerolog.Level
 	LogFormat            string
@@ -186,6 +187,9 @@ var settings = []setting{
 	{name: "KEYSYNC_CATCHUP_INTERVAL",
 		doc: "How often missed events are read from Stripe's Events API. Default 5m, or 1m in polling mode (no `STRIPE_WEBHOOK_SECRETS`).",
 		set: func(c *config, v string) error { return durationAtLeast(&c.CatchUpInterval, v, 10*time.Second) }},
+	{name: "KEYSYNC_EVENT_RETENTION", def: "2160h",
+		doc: "How long processed events are kept (default 90 days); pending and failed ones, and the audit log, are kept for good.",
+		set: func(c *config, v string) error { return durationAtLeast(&c.EventRetention, v, time.Hour) }},
 	{name: "KEYSYNC_SHUTDOWN_TIMEOUT", def: "30s",
 		doc: "How long a shutdown waits for in-flight requests and jobs before cancelling them.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.ShutdownTimeout, v, time.Second) }},

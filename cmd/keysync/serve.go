@@ -81,7 +81,16 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	river.AddWorker(workers, &jobs.SyncWorker{Engine: sync, Runs: store})
 	river.AddWorker(workers, &jobs.SweepWorker{Run: func(ctx context.Context) error { _, err := sweeper.RunOnce(ctx); return err }})
 	river.AddWorker(workers, &jobs.CatchUpWorker{Run: func(ctx context.Context) error { _, err := catchUp.RunOnce(ctx); return err }})
+	river.AddWorker(workers, &jobs.PruneWorker{Run: func(ctx context.Context) error {
+		n, err := store.PruneEvents(ctx, time.Now().Add(-cfg.EventRetention))
+		if n > 0 {
+			log.Info().Int64("deleted", n).Dur("retention", cfg.EventRetention).Msg("pruned processed events")
+		}
+		return err
+	}})
 	periodic := []*river.PeriodicJob{
+		river.NewPeriodicJob(river.PeriodicInterval(time.Hour),
+			func() (river.JobArgs, *river.InsertOpts) { return jobs.PruneArgs{}, nil }, &river.PeriodicJobOpts{RunOnStart: true}),
 		river.NewPeriodicJob(river.PeriodicInterval(cfg.ReconcileInterval),
 			func() (river.JobArgs, *river.InsertOpts) { return jobs.SweepArgs{}, nil }, nil),
 		river.NewPeriodicJob(river.PeriodicInterval(cfg.CatchUpInterval),

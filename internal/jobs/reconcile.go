@@ -110,3 +110,24 @@ type CatchUpWorker struct {
 
 // Work runs one catch-up.
 func (w *CatchUpWorker) Work(ctx context.Context, _ *river.Job[CatchUpArgs]) error { return w.Run(ctx) }
+
+// PruneArgs is the job that prunes old processed events.
+type PruneArgs struct{}
+
+// Kind is River's name for the job.
+func (PruneArgs) Kind() string { return "prune_events" }
+
+// InsertOpts makes a prune unique while one is pending or running.
+func (PruneArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: 3, UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: pendingStates}}
+}
+
+// PruneWorker prunes processed events older than the retention.
+type PruneWorker struct {
+	river.WorkerDefaults[PruneArgs]
+	// Run prunes (postgres.Store.PruneEvents with the cutoff).
+	Run func(ctx context.Context) error
+}
+
+// Work prunes once.
+func (w *PruneWorker) Work(ctx context.Context, _ *river.Job[PruneArgs]) error { return w.Run(ctx) }

@@ -183,3 +183,22 @@ func (s *Store) OldestPendingEvent(ctx context.Context) (time.Duration, error) {
 	}
 	return time.Duration(secs * float64(time.Second)), nil
 }
+
+// PruneEvents deletes processed and ignored events received before cutoff, in batches
+// so that no statement holds locks for long, and returns how many it deleted. Pending
+// and failed events are kept: they are work, or evidence of a problem. The audit log is
+// never pruned.
+func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time) (int64, error) {
+	var total int64
+	for {
+		tag, err := s.pool.Exec(ctx, `DELETE FROM stripe_events WHERE id IN (
+			SELECT id FROM stripe_events WHERE status IN ('processed', 'ignored') AND received_at < $1 LIMIT 5000)`, cutoff)
+		if err != nil {
+			return total, fmt.Errorf("prune events: %w", translate(err))
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < 5000 || ctx.Err() != nil {
+			return total, nil
+		}
+	}
+}

@@ -213,3 +213,31 @@ func TestAuditViews(t *testing.T) {
 		t.Fatalf("timeline: got %+v, %v: want the create and the applied extension only", got, err)
 	}
 }
+
+func TestPruneEvents(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	ctx := context.Background()
+	store := postgres.NewStore(pool)
+	_, err := pool.Exec(ctx, `INSERT INTO stripe_events (id, type, created, livemode, payload, source, status, received_at)
+		SELECT 'evt_' || g, 'invoice.paid', now(), false, '{}', 'webhook',
+		       (ARRAY['processed', 'ignored', 'pending', 'failed'])[1 + g % 4],
+		       now() - (CASE WHEN g <= 6000 THEN interval '100 days' ELSE interval '1 day' END)
+		FROM generate_series(1, 8000) g`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := store.PruneEvents(ctx, time.Now().Add(-90*24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Old ones: 6,000, half of them processed or ignored.
+	if n != 3000 {
+		t.Fatalf("pruned %d, want 3000 (old processed and ignored only, across batches of 5000)", n)
+	}
+	var left, oldOpen int
+	_ = pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE received_at < now() - interval '90 days') FROM stripe_events`).Scan(&left, &oldOpen)
+	if left != 5000 || oldOpen != 3000 {
+		t.Fatalf("got %d left (%d old pending or failed), want 5000 (3000)", left, oldOpen)
+	}
+}
