@@ -54,11 +54,13 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 	webhookURL := fs.String("webhook-url", "", "deliver Stripe events to this URL (keysync's /webhooks/stripe)")
 	seed := fs.Uint64("seed", 1, "seed for ids and faults")
 	envFile := fs.String("env-file", "", "also write the keysync environment to this file")
+	listenAny := fs.Bool("listen-any", false, "allow non-loopback addresses: only inside an isolated container network (docker compose)")
+	publicHost := fs.String("public-host", "", "host name to print in the environment instead of the listen address (e.g. sandbox in compose)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	for _, a := range []string{*stripeAddr, *cryptolensAddr, *controlAddr} {
-		if err := loopbackOnly(a); err != nil {
+		if err := loopbackOnly(a); err != nil && !*listenAny {
 			return err
 		}
 	}
@@ -102,6 +104,13 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 	}
 	if r.Control, err = listen(*controlAddr, control); err != nil {
 		return err
+	}
+	if *publicHost != "" {
+		swap := func(u string) string {
+			_, port, _ := net.SplitHostPort(strings.TrimPrefix(u, "http://"))
+			return "http://" + net.JoinHostPort(*publicHost, port)
+		}
+		r.Stripe, r.Cryptolens, r.Control = swap(r.Stripe), swap(r.Cryptolens), swap(r.Control)
 	}
 	r.Env = map[string]string{
 		"STRIPE_API_BASE":        r.Stripe,
