@@ -6,6 +6,7 @@ BUILD        = CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.versi
 STATICCHECK  = honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 30s
 BENCHTIME   ?= 5s
+AUDIT_ROWS  ?= 10000000
 
 .DEFAULT_GOAL := help
 .PHONY: help build demo sandbox test lint check-tidy bench fuzz migrate clean
@@ -39,6 +40,7 @@ check-tidy: ## fail if go mod tidy would change go.mod or go.sum
 bench: ## ingest (keysync vs the minimal-ingest floor vs raw inserts) and sweep benchmarks
 	$(GO) run ./cmd/keysync-bench -duration $(BENCHTIME) -out bench/ingest.json
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/reconcile
+	$(GO) run ./cmd/keysync-bench -suite audit -audit-rows $(AUDIT_ROWS) -out bench/audit.json
 
 fuzz: ## run each fuzz target for FUZZTIME
 	$(GO) test ./internal/webhook -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME)

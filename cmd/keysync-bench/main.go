@@ -38,6 +38,8 @@ func run(ctx context.Context) error {
 	duration := flag.Duration("duration", 5*time.Second, "length of each measured run")
 	conc := flag.String("concurrency", "1,16,64", "comma-separated concurrency levels")
 	out := flag.String("out", "bench/ingest.json", "where to write the results as JSON")
+	suite := flag.String("suite", "ingest", "ingest or audit")
+	auditRows := flag.Int("audit-rows", 10_000_000, "audit rows to seed for the audit suite")
 	rounds := flag.Int("rounds", 3, "interleaved rounds per shape; the median is reported")
 	committers := flag.Int("committers", 0, "ingest transactions in flight at once (0: keysync's default)")
 	shapes := flag.String("shapes", "", "comma-separated shapes to measure (default: floor,keysync,raw insert)")
@@ -68,6 +70,14 @@ func run(ctx context.Context) error {
 	}
 	defer server.Stop()
 
+	if *suite == "audit" {
+		qs, err := bench.Audit(ctx, bench.NewDatabaseOn(server.URL), *auditRows, func(s string) { fmt.Fprintln(os.Stderr, "  "+s) })
+		if err != nil {
+			return err
+		}
+		fmt.Print(bench.AuditTable(*auditRows, qs))
+		return writeJSON(*out, map[string]any{"benchmark": "audit", "rows": *auditRows, "queries": qs})
+	}
 	fmt.Printf("webhook ingest: signed invoice.paid events of %d bytes over HTTP on loopback, %s per run, median of %d interleaved rounds\n",
 		len(bench.InvoicePaidEvent()), *duration, *rounds)
 	fmt.Printf("machine: %d CPUs, %s; Postgres: %s server\n", runtime.NumCPU(), memTotal(), server.Kind)
@@ -88,14 +98,18 @@ func run(ctx context.Context) error {
 	}
 	fmt.Println()
 	fmt.Print(bench.Table(runs))
-	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+	return writeJSON(*out, map[string]any{"benchmark": "ingest", "duration": duration.String(), "cpus": runtime.NumCPU(), "runs": runs})
+}
+
+func writeJSON(path string, v any) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	b, _ := json.MarshalIndent(map[string]any{"benchmark": "ingest", "duration": duration.String(), "cpus": runtime.NumCPU(), "runs": runs}, "", "  ")
-	if err := os.WriteFile(*out, b, 0o644); err != nil {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
 		return err
 	}
-	fmt.Printf("\nwritten to %s\n", *out)
+	fmt.Printf("\nwritten to %s\n", path)
 	return nil
 }
 

@@ -63,3 +63,18 @@ func TestInvoicePaidEventIsRealistic(t *testing.T) {
 		t.Fatalf("got %d bytes and %+v, want ~3.4 KB with one subscription line", len(b), ev.Data.Object.Lines)
 	}
 }
+
+// The audit benchmark's harness works (on a small log): every query finds rows.
+func TestAuditHarness(t *testing.T) {
+	t.Parallel()
+	qs, err := bench.Audit(context.Background(), bench.NewDatabaseOn(pgtest.AdminURL()), 20_000, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(qs) != 3 || qs[0].Runs != 50 || qs[2].Filter != "customer" || qs[0].P99ms < qs[0].P50ms {
+		t.Fatalf("got %+v", qs)
+	}
+	if table := bench.AuditTable(20_000, qs); !strings.Contains(table, "subscription") {
+		t.Fatalf("table: %s", table)
+	}
+}
