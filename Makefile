@@ -37,7 +37,7 @@ lint: ## gofmt, go vet, staticcheck
 check-tidy: ## fail if go mod tidy would change go.mod or go.sum
 	$(GO) mod tidy -diff
 
-bench: ## ingest (keysync vs the minimal-ingest floor vs raw inserts) and sweep benchmarks
+bench: ## benchmarks: ingest (vs the minimal-ingest floor and raw inserts), sweep, audit queries (10M rows)
 	$(GO) run ./cmd/keysync-bench -duration $(BENCHTIME) -out bench/ingest.json
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/reconcile
 	$(GO) run ./cmd/keysync-bench -suite audit -audit-rows $(AUDIT_ROWS) -out bench/audit.json
