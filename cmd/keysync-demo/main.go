@@ -193,7 +193,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if err := st.expect(k, s); err != nil {
 			check = "FAILED: " + err.Error()
 		}
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%v\t%s\t%d\t%s\n", st.what, s.Subscription.Status, short(k.Key), k.Expires.Format("2006-01-02 15:04"),
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%v\t%s\t%d\t%s\n", st.what, s.Subscription.Status, k.Key, k.Expires.Format("2006-01-02 15:04"),
 			k.Block, features(k.Features), k.MaxNoOfMachines, check)
 		if check != "ok" {
 			w.Flush()
@@ -220,7 +220,6 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 func (d *demo) step(s string)               { fmt.Fprintf(d.out, "\n== %s\n", s) }
 func (d *demo) say(format string, a ...any) { fmt.Fprintf(d.out, "  "+format+"\n", a...) }
-func short(k string) string                 { return k }
 func features(f [8]bool) string {
 	var on []string
 	for i, v := range f {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -99,7 +100,7 @@ func TestAuditCommand(t *testing.T) {
 	for range 10 {
 		args := []string{"--limit", "2"}
 		if before > 0 {
-			args = append(args, "--before-id", itoa64(before))
+			args = append(args, "--before-id", strconv.FormatInt(before, 10))
 		}
 		page := asJSON(args...)
 		for _, r := range page {
@@ -132,9 +133,4 @@ func TestAuditCommand(t *testing.T) {
 			t.Fatalf("%v: got %v, want a usage error", bad, err)
 		}
 	}
-}
-
-func itoa64(n int64) string {
-	b, _ := json.Marshal(n)
-	return string(b)
 }

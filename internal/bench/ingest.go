@@ -4,6 +4,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -304,7 +305,7 @@ func load(ctx context.Context, shape string, concurrency int, d time.Duration, d
 // median returns the run with the median throughput.
 func median(runs []Run) Run {
 	sorted := slices.Clone(runs)
-	slices.SortFunc(sorted, func(a, b Run) int { return int(a.PerSecond - b.PerSecond) })
+	slices.SortFunc(sorted, func(a, b Run) int { return cmp.Compare(a.PerSecond, b.PerSecond) })
 	return sorted[len(sorted)/2]
 }
 

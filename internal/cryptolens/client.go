@@ -213,9 +213,6 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 	return fmt.Errorf("date %q: unknown format", s)
 }
 
-// FormatTime writes t as Cryptolens does.
-func FormatTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05") }
-
 // CreateKeyParams are CreateKey's parameters.
 type CreateKeyParams struct {
 	ProductID int

@@ -321,16 +321,6 @@ func (m *Mapping) Entries() int {
 	return n
 }
 
-// ManagedFeatures returns the features the plans file manages for product, sorted.
-func (m *Mapping) ManagedFeatures(product int) []int {
-	var out []int
-	for f := range m.managed[product] {
-		out = append(out, f)
-	}
-	sort.Ints(out)
-	return out
-}
-
 // Products returns the Cryptolens products the plans file and the default product name.
 func (m *Mapping) Products() []int {
 	set := map[int]bool{}

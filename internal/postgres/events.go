@@ -96,25 +96,6 @@ func (s *Store) MarkEventProcessed(ctx context.Context, id string) error {
 	return nil
 }
 
-// EventCounts returns the number of stored events by status.
-func (s *Store) EventCounts(ctx context.Context) (map[events.Status]int, error) {
-	rows, err := s.pool.Query(ctx, `SELECT status, count(*) FROM stripe_events GROUP BY status`)
-	if err != nil {
-		return nil, fmt.Errorf("count events: %w", translate(err))
-	}
-	out := map[events.Status]int{}
-	var status string
-	var n int
-	_, err = pgx.ForEachRow(rows, []any{&status, &n}, func() error {
-		out[events.Status(status)] = n
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("count events: %w", translate(err))
-	}
-	return out, nil
-}
-
 // ReplayableEvent names a stored event.
 type ReplayableEvent struct {
 	ID   string `db:"id"`

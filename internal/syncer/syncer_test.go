@@ -3,6 +3,7 @@ package syncer_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -273,7 +274,6 @@ func TestDryRun(t *testing.T) {
 	t.Parallel()
 	e := setup(t, func(o *syncer.Options) { o.DryRun = true })
 	res, _ := e.stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
-	n := e.stripe.EventCount()
 	e.sync(t, res.Subscription)
 	e.stripe.Advance(40 * 24 * time.Hour)
 	_ = e.stripe.CancelNow(res.Subscription)
@@ -283,12 +283,12 @@ func TestDryRun(t *testing.T) {
 			t.Fatalf("dry run made %d %s calls", c, m)
 		}
 	}
-	for _, typ := range e.stripe.EventTypes(n) {
-		if typ == "customer.subscription.updated" {
-			s, _ := e.stripe.Subscription(res.Subscription)
-			if s.Metadata["cryptolens_key"] != "" {
-				t.Fatal("dry run wrote Stripe metadata")
-			}
+	if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata["cryptolens_key"] != "" {
+		t.Fatal("dry run wrote Stripe metadata")
+	}
+	for route, n := range e.stripe.Requests() {
+		if strings.HasPrefix(route, "POST ") && n > 0 {
+			t.Fatalf("dry run sent %d %s requests to Stripe", n, route)
 		}
 	}
 	audit, _ := e.store.AuditFor(context.Background(), res.Subscription)
@@ -349,4 +349,27 @@ func TestBlocksThatAreNotKeysyncs(t *testing.T) {
 		t.Fatal("the expiry block stayed after payment")
 	}
 	e.wantExpiry(t, res.Subscription, "after the expiry block")
+}
+
+// Dry run with a key that already exists (adopted by its Notes marker): the planned
+// extension is audited as dry_run, and neither the key nor Stripe's metadata changes.
+func TestDryRunWithAnExistingKey(t *testing.T) {
+	t.Parallel()
+	e := setup(t, func(o *syncer.Options) { o.DryRun = true })
+	res, _ := e.stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
+	k, _ := e.crypto.PutKey(cryptolenssim.Key{ProductID: product, Notes: syncer.Marker(res.Subscription), Expires: t0.Add(24 * time.Hour),
+		Features: [8]bool{true}, MaxNoOfMachines: 2})
+	if r := e.sync(t, res.Subscription); len(r.Actions) != 1 || r.Actions[0].Kind != license.Extend {
+		t.Fatalf("got %+v, want one planned extension", r.Actions)
+	}
+	if got, _ := e.crypto.Key(product, k.Key); !got.Expires.Equal(k.Expires) {
+		t.Fatalf("dry run extended the key to %s", got.Expires)
+	}
+	if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata["cryptolens_key"] != "" {
+		t.Fatal("dry run wrote Stripe metadata")
+	}
+	audit, _ := e.store.AuditFor(context.Background(), res.Subscription)
+	if len(audit) != 2 || audit[0].Action != "adopt_key" || audit[1].Action != "extend" || audit[1].Outcome != "dry_run" {
+		t.Fatalf("got %+v, want adopt_key then a dry_run extend", audit)
+	}
 }

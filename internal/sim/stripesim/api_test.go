@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -131,7 +132,7 @@ func TestAPIEvents(t *testing.T) {
 			t.Fatalf("types filter let %s through", typ)
 		}
 	}
-	_, after := call(t, srv, "GET", "/v1/events?limit=100&created[gt]="+itoa(mark), "sk_test_sim", nil)
+	_, after := call(t, srv, "GET", "/v1/events?limit=100&created[gt]="+strconv.FormatInt(mark, 10), "sk_test_sim", nil)
 	for _, e := range after["data"].([]any) {
 		if int64(e.(map[string]any)["created"].(float64)) <= mark {
 			t.Fatal("created[gt] let an older event through")
@@ -198,7 +199,3 @@ func TestAPIFaults(t *testing.T) {
 		t.Fatalf("got %d requests counted, want 2", got)
 	}
 }
-
-func itoa(n int64) string { return strings.TrimSpace(strings.Replace(jsonNum(n), "\n", "", -1)) }
-
-func jsonNum(n int64) string { b, _ := json.Marshal(n); return string(b) }

@@ -202,7 +202,9 @@ func TestFidelity(t *testing.T) {
 		Data []json.RawMessage `json:"data"`
 	}
 	raw := get(t, srv, "/v1/subscriptions?status=all&limit=100&expand[]=data.latest_invoice&expand[]=data.items.data.price.product")
-	validate(t, "subscription", mustFirst(t, raw, &list))
+	if err := json.Unmarshal(raw, &list); err != nil || len(list.Data) != 4 {
+		t.Fatalf("got %d subscriptions (%v), want the 4 played", len(list.Data), err)
+	}
 	for _, s := range list.Data {
 		validate(t, "subscription", s)
 		var sub stripe.Subscription
@@ -272,18 +274,4 @@ func TestFidelity(t *testing.T) {
 			t.Fatalf("events not newest first at %d", i)
 		}
 	}
-}
-
-func mustFirst(t *testing.T, raw []byte, into any) []byte {
-	t.Helper()
-	if err := json.Unmarshal(raw, into); err != nil {
-		t.Fatal(err)
-	}
-	l := into.(*struct {
-		Data []json.RawMessage `json:"data"`
-	})
-	if len(l.Data) == 0 {
-		t.Fatal("empty list")
-	}
-	return l.Data[0]
 }

@@ -2,6 +2,7 @@ package stripesim
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -78,7 +79,7 @@ func (s *Sim) renderPrice(p *Price, exp expansion) obj {
 		"recurring": obj{"aggregate_usage": nil, "interval": p.Interval, "interval_count": max(p.IntervalCount, 1),
 			"usage_type": "licensed"},
 		"tax_behavior": "unspecified", "tiers_mode": nil, "transform_quantity": nil,
-		"unit_amount": p.UnitAmount, "unit_amount_decimal": itoa(p.UnitAmount),
+		"unit_amount": p.UnitAmount, "unit_amount_decimal": strconv.FormatInt(p.UnitAmount, 10),
 	}
 }
 
@@ -115,12 +116,7 @@ func (s *Sim) renderSubscription(sub *Subscription, exp expansion) obj {
 	if exp.has("latest_invoice") && sub.LatestInvoice != "" {
 		latest = s.renderInvoice(s.invoices[sub.LatestInvoice], exp.under("latest_invoice"))
 	}
-	var details obj
-	if sub.CancelReason != "" || sub.CanceledAt != 0 {
-		details = obj{"comment": nil, "feedback": nil, "reason": nullStr(sub.CancelReason)}
-	} else {
-		details = obj{"comment": nil, "feedback": nil, "reason": nil}
-	}
+	details := obj{"comment": nil, "feedback": nil, "reason": nullStr(sub.CancelReason)}
 	return obj{
 		"id": sub.ID, "object": "subscription", "application": nil, "application_fee_percent": nil,
 		"automatic_tax": obj{"enabled": false}, "billing_cycle_anchor": sub.BillingCycleAnchor,
@@ -150,7 +146,7 @@ func (s *Sim) renderLine(inv *Invoice, l *LineItem) obj {
 		"period": obj{"end": l.PeriodEnd, "start": l.PeriodStart}, "price": s.renderPrice(price, nil),
 		"proration": l.Proration, "proration_details": obj{"credited_items": nil}, "quantity": l.Quantity,
 		"tax_amounts": []any{}, "tax_rates": []any{}, "type": l.Type,
-		"unit_amount_excluding_tax": itoa(price.UnitAmount),
+		"unit_amount_excluding_tax": strconv.FormatInt(price.UnitAmount, 10),
 	}
 	// These references are not nullable in 2023-10-16: absent rather than null.
 	if inv.Subscription != "" {
@@ -327,26 +323,4 @@ func (s *Sim) renderSession(cs *CheckoutSession) obj {
 		"submit_type": nil, "subscription": cs.Subscription, "success_url": "https://example.com/success", "total_details": nil,
 		"ui_mode": "hosted", "url": nil,
 	}
-}
-
-func itoa(n int64) string {
-	neg := n < 0
-	if neg {
-		n = -n
-	}
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-		if n == 0 {
-			break
-		}
-	}
-	if neg {
-		i--
-		b[i] = '-'
-	}
-	return string(b[i:])
 }
