@@ -11,11 +11,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/webhook"
 )
 
 // replay processes events again: one by id (fetched from Stripe if keysync never stored
@@ -67,7 +69,12 @@ func replay(ctx context.Context, cfg config, log zerolog.Logger, args []string, 
 			if ferr != nil {
 				return ferr
 			}
-			if _, err := ingestOne(ctx, store, jobs.NewEnqueuer(client), ev); err != nil {
+			// The webhook path stores it: dedupe, and a job only if new and handled.
+			ing := webhook.NewIngester(store, jobs.NewEnqueuer(client), log, webhook.IngesterConfig{Committers: 1})
+			ing.Start(ctx)
+			_, err := ing.Ingest(ctx, ev)
+			ing.Stop()
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(out, "%s was not stored: fetched it from Stripe and queued it\n", id)
@@ -77,20 +84,12 @@ func replay(ctx context.Context, cfg config, log zerolog.Logger, args []string, 
 		}
 	}
 	var handled []events.Event
-	var ids []string
 	for _, e := range evs {
 		if events.Handled(e.Type) {
 			handled = append(handled, e)
-			ids = append(ids, e.ID)
 		}
 	}
-	err = store.InTx(ctx, func(tx pgx.Tx) error {
-		if err := store.ResetEventsTx(ctx, tx, ids); err != nil {
-			return err
-		}
-		return jobs.NewEnqueuer(client).EnqueueEventsTx(ctx, tx, handled)
-	})
-	if err != nil {
+	if err := requeue(ctx, store, client, handled); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "%d event(s) queued for processing (%d skipped: types keysync does not act on)\n", len(handled), len(evs)-len(handled))
@@ -114,24 +113,19 @@ func fetchEvent(ctx context.Context, cfg config, log zerolog.Logger, id string) 
 		APIVersion: ev.APIVersion, Payload: payload, Source: events.SourceEventsAPI}, nil
 }
 
-func ingestOne(ctx context.Context, store *postgres.Store, client jobsInserter, ev events.Event) (bool, error) {
-	var isNew bool
-	err := store.InTx(ctx, func(tx pgx.Tx) error {
-		res, err := store.InsertEventsTx(ctx, tx, []events.Event{ev})
-		if err != nil {
+// requeue marks stored events pending again and enqueues their jobs, in one
+// transaction. The CLI and the admin API replay through it.
+func requeue(ctx context.Context, store *postgres.Store, client *river.Client[pgx.Tx], evs []events.Event) error {
+	ids := make([]string, len(evs))
+	for i, e := range evs {
+		ids[i] = e.ID
+	}
+	return store.InTx(ctx, func(tx pgx.Tx) error {
+		if err := store.ResetEventsTx(ctx, tx, ids); err != nil {
 			return err
 		}
-		isNew = res[0]
-		if !isNew || !events.Handled(ev.Type) {
-			return nil
-		}
-		return client.EnqueueEventsTx(ctx, tx, []events.Event{ev})
+		return jobs.NewEnqueuer(client).EnqueueEventsTx(ctx, tx, evs)
 	})
-	return isNew, err
-}
-
-type jobsInserter interface {
-	EnqueueEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Event) error
 }
 
 type multiFlag []string

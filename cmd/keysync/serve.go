@@ -267,12 +267,7 @@ func (j adminJobs) ReplayEvent(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return j.store.InTx(ctx, func(tx pgx.Tx) error {
-		if err := j.store.ResetEventsTx(ctx, tx, []string{id}); err != nil {
-			return err
-		}
-		return jobs.NewEnqueuer(j.client).EnqueueEventsTx(ctx, tx, []events.Event{{ID: ev.ID, Type: ev.Type}})
-	})
+	return requeue(ctx, j.store, j.client, []events.Event{{ID: ev.ID, Type: ev.Type}})
 }
 
 func (j adminJobs) Reconcile(ctx context.Context) error {
