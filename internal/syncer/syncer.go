@@ -154,8 +154,12 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 		// Never read from Stripe (the subscription does not exist there): keep no row.
 		return res, err
 	}
-	synced := r.now
-	r.row.LastSyncedAt = &synced
+	if err == nil {
+		// "Last synced" means the key was brought to the policy's state; a failed
+		// attempt is recorded in the audit and last_error instead.
+		synced := r.now
+		r.row.LastSyncedAt = &synced
+	}
 	if saveErr := lock.SaveSync(ctx, r.row, r.audits); saveErr != nil {
 		return res, errors.Join(err, saveErr)
 	}

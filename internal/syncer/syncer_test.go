@@ -373,3 +373,22 @@ func TestDryRunWithAnExistingKey(t *testing.T) {
 		t.Fatalf("got %+v, want adopt_key then a dry_run extend", audit)
 	}
 }
+
+// A failed Sync records its failure but does not count as a sync.
+func TestFailedSyncIsNotLastSynced(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	res, _ := e.stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
+	e.sync(t, res.Subscription)
+	row, _ := e.store.GetSubscription(context.Background(), res.Subscription)
+	first := *row.LastSyncedAt
+	e.stripe.Advance(40 * 24 * time.Hour)
+	e.crypto.SetFaults(cryptolenssim.Faults{Down: true})
+	if _, err := e.syncer.Sync(context.Background(), res.Subscription, syncer.Cause{Kind: "operator", ID: "t"}); err == nil {
+		t.Fatal("got nil error with Cryptolens down")
+	}
+	row, _ = e.store.GetSubscription(context.Background(), res.Subscription)
+	if !row.LastSyncedAt.Equal(first) {
+		t.Fatalf("last_synced_at moved to %s after a failed sync", row.LastSyncedAt)
+	}
+}
