@@ -42,8 +42,10 @@ bench: ## benchmarks: ingest (vs the minimal-ingest floor and raw inserts), swee
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/reconcile
 	$(GO) run ./cmd/keysync-bench -suite audit -audit-rows $(AUDIT_ROWS) -out bench/audit.json
 
-fuzz: ## run each fuzz target for FUZZTIME
+fuzz: ## run each fuzz target (webhook handler, plans file, Cryptolens answers) for FUZZTIME
 	$(GO) test ./internal/webhook -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/license -run '^$$' -fuzz '^FuzzParsePlans$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/cryptolens -run '^$$' -fuzz '^FuzzEnvelope$$' -fuzztime $(FUZZTIME)
 
 migrate: build ## apply migrations to DATABASE_URL
 	./bin/keysync migrate up

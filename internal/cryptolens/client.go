@@ -512,7 +512,7 @@ func (c *Client) once(ctx context.Context, group, method string, params url.Valu
 
 func (c *Client) send(ctx context.Context, group, method string, params url.Values, out any) (string, int, error) {
 	fail := func(status int, kind error, message string, cause error) (string, int, error) {
-		return "", status, &Error{Method: method, Status: status, Kind: kind, Message: message, cause: c.scrub(cause)}
+		return "", status, &Error{Method: method, Status: status, Kind: kind, Message: c.scrubText(message), cause: c.scrub(cause)}
 	}
 	if err := c.limiter.Wait(ctx); err != nil {
 		return fail(0, ErrUnreachable, "", err)
@@ -566,7 +566,7 @@ func (c *Client) send(ctx context.Context, group, method string, params url.Valu
 			return fail(resp.StatusCode, ErrServer, "", fmt.Errorf("decode answer: %w", err))
 		}
 	}
-	return msg, resp.StatusCode, nil
+	return c.scrubText(msg), resp.StatusCode, nil
 }
 
 // scrub hides the token should any underlying error ever quote it.
@@ -574,10 +574,18 @@ func (c *Client) scrub(err error) error {
 	if err == nil {
 		return nil
 	}
-	if s := err.Error(); strings.Contains(s, c.token) || strings.Contains(s, url.QueryEscape(c.token)) {
-		return &scrubbed{msg: strings.ReplaceAll(strings.ReplaceAll(s, c.token, "[token]"), url.QueryEscape(c.token), "[token]"), err: err}
+	if s := err.Error(); c.scrubText(s) != s {
+		return &scrubbed{msg: c.scrubText(s), err: err}
 	}
 	return err
+}
+
+// scrubText hides the token in a message Cryptolens sent, should it ever quote it.
+func (c *Client) scrubText(s string) string {
+	if !strings.Contains(s, c.token) && !strings.Contains(s, url.QueryEscape(c.token)) {
+		return s
+	}
+	return strings.ReplaceAll(strings.ReplaceAll(s, c.token, "[token]"), url.QueryEscape(c.token), "[token]")
 }
 
 type scrubbed struct {

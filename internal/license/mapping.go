@@ -62,9 +62,10 @@ type Mapping struct {
 	managed map[int]map[int]bool
 }
 
-// NewMapping returns a Mapping with no plans-file entries.
+// NewMapping returns a Mapping with no plans-file entries. A default product id of 0
+// or less means none.
 func NewMapping(defaultProductID int) *Mapping {
-	return &Mapping{byPrice: map[string]Plan{}, byProduct: map[string]Plan{}, DefaultProductID: defaultProductID,
+	return &Mapping{byPrice: map[string]Plan{}, byProduct: map[string]Plan{}, DefaultProductID: max(defaultProductID, 0),
 		managed: map[int]map[int]bool{}}
 }
 
@@ -279,7 +280,7 @@ func ParsePlans(name string, data []byte, defaultProductID int) (*Mapping, error
 			return nil, at(entry, "a plan names exactly one of price:, product: or default: true")
 		}
 		if p.ProductID == 0 {
-			p.ProductID = defaultProductID
+			p.ProductID = m.DefaultProductID
 		}
 		if p.ProductID == 0 {
 			return nil, at(entry, "no Cryptolens product: set cryptolens_product or CRYPTOLENS_PRODUCT_ID")
