@@ -41,6 +41,7 @@ type config struct {
 	CatchUpInterval      time.Duration
 	EventRetention       time.Duration
 	ShutdownTimeout      time.Duration
+	JobTimeout           time.Duration
 	LogLevel             zerolog.Level
 	LogFormat            string
 }
@@ -193,6 +194,9 @@ var settings = []setting{
 	{name: "KEYSYNC_SHUTDOWN_TIMEOUT", def: "30s",
 		doc: "How long a shutdown waits for in-flight requests and jobs before cancelling them.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.ShutdownTimeout, v, time.Second) }},
+	{name: "KEYSYNC_JOB_TIMEOUT", def: "2m",
+		doc: "Longest run of one job (a sync, a sweep page). A job left running by a replica that died is worked again 30s after this.",
+		set: func(c *config, v string) error { return durationAtLeast(&c.JobTimeout, v, 5*time.Second) }},
 	{name: "LOG_LEVEL", def: "info",
 		doc: "`debug`, `info`, `warn` or `error`.",
 		set: func(c *config, v string) error {

@@ -187,6 +187,10 @@ func reconcileOnce(ctx context.Context, cfg config, log zerolog.Logger, args []s
 	if err != nil {
 		return err
 	}
+	if sum.Skipped {
+		fmt.Fprintln(stdout, "another sweep is running (keysync serve's periodic sweep, or another reconcile): nothing done")
+		return nil
+	}
 	fmt.Fprintf(stdout, "sweep run %d: %d subscriptions scanned in %s, %d drifted, %d orphan keys\n",
 		sum.RunID, sum.Scanned, sum.Took.Round(time.Millisecond), len(sum.Drifted), len(sum.Orphans))
 	for _, d := range sum.Drifted {

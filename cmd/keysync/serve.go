@@ -96,7 +96,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		river.NewPeriodicJob(river.PeriodicInterval(cfg.CatchUpInterval),
 			func() (river.JobArgs, *river.InsertOpts) { return jobs.CatchUpArgs{}, nil }, &river.PeriodicJobOpts{RunOnStart: true}),
 	}
-	riverClient, err = jobs.NewClient(pool, jobs.Config{Workers: workers, Logger: slogFor(log, "river"), Periodic: periodic})
+	riverClient, err = jobs.NewClient(pool, jobs.Config{Workers: workers, Logger: slogFor(log, "river"), Periodic: periodic, JobTimeout: cfg.JobTimeout})
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ package jobs
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -14,7 +16,9 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
+	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/stripeapi"
 	"github.com/keysync/keysync/internal/syncer"
 )
 
@@ -51,11 +55,15 @@ type Engine interface {
 
 // EventWorker processes a stored event: it finds the subscription the event is about
 // and syncs it. A permanent failure marks the event failed with its error (it stays
-// visible; replay it once fixed); a retryable one is retried with backoff.
+// visible; replay it once fixed). An outage of Stripe or Cryptolens (5xx, 429, timeouts)
+// snoozes the job: it is tried again within a minute and does not use up an attempt,
+// however long the outage lasts. Any other failure is retried with backoff.
 type EventWorker struct {
 	river.WorkerDefaults[EventArgs]
 	Store  EventStore
 	Engine Engine
+	// Snooze is the wait after the n-th snooze in a row for an outage (default SnoozeFor).
+	Snooze func(n int) time.Duration
 	// Applied, if set, is told how long after its storage an event was synced: the
 	// job was inserted in the event's own transaction (for metrics).
 	Applied func(took time.Duration)
@@ -90,10 +98,41 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 			return markErr
 		}
 		return nil
+	case IsOutage(err) && ctx.Err() == nil:
+		_ = w.Store.NoteEventAttempt(ctx, id, err.Error())
+		snooze := w.Snooze
+		if snooze == nil {
+			snooze = SnoozeFor
+		}
+		return river.JobSnooze(snooze(snoozes(job.Metadata)))
 	default:
 		_ = w.Store.NoteEventAttempt(ctx, id, err.Error())
 		return fmt.Errorf("event %s: %w", id, err)
 	}
+}
+
+// IsOutage reports whether err says Stripe or Cryptolens is unavailable (server
+// errors, rate limits, timeouts, unreachable), as opposed to something wrong with the
+// event or the subscription.
+func IsOutage(err error) bool {
+	return cryptolens.IsRetryable(err) || errors.Is(err, stripeapi.ErrUnavailable) || errors.Is(err, stripeapi.ErrRateLimited)
+}
+
+// SnoozeFor is the wait after the n-th snooze in a row (0 for the first): 5 seconds,
+// doubling up to a minute, with jitter, so that keys catch up within a minute of an
+// outage's end.
+func SnoozeFor(n int) time.Duration {
+	d := min(5*time.Second<<min(n, 4), time.Minute)
+	return d/2 + rand.N(d/2+1)
+}
+
+// snoozes reads how often River has snoozed the job (its "snoozes" metadata).
+func snoozes(metadata []byte) int {
+	var m struct {
+		Snoozes int `json:"snoozes"`
+	}
+	_ = json.Unmarshal(metadata, &m)
+	return m.Snoozes
 }
 
 // NextRetry backs off from seconds to an hour, with jitter: minutes to hours of
@@ -114,14 +153,26 @@ type Config struct {
 	Logger *slog.Logger
 	// Periodic jobs run on the elected leader only (one replica at a time).
 	Periodic []*river.PeriodicJob
+	// JobTimeout cancels a job that runs longer (default 2 minutes). A job left running
+	// by a replica that died is worked again RescueMargin after its timeout.
+	JobTimeout time.Duration
 }
+
+// RescueMargin is how long after its timeout a job still marked running is taken to be
+// stuck (its replica died) and worked again.
+const RescueMargin = 30 * time.Second
 
 // NewClient returns a River client on pool. It works the events queue when cfg.Workers
 // is set. The client is started with Start and stopped with Stop by the caller.
 func NewClient(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
+	timeout := cfg.JobTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
 	rc := &river.Config{
 		Logger:                      cfg.Logger,
-		JobTimeout:                  2 * time.Minute,
+		JobTimeout:                  timeout,
+		RescueStuckJobsAfter:        timeout + RescueMargin,
 		CompletedJobRetentionPeriod: 24 * time.Hour,
 	}
 	if cfg.Workers != nil {

@@ -3,6 +3,7 @@ package jobs_test
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/sim/cryptolenssim"
 	"github.com/keysync/keysync/internal/sim/stripesim"
 	"github.com/keysync/keysync/internal/simtest"
 	"github.com/keysync/keysync/internal/syncer"
@@ -110,5 +112,103 @@ func TestEventWorker(t *testing.T) {
 	}
 	if k, _ := csim.Key(1001, *row.LicenseKey); !k.Block || !row.BlockedByKeysync {
 		t.Fatalf("got key %+v, want blocked by keysync for dispute %s", k, disputeID)
+	}
+}
+
+// An outage of Cryptolens snoozes the event's job instead of failing it: the attempts
+// are not used up however often it is tried, the event stays pending with the reason,
+// and it is applied once Cryptolens is back.
+func TestOutageSnoozesWithoutUsingAttempts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t)
+	store := postgres.NewStore(pool)
+	w := simtest.New(t, simtest.Options{})
+	sc, cc := w.Clients(t)
+	engine := syncer.New(sc, cc, store, license.NewMapping(0), syncer.Options{Policy: license.Options{BufferDays: 5}}, zerolog.Nop())
+	prod := w.Stripe.CreateProduct("App", map[string]string{"skm_product_id": "1001"})
+	price, _ := w.Stripe.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 1000})
+	res, _ := w.Stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: price}}})
+	var ev events.Event
+	for _, e := range w.Stripe.Events() {
+		if e.Type == "invoice.paid" {
+			ev = events.Event{ID: e.ID, Type: e.Type, Created: time.Unix(e.Created, 0), APIVersion: events.StripeAPIVersion, Payload: e.Payload, Source: events.SourceWebhook}
+		}
+	}
+	w.Crypto.SetFaults(cryptolenssim.Faults{Down: true})
+
+	workers := river.NewWorkers()
+	river.AddWorker(workers, &jobs.EventWorker{Store: store, Engine: engine, Snooze: func(int) time.Duration { return 10 * time.Millisecond }})
+	client, err := jobs.NewClient(pool, jobs.Config{Workers: workers, EventWorkers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	happened, cancel := client.Subscribe(river.EventKindJobSnoozed, river.EventKindJobCompleted, river.EventKindJobFailed)
+	defer cancel()
+	if err := client.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = client.Stop(ctx) }()
+	err = store.InTx(ctx, func(tx pgx.Tx) error {
+		if _, err := store.InsertEventsTx(ctx, tx, []events.Event{ev}); err != nil {
+			return err
+		}
+		return jobs.NewEnqueuer(client).EnqueueEventsTx(ctx, tx, []events.Event{ev})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() *river.Event {
+		t.Helper()
+		select {
+		case e := <-happened:
+			return e
+		case <-time.After(30 * time.Second):
+			t.Fatal("timed out waiting for the job")
+			return nil
+		}
+	}
+	// Each try would use an attempt if it were a retry: after three, one at most is used.
+	const tries = 3
+	for i := range tries {
+		if e := next(); e.Kind != river.EventKindJobSnoozed {
+			t.Fatalf("try %d: job %s, want snoozed while Cryptolens is down", i, e.Kind)
+		}
+	}
+	var attempt int
+	if err := pool.QueryRow(ctx, `SELECT attempt FROM river_job WHERE kind = 'stripe_event'`).Scan(&attempt); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := store.GetEvent(ctx, ev.ID)
+	if attempt > 1 || got.Status != "pending" || got.LastError == nil || !strings.Contains(*got.LastError, "cryptolens") {
+		t.Fatalf("after %d snoozes: attempt %d, event %s (%v); want at most 1 attempt used and a pending event with the reason",
+			tries, attempt, got.Status, got.LastError)
+	}
+
+	w.Crypto.SetFaults(cryptolenssim.Faults{})
+	for {
+		if e := next(); e.Kind == river.EventKindJobCompleted {
+			break
+		} else if e.Kind == river.EventKindJobFailed {
+			t.Fatalf("job failed: %v", e.Job.Errors)
+		}
+	}
+	got, _ = store.GetEvent(ctx, ev.ID)
+	row, _ := store.GetSubscription(ctx, res.Subscription)
+	if got.Status != "processed" || row.LicenseKey == nil {
+		t.Fatalf("after the outage: event %s, key %v; want processed and a key", got.Status, row.LicenseKey)
+	}
+}
+
+func TestSnoozeForIsBounded(t *testing.T) {
+	t.Parallel()
+	for n := range 40 {
+		d := jobs.SnoozeFor(n)
+		if d < 2*time.Second || d > time.Minute {
+			t.Fatalf("SnoozeFor(%d) = %s, want between 2.5s and a minute", n, d)
+		}
+	}
+	if d := jobs.SnoozeFor(0); d > 5*time.Second {
+		t.Fatalf("first snooze %s, want at most 5s", d)
 	}
 }

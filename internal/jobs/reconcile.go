@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
@@ -90,6 +91,14 @@ type SweepWorker struct {
 // Work runs one sweep.
 func (w *SweepWorker) Work(ctx context.Context, _ *river.Job[SweepArgs]) error { return w.Run(ctx) }
 
+// RunTimeout bounds one sweep or catch-up, which page through whole accounts at the
+// rate limits and may outlast the job timeout. A run that River rescues while it still
+// runs finds the run lock taken and does nothing.
+const RunTimeout = time.Hour
+
+// Timeout is RunTimeout.
+func (w *SweepWorker) Timeout(*river.Job[SweepArgs]) time.Duration { return RunTimeout }
+
 // CatchUpArgs is the job that runs one catch-up.
 type CatchUpArgs struct{}
 
@@ -110,6 +119,9 @@ type CatchUpWorker struct {
 
 // Work runs one catch-up.
 func (w *CatchUpWorker) Work(ctx context.Context, _ *river.Job[CatchUpArgs]) error { return w.Run(ctx) }
+
+// Timeout is RunTimeout.
+func (w *CatchUpWorker) Timeout(*river.Job[CatchUpArgs]) time.Duration { return RunTimeout }
 
 // PruneArgs is the job that prunes old processed events.
 type PruneArgs struct{}

@@ -13,10 +13,34 @@ import (
 // syncLockSpace namespaces the per-subscription advisory locks.
 const syncLockSpace int32 = 0x6b73 // "ks"
 
+// runLockSpace namespaces the locks that keep one sweep, and one catch-up, running at a
+// time across replicas.
+const runLockSpace int32 = 0x6b72 // "kr"
+
 // SubscriptionLock is held while one Sync runs; Release frees it.
 type SubscriptionLock struct {
-	conn *pgxpool.Conn
-	id   string
+	conn  *pgxpool.Conn
+	space int32
+	id    string
+}
+
+// TryLockRun takes the lock of a run kind ("sweep", "catch_up") unless a run of that
+// kind holds it on some replica; then ok is false. The lock is held on its own
+// connection until Release, and goes with the connection if the process dies.
+func (s *Store) TryLockRun(ctx context.Context, kind string) (lock *SubscriptionLock, ok bool, err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("lock %s: %w", kind, translate(err))
+	}
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1, hashtext($2))", runLockSpace, kind).Scan(&ok); err != nil {
+		conn.Release()
+		return nil, false, fmt.Errorf("lock %s: %w", kind, translate(err))
+	}
+	if !ok {
+		conn.Release()
+		return nil, false, nil
+	}
+	return &SubscriptionLock{conn: conn, space: runLockSpace, id: kind}, true, nil
 }
 
 // LockSubscription waits until no other Sync of the subscription runs on any replica,
@@ -39,7 +63,7 @@ func (s *Store) LockSubscription(ctx context.Context, id string) (*SubscriptionL
 			return nil, fmt.Errorf("lock subscription: %w", translate(err))
 		}
 		if ok {
-			return &SubscriptionLock{conn: conn, id: id}, nil
+			return &SubscriptionLock{conn: conn, space: syncLockSpace, id: id}, nil
 		}
 		conn.Release()
 		t := time.NewTimer(wait)
@@ -57,7 +81,7 @@ func (s *Store) LockSubscription(ctx context.Context, id string) (*SubscriptionL
 func (l *SubscriptionLock) Release() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := l.conn.Exec(ctx, "SELECT pg_advisory_unlock($1, hashtext($2))", syncLockSpace, l.id); err != nil {
+	if _, err := l.conn.Exec(ctx, "SELECT pg_advisory_unlock($1, hashtext($2))", l.space, l.id); err != nil {
 		// Do not hand a connection that may still hold the lock back to the pool.
 		_ = l.conn.Conn().Close(ctx)
 	}

@@ -32,6 +32,7 @@ type CatchUpStore interface {
 	StartRun(ctx context.Context, kind string) (int64, error)
 	FinishRun(ctx context.Context, id int64, sum postgres.RunSummary) error
 	CatchUpCursor(ctx context.Context) (time.Time, bool, error)
+	TryLockRun(ctx context.Context, kind string) (*postgres.SubscriptionLock, bool, error)
 }
 
 // Stripe keeps events for 30 days; keysync warns well before.
@@ -71,6 +72,9 @@ type CatchUpSummary struct {
 	// Reset is true when the cursor was older than Stripe's retention: a sweep was
 	// forced instead.
 	Reset bool
+	// Skipped is true when another catch-up was running (on any replica): this one did
+	// nothing, and the cursor was not touched.
+	Skipped bool
 }
 
 // Lag returns the cursor's age at the last run.
@@ -81,6 +85,15 @@ func (c *CatchUp) Lag() time.Duration { return time.Duration(c.lag.Load()) * tim
 // the cursor. It returns an error when Stripe or the database failed; the cursor then
 // stays where it was.
 func (c *CatchUp) RunOnce(ctx context.Context) (CatchUpSummary, error) {
+	lock, ok, err := c.store.TryLockRun(ctx, "catch_up")
+	if err != nil {
+		return CatchUpSummary{}, err
+	}
+	if !ok {
+		c.log.Info().Msg("catch-up skipped: another catch-up is running")
+		return CatchUpSummary{Skipped: true}, nil
+	}
+	defer lock.Release()
 	now := c.now().UTC()
 	cursor, ok, err := c.store.CatchUpCursor(ctx)
 	if err != nil {

@@ -296,3 +296,40 @@ func mapping(t *testing.T, pool *pgxpool.Pool) map[string]string {
 	}
 	return out
 }
+
+// One sweep and one catch-up at a time across replicas: a run that starts while another
+// holds the run lock does nothing (no run row, cursor untouched); once it is free, runs
+// go ahead.
+func TestOneRunOfAKindAtATime(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := newHarness(t, 0)
+	h.play(t, func() { h.idle(t) })
+	for _, kind := range []string{"sweep", "catch_up"} {
+		run := func() (bool, error) {
+			if kind == "sweep" {
+				sum, err := h.sweeper.RunOnce(ctx)
+				return sum.Skipped, err
+			}
+			sum, err := h.catchUp.RunOnce(ctx)
+			return sum.Skipped, err
+		}
+		held, ok, err := h.store.TryLockRun(ctx, kind) // another replica's run
+		if err != nil || !ok {
+			t.Fatalf("%s: lock: %v %v", kind, ok, err)
+		}
+		if skipped, err := run(); err != nil || !skipped {
+			t.Fatalf("%s while another runs: skipped %v, %v; want skipped", kind, skipped, err)
+		}
+		if runs, _ := h.store.Runs(ctx, kind); len(runs) != 0 {
+			t.Fatalf("%s: a skipped run wrote %d run rows", kind, len(runs))
+		}
+		held.Release()
+		if skipped, err := run(); err != nil || skipped {
+			t.Fatalf("%s after the other ended: skipped %v, %v; want a run", kind, skipped, err)
+		}
+		if runs, _ := h.store.Runs(ctx, kind); len(runs) != 1 {
+			t.Fatalf("%s: got %d run rows, want 1", kind, len(runs))
+		}
+	}
+}

@@ -36,6 +36,7 @@ type SweepStore interface {
 	StartRun(ctx context.Context, kind string) (int64, error)
 	FinishRun(ctx context.Context, id int64, sum postgres.RunSummary) error
 	SubscriptionIndex(ctx context.Context) (map[string]postgres.SubscriptionBrief, error)
+	TryLockRun(ctx context.Context, kind string) (*postgres.SubscriptionLock, bool, error)
 }
 
 // Enqueue schedules Syncs of the drifted subscriptions, caused by sweep run runID.
@@ -66,6 +67,9 @@ func NewSweeper(st SweepStripe, cl SweepCryptolens, store SweepStore, m *license
 
 // Summary is what a sweep found.
 type Summary struct {
+	// Skipped is true when another sweep was running (on any replica): this one did
+	// nothing.
+	Skipped bool
 	RunID   int64
 	Scanned int
 	Drifted []Drift
@@ -96,6 +100,15 @@ type pending struct {
 // an error only when the run could not complete.
 func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 	start := time.Now()
+	lock, ok, err := s.store.TryLockRun(ctx, "sweep")
+	if err != nil {
+		return Summary{}, err
+	}
+	if !ok {
+		s.log.Info().Msg("sweep skipped: another sweep is running")
+		return Summary{Skipped: true}, nil
+	}
+	defer lock.Release()
 	runID, err := s.store.StartRun(ctx, "sweep")
 	if err != nil {
 		return Summary{}, err
