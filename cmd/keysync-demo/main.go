@@ -4,7 +4,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/keysync/keysync/internal/localpg"
+	"github.com/keysync/keysync/internal/sandbox"
 )
 
 const product = 1001
@@ -41,11 +41,12 @@ func main() {
 }
 
 type demo struct {
-	out     io.Writer
-	control string
-	db      *pgx.Conn
-	sub     string
-	cust    string
+	ctx  context.Context
+	out  io.Writer
+	ctl  *sandbox.Control
+	db   *pgx.Conn
+	sub  string
+	cust string
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -65,7 +66,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := os.MkdirAll(*workdir, 0o755); err != nil {
 		return err
 	}
-	d := &demo{out: out}
+	d := &demo{ctx: ctx, out: out}
 	d.step("Postgres")
 	server, err := localpg.Find(ctx, os.Getenv)
 	if err != nil {
@@ -89,25 +90,25 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	keysyncAddr := "127.0.0.1:" + ports[3]
 	envFile := filepath.Join(*workdir, "sandbox.env")
-	sandbox, err := start(*sandboxBin, filepath.Join(*workdir, "sandbox.log"), nil,
+	sb, err := start(*sandboxBin, filepath.Join(*workdir, "sandbox.log"), nil,
 		"-stripe-addr", "127.0.0.1:"+ports[0], "-cryptolens-addr", "127.0.0.1:"+ports[1], "-control-addr", "127.0.0.1:"+ports[2],
 		"-cryptolens-product", fmt.Sprint(product), "-webhook-url", "http://"+keysyncAddr+"/webhooks/stripe", "-env-file", envFile)
 	if err != nil {
 		return err
 	}
-	defer sandbox.stop()
-	d.control = "http://127.0.0.1:" + ports[2]
-	if err := waitHTTP(ctx, d.control+"/stripe/now", sandbox.exited); err != nil {
+	defer sb.stop()
+	d.ctl = sandbox.New("http://127.0.0.1:" + ports[2])
+	if err := waitHTTP(ctx, d.ctl.URL+"/stripe/now", sb.exited); err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
 	var prod, pro, team map[string]string
-	if err := d.post("/stripe/products", map[string]any{"name": "Acme App", "metadata": map[string]string{"skm_product_id": fmt.Sprint(product)}}, &prod); err != nil {
+	if err := d.ctl.Post(d.ctx, "/stripe/products", map[string]any{"name": "Acme App", "metadata": map[string]string{"skm_product_id": fmt.Sprint(product)}}, &prod); err != nil {
 		return err
 	}
-	if err := d.post("/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 2900, "nickname": "Pro"}, &pro); err != nil {
+	if err := d.ctl.Post(d.ctx, "/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 2900, "nickname": "Pro"}, &pro); err != nil {
 		return err
 	}
-	if err := d.post("/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 9900, "nickname": "Team"}, &team); err != nil {
+	if err := d.ctl.Post(d.ctx, "/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 9900, "nickname": "Team"}, &team); err != nil {
 		return err
 	}
 	plans := filepath.Join(*workdir, "plans.yaml")
@@ -115,7 +116,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := os.WriteFile(plans, []byte(plansYAML), 0o644); err != nil {
 		return err
 	}
-	d.say("control API %s; prices Pro %s (F1, 1 machine a seat) and Team %s (F1+F3, 2 a seat) in %s", d.control, pro["id"], team["id"], plans)
+	d.say("control API %s; prices Pro %s (F1, 1 machine a seat) and Team %s (F1+F3, 2 a seat) in %s", d.ctl.URL, pro["id"], team["id"], plans)
 
 	d.step("keysync serve")
 	env, err := readEnv(envFile)
@@ -135,7 +136,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 	d.step("A subscription's life (each step: Stripe acts, webhooks arrive, keysync syncs)")
 	var co map[string]any
-	if err := d.post("/stripe/checkout", map[string]any{"email": "ada@example.com", "name": "Ada Lovelace",
+	if err := d.ctl.Post(d.ctx, "/stripe/checkout", map[string]any{"email": "ada@example.com", "name": "Ada Lovelace",
 		"items": []map[string]any{{"price": pro["id"], "quantity": 1}}, "trial_days": 14}, &co); err != nil {
 		return err
 	}
@@ -143,7 +144,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	steps := []struct {
 		what   string
 		act    func() error
-		expect func(k keyState, s subState) error
+		expect func(k sandbox.Key, s sandbox.Subscription) error
 	}{
 		{"checkout: Pro, 1 seat, 14-day trial", nil, d.wantValid([8]bool{true}, 1)},
 		{"trial converts, first invoice paid", d.pastRenewal, d.wantValid([8]bool{true}, 1)},
@@ -151,26 +152,26 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		{"renewal 2", d.pastRenewal, d.wantValid([8]bool{true}, 1)},
 		{"renewal 3", d.pastRenewal, d.wantValid([8]bool{true}, 1)},
 		{"renewal 4: the card is declined", func() error {
-			if err := d.post("/stripe/customers/"+d.cust+"/fail_next_payment", nil, nil); err != nil {
+			if err := d.ctl.Post(d.ctx, "/stripe/customers/"+d.cust+"/fail_next_payment", nil, nil); err != nil {
 				return err
 			}
 			return d.pastRenewal()
 		}, d.wantStatus("past_due", d.wantValid([8]bool{true}, 1))},
 		{"the customer pays the open invoice", func() error {
-			s, err := d.subscription()
+			s, err := d.ctl.Subscription(d.ctx, d.sub)
 			if err != nil {
 				return err
 			}
-			return d.post("/stripe/invoices/"+s.Subscription.LatestInvoice+"/pay", nil, nil)
+			return d.ctl.Post(d.ctx, "/stripe/invoices/"+s.Subscription.LatestInvoice+"/pay", nil, nil)
 		}, d.wantStatus("active", d.wantValid([8]bool{true}, 1))},
 		{"upgrade to Team", func() error {
-			return d.post("/stripe/subscriptions/"+d.sub+"/price", map[string]any{"price": team["id"]}, nil)
+			return d.ctl.Post(d.ctx, "/stripe/subscriptions/"+d.sub+"/price", map[string]any{"price": team["id"]}, nil)
 		}, d.wantValid([8]bool{true, false, true}, 2)},
 		{"seats 1 -> 3", func() error {
-			return d.post("/stripe/subscriptions/"+d.sub+"/quantity", map[string]any{"quantity": 3}, nil)
+			return d.ctl.Post(d.ctx, "/stripe/subscriptions/"+d.sub+"/quantity", map[string]any{"quantity": 3}, nil)
 		}, d.wantValid([8]bool{true, false, true}, 6)},
 		{"cancel at period end (still valid until then)", func() error {
-			return d.post("/stripe/subscriptions/"+d.sub+"/cancel_at_period_end", map[string]any{"on": true}, nil)
+			return d.ctl.Post(d.ctx, "/stripe/subscriptions/"+d.sub+"/cancel_at_period_end", map[string]any{"on": true}, nil)
 		}, d.wantValid([8]bool{true, false, true}, 6)},
 		{"the period ends: subscription canceled", d.pastRenewal, d.wantBlocked},
 	}
@@ -194,7 +195,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			check = "FAILED: " + err.Error()
 		}
 		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%v\t%s\t%d\t%s\n", st.what, s.Subscription.Status, k.Key, k.Expires.Format("2006-01-02 15:04"),
-			k.Block, features(k.Features), k.MaxNoOfMachines, check)
+			k.Block, sandbox.FeatureList(k.Features), k.MaxNoOfMachines, check)
 		if check != "ok" {
 			w.Flush()
 			return fmt.Errorf("%s: %s", st.what, check)
@@ -211,7 +212,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := keysync.stop(); err != nil {
 		return fmt.Errorf("keysync: %w (log: %s)", err, keysync.log)
 	}
-	if err := sandbox.stop(); err != nil {
+	if err := sb.stop(); err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
 	d.say("keysync and the sandbox stopped cleanly")
@@ -220,74 +221,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 func (d *demo) step(s string)               { fmt.Fprintf(d.out, "\n== %s\n", s) }
 func (d *demo) say(format string, a ...any) { fmt.Fprintf(d.out, "  "+format+"\n", a...) }
-func features(f [8]bool) string {
-	var on []string
-	for i, v := range f {
-		if v {
-			on = append(on, fmt.Sprintf("F%d", i+1))
-		}
-	}
-	return strings.Join(on, "+")
-}
-
-type keyState struct {
-	Key             string
-	Expires         time.Time
-	Block           bool
-	Features        [8]bool
-	MaxNoOfMachines int
-}
-
-type subState struct {
-	Subscription struct {
-		Status           string
-		CurrentPeriodEnd int64
-		LatestInvoice    string
-	}
-	Invoices []struct {
-		Status string
-		Lines  []struct {
-			Type      string
-			PeriodEnd int64
-		}
+func (d *demo) wantValid(f [8]bool, machines int) func(sandbox.Key, sandbox.Subscription) error {
+	return func(k sandbox.Key, s sandbox.Subscription) error {
+		return sandbox.Check(k, s, 5, sandbox.Want{Features: f, Machines: machines})
 	}
 }
 
-// paidThrough recomputes, from Stripe's side, what the key should reach.
-func (s subState) paidThrough() time.Time {
-	var pt int64
-	for _, inv := range s.Invoices {
-		if inv.Status != "paid" {
-			continue
-		}
-		for _, l := range inv.Lines {
-			if l.Type == "subscription" && l.PeriodEnd > pt {
-				pt = l.PeriodEnd
-			}
-		}
-	}
-	return time.Unix(pt, 0).UTC()
-}
-
-func (d *demo) wantValid(f [8]bool, machines int) func(keyState, subState) error {
-	return func(k keyState, s subState) error {
-		want := s.paidThrough().AddDate(0, 0, 5)
-		switch {
-		case k.Key == "":
-			return errors.New("no key")
-		case k.Block:
-			return errors.New("blocked")
-		case k.Expires.Before(want) || k.Expires.Sub(want) >= 24*time.Hour:
-			return fmt.Errorf("expires %s, want paid-through + 5 days = %s", k.Expires.Format(time.DateTime), want.Format(time.DateTime))
-		case k.Features != f || k.MaxNoOfMachines != machines:
-			return fmt.Errorf("features %s machines %d, want %s and %d", features(k.Features), k.MaxNoOfMachines, features(f), machines)
-		}
-		return nil
-	}
-}
-
-func (d *demo) wantStatus(status string, next func(keyState, subState) error) func(keyState, subState) error {
-	return func(k keyState, s subState) error {
+func (d *demo) wantStatus(status string, next func(sandbox.Key, sandbox.Subscription) error) func(sandbox.Key, sandbox.Subscription) error {
+	return func(k sandbox.Key, s sandbox.Subscription) error {
 		if s.Subscription.Status != status {
 			return fmt.Errorf("subscription %s, want %s", s.Subscription.Status, status)
 		}
@@ -295,52 +236,45 @@ func (d *demo) wantStatus(status string, next func(keyState, subState) error) fu
 	}
 }
 
-func (d *demo) wantBlocked(k keyState, s subState) error {
+func (d *demo) wantBlocked(k sandbox.Key, s sandbox.Subscription) error {
 	if !k.Block || s.Subscription.Status != "canceled" {
 		return fmt.Errorf("subscription %s, key blocked %v: want canceled and blocked", s.Subscription.Status, k.Block)
 	}
 	return nil
 }
 
-func (d *demo) state() (keyState, subState, error) {
-	s, err := d.subscription()
+func (d *demo) state() (sandbox.Key, sandbox.Subscription, error) {
+	s, err := d.ctl.Subscription(d.ctx, d.sub)
 	if err != nil {
-		return keyState{}, s, err
+		return sandbox.Key{}, s, err
 	}
-	var keys []keyState
-	if err := d.get(fmt.Sprintf("/cryptolens/keys?product=%d", product), &keys); err != nil {
-		return keyState{}, s, err
+	keys, err := d.ctl.Keys(d.ctx, product)
+	if err != nil {
+		return sandbox.Key{}, s, err
 	}
 	if len(keys) != 1 {
-		return keyState{}, s, fmt.Errorf("the Cryptolens simulator has %d keys, want exactly 1", len(keys))
+		return sandbox.Key{}, s, fmt.Errorf("the Cryptolens simulator has %d keys, want exactly 1", len(keys))
 	}
 	return keys[0], s, nil
-}
-
-func (d *demo) subscription() (subState, error) {
-	var s subState
-	err := d.get("/stripe/subscriptions/"+d.sub, &s)
-	return s, err
 }
 
 // pastRenewal moves the test clock to two hours after the current period ends: the
 // renewal invoice has been finalized and charged (or declined).
 func (d *demo) pastRenewal() error {
-	s, err := d.subscription()
+	s, err := d.ctl.Subscription(d.ctx, d.sub)
 	if err != nil {
 		return err
 	}
-	var now struct{ Now time.Time }
-	if err := d.get("/stripe/now", &now); err != nil {
+	now, err := d.ctl.Now(d.ctx)
+	if err != nil {
 		return err
 	}
-	dur := time.Unix(s.Subscription.CurrentPeriodEnd, 0).Sub(now.Now) + 2*time.Hour
-	return d.post("/stripe/advance", map[string]string{"duration": dur.String()}, nil)
+	return d.ctl.Advance(d.ctx, time.Unix(s.Subscription.CurrentPeriodEnd, 0).Sub(now)+2*time.Hour)
 }
 
 // idle waits until every webhook was acknowledged and keysync has worked every event.
 func (d *demo) idle(ctx context.Context) error {
-	if err := d.post("/stripe/flush", nil, nil); err != nil {
+	if err := d.ctl.Flush(ctx); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(60 * time.Second)
@@ -408,38 +342,6 @@ func details(action, params, msg string) string {
 		return msg
 	}
 	return params
-}
-
-func (d *demo) post(path string, body any, into any) error {
-	var buf bytes.Buffer
-	if body != nil {
-		_ = json.NewEncoder(&buf).Encode(body)
-	}
-	resp, err := http.Post(d.control+path, "application/json", &buf)
-	if err != nil {
-		return err
-	}
-	return decodeResp(resp, path, into)
-}
-
-func (d *demo) get(path string, into any) error {
-	resp, err := http.Get(d.control + path)
-	if err != nil {
-		return err
-	}
-	return decodeResp(resp, path, into)
-}
-
-func decodeResp(resp *http.Response, path string, into any) error {
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %d %s", path, resp.StatusCode, strings.TrimSpace(string(b)))
-	}
-	if into != nil {
-		return json.Unmarshal(b, into)
-	}
-	return nil
 }
 
 type proc struct {

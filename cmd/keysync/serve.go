@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -96,7 +97,22 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		river.NewPeriodicJob(river.PeriodicInterval(cfg.CatchUpInterval),
 			func() (river.JobArgs, *river.InsertOpts) { return jobs.CatchUpArgs{}, nil }, &river.PeriodicJobOpts{RunOnStart: true}),
 	}
-	riverClient, err = jobs.NewClient(pool, jobs.Config{Workers: workers, Logger: slogFor(log, "river"), Periodic: periodic, JobTimeout: cfg.JobTimeout})
+	// Bind the address before anything runs: no other live process can hold it, so the
+	// replica id derived from it is this process's alone, and jobs still running under
+	// that id were left by a predecessor that died. They are worked again at once
+	// rather than after River's rescue delay.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	defer ln.Close()
+	id := replicaID(ln.Addr())
+	if n, err := store.ReclaimJobs(ctx, id); err != nil {
+		return err
+	} else if n > 0 {
+		log.Warn().Int64("jobs", n).Str("replica", id).Msg("working again the jobs this replica's previous process left running")
+	}
+	riverClient, err = jobs.NewClient(pool, jobs.Config{ID: id, Workers: workers, Logger: slogFor(log, "river"), Periodic: periodic, JobTimeout: cfg.JobTimeout})
 	if err != nil {
 		return err
 	}
@@ -141,10 +157,6 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 			Msg("STRIPE_WEBHOOK_SECRETS is unset: polling mode, no webhook endpoint; events come from the Events API")
 	}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
-	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -273,4 +285,20 @@ func (j adminJobs) ReplayEvent(ctx context.Context, id string) error {
 func (j adminJobs) Reconcile(ctx context.Context) error {
 	_, err := j.client.Insert(ctx, jobs.SweepArgs{}, nil)
 	return err
+}
+
+// replicaID names this replica in River's tables: the host name and the listening
+// port, which no other live process on the host can hold. A restarted replica (the same
+// pod, the same systemd unit) gets the same id.
+func replicaID(addr net.Addr) string {
+	host, _ := os.Hostname()
+	port := "0"
+	if a, ok := addr.(*net.TCPAddr); ok {
+		port = strconv.Itoa(a.Port)
+	}
+	id := "keysync@" + host + ":" + port
+	if len(id) > 100 { // River's limit
+		id = id[len(id)-100:]
+	}
+	return id
 }

@@ -144,6 +144,9 @@ func (w *EventWorker) NextRetry(job *river.Job[EventArgs]) time.Time {
 
 // Config configures the River client.
 type Config struct {
+	// ID names the client in River's tables (attempted_by, leader election). It must be
+	// unique among live processes; empty: River makes one up.
+	ID string
 	// Workers registers the job kinds this client works. Nil makes an insert-only
 	// client (no queues are worked).
 	Workers *river.Workers
@@ -170,6 +173,7 @@ func NewClient(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 		timeout = 2 * time.Minute
 	}
 	rc := &river.Config{
+		ID:                          cfg.ID,
 		Logger:                      cfg.Logger,
 		JobTimeout:                  timeout,
 		RescueStuckJobsAfter:        timeout + RescueMargin,

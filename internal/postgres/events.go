@@ -183,3 +183,16 @@ func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time) (int64, error
 		}
 	}
 }
+
+// ReclaimJobs makes the jobs that River shows running under clientID available again,
+// and returns how many there were. A replica calls it once at start, before its River
+// client runs anything: jobs still marked running under its own id were left by its
+// previous process, which died, and would otherwise wait for River's rescuer.
+func (s *Store) ReclaimJobs(ctx context.Context, clientID string) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE river_job SET state = 'available', scheduled_at = now()
+		WHERE state = 'running' AND attempted_by[array_upper(attempted_by, 1)] = $1`, clientID)
+	if err != nil {
+		return 0, fmt.Errorf("reclaim jobs: %w", translate(err))
+	}
+	return tag.RowsAffected(), nil
+}

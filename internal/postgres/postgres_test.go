@@ -241,3 +241,32 @@ func TestPruneEvents(t *testing.T) {
 		t.Fatalf("got %d left (%d old pending or failed), want 5000 (3000)", left, oldOpen)
 	}
 }
+
+// Jobs left running by a dead process are made available again by its successor with
+// the same client id; another client's running jobs are left alone.
+func TestReclaimJobs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t)
+	store := postgres.NewStore(pool)
+	for _, by := range []string{"keysync@host:8080", "keysync@host:8081"} {
+		_, err := pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue, state, attempt, attempted_at, attempted_by)
+			VALUES ('{}', 'stripe_event', 20, 'events', 'running', 1, now(), ARRAY['keysync@old:1', $1])`, by)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := store.ReclaimJobs(ctx, "keysync@host:8080")
+	if err != nil || n != 1 {
+		t.Fatalf("reclaimed %d, %v; want 1", n, err)
+	}
+	rows, _ := pool.Query(ctx, `SELECT attempted_by[array_upper(attempted_by, 1)], state FROM river_job ORDER BY id`)
+	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+		var by, state string
+		err := r.Scan(&by, &state)
+		return by + "=" + state, err
+	})
+	if err != nil || strings.Join(got, ",") != "keysync@host:8080=available,keysync@host:8081=running" {
+		t.Fatalf("got %v (%v)", got, err)
+	}
+}

@@ -35,6 +35,7 @@ func (s *Sim) ControlHandler() http.Handler {
 			RateLimitRate  float64 `json:"rate_limit_rate"`
 			GarbageRate    float64 `json:"garbage_rate"`
 			LostAnswerRate float64 `json:"lost_answer_rate"`
+			TimeoutRate    float64 `json:"timeout_rate"`
 			NoSubscription bool    `json:"no_subscription"`
 			Latency        string  `json:"latency"`
 		}
@@ -45,7 +46,7 @@ func (s *Sim) ControlHandler() http.Handler {
 			return
 		}
 		f := Faults{Down: p.Down, ErrorRate: p.ErrorRate, RateLimitRate: p.RateLimitRate, GarbageRate: p.GarbageRate,
-			LostAnswerRate: p.LostAnswerRate, NoSubscription: p.NoSubscription}
+			LostAnswerRate: p.LostAnswerRate, TimeoutRate: p.TimeoutRate, NoSubscription: p.NoSubscription}
 		if p.Latency != "" {
 			d, err := time.ParseDuration(p.Latency)
 			if err != nil {

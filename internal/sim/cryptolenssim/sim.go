@@ -122,6 +122,9 @@ type Faults struct {
 	// NoSubscription answers every call with "No active subscription found.", as when
 	// the vendor's Cryptolens subscription has lapsed.
 	NoSubscription bool
+	// TimeoutRate never answers that share of calls: the request hangs until the caller
+	// gives up (at most a minute), and nothing changes.
+	TimeoutRate float64
 	// Latency is added before every answer.
 	Latency time.Duration
 }
@@ -402,7 +405,20 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	faults := s.faults
 	latency := faults.Latency
+	hang := faults.TimeoutRate > 0 && s.rng.Float64() < faults.TimeoutRate
+	if hang {
+		s.calls = append(s.calls, Call{At: s.clock(), Method: parts[2], Params: params, Result: -1, Message: "timeout"})
+	}
 	s.mu.Unlock()
+	if hang {
+		t := time.NewTimer(time.Minute)
+		defer t.Stop()
+		select {
+		case <-r.Context().Done():
+		case <-t.C:
+		}
+		return
+	}
 	if latency > 0 {
 		t := time.NewTimer(latency)
 		select {

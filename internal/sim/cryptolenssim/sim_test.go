@@ -308,3 +308,24 @@ func TestCallLogAndProtocol(t *testing.T) {
 		}
 	}
 }
+
+// A timeout fault never answers: the client's own timeout ends the call, and nothing
+// changed.
+func TestTimeoutFault(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	key := b.create(t, "Period", 10)
+	b.sim.SetFaults(cryptolenssim.Faults{TimeoutRate: 1})
+	c := &http.Client{Timeout: 200 * time.Millisecond}
+	resp, err := c.PostForm(b.srv.URL+"/api/key/ExtendLicense", url.Values{"token": {admin}, "ProductId": {fmt.Sprint(productID)}, "Key": {key}, "NoOfDays": {"5"}})
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("got HTTP %d, want no answer", resp.StatusCode)
+	}
+	if got, _ := b.sim.Key(productID, key); !got.Expires.Equal(t0.AddDate(0, 0, 10)) {
+		t.Fatalf("got expiry %s after a timeout, want unchanged", got.Expires)
+	}
+	if calls := b.sim.Calls(); calls[len(calls)-1].Message != "timeout" {
+		t.Fatalf("call log: got %+v, want the timeout logged", calls[len(calls)-1])
+	}
+}

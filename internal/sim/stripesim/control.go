@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 )
@@ -32,6 +33,8 @@ import (
 //	POST /flush                             waits until webhooks are delivered
 //	GET  /subscriptions/{id}                the subscription's state and invoices
 //	GET  /now                               {"now"}
+//	GET  /events                            [{"id","type"}], oldest first
+//	GET  /endpoints                         [{"url","stats"}] (DeliveryStats)
 func (s *Sim) ControlHandler() http.Handler {
 	mux := http.NewServeMux()
 	handle := func(pattern string, fn func(r *http.Request, body map[string]json.RawMessage) (any, error)) {
@@ -268,6 +271,32 @@ func (s *Sim) ControlHandler() http.Handler {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
 		defer cancel()
 		return nil, s.FlushWebhooks(ctx)
+	})
+	handle("GET /events", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
+		type brief struct {
+			ID   string `json:"id"`
+			Type string `json:"type"`
+		}
+		evs := s.Events()
+		out := make([]brief, len(evs))
+		for i, ev := range evs {
+			out[i] = brief{ev.ID, ev.Type}
+		}
+		return out, nil
+	})
+	handle("GET /endpoints", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
+		type stats struct {
+			URL   string        `json:"url"`
+			Stats DeliveryStats `json:"stats"`
+		}
+		s.mu.Lock()
+		eps := slices.Clone(s.endpoints)
+		s.mu.Unlock()
+		out := make([]stats, len(eps))
+		for i, ep := range eps {
+			out[i] = stats{ep.url, ep.Stats()}
+		}
+		return out, nil
 	})
 	handle("GET /subscriptions/{id}", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
 		sub, ok := s.Subscription(id(r))
