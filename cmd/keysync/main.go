@@ -181,7 +181,7 @@ func reconcileOnce(ctx context.Context, cfg config, log zerolog.Logger, args []s
 	}
 	store := postgres.NewStore(pool)
 	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, parts.mapping, parts.policy,
-		jobs.NewEnqueuer(client).EnqueueSyncs, nil, log)
+		jobs.NewEnqueuer(client).EnqueueSyncs, parts.crypto.Now, log)
 	fmt.Fprintln(stdout, "sweeping: listing every subscription and every key ...")
 	sum, err := sweeper.RunOnce(ctx)
 	if err != nil {

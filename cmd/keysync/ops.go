@@ -35,7 +35,7 @@ func operatorEngine(ctx context.Context, cfg config, log zerolog.Logger, dryRun 
 		return nil, nil, err
 	}
 	e := syncer.New(parts.stripe, parts.crypto, postgres.NewStore(pool), parts.mapping,
-		syncer.Options{Policy: parts.policy, DryRun: dryRun || cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata}, log)
+		syncer.Options{Policy: parts.policy, DryRun: dryRun || cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now}, log)
 	return e, pool.Close, nil
 }
 

@@ -51,7 +51,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 
 	store := postgres.NewStore(pool)
 	sync := syncer.New(parts.stripe, parts.crypto, store, parts.mapping,
-		syncer.Options{Policy: parts.policy, DryRun: cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata,
+		syncer.Options{Policy: parts.policy, DryRun: cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now,
 			ObserveAction: func(kind, outcome string) { m.Actions.WithLabelValues(kind, outcome).Inc() }},
 		log.With().Str("component", "sync").Logger())
 	log.Info().Int("plans_file_entries", parts.mapping.Entries()).Bool("dry_run", cfg.DryRun).Int("buffer_days", cfg.BufferDays).
@@ -64,7 +64,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, parts.mapping, parts.policy,
 		func(ctx context.Context, subs []string, runID int64) error {
 			return jobs.NewEnqueuer(riverClient).EnqueueSyncs(ctx, subs, runID)
-		}, nil, log.With().Str("component", "sweep").Logger())
+		}, parts.crypto.Now, log.With().Str("component", "sweep").Logger())
 	catchUp := reconcile.NewCatchUp(parts.stripe, ingestFunc(func(ctx context.Context, ev events.Event) (webhook.Result, error) {
 		return ingester.Ingest(ctx, ev)
 	}), store, func(ctx context.Context) error {

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -67,6 +68,41 @@ type Client struct {
 	backoff time.Duration
 	log     zerolog.Logger
 	observe func(method, outcome string, took time.Duration)
+	// skew is Cryptolens' clock minus this host's (nanoseconds), read off the Date
+	// header of its latest answer.
+	skew       atomic.Int64
+	skewWarned atomic.Bool
+}
+
+// MaxClockSkew is how far this host's clock may be from Cryptolens' before Now follows
+// Cryptolens'. Below it the difference is network time and the Date header's whole
+// seconds.
+const MaxClockSkew = time.Minute
+
+// Now is the current time on Cryptolens' clock. Cryptolens counts CreateKey's Period
+// and an expired key's ExtendLicense from its own today, so keysync decides with its
+// clock: this host's, unless the Date headers of Cryptolens' answers show it off by
+// more than MaxClockSkew (a drifting host, or the sandbox's test clock).
+func (c *Client) Now() time.Time {
+	skew := time.Duration(c.skew.Load())
+	if skew > -MaxClockSkew && skew < MaxClockSkew {
+		return time.Now()
+	}
+	return time.Now().Add(skew)
+}
+
+// observeClock records the skew from an answer's Date header.
+func (c *Client) observeClock(date string) {
+	t, err := http.ParseTime(date)
+	if err != nil {
+		return
+	}
+	skew := time.Until(t)
+	c.skew.Store(int64(skew))
+	if (skew >= MaxClockSkew || skew <= -MaxClockSkew) && !c.skewWarned.Swap(true) {
+		c.log.Warn().Dur("skew", skew.Round(time.Second)).
+			Msg("Cryptolens' clock differs from this host's by more than a minute; keysync counts days with Cryptolens' clock")
+	}
 }
 
 // New returns a Client. It returns an error when the token is empty or the base URL is
@@ -535,6 +571,7 @@ func (c *Client) send(ctx context.Context, group, method string, params url.Valu
 		return fail(0, ErrUnreachable, "", err)
 	}
 	defer resp.Body.Close()
+	c.observeClock(resp.Header.Get("Date"))
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
 	if err != nil {
 		return fail(resp.StatusCode, ErrUnreachable, "", err)

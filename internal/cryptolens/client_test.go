@@ -352,3 +352,42 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		t.Fatal("got nil error for an ftp base URL")
 	}
 }
+
+// Now follows Cryptolens' clock, read off its answers' Date headers, once it is more
+// than a minute from this host's; before any answer, and when the two agree, it is
+// this host's clock.
+func TestNowFollowsCryptolensClock(t *testing.T) {
+	t.Parallel()
+	b := setup(t) // the simulator's clock stands at t0, months from this host's
+	near := func(a, want time.Time) bool { d := a.Sub(want); return d > -3*time.Second && d < 3*time.Second }
+	if now := b.client.Now(); !near(now, time.Now()) {
+		t.Fatalf("before any answer: Now %s, want this host's clock", now)
+	}
+	created, err := b.client.CreateKey(context.Background(), cryptolens.CreateKeyParams{ProductID: productID, Period: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := created.Key
+	if now := b.client.Now(); !near(now, t0) {
+		t.Fatalf("after an answer: Now %s, want Cryptolens' clock %s", now, t0)
+	}
+	if _, err := b.client.GetKey(context.Background(), productID, key); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(b.logs.String(), "clock differs"); n != 1 {
+		t.Fatalf("got %d clock warnings, want 1:\n%s", n, b.logs.String())
+	}
+
+	sim := cryptolenssim.New() // this host's clock
+	sim.AddProduct(productID, cryptolenssim.ProductOptions{})
+	sim.AddToken(token, cryptolenssim.Token{})
+	srv := httptest.NewServer(sim)
+	defer srv.Close()
+	c, _ := cryptolens.New(cryptolens.Config{BaseURL: srv.URL, Token: token, RateLimit: -1})
+	if _, err := c.CreateKey(context.Background(), cryptolens.CreateKeyParams{ProductID: productID, Period: 30}); err != nil {
+		t.Fatal(err)
+	}
+	if now := c.Now(); !near(now, time.Now()) {
+		t.Fatalf("clocks agree: Now %s, want this host's", now)
+	}
+}

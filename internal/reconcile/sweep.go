@@ -136,7 +136,6 @@ func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 }
 
 func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
-	now := s.now().UTC()
 	rows, err := s.store.SubscriptionIndex(ctx)
 	if err != nil {
 		return err
@@ -228,6 +227,7 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 	slices.Sort(sum.Orphans)
 	sum.Orphans = slices.Compact(sum.Orphans)
 
+	now := s.now().UTC() // after the keys were read: Cryptolens' clock is known (cryptolens.Client.Now)
 	for _, p := range subs {
 		row, hasRow := rows[p.id]
 		var reason string

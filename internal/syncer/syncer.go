@@ -65,7 +65,8 @@ type Options struct {
 	// WriteStripeMetadata writes cryptolens_key into the subscription's metadata after a
 	// key is created or adopted (KEYSYNC_WRITE_STRIPE_METADATA).
 	WriteStripeMetadata bool
-	// Now is the clock (default time.Now).
+	// Now is the clock days are counted with (default time.Now): Cryptolens' clock in
+	// production (cryptolens.Client.Now).
 	Now func() time.Time
 	// ObserveAction, if set, is told each action's kind and outcome (for metrics).
 	ObserveAction func(kind, outcome string)
@@ -227,6 +228,8 @@ func (r *run) sync(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	// The key was just read from Cryptolens: its clock is known now (see Options.Now).
+	r.now = s.opts.Now().UTC()
 	actions := license.Actions(desired, key, license.State{BlockedByKeysync: r.row.BlockedByKeysync}, r.now)
 	res := Result{Key: key.Key, Actions: actions}
 	if r.preview != nil {

@@ -431,6 +431,9 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Every answer's Date header carries the simulator's (test) clock, as Cryptolens'
+	// answers carry its own.
+	w.Header().Set("Date", s.clock().Format(http.TimeFormat))
 	call := Call{At: s.clock(), Method: method, Params: params}
 	defer func() { s.calls = append(s.calls, call) }()
 	if method == "" {
