@@ -9,7 +9,7 @@ BENCHTIME   ?= 5s
 AUDIT_ROWS  ?= 10000000
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo sandbox test lint check-tidy bench fuzz migrate clean
+.PHONY: help build demo sandbox test lint check-tidy bench chaos fuzz migrate clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,10 @@ bench: ## benchmarks: ingest (vs the minimal-ingest floor and raw inserts), swee
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/reconcile
 	$(GO) run ./cmd/keysync-bench -suite audit -audit-rows $(AUDIT_ROWS) -out bench/audit.json
 
+chaos: build ## chaos scenarios against real processes: replica kills, a Postgres crash, Cryptolens and Stripe faults
+	$(GO) build -o bin/keysync-chaos ./cmd/keysync-chaos
+	./bin/keysync-chaos -keysync bin/keysync -sandbox bin/keysync-sandbox $(CHAOS_ARGS)
+
 fuzz: ## run each fuzz target (webhook handler, plans file, Cryptolens answers) for FUZZTIME
 	$(GO) test ./internal/webhook -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/license -run '^$$' -fuzz '^FuzzParsePlans$$' -fuzztime $(FUZZTIME)
@@ -51,4 +55,4 @@ migrate: build ## apply migrations to DATABASE_URL
 	./bin/keysync migrate up
 
 clean: ## remove build and demo output
-	rm -rf bin bench .demo
+	rm -rf bin bench .demo .chaos

@@ -6,18 +6,13 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -84,21 +79,21 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	defer d.db.Close(context.Background())
 
 	d.step("keysync-sandbox: Stripe and Cryptolens simulators on loopback")
-	ports, err := freePorts(4)
+	ports, err := sandbox.FreePorts(4)
 	if err != nil {
 		return err
 	}
 	keysyncAddr := "127.0.0.1:" + ports[3]
 	envFile := filepath.Join(*workdir, "sandbox.env")
-	sb, err := start(*sandboxBin, filepath.Join(*workdir, "sandbox.log"), nil,
+	sb, err := sandbox.Start(*sandboxBin, filepath.Join(*workdir, "sandbox.log"), nil,
 		"-stripe-addr", "127.0.0.1:"+ports[0], "-cryptolens-addr", "127.0.0.1:"+ports[1], "-control-addr", "127.0.0.1:"+ports[2],
 		"-cryptolens-product", fmt.Sprint(product), "-webhook-url", "http://"+keysyncAddr+"/webhooks/stripe", "-env-file", envFile)
 	if err != nil {
 		return err
 	}
-	defer sb.stop()
+	defer sb.Stop(time.Minute)
 	d.ctl = sandbox.New("http://127.0.0.1:" + ports[2])
-	if err := waitHTTP(ctx, d.ctl.URL+"/stripe/now", sb.exited); err != nil {
+	if err := sandbox.WaitHTTP(ctx, d.ctl.URL+"/stripe/now", sb); err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
 	var prod, pro, team map[string]string
@@ -119,20 +114,20 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	d.say("control API %s; prices Pro %s (F1, 1 machine a seat) and Team %s (F1+F3, 2 a seat) in %s", d.ctl.URL, pro["id"], team["id"], plans)
 
 	d.step("keysync serve")
-	env, err := readEnv(envFile)
+	env, err := sandbox.ReadEnv(envFile)
 	if err != nil {
 		return err
 	}
 	env = append(env, "DATABASE_URL="+dbURL, "KEYSYNC_LISTEN="+keysyncAddr, "KEYSYNC_PLANS_FILE="+plans, "LOG_FORMAT=json", "LOG_LEVEL=info")
-	keysync, err := start(*keysyncBin, filepath.Join(*workdir, "keysync.log"), env, "serve")
+	keysync, err := sandbox.Start(*keysyncBin, filepath.Join(*workdir, "keysync.Log"), env, "serve")
 	if err != nil {
 		return err
 	}
-	defer keysync.stop()
-	if err := waitHTTP(ctx, "http://"+keysyncAddr+"/readyz", keysync.exited); err != nil {
-		return fmt.Errorf("keysync: %w (log: %s)", err, keysync.log)
+	defer keysync.Stop(time.Minute)
+	if err := sandbox.WaitHTTP(ctx, "http://"+keysyncAddr+"/readyz", keysync); err != nil {
+		return fmt.Errorf("keysync: %w (log: %s)", err, keysync.Log)
 	}
-	d.say("pid %d on %s, ready (log: %s)", keysync.cmd.Process.Pid, keysyncAddr, keysync.log)
+	d.say("pid %d on %s, ready (log: %s)", keysync.Pid(), keysyncAddr, keysync.Log)
 
 	d.step("A subscription's life (each step: Stripe acts, webhooks arrive, keysync syncs)")
 	var co map[string]any
@@ -209,10 +204,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 
 	d.step("Stop")
-	if err := keysync.stop(); err != nil {
-		return fmt.Errorf("keysync: %w (log: %s)", err, keysync.log)
+	if err := keysync.Stop(time.Minute); err != nil {
+		return fmt.Errorf("keysync: %w (log: %s)", err, keysync.Log)
 	}
-	if err := sb.stop(); err != nil {
+	if err := sb.Stop(time.Minute); err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
 	d.say("keysync and the sandbox stopped cleanly")
@@ -277,20 +272,7 @@ func (d *demo) idle(ctx context.Context) error {
 	if err := d.ctl.Flush(ctx); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		var pending int
-		err := d.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM stripe_events WHERE status = 'pending')
-			+ (SELECT count(*) FROM river_job WHERE state IN ('available', 'running', 'retryable', 'scheduled'))`).Scan(&pending)
-		if err != nil {
-			return err
-		}
-		if pending == 0 {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return errors.New("keysync did not become idle within 60s")
+	return sandbox.WaitIdle(ctx, d.db, time.Minute)
 }
 
 func (d *demo) printAudit(ctx context.Context) error {
@@ -342,101 +324,6 @@ func details(action, params, msg string) string {
 		return msg
 	}
 	return params
-}
-
-type proc struct {
-	cmd    *exec.Cmd
-	log    string
-	exited chan error
-	done   bool
-	err    error
-}
-
-func start(bin, logPath string, env []string, args ...string) (*proc, error) {
-	f, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	if env != nil {
-		cmd.Env = append(os.Environ(), env...)
-	}
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, err
-	}
-	p := &proc{cmd: cmd, log: logPath, exited: make(chan error, 1)}
-	go func() {
-		err := cmd.Wait()
-		f.Close()
-		p.exited <- err
-	}()
-	return p, nil
-}
-
-// stop sends SIGTERM and waits; it kills after 60 seconds. It is safe to call twice.
-func (p *proc) stop() error {
-	if p.done {
-		return p.err
-	}
-	p.done = true
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case p.err = <-p.exited:
-	case <-time.After(60 * time.Second):
-		_ = p.cmd.Process.Kill()
-		p.err = errors.New("did not stop within 60s; killed")
-	}
-	return p.err
-}
-
-func waitHTTP(ctx context.Context, url string, exited <-chan error) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("exited during start-up: %v", err)
-		case <-ctx.Done():
-			return ctx.Err()
-		default:
-		}
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return errors.New("not ready within 60s")
-}
-
-func readEnv(path string) ([]string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return strings.Fields(string(b)), nil
-}
-
-func freePorts(n int) ([]string, error) {
-	var out []string
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, ln)
-		out = append(out, fmt.Sprint(ln.Addr().(*net.TCPAddr).Port))
-	}
-	return out, nil
 }
 
 // demoDatabase returns the URL of a fresh database on a local or throwaway server. A

@@ -34,7 +34,8 @@ func (s *Sim) SetFaults(f Faults) {
 }
 
 // Requests returns how many API requests each route received ("GET /v1/subscriptions"),
-// faulted ones included.
+// faulted ones included, and under "429" and "500" how many were answered with an
+// injected fault.
 func (s *Sim) Requests() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -104,10 +105,12 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case rateLimited || (faults.RateLimitRate > 0 && s.rng.Float64() < faults.RateLimitRate):
+		s.requests["429"]++
 		writeError(w, &apiError{status: 429, typ: "invalid_request_error", code: "rate_limit",
 			message: "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits."})
 		return
 	case failed || (faults.ErrorRate > 0 && s.rng.Float64() < faults.ErrorRate):
+		s.requests["500"]++
 		writeError(w, &apiError{status: 500, typ: "api_error", message: "An unknown error occurred"})
 		return
 	}

@@ -35,6 +35,7 @@ import (
 //	GET  /now                               {"now"}
 //	GET  /events                            [{"id","type"}], oldest first
 //	GET  /endpoints                         [{"url","stats"}] (DeliveryStats)
+//	GET  /requests                          {"GET /v1/subscriptions": n, ..., "429": n, "500": n}
 func (s *Sim) ControlHandler() http.Handler {
 	mux := http.NewServeMux()
 	handle := func(pattern string, fn func(r *http.Request, body map[string]json.RawMessage) (any, error)) {
@@ -283,6 +284,9 @@ func (s *Sim) ControlHandler() http.Handler {
 			out[i] = brief{ev.ID, ev.Type}
 		}
 		return out, nil
+	})
+	handle("GET /requests", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
+		return s.Requests(), nil
 	})
 	handle("GET /endpoints", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
 		type stats struct {

@@ -1,0 +1,447 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keysync/keysync/internal/cryptolens"
+)
+
+// Scenario is one chaos run.
+type Scenario struct {
+	Name string
+	// What says what it does, for the printed table.
+	What string
+	Run  func(ctx context.Context, opts Options) (Report, error)
+}
+
+// Scenarios are `make chaos`'s runs, each bounded (a few minutes at most) and on
+// loopback only.
+func Scenarios() []Scenario {
+	return []Scenario{
+		{"replica-kills", "3 replicas; a renewal storm of ~20,000 events (5% duplicated, reordered); a replica SIGKILLed every 3s and restarted",
+			func(ctx context.Context, o Options) (Report, error) {
+				return ReplicaKills(ctx, o, 500, 6, 3*time.Second)
+			}},
+		{"postgres-restart", "3 replicas; a storm of ~9,000 events; Postgres crashed (immediate stop) mid-storm and started again 5s later",
+			func(ctx context.Context, o Options) (Report, error) {
+				return PostgresRestart(ctx, o, 300, 4, 5*time.Second)
+			}},
+		{"cryptolens-faults", "2 replicas; renewals throughout; Cryptolens answers 30% errors and timeouts for a minute, then is down for a minute",
+			func(ctx context.Context, o Options) (Report, error) {
+				return CryptolensFaults(ctx, o, 200, time.Minute, time.Minute)
+			}},
+		{"stripe-429-sweep", "2 replicas; 1,000 subscriptions; keys changed behind keysync's back; a sweep (keysync reconcile --once) while Stripe answers bursts of 429",
+			func(ctx context.Context, o Options) (Report, error) { return Stripe429Sweep(ctx, o, 1000) }},
+	}
+}
+
+// ReplicaKills runs three replicas through a renewal storm while one of them is
+// SIGKILLed every `every` and restarted.
+func ReplicaKills(ctx context.Context, opts Options, subs, renewals int, every time.Duration) (Report, error) {
+	r := Report{Scenario: "replica-kills"}
+	c, err := newCluster(ctx, opts, 3)
+	if err != nil {
+		return r, err
+	}
+	defer c.close()
+	stop := c.killer(ctx, every, max(opts.Seed, 1))
+	err = c.storm(ctx, subs, renewals)
+	if err == nil {
+		err = c.ctl.Flush(ctx)
+	}
+	kills, killErr := stop()
+	if err = errors.Join(err, killErr); err != nil {
+		return r, err
+	}
+	c.progress("storm delivered; %d SIGKILLs so far; waiting for keysync to finish", kills)
+	r.Notes = append(r.Notes, fmt.Sprintf("%d SIGKILLs (every %s, each replica restarted at once)", kills, every))
+	return c.finish(ctx, r)
+}
+
+// storm checks out subs subscriptions and renews them all renewals times, as fast as
+// the sandbox takes it; at the third renewal every tenth subscription goes to 3 seats.
+func (c *cluster) storm(ctx context.Context, subs, renewals int) error {
+	if err := c.checkout(ctx, subs); err != nil {
+		return err
+	}
+	c.progress("%d subscriptions checked out", subs)
+	for i := range renewals {
+		if err := c.renew(ctx); err != nil {
+			return err
+		}
+		if i == 2 {
+			if err := c.reseat(ctx, 10, 3); err != nil {
+				return err
+			}
+		}
+	}
+	c.progress("%d renewals of every subscription emitted", renewals)
+	return nil
+}
+
+// finish waits for keysync to settle, checks, and notes what the balancer saw.
+func (c *cluster) finish(ctx context.Context, r Report) (Report, error) {
+	if err := c.settle(ctx, 5*time.Minute); err != nil {
+		r.problem("%v", err)
+	}
+	for _, rep := range c.replicas {
+		select {
+		case <-rep.proc.Exited():
+			r.problem("%s exited on its own (log: %s)", rep.name, rep.proc.Log)
+		default:
+		}
+	}
+	if n := c.lb.count(503); n > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("%d webhooks answered 503 and redelivered", n))
+	}
+	if n := c.lb.count(502); n > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("%d webhooks found no replica and were redelivered", n))
+	}
+	err := c.check(ctx, &r)
+	r.Took = time.Since(c.started)
+	c.progress("checked %d keys: %d wrong", r.KeysChecked, r.KeysWrong)
+	return r, err
+}
+
+// PostgresRestart crashes Postgres (an immediate stop) in the middle of a storm and
+// starts it again after outage. It needs opts.Postgres.
+func PostgresRestart(ctx context.Context, opts Options, subs, renewals int, outage time.Duration) (Report, error) {
+	r := Report{Scenario: "postgres-restart"}
+	if opts.Postgres == nil {
+		return r, errors.New("postgres-restart needs a throwaway Postgres cluster it may restart")
+	}
+	c, err := newCluster(ctx, opts, 3)
+	if err != nil {
+		return r, err
+	}
+	defer c.close()
+	if err := c.checkout(ctx, subs); err != nil {
+		return r, err
+	}
+	if err := c.renew(ctx); err != nil {
+		return r, err
+	}
+	ids, err := c.eventIDs(ctx)
+	if err != nil {
+		return r, err
+	}
+	// Crash once a third of what was emitted so far has been acknowledged.
+	if err := c.waitAcked(ctx, len(ids)/3, 2*time.Minute); err != nil {
+		return r, err
+	}
+	down := time.Now()
+	if err := opts.Postgres.Halt(ctx); err != nil {
+		return r, err
+	}
+	c.progress("Postgres crashed (pg_ctl stop -m immediate)")
+	for i := 1; i < renewals; i++ { // the storm goes on while the database is down
+		if err := c.renew(ctx); err != nil {
+			return r, err
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return r, ctx.Err()
+	case <-time.After(time.Until(down.Add(outage))): // the outage's length, not a wait for work
+	}
+	if err := opts.Postgres.Start(ctx); err != nil {
+		return r, err
+	}
+	c.progress("Postgres started again after %s", time.Since(down).Round(100*time.Millisecond))
+	r.Notes = append(r.Notes, fmt.Sprintf("Postgres down for %s (crash, then crash recovery)", time.Since(down).Round(100*time.Millisecond)))
+	return c.finish(ctx, r)
+}
+
+// CryptolensFaults renews subscriptions throughout while Cryptolens answers 30% errors
+// and timeouts for faulty, then is down for down; it then recovers.
+func CryptolensFaults(ctx context.Context, opts Options, subs int, faulty, down time.Duration) (Report, error) {
+	r := Report{Scenario: "cryptolens-faults"}
+	c, err := newCluster(ctx, opts, 2)
+	if err != nil {
+		return r, err
+	}
+	defer c.close()
+	if err := c.checkout(ctx, subs); err != nil {
+		return r, err
+	}
+	if err := c.settle(ctx, 2*time.Minute); err != nil {
+		return r, err
+	}
+	phases := []struct {
+		name   string
+		faults map[string]any
+		length time.Duration
+	}{
+		{"30% errors and timeouts", map[string]any{"error_rate": 0.15, "timeout_rate": 0.10, "lost_answer_rate": 0.05}, faulty},
+		{"down", map[string]any{"down": true}, down},
+	}
+	for _, ph := range phases {
+		if err := c.ctl.Post(ctx, "/cryptolens/faults", ph.faults, nil); err != nil {
+			return r, err
+		}
+		c.progress("Cryptolens: %s for %s", ph.name, ph.length)
+		end := time.Now().Add(ph.length)
+		for i := range 4 { // four renewals spread over the phase
+			if err := c.renew(ctx); err != nil {
+				return r, err
+			}
+			select {
+			case <-ctx.Done():
+				return r, ctx.Err()
+			case <-time.After(time.Until(end.Add(-ph.length * time.Duration(3-i) / 4))):
+			}
+		}
+	}
+	if err := c.ctl.Post(ctx, "/cryptolens/faults", map[string]any{}, nil); err != nil {
+		return r, err
+	}
+	back := time.Now()
+	c.progress("Cryptolens back")
+	faults, err := c.cryptolensFaults(ctx)
+	if err != nil {
+		return r, err
+	}
+	if err := c.settle(ctx, 5*time.Minute); err != nil {
+		r.problem("%v", err)
+	}
+	r.Notes = append(r.Notes, fmt.Sprintf("Cryptolens: %d calls failed, timed out or lost their answer; keysync caught up %s after it came back",
+		faults, time.Since(back).Round(100*time.Millisecond)))
+	return c.finish(ctx, r)
+}
+
+// cryptolensFaults counts the Cryptolens calls that got an injected fault.
+func (c *cluster) cryptolensFaults(ctx context.Context) (int, error) {
+	var calls []struct {
+		Status  int
+		Result  int
+		Message string
+	}
+	if err := c.ctl.Get(ctx, "/cryptolens/calls", &calls); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, call := range calls {
+		if call.Result == -1 || call.Status >= 500 || call.Message == "Something went wrong" {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Small is the scenario `make test` runs: two replicas, 40 subscriptions renewed three
+// times, one replica SIGKILLed mid-storm and restarted, and Cryptolens down for a few
+// seconds during a renewal.
+func Small(ctx context.Context, opts Options) (Report, error) {
+	r := Report{Scenario: "small"}
+	c, err := newCluster(ctx, opts, 2)
+	if err != nil {
+		return r, err
+	}
+	defer c.close()
+	if err := c.checkout(ctx, 40); err != nil {
+		return r, err
+	}
+	if err := c.renew(ctx); err != nil {
+		return r, err
+	}
+	ids, err := c.eventIDs(ctx)
+	if err != nil {
+		return r, err
+	}
+	if err := c.waitAcked(ctx, len(ids)/2, time.Minute); err != nil {
+		return r, err
+	}
+	if err := c.killAndRestart(ctx, c.replicas[0]); err != nil {
+		return r, err
+	}
+	c.progress("%s SIGKILLed mid-storm and restarted", c.replicas[0].name)
+	if err := c.renew(ctx); err != nil {
+		return r, err
+	}
+	if err := c.ctl.Post(ctx, "/cryptolens/faults", map[string]any{"down": true}, nil); err != nil {
+		return r, err
+	}
+	down := time.Now()
+	if err := c.renew(ctx); err != nil {
+		return r, err
+	}
+	// Keep it down until keysync has met the outage (it is working the renewal).
+	for n := 0; n == 0; {
+		if n, err = c.cryptolensFaults(ctx); err != nil {
+			return r, err
+		}
+		if time.Since(down) > time.Minute {
+			return r, errors.New("keysync made no Cryptolens call within a minute of the renewal")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case <-ctx.Done():
+		return r, ctx.Err()
+	case <-time.After(time.Until(down.Add(3 * time.Second))): // the outage's length
+	}
+	if err := c.ctl.Post(ctx, "/cryptolens/faults", map[string]any{}, nil); err != nil {
+		return r, err
+	}
+	faults, err := c.cryptolensFaults(ctx)
+	if err != nil {
+		return r, err
+	}
+	r.Notes = append(r.Notes, "1 SIGKILL mid-storm", fmt.Sprintf("Cryptolens down %s: %d calls refused", time.Since(down).Round(100*time.Millisecond), faults))
+	return c.finish(ctx, r)
+}
+
+// Stripe429Sweep changes keys behind keysync's back (features off, machine limits) and
+// runs a sweep with `keysync reconcile --once` while Stripe answers bursts of 429.
+func Stripe429Sweep(ctx context.Context, opts Options, subs int) (Report, error) {
+	r := Report{Scenario: "stripe-429-sweep"}
+	c, err := newCluster(ctx, opts, 2)
+	if err != nil {
+		return r, err
+	}
+	defer c.close()
+	if err := c.checkout(ctx, subs); err != nil {
+		return r, err
+	}
+	if err := c.renew(ctx); err != nil {
+		return r, err
+	}
+	if err := c.settle(ctx, 3*time.Minute); err != nil {
+		return r, err
+	}
+	tampered, err := c.tamper(ctx)
+	if err != nil {
+		return r, err
+	}
+	c.progress("%d keys changed behind keysync's back", tampered)
+
+	// 429 bursts: the next 25 Stripe requests, every half second.
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			_ = c.ctl.Post(ctx, "/stripe/faults", map[string]any{"rate_limit_next": 25}, nil)
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	cmd := exec.CommandContext(ctx, c.opts.KeysyncBin, "reconcile", "--once")
+	cmd.Env = append(slices.Clone(c.env), "LOG_LEVEL=warn")
+	out, runErr := cmd.CombinedOutput()
+	if runErr != nil {
+		close(done)
+		wg.Wait()
+		return r, fmt.Errorf("keysync reconcile --once: %v: %s", runErr, lastLines(string(out), 5))
+	}
+	drifted := 0
+	if m := regexp.MustCompile(`(\d+) drifted`).FindStringSubmatch(string(out)); m != nil {
+		drifted, _ = strconv.Atoi(m[1])
+	}
+	c.progress("sweep found %d drifted; waiting for the Syncs", drifted)
+	settleErr := c.settle(ctx, 3*time.Minute)
+	close(done)
+	wg.Wait()
+	if err := c.ctl.Post(ctx, "/stripe/faults", map[string]any{}, nil); err != nil {
+		return r, err
+	}
+	var reqs map[string]int
+	if err := c.ctl.Get(ctx, "/stripe/requests", &reqs); err != nil {
+		return r, err
+	}
+	if drifted < tampered {
+		r.problem("the sweep found %d drifted subscriptions, but %d keys were changed", drifted, tampered)
+	}
+	if settleErr != nil {
+		r.problem("%v", settleErr)
+	}
+	r.Notes = append(r.Notes, fmt.Sprintf("sweep: %d drifted of %d changed keys; Stripe answered %d requests with 429 (bursts of 25 every 0.5s)",
+		drifted, tampered, reqs["429"]))
+	return c.finish(ctx, r)
+}
+
+// tamper changes keys directly in Cryptolens, as a vendor's support staff might: every
+// third key's machine limit to 99, every fifth key's F1 off.
+func (c *cluster) tamper(ctx context.Context) (int, error) {
+	env := map[string]string{}
+	for _, kv := range c.env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	cl, err := cryptolens.New(cryptolens.Config{BaseURL: env["CRYPTOLENS_API_BASE"], Token: env["CRYPTOLENS_TOKEN"], RateLimit: -1})
+	if err != nil {
+		return 0, err
+	}
+	keys, err := c.ctl.Keys(ctx, product)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i, k := range keys {
+		changed := false
+		if i%3 == 0 {
+			if err := cl.MachineLockLimit(ctx, product, k.Key, 99); err != nil {
+				return n, err
+			}
+			changed = true
+		}
+		if i%5 == 0 && k.Features[0] {
+			if err := cl.RemoveFeature(ctx, product, k.Key, 1); err != nil {
+				return n, err
+			}
+			changed = true
+		}
+		if changed {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// Run runs scenarios in order, each on its own fresh database created through
+// newDatabase, and returns their reports. Logs go under opts.Dir/<scenario>.
+func Run(ctx context.Context, opts Options, scenarios []Scenario, newDatabase func(ctx context.Context, name string) (string, error)) ([]Report, error) {
+	var out []Report
+	base := opts.Dir
+	for _, sc := range scenarios {
+		o := opts
+		o.Dir = filepath.Join(base, sc.Name)
+		url, err := newDatabase(ctx, "keysync_chaos_"+strings.ReplaceAll(sc.Name, "-", "_"))
+		if err != nil {
+			return out, err
+		}
+		o.DatabaseURL = url
+		if o.Progress != nil {
+			fmt.Fprintf(o.Progress, "\n== %s: %s\n", sc.Name, sc.What)
+		}
+		rep, err := sc.Run(ctx, o)
+		if err != nil {
+			rep.Scenario = sc.Name
+			rep.problem("scenario error: %v", err)
+		}
+		out = append(out, rep)
+	}
+	return out, nil
+}
