@@ -67,6 +67,9 @@ type cluster struct {
 	planOf   map[string]string // price id -> plan
 	subs     []string
 	started  time.Time
+	// firstEvent is the index of the first event Stripe emitted after the webhook
+	// endpoint existed: the scenario's events start there.
+	firstEvent int
 
 	mu       sync.Mutex
 	replicas []*replica
@@ -78,6 +81,39 @@ type replica struct {
 	proc       *sandbox.Process
 	up         atomic.Bool
 }
+
+// Cluster is a running world: the sandbox, keysync replicas behind the balancer, and the
+// database. Benchmarks drive it through its exported methods.
+type Cluster = cluster
+
+// NewCluster starts the sandbox, the balancer and n keysync replicas, with env added to
+// their environment. Close it when done.
+func NewCluster(ctx context.Context, opts Options, n int, env ...string) (*Cluster, error) {
+	return newCluster(ctx, opts, n, env...)
+}
+
+// Close stops every process the cluster started.
+func (c *cluster) Close() { c.close() }
+
+// Checkout creates n subscriptions (one in four on Team with two seats).
+func (c *cluster) Checkout(ctx context.Context, n int) error { return c.checkout(ctx, n) }
+
+// Settle waits until keysync has stored and worked every event Stripe emitted.
+func (c *cluster) Settle(ctx context.Context, timeout time.Duration) error {
+	return c.settle(ctx, timeout)
+}
+
+// Control is the sandbox's control API.
+func (c *cluster) Control() *sandbox.Control { return c.ctl }
+
+// DB is a pool on keysync's database.
+func (c *cluster) DB() *pgxpool.Pool { return c.db }
+
+// Subscriptions are the subscriptions Checkout created, oldest first.
+func (c *cluster) Subscriptions() []string { return c.subs }
+
+// Env is keysync's environment (the sandbox's credentials and URLs, the database).
+func (c *cluster) Env() []string { return slices.Clone(c.env) }
 
 // newCluster starts the sandbox, the balancer and n keysync replicas.
 func newCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c *cluster, err error) {
@@ -109,28 +145,6 @@ func newCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c
 		return nil, err
 	}
 	if c.db, err = pgxpool.New(ctx, opts.DatabaseURL); err != nil {
-		return nil, err
-	}
-
-	// Stripe delivers to the balancer, which spreads deliveries over the live
-	// replicas. Deliveries are reordered and 5% are duplicated; a failed one is retried
-	// from 250ms, doubling, 12 times (about 8 minutes in all).
-	c.lb = &balancer{c: c, client: &http.Client{Timeout: 30 * time.Second}, statuses: map[int]int{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:"+ports[3])
-	if err != nil {
-		return nil, err
-	}
-	c.lbServer = &http.Server{Handler: c.lb, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = c.lbServer.Serve(ln) }()
-	secret := ""
-	for _, kv := range c.env {
-		if v, ok := strings.CutPrefix(kv, "STRIPE_WEBHOOK_SECRETS="); ok {
-			secret = v
-		}
-	}
-	if err := c.ctl.Post(ctx, "/stripe/endpoints", map[string]any{"url": "http://" + ln.Addr().String() + "/webhooks/stripe",
-		"secrets": []string{secret}, "workers": 16, "reorder": true, "duplicate_rate": 0.05, "max_attempts": 12,
-		"retry_backoff": "250ms", "seed": max(opts.Seed, 1)}, nil); err != nil {
 		return nil, err
 	}
 
@@ -174,6 +188,34 @@ func newCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c
 			return nil, err
 		}
 	}
+	// Stripe delivers to the balancer, which spreads deliveries over the live
+	// replicas. Deliveries are reordered and 5% are duplicated; a failed one is retried
+	// from 250ms, doubling, 12 times (about 8 minutes in all).
+	c.lb = &balancer{c: c, client: &http.Client{Timeout: 30 * time.Second}, statuses: map[int]int{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:"+ports[3])
+	if err != nil {
+		return nil, err
+	}
+	c.lbServer = &http.Server{Handler: c.lb, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = c.lbServer.Serve(ln) }()
+	secret := ""
+	for _, kv := range c.env {
+		if v, ok := strings.CutPrefix(kv, "STRIPE_WEBHOOK_SECRETS="); ok {
+			secret = v
+		}
+	}
+	// Events from here on are the scenario's; the products and prices came before.
+	ids, err := c.eventIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.firstEvent = len(ids)
+	if err := c.ctl.Post(ctx, "/stripe/endpoints", map[string]any{"url": "http://" + ln.Addr().String() + "/webhooks/stripe",
+		"secrets": []string{secret}, "workers": 16, "reorder": true, "duplicate_rate": 0.05, "max_attempts": 12,
+		"retry_backoff": "250ms", "seed": max(opts.Seed, 1)}, nil); err != nil {
+		return nil, err
+	}
+
 	c.progress("%d keysync replicas ready behind the balancer %s", n, ln.Addr())
 	return c, nil
 }
@@ -430,6 +472,7 @@ func (c *cluster) eventIDs(ctx context.Context) ([]string, error) {
 	if err := c.ctl.Get(ctx, "/stripe/events", &evs); err != nil {
 		return nil, err
 	}
+	evs = evs[min(c.firstEvent, len(evs)):]
 	ids := make([]string, len(evs))
 	for i, e := range evs {
 		ids[i] = e.ID

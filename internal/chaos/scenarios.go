@@ -40,8 +40,8 @@ func Scenarios() []Scenario {
 			func(ctx context.Context, o Options) (Report, error) {
 				return CryptolensFaults(ctx, o, 200, time.Minute, time.Minute)
 			}},
-		{"stripe-429-sweep", "2 replicas; 1,000 subscriptions; keys changed behind keysync's back; a sweep (keysync reconcile --once) while Stripe answers bursts of 429",
-			func(ctx context.Context, o Options) (Report, error) { return Stripe429Sweep(ctx, o, 1000) }},
+		{"stripe-429-sweep", "2 replicas; 600 subscriptions; keys changed behind keysync's back; a sweep (keysync reconcile --once) while Stripe answers bursts of 429",
+			func(ctx context.Context, o Options) (Report, error) { return Stripe429Sweep(ctx, o, 600) }},
 	}
 }
 
@@ -325,20 +325,22 @@ func Stripe429Sweep(ctx context.Context, opts Options, subs int) (Report, error)
 	}
 	c.progress("%d keys changed behind keysync's back", tampered)
 
-	// 429 bursts: the next 25 Stripe requests, every half second.
+	// 429 bursts: every Stripe request is refused for one second in three.
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t := time.NewTicker(500 * time.Millisecond)
-		defer t.Stop()
-		for {
-			_ = c.ctl.Post(ctx, "/stripe/faults", map[string]any{"rate_limit_next": 25}, nil)
+		for on := true; ; on = !on {
+			faults, hold := map[string]any{"rate_limit_rate": 1}, time.Second
+			if !on {
+				faults, hold = map[string]any{}, 2*time.Second
+			}
+			_ = c.ctl.Post(ctx, "/stripe/faults", faults, nil)
 			select {
 			case <-done:
 				return
-			case <-t.C:
+			case <-time.After(hold):
 			}
 		}
 	}()
@@ -371,7 +373,7 @@ func Stripe429Sweep(ctx context.Context, opts Options, subs int) (Report, error)
 	if settleErr != nil {
 		r.problem("%v", settleErr)
 	}
-	r.Notes = append(r.Notes, fmt.Sprintf("sweep: %d drifted of %d changed keys; Stripe answered %d requests with 429 (bursts of 25 every 0.5s)",
+	r.Notes = append(r.Notes, fmt.Sprintf("sweep: %d drifted of %d changed keys; Stripe answered %d requests with 429 (every request for 1s in 3)",
 		drifted, tampered, reqs["429"]))
 	return c.finish(ctx, r)
 }
