@@ -84,13 +84,87 @@ type Drift struct {
 	Reason       string
 }
 
-// pending is what a sweep keeps of one subscription until the keys are read.
+// pending is what a sweep keeps of one subscription until the keys are read: a few
+// dozen bytes, so that a sweep of 100,000 subscriptions stays well under 150 MB.
 type pending struct {
 	id      string
-	desired license.Desired
+	desired desire
 	metaKey string
 	mapped  bool
 	err     string
+}
+
+// desire is a license.Desired without what drift detection does not read (sources,
+// reasons), its features and machine limit packed.
+type desire struct {
+	expires             int64 // UnixNano, 0 when not extending
+	product             int32
+	machines            int32 // -1 when no plan manages it
+	featOn, featManaged uint8
+	needKey, block      bool
+}
+
+func packDesire(d license.Desired) desire {
+	p := desire{product: int32(d.ProductID), machines: -1, needKey: d.NeedKey, block: d.Block}
+	if !d.Expires.IsZero() {
+		p.expires = d.Expires.UnixNano()
+	}
+	if d.Machines != nil {
+		p.machines = int32(*d.Machines)
+	}
+	for f, on := range d.Features {
+		if f >= 1 && f <= 8 {
+			p.featManaged |= 1 << (f - 1)
+			if on {
+				p.featOn |= 1 << (f - 1)
+			}
+		}
+	}
+	return p
+}
+
+func (p desire) unpack() license.Desired {
+	d := license.Desired{Mapped: true, ProductID: int(p.product), NeedKey: p.needKey, Block: p.block, Features: map[int]bool{}}
+	if p.expires != 0 {
+		d.Expires = time.Unix(0, p.expires).UTC()
+	}
+	if p.machines >= 0 {
+		m := int(p.machines)
+		d.Machines = &m
+	}
+	for f := 1; f <= 8; f++ {
+		if p.featManaged&(1<<(f-1)) != 0 {
+			d.Features[f] = p.featOn&(1<<(f-1)) != 0
+		}
+	}
+	return d
+}
+
+// keyBrief is what a sweep keeps of one Cryptolens key.
+type keyBrief struct {
+	key      string
+	expires  int64 // UnixNano
+	machines int32
+	features uint8
+	block    bool
+}
+
+func briefKey(k cryptolens.Key) keyBrief {
+	b := keyBrief{key: k.Key, expires: k.Expires.UnixNano(), machines: int32(k.MaxNoOfMachines), block: k.Block}
+	for i, on := range k.Features {
+		if on {
+			b.features |= 1 << i
+		}
+	}
+	return b
+}
+
+func (b keyBrief) license() license.Key {
+	k := license.Key{Exists: true, Key: b.key, Expires: time.Unix(0, b.expires).UTC(), Blocked: b.block, MaxMachines: int(b.machines)}
+	for i := range k.Features {
+		k.Features[i] = b.features&(1<<i) != 0
+	}
+	return k
 }
 
 // RunOnce sweeps once: it lists every subscription and every key of the mapped
@@ -142,7 +216,7 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 	}
 	productMeta := map[string]map[string]string{} // Stripe product -> metadata, read once a sweep
 	var subs []pending
-	inStripe := map[string]bool{}
+	inStripe := map[string]struct{}{}
 	products := map[int]bool{}
 	for _, p := range s.mapping.Products() {
 		products[p] = true
@@ -157,7 +231,7 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 			return fmt.Errorf("list subscriptions: %w", err)
 		}
 		sum.Scanned++
-		inStripe[sub.ID] = true
+		inStripe[sub.ID] = struct{}{}
 		p := pending{id: sub.ID, metaKey: sub.Metadata["cryptolens_key"]}
 		ls := license.Subscription{ID: sub.ID, Status: string(sub.Status), PaidThrough: rows[sub.ID].PaidThrough}
 		if inv := sub.LatestInvoice; inv != nil && inv.Status == stripe.InvoiceStatusPaid && inv.Lines != nil {
@@ -194,25 +268,28 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 		case err != nil:
 			p.err = err.Error()
 		case d.Mapped:
-			p.desired, p.mapped = d, true
+			p.desired, p.mapped = packDesire(d), true
 			products[d.ProductID] = true
 		}
 		subs = append(subs, p)
 	}
 
 	// Every key of every product in play, indexed by name and by Notes marker.
-	byKey := map[string]cryptolens.Key{}
-	byMarker := map[string]cryptolens.Key{}
+	var keys []keyBrief
+	byKey := map[string]int32{}
+	byMarker := map[string]int32{}
 	for product := range products {
 		for k, err := range s.crypto.AllKeys(ctx, product, "") {
 			if err != nil {
 				return fmt.Errorf("list keys of product %d: %w", product, err)
 			}
-			byKey[k.Key] = k
+			i := int32(len(keys))
+			keys = append(keys, briefKey(k))
+			byKey[k.Key] = i
 			for _, word := range strings.Fields(k.Notes) {
 				if sub, ok := strings.CutPrefix(word, "stripe:"); ok {
-					byMarker[sub] = k
-					if !inStripe[sub] {
+					byMarker[strings.Clone(sub)] = i
+					if _, ok := inStripe[sub]; !ok {
 						sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (notes name %s, which Stripe does not have)", k.Key, sub))
 					}
 				}
@@ -220,7 +297,7 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 		}
 	}
 	for sub, b := range rows {
-		if b.LicenseKey != "" && !inStripe[sub] {
+		if _, ok := inStripe[sub]; b.LicenseKey != "" && !ok {
 			sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (mapped to %s, which Stripe does not have)", b.LicenseKey, sub))
 		}
 	}
@@ -239,18 +316,18 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 				reason = "unmapped, not yet recorded"
 			}
 		default:
-			k, found := byKey[row.LicenseKey]
+			i, found := byKey[row.LicenseKey]
 			if !found && p.metaKey != "" {
-				k, found = byKey[p.metaKey]
+				i, found = byKey[p.metaKey]
 			}
 			if !found {
-				k, found = byMarker[p.id]
+				i, found = byMarker[p.id]
 			}
 			key := license.Key{}
 			if found {
-				key = license.Key{Exists: true, Key: k.Key, Expires: k.Expires, Blocked: k.Block, Features: k.Features, MaxMachines: k.MaxNoOfMachines}
+				key = keys[i].license()
 			}
-			acts := license.Actions(p.desired, key, license.State{BlockedByKeysync: row.BlockedByKeysync}, now)
+			acts := license.Actions(p.desired.unpack(), key, license.State{BlockedByKeysync: row.BlockedByKeysync}, now)
 			switch {
 			case len(acts) > 0:
 				kinds := make([]string, len(acts))
@@ -258,7 +335,7 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 					kinds[i] = string(a.Kind)
 				}
 				reason = strings.Join(kinds, ", ")
-			case found && (!hasRow || row.LicenseKey != k.Key):
+			case found && (!hasRow || row.LicenseKey != key.Key):
 				reason = "missing mapping row"
 			}
 		}
