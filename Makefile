@@ -37,10 +37,9 @@ lint: ## gofmt, go vet, staticcheck
 check-tidy: ## fail if go mod tidy would change go.mod or go.sum
 	$(GO) mod tidy -diff
 
-bench: ## benchmarks: ingest (vs the minimal-ingest floor and raw inserts), sweep, audit queries (10M rows)
-	$(GO) run ./cmd/keysync-bench -duration $(BENCHTIME) -out bench/ingest.json
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/reconcile
-	$(GO) run ./cmd/keysync-bench -suite audit -audit-rows $(AUDIT_ROWS) -out bench/audit.json
+bench: build ## benchmarks beside same-run baselines: ingest, event-to-applied, 100k sweep, start-up and idle RSS, audit (10M rows)
+	$(GO) build -o bin/keysync-bench ./cmd/keysync-bench
+	./bin/keysync-bench -duration $(BENCHTIME) -audit-rows $(AUDIT_ROWS) -dir bench $(BENCH_ARGS)
 
 chaos: build ## chaos scenarios against real processes: replica kills, a Postgres crash, Cryptolens and Stripe faults
 	$(GO) build -o bin/keysync-chaos ./cmd/keysync-chaos

@@ -173,11 +173,11 @@ var settings = []setting{
 		doc: "`block`: block the key when the latest paid invoice was refunded in full. `ignore`: leave it.",
 		set: func(c *config, v string) error { return blockOrIgnore(&c.BlockOnRefund, v) }},
 	{name: "STRIPE_RATE_LIMIT", def: "20",
-		doc: "Most Stripe requests per second per replica (test mode allows 25, live mode 100).",
+		doc: "Most Stripe requests per second per replica (test mode allows 25, live mode 100, more where Stripe has raised the account's limit).",
 		set: func(c *config, v string) error {
 			f, err := strconv.ParseFloat(v, 64)
-			if err != nil || f <= 0 || f > 100 {
-				return fmt.Errorf("must be a number of requests per second above 0 and up to 100, got %q", v)
+			if err != nil || f <= 0 || f > 10000 {
+				return fmt.Errorf("must be a number of requests per second above 0 and up to 10000, got %q", v)
 			}
 			c.StripeRateLimit = f
 			return nil

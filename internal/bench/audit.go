@@ -24,7 +24,8 @@ type AuditQuery struct {
 
 // Audit seeds rows audit rows (about 50 a subscription and key, 67 a customer, over a
 // year) and measures keysync's audit queries by subscription, key and customer,
-// as `keysync audit` runs them: 50 rows, newest first. progress is told of the seeding.
+// as `keysync audit` runs them: 50 rows, newest first, beside a baseline: one row by
+// primary key from the same table. progress is told of the seeding.
 func Audit(ctx context.Context, newDB func(context.Context) (string, func(), error), rows int, progress func(string)) ([]AuditQuery, error) {
 	url, drop, err := newDB(ctx)
 	if err != nil {
@@ -59,9 +60,19 @@ func Audit(ctx context.Context, newDB func(context.Context) (string, func(), err
 	store := postgres.NewStore(pool)
 	rng := rand.New(rand.NewPCG(1, 2))
 	var out []AuditQuery
-	for _, kind := range []string{"subscription", "key", "customer"} {
+	for _, kind := range []string{"baseline", "subscription", "key", "customer"} {
 		var took []time.Duration
 		for range 50 {
+			if kind == "baseline" {
+				// The baseline: one row by primary key from the same table and pool.
+				start := time.Now()
+				var id int64
+				if err := pool.QueryRow(ctx, "SELECT id FROM audit_log WHERE id = $1", 1+rng.IntN(rows)).Scan(&id); err != nil {
+					return nil, err
+				}
+				took = append(took, time.Since(start))
+				continue
+			}
 			f := postgres.AuditFilter{Limit: 50}
 			switch kind {
 			case "subscription":

@@ -10,6 +10,9 @@ import (
 
 // emit records an event with a snapshot of object and hands it to the endpoints.
 func (s *Sim) emit(typ string, object obj, previous obj) {
+	if s.opts.NoEvents {
+		return
+	}
 	ev := &Event{ID: s.id("evt"), Type: typ, Created: s.unix(), seq: s.next(), Object: object, Previous: previous}
 	pending := 0
 	for _, ep := range s.endpoints {

@@ -30,6 +30,9 @@ type Options struct {
 	// FinalizeDelay is how long a renewal invoice stays a draft before it is finalized
 	// and charged (Stripe: about an hour).
 	FinalizeDelay time.Duration
+	// NoEvents emits no events: none is kept, listed or delivered. For benchmarks that
+	// seed hundreds of thousands of subscriptions and need only the API.
+	NoEvents bool
 }
 
 // Dunning mirrors the account's retry settings for failed payments.
