@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/keysync/keysync/internal/events"
@@ -45,7 +44,7 @@ func TestReplay(t *testing.T) {
 		stored = append(stored, events.Event{ID: ev.ID, Type: ev.Type, Created: time.Unix(ev.Created, 0), APIVersion: events.StripeAPIVersion,
 			Payload: ev.Payload, Source: events.SourceWebhook})
 	}
-	if err := store.InTx(ctx, func(tx pgx.Tx) error { _, err := store.InsertEventsTx(ctx, tx, stored); return err }); err != nil {
+	if _, err := store.IngestEvents(ctx, stored, postgres.EventJob{}); err != nil {
 		t.Fatal(err)
 	}
 	_, _ = pool.Exec(ctx, `UPDATE stripe_events SET status = 'processed' WHERE status = 'pending'`)

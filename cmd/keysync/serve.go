@@ -122,7 +122,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		return fmt.Errorf("start river: %w", err)
 	}
 
-	ingester = webhook.NewIngester(store, jobs.NewEnqueuer(riverClient), log, webhook.IngesterConfig{})
+	ingester = webhook.NewIngester(store, jobs.EventJob(), log, webhook.IngesterConfig{})
 	ingester.Start(ctx)
 
 	health := admin.NewHealth(store)

@@ -71,7 +71,7 @@ func TestAuditHarness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(qs) != 3 || qs[0].Runs != 50 || qs[2].Filter != "customer" || qs[0].P99ms < qs[0].P50ms {
+	if len(qs) != 4 || qs[0].Filter != "baseline" || qs[1].Runs != 50 || qs[3].Filter != "customer" || qs[1].P99ms < qs[1].P50ms {
 		t.Fatalf("got %+v", qs)
 	}
 	if table := bench.AuditTable(20_000, qs); !strings.Contains(table, "subscription") {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/stripeapi"
 	"github.com/keysync/keysync/internal/syncer"
 )
@@ -203,6 +204,13 @@ func NewClient(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 		return nil, fmt.Errorf("river client: %w", err)
 	}
 	return client, nil
+}
+
+// EventJob describes the event job that webhook ingest writes in the same statement
+// as the event itself (postgres.Store.IngestEvents): the row River's InsertMany writes
+// for EventArgs.
+func EventJob() postgres.EventJob {
+	return postgres.EventJob{Kind: EventArgs{}.Kind(), Queue: QueueEvents, MaxAttempts: MaxAttempts, Types: events.HandledTypes()}
 }
 
 // Enqueuer schedules event jobs in the caller's transaction, so an event is never

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 	"github.com/rs/zerolog"
 
@@ -67,13 +66,7 @@ func TestEventWorker(t *testing.T) {
 	}
 	deliver := func(evs []events.Event) {
 		t.Helper()
-		err := store.InTx(ctx, func(tx pgx.Tx) error {
-			if _, err := store.InsertEventsTx(ctx, tx, evs); err != nil {
-				return err
-			}
-			return jobs.NewEnqueuer(client).EnqueueEventsTx(ctx, tx, evs)
-		})
-		if err != nil {
+		if _, err := store.IngestEvents(ctx, evs, jobs.EventJob()); err != nil {
 			t.Fatal(err)
 		}
 		for range evs {
@@ -149,13 +142,7 @@ func TestOutageSnoozesWithoutUsingAttempts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = client.Stop(ctx) }()
-	err = store.InTx(ctx, func(tx pgx.Tx) error {
-		if _, err := store.InsertEventsTx(ctx, tx, []events.Event{ev}); err != nil {
-			return err
-		}
-		return jobs.NewEnqueuer(client).EnqueueEventsTx(ctx, tx, []events.Event{ev})
-	})
-	if err != nil {
+	if _, err := store.IngestEvents(ctx, []events.Event{ev}, jobs.EventJob()); err != nil {
 		t.Fatal(err)
 	}
 	next := func() *river.Event {

@@ -89,10 +89,10 @@ func TestThreeReplicasOneSetOfEffects(t *testing.T) {
 				handled++
 			}
 		}
+		if _, err := store.IngestEvents(ctx, evs, postgres.EventJob{}); err != nil {
+			t.Fatal(err)
+		}
 		err := store.InTx(ctx, func(tx pgx.Tx) error {
-			if _, err := store.InsertEventsTx(ctx, tx, evs); err != nil {
-				return err
-			}
 			var jobsFor []events.Event
 			for _, ev := range evs {
 				if events.Handled(ev.Type) {

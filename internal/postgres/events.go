@@ -21,38 +21,6 @@ FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6:
 ON CONFLICT (id) DO NOTHING
 RETURNING id`
 
-// InsertEventsTx stores evs in tx, skipping those already stored, and reports for each
-// event whether it was new. The ids in evs must be distinct. It returns the database's
-// error (ErrUnavailable when it cannot be reached).
-func (s *Store) InsertEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Event) ([]bool, error) {
-	n := len(evs)
-	ids, types, apiVersions, payloads, sources, statuses :=
-		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	created, livemode := make([]int64, n), make([]bool, n)
-	for i, e := range evs {
-		ids[i], types[i], apiVersions[i] = e.ID, e.Type, e.APIVersion
-		payloads[i], sources[i], statuses[i] = string(e.Payload), string(e.Source), string(e.InitialStatus())
-		created[i], livemode[i] = e.Created.Unix(), e.Livemode
-	}
-	rows, err := tx.Query(ctx, insertEvents, ids, types, created, livemode, apiVersions, payloads, sources, statuses)
-	if err != nil {
-		return nil, fmt.Errorf("insert events: %w", translate(err))
-	}
-	inserted, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("insert events: %w", translate(err))
-	}
-	isNew := make(map[string]bool, len(inserted))
-	for _, id := range inserted {
-		isNew[id] = true
-	}
-	out := make([]bool, n)
-	for i, e := range evs {
-		out[i] = isNew[e.ID]
-	}
-	return out, nil
-}
-
 // StoredEvent is a row of stripe_events without its payload.
 type StoredEvent struct {
 	ID          string  `db:"id" json:"id"`
@@ -195,4 +163,63 @@ func (s *Store) ReclaimJobs(ctx context.Context, clientID string) (int64, error)
 		return 0, fmt.Errorf("reclaim jobs: %w", translate(err))
 	}
 	return tag.RowsAffected(), nil
+}
+
+// EventJob is the River job stored with each new event of a handled type.
+type EventJob struct {
+	Kind, Queue string
+	MaxAttempts int
+	// Types are the event types that get a job.
+	Types []string
+}
+
+// The events and their River jobs in one statement: one round trip, committed as one.
+// The jobs are the rows River's InsertMany writes for the same args (kind, queue,
+// max_attempts; defaults for the rest: available now, priority 1), and River's insert
+// notification wakes the producers, as River's client does (a contract test compares
+// the rows with River's own).
+const ingestEvents = `
+WITH ins AS (` + insertEvents + `, type
+), jobs AS (
+    INSERT INTO river_job (args, kind, queue, max_attempts)
+    SELECT jsonb_build_object('event_id', ins.id, 'type', ins.type), $9, $10, $11
+    FROM ins WHERE ins.type = ANY($12::text[])
+    RETURNING queue
+), notified AS (
+    SELECT pg_notify(current_schema() || '.river_insert', json_build_object('queue', q.queue)::text)
+    FROM (SELECT DISTINCT queue FROM jobs) q
+)
+SELECT ins.id FROM ins WHERE (SELECT count(*) FROM notified) >= 0`
+
+// IngestEvents stores evs, skipping those already stored, with a River job for each new
+// one whose type job lists, in one statement (atomic without a transaction). It reports
+// for each event whether it was new. The ids in evs must be distinct.
+func (s *Store) IngestEvents(ctx context.Context, evs []events.Event, job EventJob) ([]bool, error) {
+	n := len(evs)
+	ids, types, apiVersions, payloads, sources, statuses :=
+		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	created, livemode := make([]int64, n), make([]bool, n)
+	for i, e := range evs {
+		ids[i], types[i], apiVersions[i] = e.ID, e.Type, e.APIVersion
+		payloads[i], sources[i], statuses[i] = string(e.Payload), string(e.Source), string(e.InitialStatus())
+		created[i], livemode[i] = e.Created.Unix(), e.Livemode
+	}
+	rows, err := s.pool.Query(ctx, ingestEvents, ids, types, created, livemode, apiVersions, payloads, sources, statuses,
+		job.Kind, job.Queue, job.MaxAttempts, job.Types)
+	if err != nil {
+		return nil, fmt.Errorf("ingest events: %w", translate(err))
+	}
+	inserted, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("ingest events: %w", translate(err))
+	}
+	isNew := make(map[string]bool, len(inserted))
+	for _, id := range inserted {
+		isNew[id] = true
+	}
+	out := make([]bool, n)
+	for i, e := range evs {
+		out[i] = isNew[e.ID]
+	}
+	return out, nil
 }

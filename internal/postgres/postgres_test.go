@@ -137,12 +137,7 @@ func TestInsertEventsDedupes(t *testing.T) {
 			Payload: []byte(`{"id":"` + id + `"}`), Source: events.SourceWebhook}
 	}
 	insert := func(evs ...events.Event) []bool {
-		var got []bool
-		err := store.InTx(ctx, func(tx pgx.Tx) error {
-			var err error
-			got, err = store.InsertEventsTx(ctx, tx, evs)
-			return err
-		})
+		got, err := store.IngestEvents(ctx, evs, postgres.EventJob{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -70,7 +70,7 @@ func newHarness(t *testing.T, dropRate float64) *harness {
 	}
 	t.Cleanup(func() { _ = client.Stop(context.Background()) })
 	enq := jobs.NewEnqueuer(client)
-	ing := webhook.NewIngester(h.store, enq, zerolog.Nop(), webhook.IngesterConfig{})
+	ing := webhook.NewIngester(h.store, jobs.EventJob(), zerolog.Nop(), webhook.IngesterConfig{})
 	ing.Start(ctx)
 	t.Cleanup(ing.Stop)
 	handler, err := webhook.NewHandler(webhook.Config{Secrets: []string{secret}}, ing, zerolog.Nop())

@@ -35,11 +35,7 @@ func FuzzHandler(f *testing.F) {
 	f.Add([]byte(`{"id":"evt_3","object":"event","type":"invoice.paid","api_version":"2023-10-16","created":99999999999}`), "", true)
 
 	pool := pgtest.Pool(f)
-	client, err := jobs.NewClient(pool, jobs.Config{})
-	if err != nil {
-		f.Fatal(err)
-	}
-	ing := wh.NewIngester(postgres.NewStore(pool), jobs.NewEnqueuer(client), zerolog.Nop(), wh.IngesterConfig{})
+	ing := wh.NewIngester(postgres.NewStore(pool), jobs.EventJob(), zerolog.Nop(), wh.IngesterConfig{})
 	ing.Start(context.Background())
 	f.Cleanup(ing.Stop)
 	h, err := wh.NewHandler(wh.Config{Secrets: []string{"whsec_fuzz"}}, ing, zerolog.Nop())

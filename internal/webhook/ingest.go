@@ -8,26 +8,21 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/postgres"
 )
 
 // ErrStopped is returned by Ingest once the ingester is stopping: the caller answers
 // 503 and the sender retries against a replica that is up.
 var ErrStopped = errors.New("ingester stopped")
 
-// Store persists events.
+// Store persists events with their jobs: new events, and a job for each new one of a
+// type job lists, atomically (postgres.Store.IngestEvents).
 type Store interface {
-	InTx(ctx context.Context, fn func(tx pgx.Tx) error) error
-	InsertEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Event) ([]bool, error)
-}
-
-// Enqueuer schedules the processing of newly stored events in the same transaction.
-type Enqueuer interface {
-	EnqueueEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Event) error
+	IngestEvents(ctx context.Context, evs []events.Event, job postgres.EventJob) ([]bool, error)
 }
 
 // IngesterConfig tunes group commit.
@@ -37,17 +32,17 @@ type IngesterConfig struct {
 	Committers int
 	// MaxBatch caps the events in one transaction.
 	MaxBatch int
-	// Timeout bounds one batch transaction.
+	// Timeout bounds one batch's statement.
 	Timeout time.Duration
 }
 
-// Ingester stores events durably with their jobs. Events that arrive while a
-// transaction is committing are committed together in the next one (group commit), so
-// a burst of webhooks costs a few commits, not one each; a lone event is committed at
-// once, without waiting for company.
+// Ingester stores events durably with their jobs. Events that arrive while a batch is
+// committing are committed together in the next one (group commit), so a burst of
+// webhooks costs a few commits, not one each; a lone event is committed at once,
+// without waiting for company. A batch is one statement: one round trip.
 type Ingester struct {
 	store Store
-	jobs  Enqueuer
+	job   postgres.EventJob
 	log   zerolog.Logger
 	cfg   IngesterConfig
 
@@ -77,7 +72,7 @@ type reply struct {
 }
 
 // NewIngester returns an Ingester; Start it before use.
-func NewIngester(store Store, jobs Enqueuer, log zerolog.Logger, cfg IngesterConfig) *Ingester {
+func NewIngester(store Store, job postgres.EventJob, log zerolog.Logger, cfg IngesterConfig) *Ingester {
 	if cfg.Committers <= 0 {
 		// Measured (make bench): 2 beats 1 (no overlap of a commit with the next batch)
 		// and 4 (batches too small to amortise a transaction's four round trips).
@@ -91,7 +86,7 @@ func NewIngester(store Store, jobs Enqueuer, log zerolog.Logger, cfg IngesterCon
 	}
 	return &Ingester{
 		store: store,
-		jobs:  jobs,
+		job:   job,
 		log:   log,
 		cfg:   cfg,
 		queue: make(chan *request, cfg.MaxBatch*cfg.Committers),
@@ -232,7 +227,7 @@ func rejectedData(err error) bool {
 	return errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23"))
 }
 
-// write stores one batch in one transaction and enqueues jobs for the new handled events.
+// write stores one batch, with jobs for the new handled events, in one statement.
 func (in *Ingester) write(ctx context.Context, reqs []*request) ([]Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, in.cfg.Timeout)
 	defer cancel()
@@ -240,23 +235,13 @@ func (in *Ingester) write(ctx context.Context, reqs []*request) ([]Result, error
 	for i, req := range reqs {
 		evs[i] = req.ev
 	}
-	results := make([]Result, len(reqs))
-	err := in.store.InTx(ctx, func(tx pgx.Tx) error {
-		isNew, err := in.store.InsertEventsTx(ctx, tx, evs)
-		if err != nil {
-			return err
-		}
-		var toEnqueue []events.Event
-		for i, ev := range evs {
-			results[i].Duplicate = !isNew[i]
-			if isNew[i] && events.Handled(ev.Type) {
-				toEnqueue = append(toEnqueue, ev)
-			}
-		}
-		return in.jobs.EnqueueEventsTx(ctx, tx, toEnqueue)
-	})
+	isNew, err := in.store.IngestEvents(ctx, evs, in.job)
 	if err != nil {
 		return nil, fmt.Errorf("store events: %w", err)
+	}
+	results := make([]Result, len(reqs))
+	for i := range evs {
+		results[i].Duplicate = !isNew[i]
 	}
 	return results, nil
 }

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/events"
@@ -16,29 +15,25 @@ import (
 	"github.com/keysync/keysync/internal/postgres"
 )
 
-// countingStore counts transactions, to show that queued events share one.
+// countingStore counts batch statements, to show that queued events share one.
 type countingStore struct {
 	*postgres.Store
 	mu  sync.Mutex
 	txs int
 }
 
-func (s *countingStore) InTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+func (s *countingStore) IngestEvents(ctx context.Context, evs []events.Event, job postgres.EventJob) ([]bool, error) {
 	s.mu.Lock()
 	s.txs++
 	s.mu.Unlock()
-	return s.Store.InTx(ctx, fn)
+	return s.Store.IngestEvents(ctx, evs, job)
 }
 
 func newTestIngester(t *testing.T, committers int) (*Ingester, *countingStore) {
 	t.Helper()
 	pool := pgtest.Pool(t)
-	client, err := jobs.NewClient(pool, jobs.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	store := &countingStore{Store: postgres.NewStore(pool)}
-	ing := NewIngester(store, jobs.NewEnqueuer(client), zerolog.Nop(), IngesterConfig{Committers: committers})
+	ing := NewIngester(store, jobs.EventJob(), zerolog.Nop(), IngesterConfig{Committers: committers})
 	t.Cleanup(ing.Stop)
 	return ing, store
 }

@@ -72,13 +72,9 @@ func setup(t *testing.T, opts options) *bundle {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	client, err := jobs.NewClient(pool, jobs.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	logs := &syncBuffer{}
 	log := zerolog.New(logs)
-	ing := wh.NewIngester(postgres.NewStore(pool), jobs.NewEnqueuer(client), log, wh.IngesterConfig{})
+	ing := wh.NewIngester(postgres.NewStore(pool), jobs.EventJob(), log, wh.IngesterConfig{})
 	ing.Start(context.Background())
 	t.Cleanup(ing.Stop)
 	h, err := wh.NewHandler(wh.Config{Secrets: []string{secret1, secret2}, AcceptAPIVersions: opts.acceptVersion}, ing, log)
