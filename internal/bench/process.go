@@ -65,7 +65,7 @@ func Process(ctx context.Context, opts ProcessOptions) (ProcessResult, error) {
 			if err != nil {
 				return 0, 0, err
 			}
-			err = waitReady(ctx, "http://"+addr+"/readyz", p)
+			err = sandbox.WaitHTTP(ctx, "http://"+addr+"/readyz", p)
 			took := time.Since(t0)
 			if err == nil && idle != nil {
 				err = idle()
@@ -113,29 +113,6 @@ func Process(ctx context.Context, opts ProcessOptions) (ProcessResult, error) {
 		opts.Progress(fmt.Sprintf("minimal service: ready in %.0f ms, RSS %.1f MB", res.BaselineStartToReadyMs, res.BaselineIdleRSSMB))
 	}
 	return res, nil
-}
-
-// waitReady polls url every 2ms until it answers 200.
-func waitReady(ctx context.Context, url string, p *sandbox.Process) error {
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		select {
-		case <-p.Exited():
-			return fmt.Errorf("exited during start-up (log: %s)", p.Log)
-		case <-ctx.Done():
-			return ctx.Err()
-		default:
-		}
-		if resp, err := client.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	return fmt.Errorf("not ready within a minute (log: %s)", p.Log)
 }
 
 // rssMB reads a process's resident set size from /proc.

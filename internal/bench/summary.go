@@ -19,13 +19,13 @@ type Summary struct {
 // ratio, and the target.
 func (s *Summary) Table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-40s %14s %14s %8s  %s\n", "figure", "keysync", "baseline", "ratio", "target")
+	fmt.Fprintf(&b, "%-48s %14s %14s %8s  %s\n", "figure", "keysync", "baseline", "ratio", "target")
 	line := func(name string, v, base float64, unit, target string) {
 		ratio := ""
 		if base > 0 {
 			ratio = fmt.Sprintf("%.2f", v/base)
 		}
-		fmt.Fprintf(&b, "%-40s %14s %14s %8s  %s\n", name, fmt.Sprintf("%.1f %s", v, unit), fmt.Sprintf("%.1f %s", base, unit), ratio, target)
+		fmt.Fprintf(&b, "%-48s %14s %14s %8s  %s\n", name, fmt.Sprintf("%.1f %s", v, unit), fmt.Sprintf("%.1f %s", base, unit), ratio, target)
 	}
 	floor := map[int]Run{}
 	for _, r := range s.Ingest {
