@@ -333,3 +333,51 @@ func TestOneRunOfAKindAtATime(t *testing.T) {
 		}
 	}
 }
+
+// A renewal invoice lists its prorations before the subscription line, and Stripe
+// embeds only 10 lines: after six seat changes in a period, the line that says what was
+// paid for is on the invoice's second page. Webhooks (through the Sync) and the sweep
+// alone must both read it and extend the key.
+func TestLongRenewalInvoices(t *testing.T) {
+	t.Parallel()
+	for _, path := range []string{"webhooks", "sweep alone"} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			drop := 0.0
+			if path == "sweep alone" {
+				drop = 1
+			}
+			h := newHarness(t, drop)
+			sim := h.w.Stripe
+			step := func() {
+				h.idle(t)
+				if path == "sweep alone" {
+					if _, err := h.sweeper.RunOnce(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+					h.idle(t)
+				}
+			}
+			res, err := sim.Checkout(stripesim.CheckoutParams{Email: "long@example.com", Items: []stripesim.ItemParams{{Price: h.pro}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.subs = append(h.subs, res.Subscription)
+			step()
+			for q := range 6 {
+				if err := sim.ChangeQuantity(res.Subscription, int64(2+q%2), stripesim.ChangeOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s, _ := sim.Subscription(res.Subscription)
+			sim.Advance(time.Unix(s.CurrentPeriodEnd, 0).Sub(sim.Now()) + 2*time.Hour)
+			step()
+			invs := sim.Invoices(res.Subscription)
+			renewal := invs[len(invs)-1]
+			if renewal.Status != "paid" || len(renewal.Lines) <= stripesim.EmbeddedLines || renewal.Lines[len(renewal.Lines)-1].Type != "subscription" {
+				t.Fatalf("the renewal invoice (%s, %d lines) does not put its subscription line past the embedded page", renewal.Status, len(renewal.Lines))
+			}
+			h.assertPolicy(t)
+		})
+	}
+}

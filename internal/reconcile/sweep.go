@@ -24,6 +24,7 @@ import (
 type SweepStripe interface {
 	Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscription, error]
 	GetProduct(ctx context.Context, id string) (*stripe.Product, error)
+	CompleteLines(ctx context.Context, inv *stripe.Invoice) error
 }
 
 // SweepCryptolens is what the sweep reads from Cryptolens.
@@ -87,11 +88,12 @@ type Drift struct {
 // pending is what a sweep keeps of one subscription until the keys are read: a few
 // dozen bytes, so that a sweep of 100,000 subscriptions stays well under 150 MB.
 type pending struct {
-	id      string
-	desired desire
-	metaKey string
-	mapped  bool
-	err     string
+	id          string
+	desired     desire
+	metaKey     string
+	mapped      bool
+	linesUnread bool
+	err         string
 }
 
 // desire is a license.Desired without what drift detection does not read (sources,
@@ -234,6 +236,13 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 		inStripe[sub.ID] = struct{}{}
 		p := pending{id: sub.ID, metaKey: sub.Metadata["cryptolens_key"]}
 		ls := license.Subscription{ID: sub.ID, Status: string(sub.Status), PaidThrough: rows[sub.ID].PaidThrough}
+		if inv := sub.LatestInvoice; inv != nil && inv.Status == stripe.InvoiceStatusPaid && inv.Lines != nil && inv.Lines.HasMore {
+			// Prorations come first: the subscription line may be past the embedded page.
+			if err := s.stripe.CompleteLines(ctx, inv); err != nil {
+				s.log.Warn().Err(err).Str("subscription_id", sub.ID).Msg("could not read the latest invoice's lines; a Sync will")
+				p.linesUnread = true
+			}
+		}
 		if inv := sub.LatestInvoice; inv != nil && inv.Status == stripe.InvoiceStatusPaid && inv.Lines != nil {
 			for _, l := range inv.Lines.Data {
 				if l.Type == stripe.InvoiceLineItemTypeSubscription && l.Period != nil {
@@ -311,6 +320,8 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 		switch {
 		case p.err != "":
 			reason = "mapping error"
+		case p.linesUnread:
+			reason = "latest invoice's lines unread"
 		case !p.mapped:
 			if !hasRow || !row.Unmapped {
 				reason = "unmapped, not yet recorded"

@@ -146,7 +146,7 @@ func (c *Client) Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscripti
 }
 
 // PaidInvoices returns the subscription's paid invoices (including $0 trial invoices
-// and invoices paid out of band), newest first.
+// and invoices paid out of band), newest first, each with all its lines.
 func (c *Client) PaidInvoices(ctx context.Context, subscription string) ([]*stripe.Invoice, error) {
 	p := &stripe.InvoiceListParams{Subscription: stripe.String(subscription), Status: stripe.String("paid")}
 	p.Context = ctx
@@ -156,7 +156,38 @@ func (c *Client) PaidInvoices(ctx context.Context, subscription string) ([]*stri
 	for it.Next() {
 		out = append(out, it.Invoice())
 	}
-	return out, c.wrap("list paid invoices", it.Err())
+	if err := it.Err(); err != nil {
+		return nil, c.wrap("list paid invoices", err)
+	}
+	for _, inv := range out {
+		if err := c.CompleteLines(ctx, inv); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// CompleteLines reads the rest of inv's lines when Stripe embedded only the first page
+// (lines.has_more): an invoice embeds 10 lines, and a renewal invoice lists its
+// prorations before the subscription line that says what was paid for. It does
+// nothing for an invoice whose lines are all there.
+func (c *Client) CompleteLines(ctx context.Context, inv *stripe.Invoice) error {
+	if inv == nil || inv.Lines == nil || !inv.Lines.HasMore {
+		return nil
+	}
+	p := &stripe.InvoiceListLinesParams{Invoice: stripe.String(inv.ID)}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	var all []*stripe.InvoiceLineItem
+	it := c.api.Invoices.ListLines(p)
+	for it.Next() {
+		all = append(all, it.InvoiceLineItem())
+	}
+	if err := it.Err(); err != nil {
+		return c.wrap("list invoice lines", err)
+	}
+	inv.Lines.Data, inv.Lines.HasMore = all, false
+	return nil
 }
 
 // GetInvoice returns an invoice.

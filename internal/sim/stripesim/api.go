@@ -236,6 +236,13 @@ func (s *Sim) route(w http.ResponseWriter, r *http.Request) {
 		out, err = s.updateSubscription(id, q)
 	case res == "invoices" && get && id == "":
 		out, err = s.listInvoices(q)
+	case res == "invoices" && get && len(parts) == 4 && parts[3] == "lines":
+		inv, ok := s.invoices[id]
+		if !ok {
+			err = notFound("invoice", id)
+			break
+		}
+		out, err = s.listLines(inv, q)
 	case res == "invoices" && get:
 		inv, ok := s.invoices[id]
 		if !ok {
@@ -387,6 +394,23 @@ func (s *Sim) listSubscriptions(q url.Values) (any, *apiError) {
 		data = append(data, s.renderSubscription(sub, exp))
 	}
 	return list("/v1/subscriptions", data, more), nil
+}
+
+// listLines pages an invoice's lines in their order on the invoice.
+func (s *Sim) listLines(inv *Invoice, q url.Values) (any, *apiError) {
+	ids := make([]string, len(inv.Lines))
+	for i, l := range inv.Lines {
+		ids[i] = l.ID
+	}
+	lo, hi, more, err := page(ids, q)
+	if err != nil {
+		return nil, err
+	}
+	data := make([]any, 0, hi-lo)
+	for _, l := range inv.Lines[lo:hi] {
+		data = append(data, s.renderLine(inv, l))
+	}
+	return list("/v1/invoices/"+inv.ID+"/lines", data, more), nil
 }
 
 func (s *Sim) listInvoices(q url.Values) (any, *apiError) {

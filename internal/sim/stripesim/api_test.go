@@ -199,3 +199,49 @@ func TestAPIFaults(t *testing.T) {
 		t.Fatalf("got %d requests counted, want 2", got)
 	}
 }
+
+// An invoice embeds its first 10 lines (has_more beyond), as Stripe's do; the rest
+// come from GET /v1/invoices/{id}/lines, page by page, in the invoice's order.
+func TestInvoiceLinesArePaged(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, stripesim.Options{})
+	srv := httptest.NewServer(w.sim)
+	defer srv.Close()
+	res, err := w.sim.Checkout(stripesim.CheckoutParams{Email: "p@example.com", Items: []stripesim.ItemParams{{Price: w.monthly}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for q := range 6 {
+		if err := w.sim.ChangeQuantity(res.Subscription, int64(2+q%2), stripesim.ChangeOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ := w.sim.Subscription(res.Subscription)
+	w.sim.Advance(time.Unix(s.CurrentPeriodEnd, 0).Sub(w.sim.Now()) + 2*time.Hour)
+	invs := w.sim.Invoices(res.Subscription)
+	inv := invs[len(invs)-1]
+	if len(inv.Lines) != 13 {
+		t.Fatalf("renewal invoice has %d lines, want 12 prorations and the subscription line", len(inv.Lines))
+	}
+	_, got := call(t, srv, "GET", "/v1/invoices/"+inv.ID, "sk_test_sim", nil)
+	lines := got["lines"].(map[string]any)
+	if n := len(lines["data"].([]any)); n != stripesim.EmbeddedLines || lines["has_more"] != true {
+		t.Fatalf("embedded: %d lines, has_more %v; want 10 and true", n, lines["has_more"])
+	}
+	var all []string
+	for after := ""; ; {
+		q := "/v1/invoices/" + inv.ID + "/lines?limit=5"
+		if after != "" {
+			q += "&starting_after=" + after
+		}
+		_, page := call(t, srv, "GET", q, "sk_test_sim", nil)
+		all = append(all, ids(page)...)
+		if page["has_more"] != true {
+			break
+		}
+		after = all[len(all)-1]
+	}
+	if len(all) != 13 || all[12] != inv.Lines[12].ID || all[0] != inv.Lines[0].ID {
+		t.Fatalf("paged lines %v, want the invoice's 13 in order", all)
+	}
+}

@@ -161,10 +161,14 @@ func (s *Sim) renderLine(inv *Invoice, l *LineItem) obj {
 	return line
 }
 
+// EmbeddedLines is how many lines an invoice carries in its own lines list; the rest
+// are read from GET /v1/invoices/{id}/lines, as Stripe's invoices embed 10.
+const EmbeddedLines = 10
+
 func (s *Sim) renderInvoice(inv *Invoice, exp expansion) obj {
-	lines := make([]any, len(inv.Lines))
-	for i, l := range inv.Lines {
-		lines[i] = s.renderLine(inv, l)
+	lines := make([]any, 0, min(len(inv.Lines), EmbeddedLines))
+	for _, l := range inv.Lines[:min(len(inv.Lines), EmbeddedLines)] {
+		lines = append(lines, s.renderLine(inv, l))
 	}
 	total := inv.Total()
 	remaining := total - inv.AmountPaid
@@ -195,7 +199,7 @@ func (s *Sim) renderInvoice(inv *Invoice, exp expansion) obj {
 		"ending_balance": endingBalance(inv), "footer": nil, "from_invoice": nil,
 		"hosted_invoice_url": hostedURL(inv), "invoice_pdf": pdfURL(inv), "issuer": obj{"type": "self"},
 		"last_finalization_error": nil, "latest_revision": nil,
-		"lines":    list("/v1/invoices/"+inv.ID+"/lines", lines, false),
+		"lines":    list("/v1/invoices/"+inv.ID+"/lines", lines, len(inv.Lines) > EmbeddedLines),
 		"livemode": false, "metadata": obj{}, "next_payment_attempt": nullable(inv.NextPaymentAttempt),
 		"number": invoiceNumber(inv), "on_behalf_of": nil, "paid": inv.Paid, "paid_out_of_band": inv.PaidOutOfBand,
 		"payment_intent": nil, "payment_settings": obj{"default_mandate": nil, "payment_method_options": nil,
