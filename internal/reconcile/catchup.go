@@ -22,7 +22,7 @@ type CatchUpStripe interface {
 	Events(ctx context.Context, since time.Time, types []string) ([]*stripe.Event, error)
 }
 
-// Ingest stores events on the webhook path (dedupe, job, one transaction).
+// Ingest stores events on the webhook path (dedupe, job, one statement).
 type Ingest interface {
 	Ingest(ctx context.Context, ev events.Event) (webhook.Result, error)
 }
