@@ -91,7 +91,7 @@ func run(ctx context.Context) error {
 	}
 	defer server.Stop()
 
-	fmt.Printf("machine: %d CPUs, %s; Postgres: %s server\n", runtime.NumCPU(), memTotal(), server.Kind)
+	fmt.Printf("machine: %d CPUs, %s; Postgres: %s server\n", runtime.NumCPU(), bench.MemTotal(), server.Kind)
 	suites := []string{*suite}
 	if *suite == "all" {
 		suites = []string{"ingest", "applied", "sweep", "process", "audit"}
@@ -160,7 +160,7 @@ func run(ctx context.Context) error {
 		}
 	}
 	if len(suites) > 1 {
-		fmt.Printf("\n== summary (%d CPUs, %s): each figure beside its baseline from this run\n", runtime.NumCPU(), memTotal())
+		fmt.Printf("\n== summary (%d CPUs, %s): each figure beside its baseline from this run\n", runtime.NumCPU(), bench.MemTotal())
 		fmt.Print(summary.Table())
 		return writeJSON(filepath.Join(*dir, "summary.json"), summary)
 	}
@@ -234,18 +234,4 @@ func splitNonEmpty(s string) []string {
 		}
 	}
 	return out
-}
-
-func memTotal() string {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return "memory unknown"
-	}
-	var kb int
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "MemTotal:") {
-			_, _ = fmt.Sscanf(strings.TrimPrefix(line, "MemTotal:"), "%d", &kb)
-		}
-	}
-	return fmt.Sprintf("%.0f GiB", float64(kb)/1024/1024)
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/keysync/keysync/internal/bench"
 	"github.com/keysync/keysync/internal/chaos"
 	"github.com/keysync/keysync/internal/localpg"
 )
@@ -64,7 +65,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("no scenario named %q", *only)
 	}
 
-	fmt.Fprintf(out, "keysync chaos: %d scenarios on %s, %d CPUs, %s memory\n", len(scenarios), runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), memory())
+	fmt.Fprintf(out, "keysync chaos: %d scenarios on %s, %d CPUs, %s\n", len(scenarios), runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), bench.MemTotal())
 	fmt.Fprintln(out, "starting a throwaway PostgreSQL cluster (the postgres-restart scenario crashes it)")
 	pg, err := localpg.StartThrowaway(ctx)
 	if err != nil {
@@ -139,19 +140,4 @@ func printReports(out io.Writer, reports []chaos.Report) {
 			fmt.Fprintf(out, "  ! %s\n", p)
 		}
 	}
-}
-
-// memory reads MemTotal from /proc/meminfo.
-func memory() string {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return "unknown"
-	}
-	var kb int64
-	for _, line := range strings.Split(string(b), "\n") {
-		if _, err := fmt.Sscanf(line, "MemTotal: %d kB", &kb); err == nil {
-			return fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
-		}
-	}
-	return "unknown"
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"os"
 	"strings"
 )
 
@@ -98,4 +99,19 @@ func SweepTable(r SweepResult) string {
 func ProcessTable(r ProcessResult) string {
 	return fmt.Sprintf("keysync serve: start-to-ready %.0f ms, idle RSS %.1f MB; minimal service: %.0f ms, %.1f MB (median of %d starts)\n",
 		r.StartToReadyMs, r.IdleRSSMB, r.BaselineStartToReadyMs, r.BaselineIdleRSSMB, r.Runs)
+}
+
+// MemTotal is the machine's memory, from /proc/meminfo, for the reports' headers.
+func MemTotal() string {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return "memory unknown"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		var kb int64
+		if _, err := fmt.Sscanf(line, "MemTotal: %d kB", &kb); err == nil {
+			return fmt.Sprintf("%.0f GiB", float64(kb)/(1<<20))
+		}
+	}
+	return "memory unknown"
 }

@@ -200,10 +200,8 @@ func serveLoopback(h http.Handler) (string, func(), error) {
 
 func sum(m map[string]int) int {
 	n := 0
-	for k, v := range m {
-		if k != "429" && k != "500" { // fault counters, not routes
-			n += v
-		}
+	for _, v := range m {
+		n += v
 	}
 	return n
 }

@@ -117,6 +117,7 @@ func (c *cluster) Env() []string { return slices.Clone(c.env) }
 
 // newCluster starts the sandbox, the balancer and n keysync replicas.
 func newCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c *cluster, err error) {
+	opts.Seed = max(opts.Seed, 1)
 	c = &cluster{opts: opts, prices: map[string]string{}, planOf: map[string]string{}, started: time.Now()}
 	defer func() {
 		if err != nil {
@@ -133,7 +134,7 @@ func newCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c
 	envFile := filepath.Join(opts.Dir, "sandbox.env")
 	c.sandbox, err = c.start(opts.SandboxBin, "sandbox.log", nil,
 		"-stripe-addr", "127.0.0.1:"+ports[0], "-cryptolens-addr", "127.0.0.1:"+ports[1], "-control-addr", "127.0.0.1:"+ports[2],
-		"-cryptolens-product", fmt.Sprint(product), "-env-file", envFile, "-seed", fmt.Sprint(max(opts.Seed, 1)))
+		"-cryptolens-product", fmt.Sprint(product), "-env-file", envFile, "-seed", fmt.Sprint(opts.Seed))
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +213,7 @@ func newCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c
 	c.firstEvent = len(ids)
 	if err := c.ctl.Post(ctx, "/stripe/endpoints", map[string]any{"url": "http://" + ln.Addr().String() + "/webhooks/stripe",
 		"secrets": []string{secret}, "workers": 16, "reorder": true, "duplicate_rate": 0.05, "max_attempts": 12,
-		"retry_backoff": "250ms", "seed": max(opts.Seed, 1)}, nil); err != nil {
+		"retry_backoff": "250ms", "seed": opts.Seed}, nil); err != nil {
 		return nil, err
 	}
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -54,7 +55,7 @@ func ReplicaKills(ctx context.Context, opts Options, subs, renewals int, every t
 		return r, err
 	}
 	defer c.close()
-	stop := c.killer(ctx, every, max(opts.Seed, 1))
+	stop := c.killer(ctx, every, c.opts.Seed)
 	err = c.storm(ctx, subs, renewals)
 	if err == nil {
 		err = c.ctl.Flush(ctx)
@@ -363,7 +364,7 @@ func Stripe429Sweep(ctx context.Context, opts Options, subs int) (Report, error)
 	if err := c.ctl.Post(ctx, "/stripe/faults", map[string]any{}, nil); err != nil {
 		return r, err
 	}
-	var reqs map[string]int
+	var reqs struct{ Faulted map[int]int }
 	if err := c.ctl.Get(ctx, "/stripe/requests", &reqs); err != nil {
 		return r, err
 	}
@@ -374,7 +375,7 @@ func Stripe429Sweep(ctx context.Context, opts Options, subs int) (Report, error)
 		r.problem("%v", settleErr)
 	}
 	r.Notes = append(r.Notes, fmt.Sprintf("sweep: %d drifted of %d changed keys; Stripe answered %d requests with 429 (every request for 1s in 3)",
-		drifted, tampered, reqs["429"]))
+		drifted, tampered, reqs.Faulted[http.StatusTooManyRequests]))
 	return c.finish(ctx, r)
 }
 

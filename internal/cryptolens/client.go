@@ -611,8 +611,9 @@ func (c *Client) scrub(err error) error {
 	if err == nil {
 		return nil
 	}
-	if s := err.Error(); c.scrubText(s) != s {
-		return &scrubbed{msg: c.scrubText(s), err: err}
+	s := err.Error()
+	if clean := c.scrubText(s); clean != s {
+		return &scrubbed{msg: clean, err: err}
 	}
 	return err
 }

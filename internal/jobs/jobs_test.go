@@ -191,7 +191,7 @@ func TestSnoozeForIsBounded(t *testing.T) {
 	t.Parallel()
 	for n := range 40 {
 		d := jobs.SnoozeFor(n)
-		if d < 2*time.Second || d > time.Minute {
+		if d < 2500*time.Millisecond || d > time.Minute {
 			t.Fatalf("SnoozeFor(%d) = %s, want between 2.5s and a minute", n, d)
 		}
 	}

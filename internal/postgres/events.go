@@ -10,17 +10,6 @@ import (
 	"github.com/keysync/keysync/internal/events"
 )
 
-// One multi-row INSERT for all events of a batch: webhooks that arrive together commit
-// together. DO NOTHING makes a redelivery (or a concurrent duplicate) a no-op; RETURNING
-// says which ids were new.
-const insertEvents = `
-INSERT INTO stripe_events (id, type, created, livemode, api_version, payload, source, status)
-SELECT u.id, u.type, to_timestamp(u.created), u.livemode, NULLIF(u.api_version, ''), u.payload::jsonb, u.source, u.status
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6::text[], $7::text[], $8::text[])
-    AS u(id, type, created, livemode, api_version, payload, source, status)
-ON CONFLICT (id) DO NOTHING
-RETURNING id`
-
 // StoredEvent is a row of stripe_events without its payload.
 type StoredEvent struct {
 	ID          string  `db:"id" json:"id"`
@@ -174,12 +163,20 @@ type EventJob struct {
 }
 
 // The events and their River jobs in one statement: one round trip, committed as one.
-// The jobs are the rows River's InsertMany writes for the same args (kind, queue,
-// max_attempts; defaults for the rest: available now, priority 1), and River's insert
-// notification wakes the producers, as River's client does (a contract test compares
-// the rows with River's own).
+// ins is one multi-row INSERT for all events of a batch (webhooks that arrive together
+// commit together); DO NOTHING makes a redelivery or a concurrent duplicate a no-op, and
+// RETURNING says which ids were new. jobs are the rows River's InsertMany writes for the
+// same args (kind, queue, max_attempts; defaults for the rest: available now, priority
+// 1), and notified is River's insert notification that wakes the producers, as River's
+// client sends it (a contract test compares both with River's own).
 const ingestEvents = `
-WITH ins AS (` + insertEvents + `, type
+WITH ins AS (
+    INSERT INTO stripe_events (id, type, created, livemode, api_version, payload, source, status)
+    SELECT u.id, u.type, to_timestamp(u.created), u.livemode, NULLIF(u.api_version, ''), u.payload::jsonb, u.source, u.status
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6::text[], $7::text[], $8::text[])
+        AS u(id, type, created, livemode, api_version, payload, source, status)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, type
 ), jobs AS (
     INSERT INTO river_job (args, kind, queue, max_attempts)
     SELECT jsonb_build_object('event_id', ins.id, 'type', ins.type), $9, $10, $11

@@ -17,31 +17,63 @@ const syncLockSpace int32 = 0x6b73 // "ks"
 // time across replicas.
 const runLockSpace int32 = 0x6b72 // "kr"
 
-// SubscriptionLock is held while one Sync runs; Release frees it.
-type SubscriptionLock struct {
+// advisoryLock is a session advisory lock held on its own pooled connection, so that
+// it goes with the connection if the process dies.
+type advisoryLock struct {
 	conn  *pgxpool.Conn
 	space int32
 	id    string
 }
 
-// TryLockRun takes the lock of a run kind ("sweep", "catch_up") unless a run of that
-// kind holds it on some replica; then ok is false. The lock is held on its own
-// connection until Release, and goes with the connection if the process dies.
-func (s *Store) TryLockRun(ctx context.Context, kind string) (lock *SubscriptionLock, ok bool, err error) {
+// tryLock takes the lock (space, hashtext(id)) on a connection of its own, or reports
+// that another session holds it.
+func (s *Store) tryLock(ctx context.Context, space int32, id string) (*advisoryLock, bool, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, false, fmt.Errorf("lock %s: %w", kind, translate(err))
+		return nil, false, translate(err)
 	}
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1, hashtext($2))", runLockSpace, kind).Scan(&ok); err != nil {
+	var ok bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1, hashtext($2))", space, id).Scan(&ok); err != nil {
 		conn.Release()
-		return nil, false, fmt.Errorf("lock %s: %w", kind, translate(err))
+		return nil, false, translate(err)
 	}
 	if !ok {
 		conn.Release()
 		return nil, false, nil
 	}
-	return &SubscriptionLock{conn: conn, space: runLockSpace, id: kind}, true, nil
+	return &advisoryLock{conn: conn, space: space, id: id}, true, nil
 }
+
+// Release frees the lock. A lock whose connection died is freed by Postgres itself.
+func (l *advisoryLock) Release() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := l.conn.Exec(ctx, "SELECT pg_advisory_unlock($1, hashtext($2))", l.space, l.id); err != nil {
+		// Do not hand a connection that may still hold the lock back to the pool.
+		_ = l.conn.Conn().Close(ctx)
+	}
+	l.conn.Release()
+}
+
+// RunLock is held while one sweep or catch-up runs; Release frees it.
+type RunLock struct{ *advisoryLock }
+
+// TryLockRun takes the lock of a run kind ("sweep", "catch_up") unless a run of that
+// kind holds it on some replica; then ok is false.
+func (s *Store) TryLockRun(ctx context.Context, kind string) (*RunLock, bool, error) {
+	l, ok, err := s.tryLock(ctx, runLockSpace, kind)
+	if err != nil || !ok {
+		if err != nil {
+			err = fmt.Errorf("lock %s: %w", kind, err)
+		}
+		return nil, false, err
+	}
+	return &RunLock{l}, true, nil
+}
+
+// SubscriptionLock is held while one Sync runs; the Sync does its database work on the
+// lock's connection. Release frees it.
+type SubscriptionLock struct{ *advisoryLock }
 
 // LockSubscription waits until no other Sync of the subscription runs on any replica,
 // then holds its lock until Release. It returns ErrUnavailable (wrapped) when the
@@ -53,19 +85,13 @@ func (s *Store) TryLockRun(ctx context.Context, kind string) (lock *Subscription
 func (s *Store) LockSubscription(ctx context.Context, id string) (*SubscriptionLock, error) {
 	wait := 5 * time.Millisecond
 	for {
-		conn, err := s.pool.Acquire(ctx)
+		l, ok, err := s.tryLock(ctx, syncLockSpace, id)
 		if err != nil {
-			return nil, fmt.Errorf("lock subscription: %w", translate(err))
-		}
-		var ok bool
-		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1, hashtext($2))", syncLockSpace, id).Scan(&ok); err != nil {
-			conn.Release()
-			return nil, fmt.Errorf("lock subscription: %w", translate(err))
+			return nil, fmt.Errorf("lock subscription: %w", err)
 		}
 		if ok {
-			return &SubscriptionLock{conn: conn, space: syncLockSpace, id: id}, nil
+			return &SubscriptionLock{l}, nil
 		}
-		conn.Release()
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -75,17 +101,6 @@ func (s *Store) LockSubscription(ctx context.Context, id string) (*SubscriptionL
 		}
 		wait = min(wait*2, 500*time.Millisecond)
 	}
-}
-
-// Release frees the lock. A lock whose connection died is freed by Postgres itself.
-func (l *SubscriptionLock) Release() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := l.conn.Exec(ctx, "SELECT pg_advisory_unlock($1, hashtext($2))", l.space, l.id); err != nil {
-		// Do not hand a connection that may still hold the lock back to the pool.
-		_ = l.conn.Conn().Close(ctx)
-	}
-	l.conn.Release()
 }
 
 // SubscriptionRow is keysync's mapping row for a subscription.

@@ -32,7 +32,7 @@ type CatchUpStore interface {
 	StartRun(ctx context.Context, kind string) (int64, error)
 	FinishRun(ctx context.Context, id int64, sum postgres.RunSummary) error
 	CatchUpCursor(ctx context.Context) (time.Time, bool, error)
-	TryLockRun(ctx context.Context, kind string) (*postgres.SubscriptionLock, bool, error)
+	TryLockRun(ctx context.Context, kind string) (*postgres.RunLock, bool, error)
 }
 
 // Stripe keeps events for 30 days; keysync warns well before.

@@ -37,7 +37,7 @@ type SweepStore interface {
 	StartRun(ctx context.Context, kind string) (int64, error)
 	FinishRun(ctx context.Context, id int64, sum postgres.RunSummary) error
 	SubscriptionIndex(ctx context.Context) (map[string]postgres.SubscriptionBrief, error)
-	TryLockRun(ctx context.Context, kind string) (*postgres.SubscriptionLock, bool, error)
+	TryLockRun(ctx context.Context, kind string) (*postgres.RunLock, bool, error)
 }
 
 // Enqueue schedules Syncs of the drifted subscriptions, caused by sweep run runID.

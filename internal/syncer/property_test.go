@@ -104,7 +104,7 @@ func (e *env) checkBound(t *testing.T, sub, when string) {
 		return
 	}
 	k, _ := e.crypto.Key(product, *row.LicenseKey)
-	if limit := e.paidThrough(t, sub).AddDate(0, 0, 6); k.Expires.After(limit) {
+	if limit := e.stripe.PaidThrough(sub).AddDate(0, 0, 6); k.Expires.After(limit) {
 		t.Fatalf("%s: key expires %s, beyond paid-through + 5 days + 1 day (%s)", when, k.Expires, limit)
 	}
 }
@@ -163,7 +163,7 @@ func TestDeliveryOrderDoesNotMatter(t *testing.T) {
 					sub string
 					k   cryptolenssim.Key
 				}{"in order": {inOrder, subA, a}, "shuffled": {shuffled, subB, b}} {
-					target := pair.e.paidThrough(t, pair.sub).AddDate(0, 0, 5)
+					target := pair.e.stripe.PaidThrough(pair.sub).AddDate(0, 0, 5)
 					if pair.k.Expires.Before(target) || pair.k.Expires.Sub(target) >= 24*time.Hour {
 						t.Fatalf("steps %v: %s key expires %s, want within a day after %s", l.steps, name, pair.k.Expires, target)
 					}

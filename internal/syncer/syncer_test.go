@@ -91,26 +91,9 @@ func (e *env) pastRenewal(t *testing.T, sub string) {
 	e.stripe.Advance(time.Unix(s.CurrentPeriodEnd, 0).Sub(e.stripe.Now()) + 2*time.Hour)
 }
 
-// paidThrough is the latest paid subscription-line period end in the simulator.
-func (e *env) paidThrough(t *testing.T, sub string) time.Time {
-	t.Helper()
-	var pt int64
-	for _, inv := range e.stripe.Invoices(sub) {
-		if inv.Status != "paid" {
-			continue
-		}
-		for _, l := range inv.Lines {
-			if l.Type == "subscription" && l.PeriodEnd > pt {
-				pt = l.PeriodEnd
-			}
-		}
-	}
-	return time.Unix(pt, 0).UTC()
-}
-
 func (e *env) wantExpiry(t *testing.T, sub, step string) {
 	t.Helper()
-	want := e.paidThrough(t, sub).AddDate(0, 0, 5)
+	want := e.stripe.PaidThrough(sub).AddDate(0, 0, 5)
 	k := e.key(t, sub)
 	if k.Expires.Before(want) || k.Expires.Sub(want) >= 24*time.Hour {
 		t.Fatalf("%s: key expires %s, want paid-through + 5 days = %s (within a day, never before)", step, k.Expires, want)

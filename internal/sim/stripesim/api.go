@@ -3,6 +3,7 @@ package stripesim
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -34,8 +35,7 @@ func (s *Sim) SetFaults(f Faults) {
 }
 
 // Requests returns how many API requests each route received ("GET /v1/subscriptions"),
-// faulted ones included, and under "429" and "500" how many were answered with an
-// injected fault.
+// faulted ones included.
 func (s *Sim) Requests() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -44,6 +44,14 @@ func (s *Sim) Requests() map[string]int {
 		out[k] = v
 	}
 	return out
+}
+
+// Faulted returns how many requests the injected faults answered, by HTTP status (429,
+// 500).
+func (s *Sim) Faulted() map[int]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.faulted)
 }
 
 type idemResult struct {
@@ -105,12 +113,12 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case rateLimited || (faults.RateLimitRate > 0 && s.rng.Float64() < faults.RateLimitRate):
-		s.requests["429"]++
+		s.faulted[http.StatusTooManyRequests]++
 		writeError(w, &apiError{status: 429, typ: "invalid_request_error", code: "rate_limit",
 			message: "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits."})
 		return
 	case failed || (faults.ErrorRate > 0 && s.rng.Float64() < faults.ErrorRate):
-		s.requests["500"]++
+		s.faulted[http.StatusInternalServerError]++
 		writeError(w, &apiError{status: 500, typ: "api_error", message: "An unknown error occurred"})
 		return
 	}

@@ -31,11 +31,11 @@ import (
 //	POST /endpoints                         {"url","secrets",...EndpointOptions}
 //	POST /faults                            Faults
 //	POST /flush                             waits until webhooks are delivered
-//	GET  /subscriptions/{id}                the subscription's state and invoices
+//	GET  /subscriptions/{id}                the subscription's state, invoices and paid_through
 //	GET  /now                               {"now"}
 //	GET  /events                            [{"id","type"}], oldest first
 //	GET  /endpoints                         [{"url","stats"}] (DeliveryStats)
-//	GET  /requests                          {"GET /v1/subscriptions": n, ..., "429": n, "500": n}
+//	GET  /requests                          {"routes": {"GET /v1/subscriptions": n, ...}, "faulted": {"429": n}}
 func (s *Sim) ControlHandler() http.Handler {
 	mux := http.NewServeMux()
 	handle := func(pattern string, fn func(r *http.Request, body map[string]json.RawMessage) (any, error)) {
@@ -286,7 +286,7 @@ func (s *Sim) ControlHandler() http.Handler {
 		return out, nil
 	})
 	handle("GET /requests", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
-		return s.Requests(), nil
+		return map[string]any{"routes": s.Requests(), "faulted": s.Faulted()}, nil
 	})
 	handle("GET /endpoints", func(r *http.Request, _ map[string]json.RawMessage) (any, error) {
 		type stats struct {
@@ -307,7 +307,7 @@ func (s *Sim) ControlHandler() http.Handler {
 		if !ok {
 			return nil, errNotFound("subscription", id(r))
 		}
-		return map[string]any{"subscription": sub, "invoices": s.Invoices(sub.ID)}, nil
+		return map[string]any{"subscription": sub, "invoices": s.Invoices(sub.ID), "paid_through": s.PaidThrough(sub.ID)}, nil
 	})
 	return mux
 }

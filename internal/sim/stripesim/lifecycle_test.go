@@ -280,3 +280,36 @@ func TestIncompleteCheckoutExpires(t *testing.T) {
 		t.Fatalf("got %s", got)
 	}
 }
+
+// PaidThrough follows the subscription lines of paid invoices only: not an open
+// renewal, not an invoice item's period.
+func TestPaidThrough(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, stripesim.Options{})
+	res, err := w.sim.Checkout(stripesim.CheckoutParams{Email: "pt@example.com", Items: []stripesim.ItemParams{{Price: w.monthly}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := w.sim.Subscription(res.Subscription)
+	first := time.Unix(s.CurrentPeriodEnd, 0).UTC()
+	if got := w.sim.PaidThrough(res.Subscription); !got.Equal(first) {
+		t.Fatalf("after checkout: %s, want the first period's end %s", got, first)
+	}
+	if err := w.sim.FailNextPayment(s.Customer); err != nil {
+		t.Fatal(err)
+	}
+	w.sim.Advance(first.Sub(w.sim.Now()) + 2*time.Hour) // the renewal is declined: its invoice stays open
+	if got := w.sim.PaidThrough(res.Subscription); !got.Equal(first) {
+		t.Fatalf("with the renewal open: %s, want still %s", got, first)
+	}
+	invs := w.sim.Invoices(res.Subscription)
+	if err := w.sim.PayInvoice(invs[len(invs)-1].ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.sim.PaidThrough(res.Subscription); !got.After(first) {
+		t.Fatalf("after paying the renewal: %s, want past %s", got, first)
+	}
+	if got := w.sim.PaidThrough("sub_unknown"); !got.IsZero() {
+		t.Fatalf("unknown subscription: %s, want zero", got)
+	}
+}

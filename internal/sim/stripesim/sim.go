@@ -68,6 +68,7 @@ type Sim struct {
 	idempotent map[string]idemResult
 	faults     Faults
 	requests   map[string]int
+	faulted    map[int]int
 
 	endpoints []*Endpoint
 }
@@ -108,6 +109,7 @@ func New(opts Options) *Sim {
 		eventByID:  map[string]*Event{},
 		idempotent: map[string]idemResult{},
 		requests:   map[string]int{},
+		faulted:    map[int]int{},
 	}
 }
 
@@ -412,6 +414,27 @@ func (s *Sim) Invoice(id string) (Invoice, bool) {
 		return Invoice{}, false
 	}
 	return *inv, true
+}
+
+// PaidThrough is what Stripe's side says a subscription is paid through: the latest
+// period end of a subscription line on a paid invoice (zero time when none). Tests and
+// the sandbox judge keysync's keys against it.
+func (s *Sim) PaidThrough(subscription string) time.Time {
+	var pt int64
+	for _, inv := range s.Invoices(subscription) {
+		if inv.Status != "paid" {
+			continue
+		}
+		for _, l := range inv.Lines {
+			if l.Type == "subscription" && l.PeriodEnd > pt {
+				pt = l.PeriodEnd
+			}
+		}
+	}
+	if pt == 0 {
+		return time.Time{}
+	}
+	return time.Unix(pt, 0).UTC()
 }
 
 // Invoices returns copies of a subscription's invoices, oldest first.
