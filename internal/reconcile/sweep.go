@@ -18,6 +18,7 @@ import (
 	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/stripeapi"
 )
 
 // SweepStripe is what the sweep reads from Stripe.
@@ -243,13 +244,9 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 				p.linesUnread = true
 			}
 		}
-		if inv := sub.LatestInvoice; inv != nil && inv.Status == stripe.InvoiceStatusPaid && inv.Lines != nil {
-			for _, l := range inv.Lines.Data {
-				if l.Type == stripe.InvoiceLineItemTypeSubscription && l.Period != nil {
-					if end := time.Unix(l.Period.End, 0).UTC(); end.After(ls.PaidThrough) {
-						ls.PaidThrough = end
-					}
-				}
+		if inv := sub.LatestInvoice; inv != nil {
+			if pt := stripeapi.PaidThrough(inv); pt.After(ls.PaidThrough) {
+				ls.PaidThrough = pt
 			}
 		}
 		for _, it := range sub.Items.Data {

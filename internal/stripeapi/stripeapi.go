@@ -18,6 +18,8 @@ import (
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/client"
 	"golang.org/x/time/rate"
+
+	"github.com/keysync/keysync/internal/license"
 )
 
 // DefaultBaseURL is Stripe's API.
@@ -188,6 +190,24 @@ func (c *Client) CompleteLines(ctx context.Context, inv *stripe.Invoice) error {
 	}
 	inv.Lines.Data, inv.Lines.HasMore = all, false
 	return nil
+}
+
+// PaidThrough is license.PaidThrough over Stripe's invoices: the latest period end of
+// the subscription lines of the paid ones. Complete long invoices first (CompleteLines).
+func PaidThrough(invoices ...*stripe.Invoice) time.Time {
+	in := make([]license.Invoice, 0, len(invoices))
+	for _, inv := range invoices {
+		li := license.Invoice{Paid: inv.Status == stripe.InvoiceStatusPaid}
+		if inv.Lines != nil {
+			for _, l := range inv.Lines.Data {
+				if l.Period != nil {
+					li.Lines = append(li.Lines, license.Line{Type: string(l.Type), PeriodEnd: time.Unix(l.Period.End, 0).UTC()})
+				}
+			}
+		}
+		in = append(in, li)
+	}
+	return license.PaidThrough(in)
 }
 
 // GetInvoice returns an invoice.

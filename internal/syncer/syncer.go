@@ -177,7 +177,7 @@ func (r *run) sync(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("read paid invoices: %w", err)
 	}
-	ls := license.Subscription{ID: sub.ID, Status: string(sub.Status), PaidThrough: paidThrough(paid)}
+	ls := license.Subscription{ID: sub.ID, Status: string(sub.Status), PaidThrough: stripeapi.PaidThrough(paid...)}
 	if sub.Customer != nil {
 		ls.CustomerID = sub.Customer.ID
 	}
@@ -441,22 +441,6 @@ func (r *run) chargeState(ctx context.Context, paid []*stripe.Invoice) (disputed
 		return disputed, ch.Refunded, nil
 	}
 	return false, false, nil
-}
-
-func paidThrough(invoices []*stripe.Invoice) time.Time {
-	in := make([]license.Invoice, 0, len(invoices))
-	for _, inv := range invoices {
-		li := license.Invoice{Paid: inv.Status == stripe.InvoiceStatusPaid}
-		if inv.Lines != nil {
-			for _, l := range inv.Lines.Data {
-				if l.Period != nil {
-					li.Lines = append(li.Lines, license.Line{Type: string(l.Type), PeriodEnd: time.Unix(l.Period.End, 0).UTC()})
-				}
-			}
-		}
-		in = append(in, li)
-	}
-	return license.PaidThrough(in)
 }
 
 func item(it *stripe.SubscriptionItem) license.Item {
