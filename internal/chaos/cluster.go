@@ -54,8 +54,9 @@ var plans = map[string]sandbox.Want{
 	"team": {Features: [8]bool{true, false, true}, Machines: 2},
 }
 
-// cluster is one scenario's world.
-type cluster struct {
+// Cluster is one scenario's world: the sandbox, keysync replicas behind the balancer,
+// and the database. Benchmarks drive it too.
+type Cluster struct {
 	opts     Options
 	ctl      *sandbox.Control
 	db       *pgxpool.Pool
@@ -82,46 +83,26 @@ type replica struct {
 	up         atomic.Bool
 }
 
-// Cluster is a running world: the sandbox, keysync replicas behind the balancer, and the
-// database. Benchmarks drive it through its exported methods.
-type Cluster = cluster
-
-// NewCluster starts the sandbox, the balancer and n keysync replicas, with env added to
-// their environment. Close it when done.
-func NewCluster(ctx context.Context, opts Options, n int, env ...string) (*Cluster, error) {
-	return newCluster(ctx, opts, n, env...)
-}
-
-// Close stops every process the cluster started.
-func (c *cluster) Close() { c.close() }
-
-// Checkout creates n subscriptions (one in four on Team with two seats).
-func (c *cluster) Checkout(ctx context.Context, n int) error { return c.checkout(ctx, n) }
-
-// Settle waits until keysync has stored and worked every event Stripe emitted.
-func (c *cluster) Settle(ctx context.Context, timeout time.Duration) error {
-	return c.settle(ctx, timeout)
-}
-
 // Control is the sandbox's control API.
-func (c *cluster) Control() *sandbox.Control { return c.ctl }
+func (c *Cluster) Control() *sandbox.Control { return c.ctl }
 
 // DB is a pool on keysync's database.
-func (c *cluster) DB() *pgxpool.Pool { return c.db }
+func (c *Cluster) DB() *pgxpool.Pool { return c.db }
 
 // Subscriptions are the subscriptions Checkout created, oldest first.
-func (c *cluster) Subscriptions() []string { return c.subs }
+func (c *Cluster) Subscriptions() []string { return c.subs }
 
 // Env is keysync's environment (the sandbox's credentials and URLs, the database).
-func (c *cluster) Env() []string { return slices.Clone(c.env) }
+func (c *Cluster) Env() []string { return slices.Clone(c.env) }
 
-// newCluster starts the sandbox, the balancer and n keysync replicas.
-func newCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c *cluster, err error) {
+// NewCluster starts the sandbox, the balancer and n keysync replicas, with extraEnv added
+// to their environment. Close it when done.
+func NewCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c *Cluster, err error) {
 	opts.Seed = max(opts.Seed, 1)
-	c = &cluster{opts: opts, prices: map[string]string{}, planOf: map[string]string{}, started: time.Now()}
+	c = &Cluster{opts: opts, prices: map[string]string{}, planOf: map[string]string{}, started: time.Now()}
 	defer func() {
 		if err != nil {
-			c.close()
+			c.Close()
 		}
 	}()
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
@@ -221,13 +202,13 @@ func newCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c
 	return c, nil
 }
 
-func (c *cluster) progress(format string, a ...any) {
+func (c *Cluster) progress(format string, a ...any) {
 	if c.opts.Progress != nil {
 		fmt.Fprintf(c.opts.Progress, "  [%5.1fs] %s\n", time.Since(c.started).Seconds(), fmt.Sprintf(format, a...))
 	}
 }
 
-func (c *cluster) start(bin, log string, env []string, args ...string) (*sandbox.Process, error) {
+func (c *Cluster) start(bin, log string, env []string, args ...string) (*sandbox.Process, error) {
 	p, err := sandbox.Start(bin, filepath.Join(c.opts.Dir, log), env, args...)
 	if err != nil {
 		return nil, err
@@ -238,7 +219,7 @@ func (c *cluster) start(bin, log string, env []string, args ...string) (*sandbox
 	return p, nil
 }
 
-func (c *cluster) startReplica(ctx context.Context, r *replica) error {
+func (c *Cluster) startReplica(ctx context.Context, r *replica) error {
 	p, err := c.start(c.opts.KeysyncBin, r.name+".log", append(slices.Clone(c.env), "KEYSYNC_LISTEN="+r.addr), "serve")
 	if err != nil {
 		return err
@@ -252,7 +233,7 @@ func (c *cluster) startReplica(ctx context.Context, r *replica) error {
 }
 
 // killAndRestart SIGKILLs a replica and starts it again on the same address.
-func (c *cluster) killAndRestart(ctx context.Context, r *replica) error {
+func (c *Cluster) killAndRestart(ctx context.Context, r *replica) error {
 	r.up.Store(false)
 	r.proc.Kill()
 	return c.startReplica(ctx, r)
@@ -260,7 +241,7 @@ func (c *cluster) killAndRestart(ctx context.Context, r *replica) error {
 
 // killer SIGKILLs a random replica every interval and restarts it, until stop is
 // called; stop returns how many kills there were and the first restart error.
-func (c *cluster) killer(ctx context.Context, every time.Duration, seed uint64) (stop func() (int, error)) {
+func (c *Cluster) killer(ctx context.Context, every time.Duration, seed uint64) (stop func() (int, error)) {
 	done := make(chan struct{})
 	var kills int
 	var firstErr error
@@ -293,8 +274,8 @@ func (c *cluster) killer(ctx context.Context, every time.Duration, seed uint64) 
 	}
 }
 
-// close stops every process the cluster started (by PID) and the balancer.
-func (c *cluster) close() {
+// Close stops every process the cluster started (by PID) and the balancer.
+func (c *Cluster) Close() {
 	c.mu.Lock()
 	procs := slices.Clone(c.procs)
 	c.mu.Unlock()
@@ -313,7 +294,7 @@ func (c *cluster) close() {
 // the next replica when one cannot be reached (as a load balancer in front of
 // replicas does). It counts the statuses it answers.
 type balancer struct {
-	c      *cluster
+	c      *Cluster
 	client *http.Client
 	next   atomic.Uint64
 
@@ -358,8 +339,8 @@ func (b *balancer) count(status int) int {
 	return b.statuses[status]
 }
 
-// checkout creates n subscriptions, one in four on Team with two seats, the rest on Pro.
-func (c *cluster) checkout(ctx context.Context, n int) error {
+// Checkout creates n subscriptions, one in four on Team with two seats, the rest on Pro.
+func (c *Cluster) Checkout(ctx context.Context, n int) error {
 	for i := range n {
 		plan, qty := "pro", 1
 		if i%4 == 3 {
@@ -377,7 +358,7 @@ func (c *cluster) checkout(ctx context.Context, n int) error {
 
 // renew moves the clock two hours past the end of the latest current period: every
 // subscription renews, and its invoice is finalized and paid.
-func (c *cluster) renew(ctx context.Context) error {
+func (c *Cluster) renew(ctx context.Context) error {
 	s, err := c.ctl.Subscription(ctx, c.subs[len(c.subs)-1])
 	if err != nil {
 		return err
@@ -390,7 +371,7 @@ func (c *cluster) renew(ctx context.Context) error {
 }
 
 // reseat changes the seats of every k-th subscription (plan changes mid-storm).
-func (c *cluster) reseat(ctx context.Context, k int, qty int) error {
+func (c *Cluster) reseat(ctx context.Context, k int, qty int) error {
 	for i := 0; i < len(c.subs); i += k {
 		if err := c.ctl.Post(ctx, "/stripe/subscriptions/"+c.subs[i]+"/quantity", map[string]any{"quantity": qty}, nil); err != nil {
 			return err
@@ -405,7 +386,7 @@ type endpointStats struct {
 	}
 }
 
-func (c *cluster) delivery(ctx context.Context) (endpointStats, error) {
+func (c *Cluster) delivery(ctx context.Context) (endpointStats, error) {
 	var eps []endpointStats
 	if err := c.ctl.Get(ctx, "/stripe/endpoints", &eps); err != nil {
 		return endpointStats{}, err
@@ -417,7 +398,7 @@ func (c *cluster) delivery(ctx context.Context) (endpointStats, error) {
 }
 
 // waitAcked waits until at least n deliveries were acknowledged.
-func (c *cluster) waitAcked(ctx context.Context, n int, timeout time.Duration) error {
+func (c *Cluster) waitAcked(ctx context.Context, n int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		st, err := c.delivery(ctx)
@@ -436,9 +417,9 @@ func (c *cluster) waitAcked(ctx context.Context, n int, timeout time.Duration) e
 	return fmt.Errorf("fewer than %d deliveries acknowledged within %s", n, timeout)
 }
 
-// settle waits until Stripe delivered everything, keysync stored every event Stripe
+// Settle waits until Stripe delivered everything, keysync stored every event Stripe
 // emitted (from webhooks or its catch-up) and worked every one.
-func (c *cluster) settle(ctx context.Context, timeout time.Duration) error {
+func (c *Cluster) Settle(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	fctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
@@ -468,7 +449,7 @@ func (c *cluster) settle(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-func (c *cluster) eventIDs(ctx context.Context) ([]string, error) {
+func (c *Cluster) eventIDs(ctx context.Context) ([]string, error) {
 	var evs []struct{ ID string }
 	if err := c.ctl.Get(ctx, "/stripe/events", &evs); err != nil {
 		return nil, err
@@ -519,7 +500,7 @@ func (r *Report) problem(format string, a ...any) {
 
 // check fills the report's counts: events against keysync's table, every key against
 // the policy, CreateKey calls against the subscriptions they were for.
-func (c *cluster) check(ctx context.Context, r *Report) error {
+func (c *Cluster) check(ctx context.Context, r *Report) error {
 	ids, err := c.eventIDs(ctx)
 	if err != nil {
 		return err

@@ -50,11 +50,11 @@ func Scenarios() []Scenario {
 // SIGKILLed every `every` and restarted.
 func ReplicaKills(ctx context.Context, opts Options, subs, renewals int, every time.Duration) (Report, error) {
 	r := Report{Scenario: "replica-kills"}
-	c, err := newCluster(ctx, opts, 3)
+	c, err := NewCluster(ctx, opts, 3)
 	if err != nil {
 		return r, err
 	}
-	defer c.close()
+	defer c.Close()
 	stop := c.killer(ctx, every, c.opts.Seed)
 	err = c.storm(ctx, subs, renewals)
 	if err == nil {
@@ -71,8 +71,8 @@ func ReplicaKills(ctx context.Context, opts Options, subs, renewals int, every t
 
 // storm checks out subs subscriptions and renews them all renewals times, as fast as
 // the sandbox takes it; at the third renewal every tenth subscription goes to 3 seats.
-func (c *cluster) storm(ctx context.Context, subs, renewals int) error {
-	if err := c.checkout(ctx, subs); err != nil {
+func (c *Cluster) storm(ctx context.Context, subs, renewals int) error {
+	if err := c.Checkout(ctx, subs); err != nil {
 		return err
 	}
 	c.progress("%d subscriptions checked out", subs)
@@ -91,8 +91,8 @@ func (c *cluster) storm(ctx context.Context, subs, renewals int) error {
 }
 
 // finish waits for keysync to settle, checks, and notes what the balancer saw.
-func (c *cluster) finish(ctx context.Context, r Report) (Report, error) {
-	if err := c.settle(ctx, 5*time.Minute); err != nil {
+func (c *Cluster) finish(ctx context.Context, r Report) (Report, error) {
+	if err := c.Settle(ctx, 5*time.Minute); err != nil {
 		r.problem("%v", err)
 	}
 	for _, rep := range c.replicas {
@@ -121,12 +121,12 @@ func PostgresRestart(ctx context.Context, opts Options, subs, renewals int, outa
 	if opts.Postgres == nil {
 		return r, errors.New("postgres-restart needs a throwaway Postgres cluster it may restart")
 	}
-	c, err := newCluster(ctx, opts, 3)
+	c, err := NewCluster(ctx, opts, 3)
 	if err != nil {
 		return r, err
 	}
-	defer c.close()
-	if err := c.checkout(ctx, subs); err != nil {
+	defer c.Close()
+	if err := c.Checkout(ctx, subs); err != nil {
 		return r, err
 	}
 	if err := c.renew(ctx); err != nil {
@@ -167,15 +167,15 @@ func PostgresRestart(ctx context.Context, opts Options, subs, renewals int, outa
 // and timeouts for faulty, then is down for down; it then recovers.
 func CryptolensFaults(ctx context.Context, opts Options, subs int, faulty, down time.Duration) (Report, error) {
 	r := Report{Scenario: "cryptolens-faults"}
-	c, err := newCluster(ctx, opts, 2)
+	c, err := NewCluster(ctx, opts, 2)
 	if err != nil {
 		return r, err
 	}
-	defer c.close()
-	if err := c.checkout(ctx, subs); err != nil {
+	defer c.Close()
+	if err := c.Checkout(ctx, subs); err != nil {
 		return r, err
 	}
-	if err := c.settle(ctx, 2*time.Minute); err != nil {
+	if err := c.Settle(ctx, 2*time.Minute); err != nil {
 		return r, err
 	}
 	phases := []struct {
@@ -212,7 +212,7 @@ func CryptolensFaults(ctx context.Context, opts Options, subs int, faulty, down 
 	if err != nil {
 		return r, err
 	}
-	if err := c.settle(ctx, 5*time.Minute); err != nil {
+	if err := c.Settle(ctx, 5*time.Minute); err != nil {
 		r.problem("%v", err)
 	}
 	r.Notes = append(r.Notes, fmt.Sprintf("Cryptolens: %d calls failed, timed out or lost their answer; keysync caught up %s after it came back",
@@ -221,7 +221,7 @@ func CryptolensFaults(ctx context.Context, opts Options, subs int, faulty, down 
 }
 
 // cryptolensFaults counts the Cryptolens calls that got an injected fault.
-func (c *cluster) cryptolensFaults(ctx context.Context) (int, error) {
+func (c *Cluster) cryptolensFaults(ctx context.Context) (int, error) {
 	var calls []struct {
 		Status  int
 		Result  int
@@ -244,12 +244,12 @@ func (c *cluster) cryptolensFaults(ctx context.Context) (int, error) {
 // seconds during a renewal.
 func Small(ctx context.Context, opts Options) (Report, error) {
 	r := Report{Scenario: "small"}
-	c, err := newCluster(ctx, opts, 2)
+	c, err := NewCluster(ctx, opts, 2)
 	if err != nil {
 		return r, err
 	}
-	defer c.close()
-	if err := c.checkout(ctx, 40); err != nil {
+	defer c.Close()
+	if err := c.Checkout(ctx, 40); err != nil {
 		return r, err
 	}
 	if err := c.renew(ctx); err != nil {
@@ -306,18 +306,18 @@ func Small(ctx context.Context, opts Options) (Report, error) {
 // runs a sweep with `keysync reconcile --once` while Stripe answers bursts of 429.
 func Stripe429Sweep(ctx context.Context, opts Options, subs int) (Report, error) {
 	r := Report{Scenario: "stripe-429-sweep"}
-	c, err := newCluster(ctx, opts, 2)
+	c, err := NewCluster(ctx, opts, 2)
 	if err != nil {
 		return r, err
 	}
-	defer c.close()
-	if err := c.checkout(ctx, subs); err != nil {
+	defer c.Close()
+	if err := c.Checkout(ctx, subs); err != nil {
 		return r, err
 	}
 	if err := c.renew(ctx); err != nil {
 		return r, err
 	}
-	if err := c.settle(ctx, 3*time.Minute); err != nil {
+	if err := c.Settle(ctx, 3*time.Minute); err != nil {
 		return r, err
 	}
 	tampered, err := c.tamper(ctx)
@@ -358,7 +358,7 @@ func Stripe429Sweep(ctx context.Context, opts Options, subs int) (Report, error)
 		drifted, _ = strconv.Atoi(m[1])
 	}
 	c.progress("sweep found %d drifted; waiting for the Syncs", drifted)
-	settleErr := c.settle(ctx, 3*time.Minute)
+	settleErr := c.Settle(ctx, 3*time.Minute)
 	close(done)
 	wg.Wait()
 	if err := c.ctl.Post(ctx, "/stripe/faults", map[string]any{}, nil); err != nil {
@@ -381,7 +381,7 @@ func Stripe429Sweep(ctx context.Context, opts Options, subs int) (Report, error)
 
 // tamper changes keys directly in Cryptolens, as a vendor's support staff might: every
 // third key's machine limit to 99, every fifth key's F1 off.
-func (c *cluster) tamper(ctx context.Context) (int, error) {
+func (c *Cluster) tamper(ctx context.Context) (int, error) {
 	env := map[string]string{}
 	for _, kv := range c.env {
 		if k, v, ok := strings.Cut(kv, "="); ok {
