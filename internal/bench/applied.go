@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -119,17 +118,11 @@ func Applied(ctx context.Context, opts AppliedOptions) (AppliedResult, error) {
 		res.Measured, res.Sent, res.P50ms, res.P99ms, res.QueueP50ms, res.WorkP50ms)
 
 	// Baseline: the calls a Sync makes, straight from this process at the same rate.
-	env := map[string]string{}
-	for _, kv := range c.Env() {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			env[k] = v
-		}
-	}
-	st, err := stripeapi.New(stripeapi.Config{APIKey: env["STRIPE_API_KEY"], BaseURL: env["STRIPE_API_BASE"], RateLimit: 5000})
+	st, err := stripeapi.New(stripeapi.Config{APIKey: c.Getenv("STRIPE_API_KEY"), BaseURL: c.Getenv("STRIPE_API_BASE"), RateLimit: 5000})
 	if err != nil {
 		return res, err
 	}
-	cl, err := cryptolens.New(cryptolens.Config{BaseURL: env["CRYPTOLENS_API_BASE"], Token: env["CRYPTOLENS_TOKEN"], RateLimit: -1})
+	cl, err := cryptolens.New(cryptolens.Config{BaseURL: c.Getenv("CRYPTOLENS_API_BASE"), Token: c.Getenv("CRYPTOLENS_TOKEN"), RateLimit: -1})
 	if err != nil {
 		return res, err
 	}

@@ -95,6 +95,18 @@ func (c *Cluster) Subscriptions() []string { return c.subs }
 // Env is keysync's environment (the sandbox's credentials and URLs, the database).
 func (c *Cluster) Env() []string { return slices.Clone(c.env) }
 
+// Getenv is one variable of keysync's environment (the last setting wins, as for a
+// process).
+func (c *Cluster) Getenv(name string) string {
+	v := ""
+	for _, kv := range c.env {
+		if val, ok := strings.CutPrefix(kv, name+"="); ok {
+			v = val
+		}
+	}
+	return v
+}
+
 // NewCluster starts the sandbox, the balancer and n keysync replicas, with extraEnv added
 // to their environment. Close it when done.
 func NewCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c *Cluster, err error) {
@@ -180,12 +192,7 @@ func NewCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c
 	}
 	c.lbServer = &http.Server{Handler: c.lb, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = c.lbServer.Serve(ln) }()
-	secret := ""
-	for _, kv := range c.env {
-		if v, ok := strings.CutPrefix(kv, "STRIPE_WEBHOOK_SECRETS="); ok {
-			secret = v
-		}
-	}
+	secret := c.Getenv("STRIPE_WEBHOOK_SECRETS")
 	// Events from here on are the scenario's; the products and prices came before.
 	ids, err := c.eventIDs(ctx)
 	if err != nil {

@@ -382,13 +382,7 @@ func Stripe429Sweep(ctx context.Context, opts Options, subs int) (Report, error)
 // tamper changes keys directly in Cryptolens, as a vendor's support staff might: every
 // third key's machine limit to 99, every fifth key's F1 off.
 func (c *Cluster) tamper(ctx context.Context) (int, error) {
-	env := map[string]string{}
-	for _, kv := range c.env {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			env[k] = v
-		}
-	}
-	cl, err := cryptolens.New(cryptolens.Config{BaseURL: env["CRYPTOLENS_API_BASE"], Token: env["CRYPTOLENS_TOKEN"], RateLimit: -1})
+	cl, err := cryptolens.New(cryptolens.Config{BaseURL: c.Getenv("CRYPTOLENS_API_BASE"), Token: c.Getenv("CRYPTOLENS_TOKEN"), RateLimit: -1})
 	if err != nil {
 		return 0, err
 	}

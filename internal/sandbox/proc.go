@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -130,17 +129,14 @@ func FreePorts(n int) ([]string, error) {
 	return out, nil
 }
 
-// ErrNotIdle is returned by WaitIdle when work remains at the deadline.
-var ErrNotIdle = errors.New("keysync did not become idle")
-
 // Querier runs a query that returns one row (a *pgx.Conn or *pgxpool.Pool).
 type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// Pending counts the work keysync has not finished: events not yet worked and River
+// pending counts the work keysync has not finished: events not yet worked and River
 // jobs queued, running or waiting for a retry.
-func Pending(ctx context.Context, db Querier) (int, error) {
+func pending(ctx context.Context, db Querier) (int, error) {
 	var n int
 	err := db.QueryRow(ctx, `SELECT (SELECT count(*) FROM stripe_events WHERE status = 'pending')
 		+ (SELECT count(*) FROM river_job WHERE state IN ('available', 'running', 'retryable', 'scheduled', 'pending')
@@ -152,15 +148,15 @@ func Pending(ctx context.Context, db Querier) (int, error) {
 func WaitIdle(ctx context.Context, db Querier, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		n, err := Pending(ctx, db)
+		n, err := pending(ctx, db)
 		if err == nil && n == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
 			if err != nil {
-				return fmt.Errorf("%w within %s: %v", ErrNotIdle, timeout, err)
+				return fmt.Errorf("keysync did not become idle within %s: %v", timeout, err)
 			}
-			return fmt.Errorf("%w within %s: %d events or jobs left", ErrNotIdle, timeout, n)
+			return fmt.Errorf("keysync did not become idle within %s: %d events or jobs left", timeout, n)
 		}
 		select {
 		case <-ctx.Done():
