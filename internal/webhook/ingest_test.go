@@ -18,13 +18,13 @@ import (
 // countingStore counts batch statements, to show that queued events share one.
 type countingStore struct {
 	*postgres.Store
-	mu  sync.Mutex
-	txs int
+	mu      sync.Mutex
+	batches int
 }
 
 func (s *countingStore) IngestEvents(ctx context.Context, evs []events.Event, job postgres.EventJob) ([]bool, error) {
 	s.mu.Lock()
-	s.txs++
+	s.batches++
 	s.mu.Unlock()
 	return s.Store.IngestEvents(ctx, evs, job)
 }
@@ -84,8 +84,8 @@ func TestWaitingEventsCommitTogether(t *testing.T) {
 	if duplicates != 1 {
 		t.Fatalf("got %d duplicates, want 1", duplicates)
 	}
-	if store.txs != 1 {
-		t.Fatalf("got %d transactions for 41 waiting events, want 1", store.txs)
+	if store.batches != 1 {
+		t.Fatalf("got %d batch statements for 41 waiting events, want 1", store.batches)
 	}
 	var rows, jobRows int
 	pool := store.Pool()
@@ -128,7 +128,7 @@ func TestLoneEventIsNotDelayed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if store.txs != 3 {
-		t.Fatalf("got %d transactions for 3 sequential events, want 3 (one each, no waiting for company)", store.txs)
+	if store.batches != 3 {
+		t.Fatalf("got %d batch statements for 3 sequential events, want 3 (one each, no waiting for company)", store.batches)
 	}
 }
