@@ -19,9 +19,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/keysync/keysync/internal/bench"
-	"github.com/keysync/keysync/internal/chaos"
-	"github.com/keysync/keysync/internal/localpg"
+	"github.com/keysync/keysync/internal/testbed/bench"
+	"github.com/keysync/keysync/internal/testbed/chaos"
+	"github.com/keysync/keysync/internal/testbed/localpg"
 	"github.com/keysync/keysync/internal/webhook"
 )
 

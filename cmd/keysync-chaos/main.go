@@ -1,4 +1,4 @@
-// Command keysync-chaos runs the chaos scenarios (internal/chaos) against real
+// Command keysync-chaos runs the chaos scenarios (internal/testbed/chaos) against real
 // processes: keysync replicas and the sandbox, built by `make build`, on a throwaway
 // PostgreSQL cluster it may crash and restart. It prints a table of what each scenario
 // sent, processed and found, writes it as JSON, and exits 1 if any scenario lost an
@@ -24,9 +24,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/keysync/keysync/internal/bench"
-	"github.com/keysync/keysync/internal/chaos"
-	"github.com/keysync/keysync/internal/localpg"
+	"github.com/keysync/keysync/internal/testbed/bench"
+	"github.com/keysync/keysync/internal/testbed/chaos"
+	"github.com/keysync/keysync/internal/testbed/localpg"
 )
 
 func main() {

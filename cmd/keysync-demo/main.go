@@ -19,8 +19,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/keysync/keysync/internal/localpg"
-	"github.com/keysync/keysync/internal/sandbox"
+	"github.com/keysync/keysync/internal/testbed/localpg"
+	"github.com/keysync/keysync/internal/testbed/sandbox"
 )
 
 const product = 1001

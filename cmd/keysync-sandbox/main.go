@@ -17,8 +17,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
-	"github.com/keysync/keysync/internal/sim/stripesim"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 func main() {

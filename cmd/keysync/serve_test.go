@@ -20,9 +20,9 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/keysync/keysync/internal/pgtest"
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
-	"github.com/keysync/keysync/internal/sim/stripesim"
-	"github.com/keysync/keysync/internal/simtest"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
+	"github.com/keysync/keysync/internal/testbed/simtest"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 type lockedBuffer struct {

@@ -17,9 +17,9 @@ import (
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
-	"github.com/keysync/keysync/internal/sim/stripesim"
-	"github.com/keysync/keysync/internal/simtest"
 	"github.com/keysync/keysync/internal/syncer"
+	"github.com/keysync/keysync/internal/testbed/simtest"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 const token = "admin-token-0123456789abcdef"

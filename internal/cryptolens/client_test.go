@@ -14,7 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/cryptolens"
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
 )
 
 const (

@@ -23,11 +23,9 @@ import (
 	"github.com/riverqueue/river/rivermigrate"
 
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/testbed/localpg"
 	"github.com/keysync/keysync/migrations"
 )
-
-// DefaultURL is the local server every machine of this project runs.
-const DefaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 
 // templateLock serialises template creation across test binaries (go test runs packages
 // in parallel processes).
@@ -40,12 +38,12 @@ var (
 )
 
 // AdminURL returns the URL of the server's maintenance database: DATABASE_URL if set,
-// else the local server.
+// else the local server (localpg.DefaultURL, the one definition of it).
 func AdminURL() string {
 	if u := os.Getenv("DATABASE_URL"); u != "" {
 		return u
 	}
-	return DefaultURL
+	return localpg.DefaultURL
 }
 
 // URL creates a fresh migrated database for t and returns its connection URL. The

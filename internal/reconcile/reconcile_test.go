@@ -17,10 +17,10 @@ import (
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/reconcile"
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
-	"github.com/keysync/keysync/internal/sim/stripesim"
-	"github.com/keysync/keysync/internal/simtest"
 	"github.com/keysync/keysync/internal/syncer"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
+	"github.com/keysync/keysync/internal/testbed/simtest"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 	"github.com/keysync/keysync/internal/webhook"
 )
 

@@ -14,10 +14,10 @@ import (
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/reconcile"
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
-	"github.com/keysync/keysync/internal/sim/stripesim"
-	"github.com/keysync/keysync/internal/simtest"
 	"github.com/keysync/keysync/internal/syncer"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
+	"github.com/keysync/keysync/internal/testbed/simtest"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 // seeded is an account of n active subscriptions whose keys and mapping rows are all

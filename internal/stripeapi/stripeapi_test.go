@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keysync/keysync/internal/sim/stripesim"
 	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 type bundle struct {

@@ -11,9 +11,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/keysync/keysync/internal/pgtest"
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
-	"github.com/keysync/keysync/internal/sim/stripesim"
 	"github.com/keysync/keysync/internal/syncer"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 // Crash safety: Sync is interrupted after Cryptolens applied a change and before the

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
-	"github.com/keysync/keysync/internal/sim/stripesim"
 	"github.com/keysync/keysync/internal/syncer"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 // lifecycle plays a random subscription life, step by step. After each step, deliver is

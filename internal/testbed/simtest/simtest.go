@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/keysync/keysync/internal/cryptolens"
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
-	"github.com/keysync/keysync/internal/sim/stripesim"
 	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 // The world's fixed names.

@@ -11,7 +11,7 @@ import (
 
 	"github.com/stripe/stripe-go/v76/webhook"
 
-	"github.com/keysync/keysync/internal/sim/stripesim"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 // receiver records verified deliveries; failFirst makes the first n requests fail.

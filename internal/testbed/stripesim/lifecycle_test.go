@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keysync/keysync/internal/sim/stripesim"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 const hour = time.Hour

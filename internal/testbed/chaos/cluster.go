@@ -25,8 +25,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/keysync/keysync/internal/localpg"
-	"github.com/keysync/keysync/internal/sandbox"
+	"github.com/keysync/keysync/internal/testbed/localpg"
+	"github.com/keysync/keysync/internal/testbed/sandbox"
 )
 
 // Options say where the binaries are and where the scenario runs.

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keysync/keysync/internal/sim/stripesim"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 func call(t *testing.T, srv *httptest.Server, method, path, key string, form url.Values, header ...string) (int, map[string]any) {

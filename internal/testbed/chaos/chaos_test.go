@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keysync/keysync/internal/chaos"
 	"github.com/keysync/keysync/internal/pgtest"
+	"github.com/keysync/keysync/internal/testbed/chaos"
 )
 
 // The small chaos scenario against real processes: keysync and the sandbox built from

@@ -12,8 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/keysync/keysync/internal/chaos"
-	"github.com/keysync/keysync/internal/sandbox"
+	"github.com/keysync/keysync/internal/testbed/chaos"
+	"github.com/keysync/keysync/internal/testbed/sandbox"
 )
 
 // ProcessOptions configures the start-up and idle-memory benchmark.

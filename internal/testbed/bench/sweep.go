@@ -16,10 +16,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/keysync/keysync/internal/cryptolens"
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
-	"github.com/keysync/keysync/internal/sim/stripesim"
 	"github.com/keysync/keysync/internal/stripeapi"
 	"github.com/keysync/keysync/internal/syncer"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 // SweepOptions configures the sweep benchmark.

@@ -17,7 +17,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 	"github.com/stripe/stripe-mock/embedded"
 
-	"github.com/keysync/keysync/internal/sim/stripesim"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 // spec is the OpenAPI document of API 2023-10-16 that stripe-mock v0.183.0 embeds, made

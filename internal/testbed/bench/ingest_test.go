@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keysync/keysync/internal/bench"
 	"github.com/keysync/keysync/internal/pgtest"
+	"github.com/keysync/keysync/internal/testbed/bench"
 )
 
 // The harness itself must work: every shape completes requests without errors and the

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keysync/keysync/internal/sim/cryptolenssim"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
 )
 
 const (

@@ -6,7 +6,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/keysync/keysync/internal/localpg"
+	"github.com/keysync/keysync/internal/testbed/localpg"
 )
 
 // A throwaway cluster starts, serves, survives a crash-restart and is removed.

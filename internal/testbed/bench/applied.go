@@ -7,9 +7,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/keysync/keysync/internal/chaos"
 	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/testbed/chaos"
 )
 
 // AppliedOptions configures the event-to-applied benchmark.
