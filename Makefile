@@ -9,7 +9,7 @@ BENCHTIME   ?= 5s
 AUDIT_ROWS  ?= 10000000
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo sandbox test lint check-tidy bench chaos fuzz migrate clean
+.PHONY: help build demo sandbox test lint node-deps check-tidy bench chaos fuzz migrate clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,8 +25,14 @@ demo: build ## run keysync against local Postgres and show what it does
 sandbox: build ## run the Stripe and Cryptolens simulators on loopback (prints keysync's environment)
 	./bin/keysync-sandbox $(SANDBOX_ARGS)
 
-test: lint ## vet, staticcheck and every test (-race) against real Postgres
+test: lint node-deps ## vet, staticcheck and every test (-race) against real Postgres
 	$(GO) test -race -count=1 ./...
+
+# Cryptolens' official Node client, which a cryptolenssim test runs against the simulator.
+OFFICIAL_CLIENTS = internal/testbed/officialclients
+node-deps: $(OFFICIAL_CLIENTS)/node_modules/.package-lock.json ## install the official clients the simulator tests run (npm)
+$(OFFICIAL_CLIENTS)/node_modules/.package-lock.json: $(OFFICIAL_CLIENTS)/package-lock.json
+	npm ci --prefix $(OFFICIAL_CLIENTS) --no-audit --no-fund --loglevel=error
 
 lint: ## gofmt, go vet, staticcheck
 	@unformatted=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -54,4 +60,4 @@ migrate: build ## apply migrations to DATABASE_URL
 	./bin/keysync migrate up
 
 clean: ## remove build and demo output
-	rm -rf bin bench .demo .chaos
+	rm -rf bin bench .demo .chaos $(OFFICIAL_CLIENTS)/node_modules

@@ -12,6 +12,8 @@ import (
 //	GET  /keys?product=N    the product's keys (state, as the dashboard shows it)
 //	GET  /calls             the call log (tokens never appear in it)
 //	POST /faults            Faults as JSON (latency as a Go duration string)
+//	GET  /publickey         the RSA public key signed answers verify with (.NET XML, as
+//	                        Cryptolens shows it on the account's Security page)
 func (s *Sim) ControlHandler() http.Handler {
 	mux := http.NewServeMux()
 	reply := func(w http.ResponseWriter, status int, v any) {
@@ -26,6 +28,15 @@ func (s *Sim) ControlHandler() http.Handler {
 			return
 		}
 		reply(w, http.StatusOK, s.Keys(id))
+	})
+	mux.HandleFunc("GET /publickey", func(w http.ResponseWriter, _ *http.Request) {
+		xml, err := s.PublicKeyXML()
+		if err != nil {
+			reply(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			return
+		}
+		w.Header().Set("Content-Type", "application/xml")
+		_, _ = w.Write([]byte(xml))
 	})
 	mux.HandleFunc("GET /calls", func(w http.ResponseWriter, _ *http.Request) { reply(w, http.StatusOK, s.Calls()) })
 	mux.HandleFunc("POST /faults", func(w http.ResponseWriter, r *http.Request) {

@@ -29,12 +29,14 @@ const (
 	AddFeature       = "AddFeature"
 	RemoveFeature    = "RemoveFeature"
 	MachineLockLimit = "MachineLockLimit"
+	// ChangeNotes replaces a key's notes (the official SDKs have it; keysync does not call it).
+	ChangeNotes = "ChangeNotes"
 	// AddCustomer is the permission CreateKey also needs with AddOrUseExistingCustomer.
 	AddCustomer = "AddCustomer"
 )
 
 // Mutating lists the methods that change state.
-var Mutating = []string{CreateKey, ExtendLicense, BlockKey, UnblockKey, AddFeature, RemoveFeature, MachineLockLimit}
+var Mutating = []string{CreateKey, ExtendLicense, BlockKey, UnblockKey, AddFeature, RemoveFeature, MachineLockLimit, ChangeNotes}
 
 // Cryptolens' messages, verbatim.
 const (
@@ -51,7 +53,7 @@ const (
 // routes maps a method to its URL group.
 var routes = map[string]string{
 	CreateKey: "key", GetKey: "key", ExtendLicense: "key", BlockKey: "key", UnblockKey: "key",
-	AddFeature: "key", RemoveFeature: "key", MachineLockLimit: "key", GetKeys: "product",
+	AddFeature: "key", RemoveFeature: "key", MachineLockLimit: "key", ChangeNotes: "key", GetKeys: "product",
 }
 
 // Key is a license key's state.
@@ -155,6 +157,7 @@ type Sim struct {
 	globalID  int64
 	faults    Faults
 	calls     []Call
+	signer    signer
 }
 
 // Option configures a Sim.
@@ -378,9 +381,10 @@ func (s *Sim) autoBlock(p *product) {
 }
 
 // ServeHTTP answers /api/{group}/{Method} (GET or form POST), paths and parameter names
-// case-insensitive, as Cryptolens does.
+// case-insensitive, as Cryptolens does. Empty path segments are ignored: the official
+// Python SDK calls `…/api//key/ChangeNotes` and `…/api/product/getkeys/`.
 func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	parts := strings.FieldsFunc(r.URL.Path, func(c rune) bool { return c == '/' })
 	if len(parts) != 3 || !strings.EqualFold(parts[0], "api") {
 		http.NotFound(w, r)
 		return
@@ -397,6 +401,12 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	params := url.Values{}
 	for k, v := range r.Form {
+		// The official clients send a parameter they were not given as its language's
+		// null: Node's CreateKey sends CustomerId=null and AllowedMachines=null on every
+		// call, Python sends Name=None. Cryptolens documents both as "by default, null".
+		if len(v) == 1 && (v[0] == "null" || v[0] == "None") {
+			continue
+		}
 		params[strings.ToLower(k)] = v
 	}
 	token := params.Get("token")
@@ -557,7 +567,17 @@ func (s *Sim) handle(method string, params url.Values) (map[string]any, string, 
 	}
 	switch method {
 	case GetKey:
+		if isTrue(params.Get("sign")) && params.Get("signmethod") == "1" {
+			return s.signedKey(k)
+		}
 		return map[string]any{"licenseKey": s.wire(k), "metadata": nil}, "", false, nil
+	case ChangeNotes:
+		notes := params.Get("notes")
+		if len([]rune(notes)) > 500 {
+			return nil, "", false, simError(MsgNotesTooLong)
+		}
+		k.Notes = notes
+		return nil, "", true, nil
 	case ExtendLicense:
 		days, err := intParam(params, "noofdays", 0)
 		if err != nil {
@@ -702,9 +722,9 @@ func (s *Sim) wire(k *Key) map[string]any {
 	m := map[string]any{
 		"productId": k.ProductID, "id": k.ID, "key": k.Key,
 		"created": formatTime(k.Created), "expires": formatTime(k.Expires), "period": k.Period,
-		"notes": k.Notes, "block": k.Block, "globalId": k.GlobalID, "customer": nil,
+		"notes": nullIfEmpty(k.Notes), "block": k.Block, "globalId": k.GlobalID, "customer": nil,
 		"activatedMachines": []any{}, "trialActivation": false, "maxNoOfMachines": k.MaxNoOfMachines,
-		"allowedMachines": "", "dataObjects": []any{}, "signDate": formatTime(s.clock()), "reseller": nil,
+		"allowedMachines": nil, "dataObjects": []any{}, "signDate": formatTime(s.clock()), "reseller": nil,
 	}
 	for i, on := range k.Features {
 		m["f"+strconv.Itoa(i+1)] = on
@@ -714,6 +734,15 @@ func (s *Sim) wire(k *Key) map[string]any {
 			"companyName": c.CompanyName, "created": formatTime(c.Created)}
 	}
 	return m
+}
+
+// nullIfEmpty renders an empty text field as null, as Cryptolens does for notes (the
+// real answers kept in the .NET SDK's tests have "notes":null).
+func nullIfEmpty(v string) any {
+	if v == "" {
+		return nil
+	}
+	return v
 }
 
 func formatTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05") }

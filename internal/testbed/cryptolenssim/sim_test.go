@@ -130,6 +130,8 @@ func TestErrors(t *testing.T) {
 		"no product id":                       {"/api/key/GetKey", admin, []any{"Key", key}, 200, cryptolenssim.MsgInvalidInput},
 		"feature 9":                           {"/api/key/AddFeature", admin, []any{"ProductId", productID, "Key", key, "Feature", 9}, 200, cryptolenssim.MsgInvalidInput},
 		"notes too long":                      {"/api/key/CreateKey", admin, []any{"ProductId", productID, "Notes", strings.Repeat("n", 501)}, 200, cryptolenssim.MsgNotesTooLong},
+		"changed notes too long":              {"/api/key/ChangeNotes", admin, []any{"ProductId", productID, "Key", key, "Notes", strings.Repeat("n", 501)}, 200, cryptolenssim.MsgNotesTooLong},
+		"unknown method (a guess)":            {"/api/key/NoSuchMethod", admin, []any{"ProductId", productID}, 404, "Unknown method."},
 		"customer needs AddCustomer":          {"/api/key/CreateKey", readOnly, []any{"ProductId", productID}, 200, cryptolenssim.MsgAccessDenied},
 		"bad search":                          {"/api/product/GetKeys", admin, []any{"ProductId", productID, "SearchQuery", "drop table"}, 200, cryptolenssim.MsgInvalidInput},
 	}
