@@ -51,6 +51,9 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 	controlAddr := fs.String("control-addr", "127.0.0.1:12113", "control API listen address (loopback)")
 	product := fs.Int("cryptolens-product", 1001, "Cryptolens product id to create")
 	blockExpired := fs.Bool("block-expired", false, `the product's "Block Expired Licenses" option`)
+	timeLimited := fs.Int("time-limited-feature", 1, "the product's time-limited feature (1..8), which Block Expired Licenses acts on")
+	skgl := fs.Bool("skgl", false, "the product uses the legacy SKGL algorithm: ExtendLicense and AddFeature change the key string")
+	wholeDays := fs.Bool("whole-days", false, "Cryptolens keeps dates as whole days (midnight) instead of seconds")
 	webhookURL := fs.String("webhook-url", "", "deliver Stripe events to this URL (keysync's /webhooks/stripe)")
 	seed := fs.Uint64("seed", 1, "seed for ids and faults")
 	envFile := fs.String("env-file", "", "also write the keysync environment to this file")
@@ -67,8 +70,12 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 
 	stripe := stripesim.New(stripesim.Options{APIKey: stripeKey, Start: time.Now(), Seed: *seed})
 	defer stripe.Close()
-	crypto := cryptolenssim.New(cryptolenssim.WithClock(stripe.Now), cryptolenssim.WithSeed(*seed))
-	crypto.AddProduct(*product, cryptolenssim.ProductOptions{BlockExpired: *blockExpired})
+	cryptoOpts := []cryptolenssim.Option{cryptolenssim.WithClock(stripe.Now), cryptolenssim.WithSeed(*seed)}
+	if *wholeDays {
+		cryptoOpts = append(cryptoOpts, cryptolenssim.WithWholeDays())
+	}
+	crypto := cryptolenssim.New(cryptoOpts...)
+	crypto.AddProduct(*product, cryptolenssim.ProductOptions{BlockExpired: *blockExpired, TimeLimitedFeature: *timeLimited, SKGL: *skgl})
 	crypto.AddToken(cryptolensToken, cryptolenssim.Token{ProductID: *product})
 	if *webhookURL != "" {
 		stripe.AddEndpoint(*webhookURL, stripesim.EndpointOptions{Secrets: []string{webhookSecret}})

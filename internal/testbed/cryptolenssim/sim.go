@@ -85,9 +85,30 @@ type Customer struct {
 
 // ProductOptions are a product's settings.
 type ProductOptions struct {
-	// BlockExpired mirrors Cryptolens' "Block Expired Licenses": keys are blocked about
-	// an hour after they expire.
+	// BlockExpired mirrors Cryptolens' "Block Expired Licenses": keys that are
+	// time-limited are blocked about an hour after they expire (Cryptolens' FAQ; its
+	// feature-definitions page says expiry applies only to time-limited keys).
 	BlockExpired bool
+	// TimeLimitedFeature is the feature (1..8) that marks a key as time-limited, set in
+	// the product's feature definitions; 0 means Cryptolens' default, F1.
+	TimeLimitedFeature int
+	// AllTimeLimited mirrors the product option "Treat all licenses as time-limited".
+	AllTimeLimited bool
+	// SKGL makes the product use the legacy SKGL key algorithm: the key string encodes
+	// the expiry and features, so ExtendLicense (documented) and AddFeature and
+	// RemoveFeature (a guess: "certain properties") change it and answer the new key in
+	// message. SKM15 products (the default) keep their key strings.
+	SKGL bool
+}
+
+// timeLimited reports whether Cryptolens treats k as time-limited in a product with
+// these options.
+func (o ProductOptions) timeLimited(k *Key) bool {
+	f := o.TimeLimitedFeature
+	if f < 1 || f > 8 {
+		f = 1
+	}
+	return o.AllTimeLimited || k.Features[f-1]
 }
 
 type product struct {
@@ -158,6 +179,7 @@ type Sim struct {
 	faults    Faults
 	calls     []Call
 	signer    signer
+	wholeDays bool
 }
 
 // Option configures a Sim.
@@ -165,6 +187,13 @@ type Option func(*Sim)
 
 // WithClock makes the simulator read time from now (default time.Now).
 func WithClock(now func() time.Time) Option { return func(s *Sim) { s.now = now } }
+
+// WithWholeDays makes Cryptolens keep dates as whole days: a key is created at
+// midnight (UTC) of today and ExtendLicense adds days to the date, dropping the time of
+// day. A real GetKey answer kept in the .NET SDK's tests has "created" and "expires" at
+// midnight next to a "signDate" with seconds; a newer one has seconds throughout. The
+// real behaviour is unverified, so keysync must be right under either.
+func WithWholeDays() Option { return func(s *Sim) { s.wholeDays = true } }
 
 // WithSeed seeds key generation and fault draws (default 1).
 func WithSeed(seed uint64) Option {
@@ -354,6 +383,29 @@ func (s *Sim) newKey(p *product, k *Key) {
 	p.byKey[k.Key] = k
 }
 
+// day is t as Cryptolens keeps it: to the second, or midnight with WithWholeDays.
+func (s *Sim) day(t time.Time) time.Time {
+	if s.wholeDays {
+		return t.UTC().Truncate(24 * time.Hour)
+	}
+	return t
+}
+
+// rekey gives an SKGL product's key a new string after a change that the string encodes,
+// and returns the answer's message: the new key, or "" when the string stays.
+func (s *Sim) rekey(p *product, k *Key) string {
+	if !p.opts.SKGL {
+		return ""
+	}
+	old := k.Key
+	delete(p.byKey, old)
+	for k.Key == old || p.byKey[k.Key] != nil {
+		k.Key = s.randomKey()
+	}
+	p.byKey[k.Key] = k
+	return k.Key
+}
+
 const keyAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 func (s *Sim) randomKey() string {
@@ -367,14 +419,15 @@ func (s *Sim) randomKey() string {
 	return b.String()
 }
 
-// autoBlock applies "Block Expired Licenses": keys expired for an hour get blocked.
+// autoBlock applies "Block Expired Licenses": time-limited keys expired for an hour
+// get blocked.
 func (s *Sim) autoBlock(p *product) {
 	if !p.opts.BlockExpired {
 		return
 	}
 	now := s.clock()
 	for _, k := range p.keys {
-		if !k.Block && !k.Expires.IsZero() && now.Sub(k.Expires) >= time.Hour {
+		if !k.Block && p.opts.timeLimited(k) && !k.Expires.IsZero() && now.Sub(k.Expires) >= time.Hour {
 			k.Block, k.AutoBlocked = true, true
 		}
 	}
@@ -588,8 +641,8 @@ func (s *Sim) handle(method string, params url.Values) (map[string]any, string, 
 		if !base.After(now) {
 			base = now
 		}
-		k.Expires = base.AddDate(0, 0, days)
-		return nil, "", true, nil
+		k.Expires = s.day(base).AddDate(0, 0, days)
+		return nil, s.rekey(p, k), true, nil
 	case BlockKey, UnblockKey:
 		want := method == BlockKey
 		if k.Block == want {
@@ -606,7 +659,7 @@ func (s *Sim) handle(method string, params url.Values) (map[string]any, string, 
 			return nil, "", false, simError(MsgInvalidInput)
 		}
 		k.Features[f-1] = method == AddFeature
-		return nil, "", true, nil
+		return nil, s.rekey(p, k), true, nil
 	case MachineLockLimit:
 		n, err := intParam(params, "numberofmachines", -1)
 		if err != nil || n < 0 {
@@ -643,7 +696,7 @@ func (s *Sim) createKey(p *product, productID int, params url.Values, now time.T
 	if len([]rune(notes)) > 500 {
 		return nil, "", false, simError(MsgNotesTooLong)
 	}
-	k := &Key{ProductID: productID, Created: now, Expires: now.AddDate(0, 0, period), Period: period,
+	k := &Key{ProductID: productID, Created: s.day(now), Expires: s.day(now).AddDate(0, 0, period), Period: period,
 		Notes: notes, Block: isTrue(params.Get("block")), MaxNoOfMachines: machines}
 	for i := range 8 {
 		k.Features[i] = isTrue(params.Get("f" + strconv.Itoa(i+1)))

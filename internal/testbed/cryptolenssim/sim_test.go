@@ -235,7 +235,7 @@ func TestGetKeysPagingAndSearch(t *testing.T) {
 func TestBlockExpiredLicenses(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	k, _ := b.sim.PutKey(cryptolenssim.Key{ProductID: 2002, Expires: t0.Add(-30 * time.Minute)})
+	k, _ := b.sim.PutKey(cryptolenssim.Key{ProductID: 2002, Expires: t0.Add(-30 * time.Minute), Features: [8]bool{true}})
 	if got, _ := b.sim.Key(2002, k.Key); got.Block {
 		t.Fatal("blocked 30 minutes after expiry, want about an hour")
 	}
@@ -246,6 +246,104 @@ func TestBlockExpiredLicenses(t *testing.T) {
 	a := b.call(t, "/api/key/GetKey", admin, "ProductId", 2002, "Key", k.Key)
 	if a.body["licenseKey"].(map[string]any)["block"] != true {
 		t.Fatalf("GetKey: got %s, want block=true", a.raw)
+	}
+}
+
+// "Block Expired Licenses" blocks only time-limited keys: those with the product's
+// time-limited feature (F1 by default) on, or every key with "Treat all licenses as
+// time-limited".
+func TestBlockExpiredOnlyTimeLimited(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		opts     cryptolenssim.ProductOptions
+		features [8]bool
+		blocked  bool
+	}{
+		"F1 on, default feature":       {cryptolenssim.ProductOptions{BlockExpired: true}, [8]bool{true}, true},
+		"F1 off, default feature":      {cryptolenssim.ProductOptions{BlockExpired: true}, [8]bool{false, true}, false},
+		"F3 is the time-limited one":   {cryptolenssim.ProductOptions{BlockExpired: true, TimeLimitedFeature: 3}, [8]bool{false, false, true}, true},
+		"F3 defined, only F1 on":       {cryptolenssim.ProductOptions{BlockExpired: true, TimeLimitedFeature: 3}, [8]bool{true}, false},
+		"all treated as time-limited":  {cryptolenssim.ProductOptions{BlockExpired: true, AllTimeLimited: true}, [8]bool{}, true},
+		"option off, time-limited key": {cryptolenssim.ProductOptions{}, [8]bool{true}, false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			sim := cryptolenssim.New(cryptolenssim.WithClock(func() time.Time { return t0 }))
+			sim.AddProduct(7, tc.opts)
+			k, _ := sim.PutKey(cryptolenssim.Key{ProductID: 7, Expires: t0.Add(-2 * time.Hour), Features: tc.features})
+			if got, _ := sim.Key(7, k.Key); got.Block != tc.blocked || got.AutoBlocked != tc.blocked {
+				t.Errorf("got block %v (auto %v), want %v", got.Block, got.AutoBlocked, tc.blocked)
+			}
+		})
+	}
+}
+
+// With whole days, a key is created at midnight and extended by whole dates: a key made
+// at 12:00 for 30 days expires at midnight, 12 hours short of 30 days from now.
+func TestWholeDays(t *testing.T) {
+	t.Parallel()
+	sim := cryptolenssim.New(cryptolenssim.WithClock(func() time.Time { return t0 }), cryptolenssim.WithWholeDays())
+	sim.AddProduct(productID, cryptolenssim.ProductOptions{})
+	sim.AddToken(admin, cryptolenssim.Token{})
+	srv := httptest.NewServer(sim)
+	t.Cleanup(srv.Close)
+	b := &bundle{sim: sim, srv: srv}
+
+	key := b.create(t, "Period", 30)
+	k, _ := sim.Key(productID, key)
+	midnight := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	if !k.Created.Equal(midnight) || !k.Expires.Equal(midnight.AddDate(0, 0, 30)) {
+		t.Fatalf("got created %s expires %s, want %s and 30 days later", k.Created, k.Expires, midnight)
+	}
+	if a := b.call(t, "/api/key/ExtendLicense", admin, "ProductId", productID, "Key", key, "NoOfDays", 2); a.result() != 0 {
+		t.Fatal(a.raw)
+	}
+	if k, _ := sim.Key(productID, key); !k.Expires.Equal(midnight.AddDate(0, 0, 32)) {
+		t.Fatalf("after +2 days: got %s, want %s", k.Expires, midnight.AddDate(0, 0, 32))
+	}
+}
+
+// An SKGL product changes the key string when ExtendLicense changes the expiry, and
+// answers the new key in message; the old string is gone. SKM15 keys keep theirs.
+func TestSKGLKeyChanges(t *testing.T) {
+	t.Parallel()
+	for name, skgl := range map[string]bool{"SKGL": true, "SKM15": false} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			sim := cryptolenssim.New(cryptolenssim.WithClock(func() time.Time { return t0 }))
+			sim.AddProduct(productID, cryptolenssim.ProductOptions{SKGL: skgl})
+			sim.AddToken(admin, cryptolenssim.Token{})
+			srv := httptest.NewServer(sim)
+			t.Cleanup(srv.Close)
+			b := &bundle{sim: sim, srv: srv}
+
+			key := b.create(t, "Period", 30)
+			for _, call := range [][]any{{"/api/key/ExtendLicense", "NoOfDays", 5}, {"/api/key/AddFeature", "Feature", 2}} {
+				a := b.call(t, call[0].(string), admin, "ProductId", productID, "Key", key, call[1], call[2])
+				if a.result() != 0 {
+					t.Fatalf("%s: %s", call[0], a.raw)
+				}
+				next := a.message()
+				if !skgl {
+					if next != "" {
+						t.Fatalf("%s on SKM15: got message %q, want none", call[0], next)
+					}
+					continue
+				}
+				if next == "" || next == key {
+					t.Fatalf("%s on SKGL: got message %q, want a new key string", call[0], next)
+				}
+				if _, ok := sim.Key(productID, key); ok {
+					t.Fatalf("%s on SKGL: the old key string %q still exists", call[0], key)
+				}
+				key = next
+			}
+			k, ok := sim.Key(productID, key)
+			if !ok || !k.Features[1] || !k.Expires.Equal(t0.AddDate(0, 0, 35)) {
+				t.Fatalf("got %+v (found %v), want F2 on and 35 days", k, ok)
+			}
+		})
 	}
 }
 
