@@ -38,6 +38,8 @@ type Item struct {
 	Quantity        int64
 	PriceMetadata   map[string]string
 	ProductMetadata map[string]string
+	// Metered is true for a metered price (recurring.usage_type=metered).
+	Metered bool
 }
 
 // Mapping resolves Stripe prices to plans. Precedence, most specific first:
@@ -60,6 +62,22 @@ type Mapping struct {
 	// managed lists, per Cryptolens product, every feature any plans-file entry names:
 	// moving between plans turns off what the new plan lacks.
 	managed map[int]map[int]bool
+	// timeLimited is the feature no subscription plan may turn off (0: none).
+	timeLimited int
+}
+
+// RequireTimeLimited makes feature (1..8) one that no plan may turn off: Cryptolens
+// enforces expiry only on keys whose time-limited feature is on, so a subscription key
+// without it never expires. Plans-file features are lists of features turned on, so an
+// entry cannot turn it off (Desire turns it on whatever the entry lists); "skm" metadata
+// can, and Resolve refuses it. 0 requires nothing. It returns an error for a feature
+// outside 0..8.
+func (m *Mapping) RequireTimeLimited(feature int) error {
+	if feature < 0 || feature > 8 {
+		return fmt.Errorf("time-limited feature %d: want 0 (none) or 1..8", feature)
+	}
+	m.timeLimited = feature
+	return nil
 }
 
 // NewMapping returns a Mapping with no plans-file entries. A default product id of 0
@@ -92,6 +110,11 @@ func (m *Mapping) Resolve(it Item) (Plan, bool, error) {
 			return Plan{}, false, fmt.Errorf("price %s: metadata skm: %w", it.PriceID, err)
 		}
 		p.Source = "price " + it.PriceID + " metadata skm"
+		if f := m.timeLimited; f > 0 {
+			if on, named := p.Features[f]; named && !on {
+				return Plan{}, false, fmt.Errorf("price %s: metadata skm turns off F%d, the time-limited feature: a subscription key without it never expires", it.PriceID, f)
+			}
+		}
 		return p, true, nil
 	}
 	if productFromMeta != 0 {

@@ -34,13 +34,17 @@ type Invoice struct {
 type Line struct {
 	Type      string // "subscription" or "invoiceitem"
 	PeriodEnd time.Time
+	// Metered is true for a line of a metered price (recurring.usage_type=metered): it
+	// bills, in arrears, a period that is already over.
+	Metered bool
 }
 
-// PaidThrough returns the latest period end of the subscription lines of the paid
-// invoices: the end of the service the customer has paid for. It is zero when nothing
-// is paid. Neither the subscription's current_period_end (it moves when a renewal
-// invoice is created, before it is paid) nor an invoice's period_end (not the service
-// period) is used.
+// PaidThrough returns the latest period end of the licensed subscription lines of the
+// paid invoices: the end of the service the customer has paid for in advance. It is
+// zero when nothing is paid. Metered lines do not count (they bill a period that is
+// over), nor does the subscription's current_period_end (it moves when a renewal
+// invoice is created, before it is paid), nor an invoice's period_end (not the service
+// period).
 func PaidThrough(invoices []Invoice) time.Time {
 	var out time.Time
 	for _, inv := range invoices {
@@ -48,7 +52,7 @@ func PaidThrough(invoices []Invoice) time.Time {
 			continue
 		}
 		for _, l := range inv.Lines {
-			if l.Type == "subscription" && l.PeriodEnd.After(out) {
+			if l.Type == "subscription" && !l.Metered && l.PeriodEnd.After(out) {
 				out = l.PeriodEnd
 			}
 		}
@@ -56,15 +60,31 @@ func PaidThrough(invoices []Invoice) time.Time {
 	return out
 }
 
+// Collection methods of a subscription.
+const (
+	ChargeAutomatically = "charge_automatically"
+	SendInvoice         = "send_invoice"
+)
+
 // Subscription is the Stripe side of one subscription, read fresh.
 type Subscription struct {
 	ID         string
 	CustomerID string
 	Status     string
 	Items      []Item
-	// PaidThrough is the later of PaidThrough(invoices) and the one keysync stored
-	// (it only moves forward).
+	// PaidThrough is PaidThrough(invoices) of its paid invoices.
 	PaidThrough time.Time
+	// StoredThrough is the entitled-through date keysync stored at its last Sync: the
+	// entitlement only moves forward.
+	StoredThrough time.Time
+	// CurrentPeriodEnd is the end of the current billing period (of the trial while
+	// trialing).
+	CurrentPeriodEnd time.Time
+	// CollectionMethod is charge_automatically or send_invoice ("" reads as the former).
+	CollectionMethod string
+	// PausedCollection is true while pause_collection is set: Stripe keeps the
+	// subscription active and collects nothing.
+	PausedCollection bool
 	// Disputed is true while a dispute on one of its charges is open or was lost.
 	Disputed bool
 	// RefundedLatest is true when the latest paid invoice was refunded in full.
@@ -83,8 +103,16 @@ type Key struct {
 
 // Options are the policy's settings.
 type Options struct {
-	// BufferDays is added to paid-through (KEYSYNC_BUFFER_DAYS, default 5).
+	// BufferDays is added to entitled-through (KEYSYNC_BUFFER_DAYS, default 5).
 	BufferDays int
+	// LapseOnPausedCollection lets the key of a subscription whose collection is paused
+	// run out at paid-through + buffer (KEYSYNC_ON_PAUSED_COLLECTION=lapse); by default
+	// (keep) the customer keeps access, as Stripe documents for paused collection.
+	LapseOnPausedCollection bool
+	// TimeLimitedFeature is the Cryptolens feature (1..8) that marks a key as
+	// time-limited (CRYPTOLENS_TIME_LIMITED_FEATURE); 0: the product has none. Cryptolens
+	// enforces expiry only on time-limited keys, so subscription keys always have it on.
+	TimeLimitedFeature int
 	// BlockOnDispute blocks the key of a disputed subscription (KEYSYNC_ON_DISPUTE=block).
 	BlockOnDispute bool
 	// BlockOnRefund blocks the key when the latest invoice was refunded in full
@@ -100,8 +128,11 @@ type Desired struct {
 	ProductID int
 	// NeedKey is true when a key should exist (one is created if missing).
 	NeedKey bool
-	// Expires is the target expiry: paid-through + buffer (zero when not extending).
+	// Expires is the target expiry: entitled-through + buffer (zero when not extending).
 	Expires time.Time
+	// Through is the entitled-through date the expiry was computed from; keysync stores
+	// it (it only moves forward).
+	Through time.Time
 	// Block says the key must be blocked; Reason says why.
 	Block  bool
 	Reason string
@@ -154,15 +185,21 @@ func Desire(sub Subscription, m *Mapping, o Options) (Desired, error) {
 	if managesMachines {
 		d.Machines = &machines
 	}
+	if f := o.TimeLimitedFeature; f >= 1 && f <= 8 {
+		// Cryptolens enforces expiry only on time-limited keys: without this feature a
+		// subscription key would be perpetual.
+		d.Features[f] = true
+	}
+	d.Through = EntitledThrough(sub, o)
 	switch sub.Status {
 	case StatusIncomplete:
 		// The first payment is pending: no key yet.
 	case StatusTrialing, StatusActive, StatusPastDue:
-		// past_due: the key keeps its paid-through + buffer and is not extended further;
-		// it lapses at the end of the buffer unless the invoice gets paid.
+		// past_due: the key keeps its entitled-through + buffer and is not extended
+		// further; it lapses at the end of the buffer unless the invoice gets paid.
 		d.NeedKey = true
-		if !sub.PaidThrough.IsZero() {
-			d.Expires = sub.PaidThrough.AddDate(0, 0, buffer)
+		if !d.Through.IsZero() {
+			d.Expires = d.Through.AddDate(0, 0, buffer)
 		}
 	case StatusUnpaid, StatusCanceled, StatusIncompleteExpired, StatusPaused:
 		d.Block, d.Reason = true, "subscription "+sub.Status
@@ -177,6 +214,55 @@ func Desire(sub Subscription, m *Mapping, o Options) (Desired, error) {
 		d.Block, d.Reason = true, "latest invoice refunded"
 	}
 	return d, nil
+}
+
+// EntitledThrough returns the date the customer is entitled to: the latest of what is
+// paid (sub.PaidThrough), what keysync stored before (sub.StoredThrough; it only moves
+// forward), and the current period's end when Stripe itself grants the current period
+// without a paid invoice:
+//   - trialing (a trial moved by trial_end issues no new invoice);
+//   - active and invoiced (collection_method=send_invoice): Stripe keeps it active
+//     until the due date passes, then past_due;
+//   - active with collection paused, unless o.LapseOnPausedCollection: the customer
+//     keeps access while nothing is collected;
+//   - active with only metered items: they are billed in arrears, so no paid invoice
+//     ever lies ahead of the period in use.
+//
+// A card-charged subscription of licensed prices gets its current period only when the
+// period's invoice is paid.
+func EntitledThrough(sub Subscription, o Options) time.Time {
+	out := sub.PaidThrough
+	if sub.StoredThrough.After(out) {
+		out = sub.StoredThrough
+	}
+	if grantsCurrentPeriod(sub, o) && sub.CurrentPeriodEnd.After(out) {
+		out = sub.CurrentPeriodEnd
+	}
+	return out
+}
+
+// grantsCurrentPeriod reports whether Stripe grants the current period without a paid
+// invoice (see EntitledThrough).
+func grantsCurrentPeriod(sub Subscription, o Options) bool {
+	switch sub.Status {
+	case StatusTrialing:
+		return true
+	case StatusActive:
+		return sub.CollectionMethod == SendInvoice ||
+			(sub.PausedCollection && !o.LapseOnPausedCollection) ||
+			allMetered(sub.Items)
+	}
+	return false
+}
+
+// allMetered reports whether there are items and every one is metered.
+func allMetered(items []Item) bool {
+	for _, it := range items {
+		if !it.Metered {
+			return false
+		}
+	}
+	return len(items) > 0
 }
 
 // ActionKind names an action, as in the audit log.
