@@ -1,6 +1,7 @@
 package license_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -159,4 +160,53 @@ func TestPlanMayNotTurnOffTimeLimited(t *testing.T) {
 	if _, ok, err := skm.Resolve(license.Item{PriceID: "price_skm", PriceMetadata: map[string]string{"skm": `{"F2":false}`}}); err != nil || !ok {
 		t.Fatalf("skm turning F2 off: got %v %v, want mapped", ok, err)
 	}
+}
+
+// An expiry block is lifted only when the key is valid after the Sync: a lapsed past_due
+// key stays blocked (no toggling against Cryptolens' hourly block), a renewed one is
+// extended and then unblocked, and a retry after "extended, then the unblock failed"
+// still lifts it because keysync recorded that it saw the expiry block.
+func TestExpiryBlocks(t *testing.T) {
+	t.Parallel()
+	m := plansFile(t)
+	lapsed := license.Key{Exists: true, Key: "K", Expires: now.Add(-days(2)), Blocked: true, Features: [8]bool{true}, MaxMachines: 1}
+	renewedTo := now.Add(days(20))
+	tests := map[string]struct {
+		status      string
+		paidThrough time.Time
+		key         license.Key
+		st          license.State
+		want        []license.ActionKind
+		expiryBlock bool
+	}{
+		"past_due, lapsed: stays blocked":             {"past_due", now.Add(-days(8)), lapsed, license.State{}, nil, true},
+		"active, renewed: extend then unblock":        {"active", renewedTo, lapsed, license.State{}, []license.ActionKind{license.Extend, license.Unblock}, true},
+		"retry after extend: seen block still lifted": {"active", renewedTo, withExpiry(lapsed, renewedTo.AddDate(0, 0, 5)), license.State{ExpiryBlockSeen: true}, []license.ActionKind{license.Unblock}, true},
+		"vendor's block on a valid key stays":         {"active", renewedTo, withExpiry(lapsed, renewedTo.AddDate(0, 0, 5)), license.State{}, nil, false},
+		"keysync's own block is lifted":               {"active", renewedTo, withExpiry(lapsed, renewedTo.AddDate(0, 0, 5)), license.State{BlockedByKeysync: true}, []license.ActionKind{license.Unblock}, false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			d, err := license.Desire(sub(tc.status, tc.paidThrough), m, license.Options{BufferDays: 5})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []license.ActionKind
+			for _, a := range license.Actions(d, tc.key, tc.st, now) {
+				got = append(got, a.Kind)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("got actions %v, want %v", got, tc.want)
+			}
+			if e := license.ExpiryBlocked(tc.key, tc.st, now); e != tc.expiryBlock {
+				t.Errorf("ExpiryBlocked: got %v, want %v", e, tc.expiryBlock)
+			}
+		})
+	}
+}
+
+func withExpiry(k license.Key, expires time.Time) license.Key {
+	k.Expires = expires
+	return k
 }

@@ -300,6 +300,19 @@ type State struct {
 	// BlockedByKeysync is true when keysync blocked the key (or set out to: the intent
 	// is recorded before the call).
 	BlockedByKeysync bool
+	// ExpiryBlockSeen is true when keysync saw Cryptolens' expiry block on the key and has
+	// not lifted it yet: recorded before any call, so that a retry after "extended, then
+	// the unblock failed" still knows the block is an expiry block though the key no
+	// longer looks expired.
+	ExpiryBlockSeen bool
+}
+
+// ExpiryBlocked reports whether the key carries an expiry block: Cryptolens' "Block
+// Expired Licenses" blocks a time-limited key within an hour of its expiry. A block
+// keysync did not make, on a key whose expiry has passed (or that keysync saw so
+// before), is one; a block on a valid key is the vendor's.
+func ExpiryBlocked(key Key, st State, now time.Time) bool {
+	return key.Exists && key.Blocked && !st.BlockedByKeysync && (st.ExpiryBlockSeen || !key.Expires.After(now))
 }
 
 // Actions returns the actions that move key to desired, in the order to apply them:
@@ -336,8 +349,10 @@ func Actions(d Desired, key Key, st State, now time.Time) []Action {
 	if ref.Before(now) {
 		ref = now // Cryptolens counts from today when the key has expired
 	}
+	expires := key.Expires // after this Sync
 	if days := DaysUntil(ref, d.Expires); days > 0 {
-		out = append(out, Action{Kind: Extend, Days: days, OldExpires: key.Expires, NewExpires: ref.Add(time.Duration(days) * 24 * time.Hour)})
+		expires = ref.Add(time.Duration(days) * 24 * time.Hour)
+		out = append(out, Action{Kind: Extend, Days: days, OldExpires: key.Expires, NewExpires: expires})
 	}
 	features := make([]int, 0, len(d.Features))
 	for f := range d.Features {
@@ -362,10 +377,12 @@ func Actions(d Desired, key Key, st State, now time.Time) []Action {
 		switch {
 		case st.BlockedByKeysync:
 			out = append(out, Action{Kind: Unblock, Reason: "keysync's block lifted: subscription in good standing"})
-		case !key.Expires.After(now):
+		case ExpiryBlocked(key, st, now) && expires.After(now):
 			out = append(out, Action{Kind: Unblock, Reason: "expiry block lifted: the key had expired and the subscription is paid"})
 		}
-		// Otherwise the vendor blocked a valid key by hand: it stays blocked.
+		// Otherwise the block stays: a key that stays expired would be blocked again by
+		// Cryptolens within the hour (a past_due customer whose key lapsed), and a block
+		// on a valid key is the vendor's.
 	}
 	return out
 }
