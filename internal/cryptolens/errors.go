@@ -44,20 +44,20 @@ var (
 	ErrUnreachable = retryable("cryptolens: unreachable")
 )
 
-// kind is an error kind that also matches its class, so that the class of a kind is
+// sentinel is an error kind that also matches its class, so that the class of a kind is
 // said once, where the kind is declared, rather than in a list kept in step with it.
-type kind struct {
+type sentinel struct {
 	text  string
 	class error
 }
 
-func permanent(text string) error { return &kind{text: text, class: ErrPermanent} }
-func retryable(text string) error { return &kind{text: text, class: ErrRetryable} }
+func permanent(text string) error { return &sentinel{text: text, class: ErrPermanent} }
+func retryable(text string) error { return &sentinel{text: text, class: ErrRetryable} }
 
-func (k *kind) Error() string { return k.text }
+func (s *sentinel) Error() string { return s.text }
 
 // Is matches the kind's class.
-func (k *kind) Is(target error) bool { return target == k.class }
+func (s *sentinel) Is(target error) bool { return target == s.class }
 
 // Error is a failed call. Its text never contains the access token.
 type Error struct {
