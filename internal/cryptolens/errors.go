@@ -7,7 +7,8 @@ import (
 )
 
 // Error kinds. Callers test them with errors.Is; every error the client returns also
-// matches exactly one of ErrRetryable and ErrPermanent.
+// matches exactly one of ErrRetryable and ErrPermanent, because each kind carries its
+// class.
 var (
 	// ErrRetryable matches failures that may succeed later: HTTP 5xx and 429, timeouts,
 	// transport errors, bodies that are not Cryptolens' JSON, and "Something went wrong".
@@ -17,31 +18,46 @@ var (
 	ErrPermanent = errors.New("cryptolens: permanent failure")
 
 	// ErrAuth: the token is wrong, or the vendor's Cryptolens subscription has lapsed
-	// ("Unable to authenticate.", "No active subscription found."). Permanent.
-	ErrAuth = errors.New("cryptolens: unable to authenticate")
+	// ("Unable to authenticate.", "No active subscription found.").
+	ErrAuth = permanent("cryptolens: unable to authenticate")
 	// ErrAccessDenied: the token lacks the method's permission or is locked to another
-	// product or key ("Access denied."). Permanent.
-	ErrAccessDenied = errors.New("cryptolens: access denied")
-	// ErrKeyNotFound: no such key in the product ("Could not find the key."). Permanent.
-	ErrKeyNotFound = errors.New("cryptolens: key not found")
-	// ErrProductNotFound: no such product ("Could not find the product."). Permanent.
-	ErrProductNotFound = errors.New("cryptolens: product not found")
+	// product or key ("Access denied.").
+	ErrAccessDenied = permanent("cryptolens: access denied")
+	// ErrKeyNotFound: no such key in the product ("Could not find the key.").
+	ErrKeyNotFound = permanent("cryptolens: key not found")
+	// ErrProductNotFound: no such product ("Could not find the product.").
+	ErrProductNotFound = permanent("cryptolens: product not found")
 	// ErrInvalidInput: Cryptolens refused the parameters ("The input parameters were
-	// incorrect.", notes too long, ...). Permanent.
-	ErrInvalidInput = errors.New("cryptolens: invalid input")
-	// ErrRejected: any other refusal (result 1 with a message not listed above). Permanent.
-	ErrRejected = errors.New("cryptolens: request rejected")
+	// incorrect.", notes too long, ...).
+	ErrInvalidInput = permanent("cryptolens: invalid input")
+	// ErrRejected: any other refusal (result 1 with a message not listed above).
+	ErrRejected = permanent("cryptolens: request rejected")
 
 	// ErrServer: Cryptolens failed (HTTP 5xx, "Something went wrong", a body that is not
-	// its JSON envelope). Retryable.
-	ErrServer = errors.New("cryptolens: server error")
-	// ErrRateLimited: HTTP 429. Retryable.
-	ErrRateLimited = errors.New("cryptolens: rate limited")
+	// its JSON envelope).
+	ErrServer = retryable("cryptolens: server error")
+	// ErrRateLimited: HTTP 429.
+	ErrRateLimited = retryable("cryptolens: rate limited")
 	// ErrUnreachable: the request did not complete (timeout, connection refused or
-	// reset). Retryable. For a mutating call the change may or may not have been
-	// applied: read the key again before deciding what to send.
-	ErrUnreachable = errors.New("cryptolens: unreachable")
+	// reset). For a mutating call the change may or may not have been applied: read
+	// the key again before deciding what to send.
+	ErrUnreachable = retryable("cryptolens: unreachable")
 )
+
+// sentinel is an error kind that also matches its class, so that the class of a kind is
+// said once, where the kind is declared, rather than in a list kept in step with it.
+type sentinel struct {
+	text  string
+	class error
+}
+
+func permanent(text string) error { return &sentinel{text: text, class: ErrPermanent} }
+func retryable(text string) error { return &sentinel{text: text, class: ErrRetryable} }
+
+func (s *sentinel) Error() string { return s.text }
+
+// Is matches the kind's class.
+func (s *sentinel) Is(target error) bool { return target == s.class }
 
 // Error is a failed call. Its text never contains the access token.
 type Error struct {
@@ -73,25 +89,10 @@ func (e *Error) Error() string {
 }
 
 // Is matches the error's kind and its class (ErrRetryable or ErrPermanent).
-func (e *Error) Is(target error) bool {
-	if target == e.Kind {
-		return true
-	}
-	switch target {
-	case ErrRetryable:
-		return retryable(e.Kind)
-	case ErrPermanent:
-		return !retryable(e.Kind)
-	}
-	return false
-}
+func (e *Error) Is(target error) bool { return errors.Is(e.Kind, target) }
 
 // Unwrap returns the underlying cause (a context error, for instance).
 func (e *Error) Unwrap() error { return e.cause }
-
-func retryable(kind error) bool {
-	return kind == ErrServer || kind == ErrRateLimited || kind == ErrUnreachable
-}
 
 // IsRetryable reports whether err is a failure that may succeed later.
 func IsRetryable(err error) bool { return errors.Is(err, ErrRetryable) }

@@ -2,6 +2,7 @@ package cryptolens
 
 import (
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 )
@@ -54,5 +55,27 @@ func TestTimeIsUTC(t *testing.T) {
 	var bad Time
 	if err := json.Unmarshal([]byte(`"31/01/2026"`), &bad); err == nil {
 		t.Error("got nil error for an unknown date format")
+	}
+}
+
+// Each kind matches its own class and no other kind, on its own and inside an Error.
+func TestKindsMatchTheirClass(t *testing.T) {
+	t.Parallel()
+	kinds := map[error]bool{ // kind -> retryable
+		ErrAuth: false, ErrAccessDenied: false, ErrKeyNotFound: false, ErrProductNotFound: false,
+		ErrInvalidInput: false, ErrRejected: false, ErrServer: true, ErrRateLimited: true, ErrUnreachable: true,
+	}
+	for k, retryable := range kinds {
+		for _, err := range []error{k, &Error{Method: "GetKey", Kind: k}} {
+			if IsRetryable(err) != retryable || errors.Is(err, ErrPermanent) == retryable {
+				t.Errorf("%v: got retryable=%v permanent=%v, want retryable=%v",
+					err, IsRetryable(err), errors.Is(err, ErrPermanent), retryable)
+			}
+			for other := range kinds {
+				if got, want := errors.Is(err, other), other == k; got != want {
+					t.Errorf("errors.Is(%v, %v): got %v, want %v", err, other, got, want)
+				}
+			}
+		}
 	}
 }

@@ -5,7 +5,6 @@ package jobs
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -16,10 +15,8 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
-	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/postgres"
-	"github.com/keysync/keysync/internal/stripeapi"
 	"github.com/keysync/keysync/internal/syncer"
 )
 
@@ -94,12 +91,12 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 			w.Applied(time.Since(job.CreatedAt))
 		}
 		return w.Store.MarkEventProcessed(ctx, id)
-	case syncer.IsPermanent(err) || job.Attempt >= job.MaxAttempts:
+	case Classify(err) == Permanent || job.Attempt >= job.MaxAttempts:
 		if markErr := w.Store.MarkEventFailed(ctx, id, err.Error()); markErr != nil {
 			return markErr
 		}
 		return nil
-	case IsOutage(err) && ctx.Err() == nil:
+	case Classify(err) == Outage && ctx.Err() == nil:
 		_ = w.Store.NoteEventAttempt(ctx, id, err.Error())
 		snooze := w.Snooze
 		if snooze == nil {
@@ -110,13 +107,6 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 		_ = w.Store.NoteEventAttempt(ctx, id, err.Error())
 		return fmt.Errorf("event %s: %w", id, err)
 	}
-}
-
-// IsOutage reports whether err says Stripe or Cryptolens is unavailable (server
-// errors, rate limits, timeouts, unreachable), as opposed to something wrong with the
-// event or the subscription.
-func IsOutage(err error) bool {
-	return cryptolens.IsRetryable(err) || errors.Is(err, stripeapi.ErrUnavailable) || errors.Is(err, stripeapi.ErrRateLimited)
 }
 
 // SnoozeFor is the wait after the n-th snooze in a row (0 for the first): 5 seconds,

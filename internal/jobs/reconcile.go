@@ -44,7 +44,7 @@ type SyncWorker struct {
 // Work syncs the subscription; permanent failures are counted on the run, not retried.
 func (w *SyncWorker) Work(ctx context.Context, job *river.Job[SyncArgs]) error {
 	_, err := w.Engine.Sync(ctx, job.Args.Subscription, syncer.Cause{Kind: job.Args.Cause, ID: job.Args.CauseID})
-	final := err == nil || syncer.IsPermanent(err) || job.Attempt >= job.MaxAttempts
+	final := err == nil || Classify(err) == Permanent || job.Attempt >= job.MaxAttempts
 	if final && job.Args.RunID != 0 {
 		_ = w.Runs.CountRunResult(ctx, job.Args.RunID, err == nil)
 	}

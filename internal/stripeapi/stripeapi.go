@@ -25,20 +25,48 @@ import (
 // DefaultBaseURL is Stripe's API.
 const DefaultBaseURL = "https://api.stripe.com"
 
-// Errors callers test with errors.Is.
+// Errors callers test with errors.Is. Every error a Stripe call returns also matches
+// exactly one of ErrRetryable and ErrPermanent, because each kind carries its class;
+// the one exception is a call stopped by its canceled context, whose error wraps
+// context.Canceled instead.
 var (
-	// ErrNotFound: no such object (resource_missing). Permanent.
-	ErrNotFound = errors.New("stripe: not found")
-	// ErrAuth: the key is wrong or lacks a permission (401, 403). Permanent.
-	ErrAuth = errors.New("stripe: authentication failed")
-	// ErrRateLimited: still rate limited after the retries. Retryable later.
-	ErrRateLimited = errors.New("stripe: rate limited")
-	// ErrUnavailable: server errors or no answer after the retries. Retryable later.
-	ErrUnavailable = errors.New("stripe: unavailable")
-	// ErrInvalid: Stripe refused the request (400). Permanent: a bug or a configuration
-	// problem, not something a retry fixes.
-	ErrInvalid = errors.New("stripe: invalid request")
+	// ErrRetryable matches failures that may succeed later: rate limits, server errors
+	// and no answer, each still failing after the transport's retries.
+	ErrRetryable = errors.New("stripe: retryable failure")
+	// ErrPermanent matches failures that will fail again the same way until someone
+	// changes the configuration or the input.
+	ErrPermanent = errors.New("stripe: permanent failure")
+
+	// ErrNotFound: no such object (resource_missing).
+	ErrNotFound = permanent("stripe: not found")
+	// ErrAuth: the key is wrong or lacks a permission (401, 403).
+	ErrAuth = permanent("stripe: authentication failed")
+	// ErrInvalid: Stripe refused the request (400): a bug or a configuration problem,
+	// not something a retry fixes.
+	ErrInvalid = permanent("stripe: invalid request")
+	// ErrRateLimited: still rate limited after the retries.
+	ErrRateLimited = retryable("stripe: rate limited")
+	// ErrUnavailable: server errors or no answer after the retries.
+	ErrUnavailable = retryable("stripe: unavailable")
 )
+
+// sentinel is an error kind that also matches its class, so that the class of a kind is
+// said once, where the kind is declared, rather than in a list kept in step with it.
+type sentinel struct {
+	text  string
+	class error
+}
+
+func permanent(text string) error { return &sentinel{text: text, class: ErrPermanent} }
+func retryable(text string) error { return &sentinel{text: text, class: ErrRetryable} }
+
+func (s *sentinel) Error() string { return s.text }
+
+// Is matches the kind's class.
+func (s *sentinel) Is(target error) bool { return target == s.class }
+
+// IsRetryable reports whether err is a failure that may succeed later.
+func IsRetryable(err error) bool { return errors.Is(err, ErrRetryable) }
 
 // Config configures a Client.
 type Config struct {

@@ -170,8 +170,8 @@ func TestRetriesRateLimitsAndServerErrors(t *testing.T) {
 	}
 	b.sim.SetFaults(stripesim.Faults{RateLimitNext: 10})
 	_, err := b.client.GetSubscription(ctx, res.Subscription)
-	if !errors.Is(err, stripeapi.ErrRateLimited) {
-		t.Fatalf("got %v, want ErrRateLimited after the retries", err)
+	if !errors.Is(err, stripeapi.ErrRateLimited) || !stripeapi.IsRetryable(err) {
+		t.Fatalf("got %v, want ErrRateLimited after the retries, retryable", err)
 	}
 }
 
@@ -179,17 +179,25 @@ func TestErrorKinds(t *testing.T) {
 	t.Parallel()
 	b := setup(t, stripeapi.Config{})
 	ctx := context.Background()
-	if _, err := b.client.GetSubscription(ctx, "sub_missing"); !errors.Is(err, stripeapi.ErrNotFound) {
-		t.Fatalf("got %v, want ErrNotFound", err)
+	_, err := b.client.GetSubscription(ctx, "sub_missing")
+	if !errors.Is(err, stripeapi.ErrNotFound) || !errors.Is(err, stripeapi.ErrPermanent) || stripeapi.IsRetryable(err) {
+		t.Fatalf("got %v, want ErrNotFound, permanent", err)
 	}
 	wrong, _ := stripeapi.New(stripeapi.Config{APIKey: "sk_test_wrong_secret_value", BaseURL: b.srv.URL})
-	_, err := wrong.GetSubscription(ctx, "sub_x")
-	if !errors.Is(err, stripeapi.ErrAuth) || strings.Contains(err.Error(), "wrong_secret_value") {
-		t.Fatalf("got %v, want ErrAuth without the key", err)
+	_, err = wrong.GetSubscription(ctx, "sub_x")
+	if !errors.Is(err, stripeapi.ErrAuth) || !errors.Is(err, stripeapi.ErrPermanent) || strings.Contains(err.Error(), "wrong_secret_value") {
+		t.Fatalf("got %v, want ErrAuth, permanent, without the key", err)
 	}
 	down, _ := stripeapi.New(stripeapi.Config{APIKey: "sk_test_x", BaseURL: "http://127.0.0.1:1", Retries: -1})
-	if _, err := down.GetCustomer(ctx, "cus_x"); !errors.Is(err, stripeapi.ErrUnavailable) {
-		t.Fatalf("got %v, want ErrUnavailable", err)
+	_, err = down.GetCustomer(ctx, "cus_x")
+	if !errors.Is(err, stripeapi.ErrUnavailable) || !stripeapi.IsRetryable(err) || errors.Is(err, stripeapi.ErrPermanent) {
+		t.Fatalf("got %v, want ErrUnavailable, retryable", err)
+	}
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err = b.client.GetCustomer(canceled, "cus_x")
+	if !errors.Is(err, context.Canceled) || stripeapi.IsRetryable(err) || errors.Is(err, stripeapi.ErrPermanent) {
+		t.Fatalf("got %v, want context.Canceled, of neither class", err)
 	}
 	if _, err := stripeapi.New(stripeapi.Config{APIKey: "pk_test_public"}); err == nil {
 		t.Fatal("got nil error for a publishable key")

@@ -94,10 +94,11 @@ func New(st Stripe, cl Cryptolens, store Store, mapping *license.Mapping, opts O
 // wrong token, a contradictory mapping). Callers stop retrying and show it.
 var ErrPermanent = errors.New("permanent failure")
 
-// IsPermanent reports whether err will fail again the same way.
+// IsPermanent reports whether err will fail again the same way: ErrPermanent, or the
+// permanent class of Stripe's or Cryptolens' errors. It is the one judgment of
+// permanence; jobs.Classify builds on it.
 func IsPermanent(err error) bool {
-	return errors.Is(err, ErrPermanent) || errors.Is(err, cryptolens.ErrPermanent) ||
-		errors.Is(err, stripeapi.ErrNotFound) || errors.Is(err, stripeapi.ErrAuth) || errors.Is(err, stripeapi.ErrInvalid)
+	return errors.Is(err, ErrPermanent) || errors.Is(err, cryptolens.ErrPermanent) || errors.Is(err, stripeapi.ErrPermanent)
 }
 
 // Result is what a Sync did.
