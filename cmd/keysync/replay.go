@@ -70,7 +70,7 @@ func replay(ctx context.Context, cfg config, log zerolog.Logger, args []string, 
 				return ferr
 			}
 			// The webhook path stores it: dedupe, and a job only if new and handled.
-			ing := webhook.NewIngester(store, jobs.EventJob(), log, webhook.IngesterConfig{Committers: 1})
+			ing := webhook.NewIngester(jobs.NewTables(pool), log, webhook.IngesterConfig{Committers: 1})
 			ing.Start(ctx)
 			_, err := ing.Ingest(ctx, ev)
 			ing.Stop()

@@ -50,6 +50,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	log.Info().Str("migrations", st.String()).Msg("database schema current")
 
 	store := postgres.NewStore(pool)
+	tables := jobs.NewTables(pool)
 	sync := syncer.New(parts.stripe, parts.crypto, store, parts.mapping,
 		syncer.Options{Policy: parts.policy, DryRun: cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now,
 			ObserveAction: func(kind, outcome string) { m.Actions.WithLabelValues(kind, outcome).Inc() }},
@@ -77,7 +78,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		m.SweepOrphans.Set(float64(len(sum.Orphans)))
 		m.SweepSeconds.Set(sum.Took.Seconds())
 	}
-	m.Watch(store, catchUp.Lag)
+	m.Watch(store, tables, catchUp.Lag)
 	river.AddWorker(workers, &jobs.EventWorker{Store: store, Engine: sync, Applied: func(d time.Duration) { m.EventToApplied.Observe(d.Seconds()) }})
 	river.AddWorker(workers, &jobs.SyncWorker{Engine: sync, Runs: store})
 	river.AddWorker(workers, &jobs.SweepWorker{Run: func(ctx context.Context) error { _, err := sweeper.RunOnce(ctx); return err }})
@@ -107,7 +108,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	}
 	defer ln.Close()
 	id := replicaID(ln.Addr())
-	if n, err := store.ReclaimJobs(ctx, id); err != nil {
+	if n, err := tables.ReclaimJobs(ctx, id); err != nil {
 		return err
 	} else if n > 0 {
 		log.Warn().Int64("jobs", n).Str("replica", id).Msg("working again the jobs this replica's previous process left running")
@@ -122,7 +123,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		return fmt.Errorf("start river: %w", err)
 	}
 
-	ingester = webhook.NewIngester(store, jobs.EventJob(), log, webhook.IngesterConfig{})
+	ingester = webhook.NewIngester(tables, log, webhook.IngesterConfig{})
 	ingester.Start(ctx)
 
 	health := admin.NewHealth(store)

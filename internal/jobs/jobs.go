@@ -1,5 +1,6 @@
-// Package jobs is keysync's use of River: the job kinds, their workers, and the client
-// that inserts and runs them on the shared Postgres pool.
+// Package jobs is keysync's use of River: the job kinds, their workers, the client that
+// inserts and runs them on the shared Postgres pool, and the one place that knows
+// River's tables (tables.go).
 package jobs
 
 import (
@@ -18,7 +19,6 @@ import (
 
 	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/events"
-	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/stripeapi"
 	"github.com/keysync/keysync/internal/syncer"
 )
@@ -204,13 +204,6 @@ func NewClient(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 		return nil, fmt.Errorf("river client: %w", err)
 	}
 	return client, nil
-}
-
-// EventJob describes the event job that webhook ingest writes in the same statement
-// as the event itself (postgres.Store.IngestEvents): the row River's InsertMany writes
-// for EventArgs.
-func EventJob() postgres.EventJob {
-	return postgres.EventJob{Kind: EventArgs{}.Kind(), Queue: QueueEvents, MaxAttempts: MaxAttempts, Types: events.HandledTypes()}
 }
 
 // Enqueuer schedules event jobs in the caller's transaction, so an event is never

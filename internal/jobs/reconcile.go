@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/rivertype"
 
 	"github.com/keysync/keysync/internal/syncer"
 )
@@ -66,10 +65,6 @@ func (e *Enqueuer) EnqueueSyncs(ctx context.Context, subscriptions []string, run
 	return nil
 }
 
-// pendingStates keeps one sweep (or catch-up) queued or running at a time.
-var pendingStates = []rivertype.JobState{rivertype.JobStateAvailable, rivertype.JobStatePending,
-	rivertype.JobStateRunning, rivertype.JobStateRetryable, rivertype.JobStateScheduled}
-
 // SweepArgs is the job that runs one sweep.
 type SweepArgs struct{}
 
@@ -78,7 +73,7 @@ func (SweepArgs) Kind() string { return "sweep" }
 
 // InsertOpts makes a sweep unique while one is pending or running.
 func (SweepArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{MaxAttempts: 3, UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: pendingStates}}
+	return river.InsertOpts{MaxAttempts: 3, UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: unfinishedStates}}
 }
 
 // SweepWorker runs sweeps.
@@ -107,7 +102,7 @@ func (CatchUpArgs) Kind() string { return "catch_up" }
 
 // InsertOpts makes a catch-up unique while one is pending or running.
 func (CatchUpArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{MaxAttempts: 3, UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: pendingStates}}
+	return river.InsertOpts{MaxAttempts: 3, UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: unfinishedStates}}
 }
 
 // CatchUpWorker runs catch-ups.
@@ -131,7 +126,7 @@ func (PruneArgs) Kind() string { return "prune_events" }
 
 // InsertOpts makes a prune unique while one is pending or running.
 func (PruneArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{MaxAttempts: 3, UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: pendingStates}}
+	return river.InsertOpts{MaxAttempts: 3, UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: unfinishedStates}}
 }
 
 // PruneWorker prunes processed events older than the retention.

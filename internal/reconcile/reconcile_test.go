@@ -70,7 +70,7 @@ func newHarness(t *testing.T, dropRate float64) *harness {
 	}
 	t.Cleanup(func() { _ = client.Stop(context.Background()) })
 	enq := jobs.NewEnqueuer(client)
-	ing := webhook.NewIngester(h.store, jobs.EventJob(), zerolog.Nop(), webhook.IngesterConfig{})
+	ing := webhook.NewIngester(jobs.NewTables(pool), zerolog.Nop(), webhook.IngesterConfig{})
 	ing.Start(ctx)
 	t.Cleanup(ing.Stop)
 	handler, err := webhook.NewHandler(webhook.Config{Secrets: []string{secret}}, ing, zerolog.Nop())
@@ -102,10 +102,8 @@ func (h *harness) idle(t *testing.T) {
 		t.Fatal(err)
 	}
 	pgtest.WaitFor(t, 30*time.Second, "keysync to be idle", func() bool {
-		var n int
-		_ = h.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM stripe_events WHERE status = 'pending')
-			+ (SELECT count(*) FROM river_job WHERE state IN ('available', 'running', 'retryable', 'scheduled', 'pending'))`).Scan(&n)
-		return n == 0
+		n, err := jobs.NewTables(h.pool).Unfinished(ctx)
+		return err == nil && n == 0
 	})
 }
 

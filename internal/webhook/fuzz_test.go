@@ -14,7 +14,6 @@ import (
 
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/pgtest"
-	"github.com/keysync/keysync/internal/postgres"
 	wh "github.com/keysync/keysync/internal/webhook"
 )
 
@@ -35,7 +34,7 @@ func FuzzHandler(f *testing.F) {
 	f.Add([]byte(`{"id":"evt_3","object":"event","type":"invoice.paid","api_version":"2023-10-16","created":99999999999}`), "", true)
 
 	pool := pgtest.Pool(f)
-	ing := wh.NewIngester(postgres.NewStore(pool), jobs.EventJob(), zerolog.Nop(), wh.IngesterConfig{})
+	ing := wh.NewIngester(jobs.NewTables(pool), zerolog.Nop(), wh.IngesterConfig{})
 	ing.Start(context.Background())
 	f.Cleanup(ing.Stop)
 	h, err := wh.NewHandler(wh.Config{Secrets: []string{"whsec_fuzz"}}, ing, zerolog.Nop())

@@ -12,7 +12,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/events"
-	"github.com/keysync/keysync/internal/postgres"
 )
 
 // ErrStopped is returned by Ingest once the ingester is stopping: the caller answers
@@ -20,9 +19,9 @@ import (
 var ErrStopped = errors.New("ingester stopped")
 
 // Store persists events with their jobs: new events, and a job for each new one of a
-// type job lists, atomically (postgres.Store.IngestEvents).
+// handled type, atomically (jobs.Tables.IngestEvents).
 type Store interface {
-	IngestEvents(ctx context.Context, evs []events.Event, job postgres.EventJob) ([]bool, error)
+	IngestEvents(ctx context.Context, evs []events.Event) ([]bool, error)
 }
 
 // IngesterConfig tunes group commit.
@@ -42,7 +41,6 @@ type IngesterConfig struct {
 // without waiting for company. A batch is one statement: one round trip.
 type Ingester struct {
 	store Store
-	job   postgres.EventJob
 	log   zerolog.Logger
 	cfg   IngesterConfig
 
@@ -72,7 +70,7 @@ type reply struct {
 }
 
 // NewIngester returns an Ingester; Start it before use.
-func NewIngester(store Store, job postgres.EventJob, log zerolog.Logger, cfg IngesterConfig) *Ingester {
+func NewIngester(store Store, log zerolog.Logger, cfg IngesterConfig) *Ingester {
 	if cfg.Committers <= 0 {
 		// Measured (make bench): 2 lets one batch fill while the other commits; 1, 3
 		// and 4 measured the same or worse, within the machine's noise.
@@ -86,7 +84,6 @@ func NewIngester(store Store, job postgres.EventJob, log zerolog.Logger, cfg Ing
 	}
 	return &Ingester{
 		store: store,
-		job:   job,
 		log:   log,
 		cfg:   cfg,
 		queue: make(chan *request, cfg.MaxBatch*cfg.Committers),
@@ -235,7 +232,7 @@ func (in *Ingester) write(ctx context.Context, reqs []*request) ([]Result, error
 	for i, req := range reqs {
 		evs[i] = req.ev
 	}
-	isNew, err := in.store.IngestEvents(ctx, evs, in.job)
+	isNew, err := in.store.IngestEvents(ctx, evs)
 	if err != nil {
 		return nil, fmt.Errorf("store events: %w", err)
 	}

@@ -18,7 +18,6 @@ import (
 
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/pgtest"
-	"github.com/keysync/keysync/internal/postgres"
 	wh "github.com/keysync/keysync/internal/webhook"
 )
 
@@ -74,7 +73,7 @@ func setup(t *testing.T, opts options) *bundle {
 	t.Cleanup(pool.Close)
 	logs := &syncBuffer{}
 	log := zerolog.New(logs)
-	ing := wh.NewIngester(postgres.NewStore(pool), jobs.EventJob(), log, wh.IngesterConfig{})
+	ing := wh.NewIngester(jobs.NewTables(pool), log, wh.IngesterConfig{})
 	ing.Start(context.Background())
 	t.Cleanup(ing.Stop)
 	h, err := wh.NewHandler(wh.Config{Secrets: []string{secret1, secret2}, AcceptAPIVersions: opts.acceptVersion}, ing, log)

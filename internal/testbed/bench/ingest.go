@@ -182,7 +182,7 @@ func newHandler(ctx context.Context, shape string, pool *pgxpool.Pool, cfg wh.In
 	if shape == ShapeFloor {
 		return floorHandler(pool), func() {}, nil
 	}
-	ing := wh.NewIngester(postgres.NewStore(pool), jobs.EventJob(), zerolog.Nop(), cfg)
+	ing := wh.NewIngester(jobs.NewTables(pool), zerolog.Nop(), cfg)
 	ing.Start(ctx)
 	h, err := wh.NewHandler(wh.Config{Secrets: []string{benchSecret}}, ing, zerolog.Nop())
 	if err != nil {
