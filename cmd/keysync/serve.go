@@ -19,6 +19,7 @@ import (
 	"github.com/keysync/keysync/internal/admin"
 	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/metrics"
@@ -61,12 +62,12 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	// The sweep enqueues Syncs and the catch-up ingests events through the River client
 	// and the ingester made below; the closures see them once they exist.
 	var riverClient *river.Client[pgx.Tx]
-	var ingester *webhook.Ingester
+	var ingester *ingest.Ingester
 	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, parts.mapping, parts.policy,
 		func(ctx context.Context, subs []string, runID int64) error {
 			return jobs.NewEnqueuer(riverClient).EnqueueSyncs(ctx, subs, runID)
 		}, parts.crypto.Now, log.With().Str("component", "sweep").Logger())
-	catchUp := reconcile.NewCatchUp(parts.stripe, ingestFunc(func(ctx context.Context, ev events.Event) (webhook.Result, error) {
+	catchUp := reconcile.NewCatchUp(parts.stripe, ingestFunc(func(ctx context.Context, ev events.Event) (ingest.Result, error) {
 		return ingester.Ingest(ctx, ev)
 	}), store, func(ctx context.Context) error {
 		_, err := riverClient.Insert(ctx, jobs.SweepArgs{}, nil)
@@ -123,7 +124,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		return fmt.Errorf("start river: %w", err)
 	}
 
-	ingester = webhook.NewIngester(tables, log, webhook.IngesterConfig{})
+	ingester = ingest.New(tables, ingest.Config{}, log)
 	ingester.Start(ctx)
 
 	health := admin.NewHealth(store)
@@ -260,9 +261,9 @@ func newParts(cfg config, log zerolog.Logger, m *metrics.Metrics) (engineParts, 
 }
 
 // ingestFunc adapts a function to reconcile.Ingest.
-type ingestFunc func(ctx context.Context, ev events.Event) (webhook.Result, error)
+type ingestFunc func(ctx context.Context, ev events.Event) (ingest.Result, error)
 
-func (f ingestFunc) Ingest(ctx context.Context, ev events.Event) (webhook.Result, error) {
+func (f ingestFunc) Ingest(ctx context.Context, ev events.Event) (ingest.Result, error) {
 	return f(ctx, ev)
 }
 

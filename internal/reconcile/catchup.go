@@ -13,8 +13,8 @@ import (
 	"github.com/stripe/stripe-go/v76"
 
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/postgres"
-	"github.com/keysync/keysync/internal/webhook"
 )
 
 // CatchUpStripe is what the catch-up reads from Stripe.
@@ -22,9 +22,10 @@ type CatchUpStripe interface {
 	Events(ctx context.Context, since time.Time, types []string) ([]*stripe.Event, error)
 }
 
-// Ingest stores events on the webhook path (dedupe, job, one statement).
+// Ingest stores events as webhooks are stored (dedupe, job, one statement):
+// ingest.Ingester.
 type Ingest interface {
-	Ingest(ctx context.Context, ev events.Event) (webhook.Result, error)
+	Ingest(ctx context.Context, ev events.Event) (ingest.Result, error)
 }
 
 // CatchUpStore is what the catch-up reads and records.

@@ -12,6 +12,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/rs/zerolog"
 
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/pgtest"
@@ -70,7 +71,7 @@ func newHarness(t *testing.T, dropRate float64) *harness {
 	}
 	t.Cleanup(func() { _ = client.Stop(context.Background()) })
 	enq := jobs.NewEnqueuer(client)
-	ing := webhook.NewIngester(jobs.NewTables(pool), zerolog.Nop(), webhook.IngesterConfig{})
+	ing := ingest.New(jobs.NewTables(pool), ingest.Config{}, zerolog.Nop())
 	ing.Start(ctx)
 	t.Cleanup(ing.Stop)
 	handler, err := webhook.NewHandler(webhook.Config{Secrets: []string{secret}}, ing, zerolog.Nop())

@@ -1,7 +1,8 @@
-package webhook
+package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -34,7 +35,7 @@ func newTestIngester(t *testing.T, committers int) (*Ingester, *countingStore) {
 	t.Helper()
 	pool := pgtest.Pool(t)
 	store := &countingStore{Tables: jobs.NewTables(pool), pool: pool}
-	ing := NewIngester(store, zerolog.Nop(), IngesterConfig{Committers: committers})
+	ing := New(store, Config{Committers: committers}, zerolog.Nop())
 	t.Cleanup(ing.Stop)
 	return ing, store
 }
@@ -131,5 +132,19 @@ func TestLoneEventIsNotDelayed(t *testing.T) {
 	}
 	if store.batches != 3 {
 		t.Fatalf("got %d batch statements for 3 sequential events, want 3 (one each, no waiting for company)", store.batches)
+	}
+}
+
+func TestStoppedIngesterRefuses(t *testing.T) {
+	t.Parallel()
+	ing, store := newTestIngester(t, 1)
+	ing.Start(context.Background())
+	ing.Stop()
+	ing.Stop() // idempotent
+	if _, err := ing.Ingest(context.Background(), testEvent("evt_late", `{}`)); !errors.Is(err, ErrStopped) {
+		t.Fatalf("got %v, want ErrStopped", err)
+	}
+	if store.batches != 0 {
+		t.Fatalf("got %d batch statements, want 0", store.batches)
 	}
 }

@@ -1,4 +1,7 @@
-package webhook
+// Package ingest stores Stripe events durably with their jobs, committing the events
+// that arrive together in one statement; webhooks, the Events API catch-up and replay
+// all store events through it.
+package ingest
 
 import (
 	"context"
@@ -24,8 +27,8 @@ type Store interface {
 	IngestEvents(ctx context.Context, evs []events.Event) ([]bool, error)
 }
 
-// IngesterConfig tunes group commit.
-type IngesterConfig struct {
+// Config tunes group commit.
+type Config struct {
 	// Committers is how many batches may be in flight at once. While one commits,
 	// the requests that arrive wait for the next free committer and go in together.
 	Committers int
@@ -42,7 +45,7 @@ type IngesterConfig struct {
 type Ingester struct {
 	store Store
 	log   zerolog.Logger
-	cfg   IngesterConfig
+	cfg   Config
 
 	queue  chan *request
 	mu     sync.RWMutex // guards closed against sends racing with Stop
@@ -69,8 +72,8 @@ type reply struct {
 	err error
 }
 
-// NewIngester returns an Ingester; Start it before use.
-func NewIngester(store Store, log zerolog.Logger, cfg IngesterConfig) *Ingester {
+// New returns an Ingester; Start it before use.
+func New(store Store, cfg Config, log zerolog.Logger) *Ingester {
 	if cfg.Committers <= 0 {
 		// Measured (make bench): 2 lets one batch fill while the other commits; 1, 3
 		// and 4 measured the same or worse, within the machine's noise.
