@@ -63,16 +63,16 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	// and the ingester made below; the closures see them once they exist.
 	var riverClient *river.Client[pgx.Tx]
 	var ingester *ingest.Ingester
-	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, parts.mapping, parts.policy,
-		func(ctx context.Context, subs []string, runID int64) error {
+	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, reconcile.SweeperOptions{Mapping: parts.mapping, Policy: parts.policy,
+		Enqueue: func(ctx context.Context, subs []string, runID int64) error {
 			return jobs.NewEnqueuer(riverClient).EnqueueSyncs(ctx, subs, runID)
-		}, parts.crypto.Now, log.With().Str("component", "sweep").Logger())
+		}, Now: parts.crypto.Now}, log.With().Str("component", "sweep").Logger())
 	catchUp := reconcile.NewCatchUp(parts.stripe, ingestFunc(func(ctx context.Context, ev events.Event) (ingest.Result, error) {
 		return ingester.Ingest(ctx, ev)
-	}), store, func(ctx context.Context) error {
+	}), store, reconcile.CatchUpOptions{ForceSweep: func(ctx context.Context) error {
 		_, err := riverClient.Insert(ctx, jobs.SweepArgs{}, nil)
 		return err
-	}, nil, log.With().Str("component", "catch_up").Logger())
+	}}, log.With().Str("component", "catch_up").Logger())
 	workers := river.NewWorkers()
 	sweeper.OnRun = func(sum reconcile.Summary) {
 		m.SweepDrift.Set(float64(len(sum.Drifted)))

@@ -82,8 +82,9 @@ func newHarness(t *testing.T, dropRate float64) *harness {
 	t.Cleanup(srv.Close)
 	h.endpoint = h.w.Stripe.AddEndpoint(srv.URL, stripesim.EndpointOptions{Secrets: []string{secret}, DropRate: dropRate,
 		RetryBackoff: 10 * time.Millisecond, Seed: 11, Types: events()})
-	h.sweeper = reconcile.NewSweeper(sc, cc, h.store, mapping, policy, enq.EnqueueSyncs, h.w.Stripe.Now, zerolog.Nop())
-	h.catchUp = reconcile.NewCatchUp(sc, ing, h.store, nil, h.w.Stripe.Now, zerolog.Nop())
+	h.sweeper = reconcile.NewSweeper(sc, cc, h.store,
+		reconcile.SweeperOptions{Mapping: mapping, Policy: policy, Enqueue: enq.EnqueueSyncs, Now: h.w.Stripe.Now}, zerolog.Nop())
+	h.catchUp = reconcile.NewCatchUp(sc, ing, h.store, reconcile.CatchUpOptions{Now: h.w.Stripe.Now}, zerolog.Nop())
 	h.pro = h.w.Price("Pro", 3000, `{"F1":true,"MaxNoOfMachines":2}`)
 	return h
 }
