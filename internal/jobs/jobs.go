@@ -205,29 +205,3 @@ func NewClient(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 	}
 	return client, nil
 }
-
-// Enqueuer schedules event jobs in the caller's transaction, so an event is never
-// stored without its job (nor a job without its event).
-type Enqueuer struct {
-	client *river.Client[pgx.Tx]
-}
-
-// NewEnqueuer returns an Enqueuer inserting through client.
-func NewEnqueuer(client *river.Client[pgx.Tx]) *Enqueuer {
-	return &Enqueuer{client: client}
-}
-
-// EnqueueEventsTx inserts one job per event in tx. It returns River's error.
-func (e *Enqueuer) EnqueueEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Event) error {
-	if len(evs) == 0 {
-		return nil
-	}
-	params := make([]river.InsertManyParams, len(evs))
-	for i, ev := range evs {
-		params[i] = river.InsertManyParams{Args: EventArgs{EventID: ev.ID, Type: ev.Type}}
-	}
-	if _, err := e.client.InsertManyTx(ctx, tx, params); err != nil {
-		return fmt.Errorf("enqueue events: %w", err)
-	}
-	return nil
-}
