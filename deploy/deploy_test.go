@@ -214,7 +214,7 @@ func (fakeDB) OldestPendingEvent(context.Context) (time.Duration, error) { retur
 func metricNames(t *testing.T) map[string]bool {
 	t.Helper()
 	m := metrics.New()
-	m.Watch(fakeDB{}, func() time.Duration { return 0 })
+	m.Watch(fakeDB{}, fakeDB{}, func() time.Duration { return 0 })
 	known := map[string]bool{}
 	v := reflect.ValueOf(m).Elem()
 	for i := range v.NumField() {

@@ -19,10 +19,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/testbed/bench"
 	"github.com/keysync/keysync/internal/testbed/chaos"
 	"github.com/keysync/keysync/internal/testbed/localpg"
-	"github.com/keysync/keysync/internal/webhook"
 )
 
 func main() {
@@ -103,7 +103,7 @@ func run(ctx context.Context) error {
 		var err error
 		switch name {
 		case "ingest":
-			err = ingest(ctx, server.URL, *duration, levels, *rounds, *committers, *shapes, filepath.Join(*dir, "ingest.json"), summary)
+			err = benchIngest(ctx, server.URL, *duration, levels, *rounds, *committers, *shapes, filepath.Join(*dir, "ingest.json"), summary)
 		case "applied":
 			err = withDatabase(ctx, server.URL, func(url string) error {
 				r, err := bench.Applied(ctx, bench.AppliedOptions{Cluster: chaos.Options{KeysyncBin: *keysyncBin, SandboxBin: *sandboxBin,
@@ -177,7 +177,7 @@ func withDatabase(ctx context.Context, serverURL string, fn func(url string) err
 	return fn(url)
 }
 
-func ingest(ctx context.Context, serverURL string, duration time.Duration, levels []int, rounds, committers int, shapes, out string, summary *bench.Summary) error {
+func benchIngest(ctx context.Context, serverURL string, duration time.Duration, levels []int, rounds, committers int, shapes, out string, summary *bench.Summary) error {
 	fmt.Printf("webhook ingest: signed invoice.paid events of %d bytes over HTTP on loopback, %s per run, median of %d interleaved rounds\n",
 		len(bench.InvoicePaidEvent()), duration, rounds)
 	fmt.Println("floor = verify signature + one autocommit INSERT per request; raw insert = the same INSERT without HTTP")
@@ -188,7 +188,7 @@ func ingest(ctx context.Context, serverURL string, duration time.Duration, level
 		MaxConns:    20,
 		Rounds:      rounds,
 		BeforeRun:   checkpoint(serverURL),
-		Ingester:    webhook.IngesterConfig{Committers: committers},
+		Ingester:    ingest.Config{Committers: committers},
 		Shapes:      splitNonEmpty(shapes),
 		Progress:    func(r bench.Run) { fmt.Fprintf(os.Stderr, "  measured %s at %d\n", r.Shape, r.Concurrency) },
 	})

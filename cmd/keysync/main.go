@@ -180,8 +180,8 @@ func reconcileOnce(ctx context.Context, cfg config, log zerolog.Logger, args []s
 		return err
 	}
 	store := postgres.NewStore(pool)
-	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, parts.mapping, parts.policy,
-		jobs.NewEnqueuer(client).EnqueueSyncs, parts.crypto.Now, log)
+	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, reconcile.SweeperOptions{Mapping: parts.mapping, Policy: parts.policy,
+		Enqueue: jobs.NewEnqueuer(client).EnqueueSyncs, Now: parts.crypto.Now}, log)
 	fmt.Fprintln(stdout, "sweeping: listing every subscription and every key ...")
 	sum, err := sweeper.RunOnce(ctx)
 	if err != nil {

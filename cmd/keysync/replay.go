@@ -15,9 +15,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/postgres"
-	"github.com/keysync/keysync/internal/webhook"
 )
 
 // replay processes events again: one by id (fetched from Stripe if keysync never stored
@@ -70,7 +70,7 @@ func replay(ctx context.Context, cfg config, log zerolog.Logger, args []string, 
 				return ferr
 			}
 			// The webhook path stores it: dedupe, and a job only if new and handled.
-			ing := webhook.NewIngester(store, jobs.EventJob(), log, webhook.IngesterConfig{Committers: 1})
+			ing := ingest.New(jobs.NewTables(pool), ingest.Config{Committers: 1}, log)
 			ing.Start(ctx)
 			_, err := ing.Ingest(ctx, ev)
 			ing.Stop()

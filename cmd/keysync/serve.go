@@ -19,6 +19,7 @@ import (
 	"github.com/keysync/keysync/internal/admin"
 	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/metrics"
@@ -50,6 +51,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	log.Info().Str("migrations", st.String()).Msg("database schema current")
 
 	store := postgres.NewStore(pool)
+	tables := jobs.NewTables(pool)
 	sync := syncer.New(parts.stripe, parts.crypto, store, parts.mapping,
 		syncer.Options{Policy: parts.policy, DryRun: cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now,
 			ObserveAction: func(kind, outcome string) { m.Actions.WithLabelValues(kind, outcome).Inc() }},
@@ -60,24 +62,24 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	// The sweep enqueues Syncs and the catch-up ingests events through the River client
 	// and the ingester made below; the closures see them once they exist.
 	var riverClient *river.Client[pgx.Tx]
-	var ingester *webhook.Ingester
-	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, parts.mapping, parts.policy,
-		func(ctx context.Context, subs []string, runID int64) error {
+	var ingester *ingest.Ingester
+	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, reconcile.SweeperOptions{Mapping: parts.mapping, Policy: parts.policy,
+		Enqueue: func(ctx context.Context, subs []string, runID int64) error {
 			return jobs.NewEnqueuer(riverClient).EnqueueSyncs(ctx, subs, runID)
-		}, parts.crypto.Now, log.With().Str("component", "sweep").Logger())
-	catchUp := reconcile.NewCatchUp(parts.stripe, ingestFunc(func(ctx context.Context, ev events.Event) (webhook.Result, error) {
+		}, Now: parts.crypto.Now}, log.With().Str("component", "sweep").Logger())
+	catchUp := reconcile.NewCatchUp(parts.stripe, ingestFunc(func(ctx context.Context, ev events.Event) (ingest.Result, error) {
 		return ingester.Ingest(ctx, ev)
-	}), store, func(ctx context.Context) error {
+	}), store, reconcile.CatchUpOptions{ForceSweep: func(ctx context.Context) error {
 		_, err := riverClient.Insert(ctx, jobs.SweepArgs{}, nil)
 		return err
-	}, nil, log.With().Str("component", "catch_up").Logger())
+	}}, log.With().Str("component", "catch_up").Logger())
 	workers := river.NewWorkers()
 	sweeper.OnRun = func(sum reconcile.Summary) {
 		m.SweepDrift.Set(float64(len(sum.Drifted)))
 		m.SweepOrphans.Set(float64(len(sum.Orphans)))
 		m.SweepSeconds.Set(sum.Took.Seconds())
 	}
-	m.Watch(store, catchUp.Lag)
+	m.Watch(store, tables, catchUp.Lag)
 	river.AddWorker(workers, &jobs.EventWorker{Store: store, Engine: sync, Applied: func(d time.Duration) { m.EventToApplied.Observe(d.Seconds()) }})
 	river.AddWorker(workers, &jobs.SyncWorker{Engine: sync, Runs: store})
 	river.AddWorker(workers, &jobs.SweepWorker{Run: func(ctx context.Context) error { _, err := sweeper.RunOnce(ctx); return err }})
@@ -107,7 +109,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	}
 	defer ln.Close()
 	id := replicaID(ln.Addr())
-	if n, err := store.ReclaimJobs(ctx, id); err != nil {
+	if n, err := tables.ReclaimJobs(ctx, id); err != nil {
 		return err
 	} else if n > 0 {
 		log.Warn().Int64("jobs", n).Str("replica", id).Msg("working again the jobs this replica's previous process left running")
@@ -122,7 +124,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 		return fmt.Errorf("start river: %w", err)
 	}
 
-	ingester = webhook.NewIngester(store, jobs.EventJob(), log, webhook.IngesterConfig{})
+	ingester = ingest.New(tables, ingest.Config{}, log)
 	ingester.Start(ctx)
 
 	health := admin.NewHealth(store)
@@ -259,9 +261,9 @@ func newParts(cfg config, log zerolog.Logger, m *metrics.Metrics) (engineParts, 
 }
 
 // ingestFunc adapts a function to reconcile.Ingest.
-type ingestFunc func(ctx context.Context, ev events.Event) (webhook.Result, error)
+type ingestFunc func(ctx context.Context, ev events.Event) (ingest.Result, error)
 
-func (f ingestFunc) Ingest(ctx context.Context, ev events.Event) (webhook.Result, error) {
+func (f ingestFunc) Ingest(ctx context.Context, ev events.Event) (ingest.Result, error) {
 	return f(ctx, ev)
 }
 

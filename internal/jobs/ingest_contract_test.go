@@ -33,6 +33,7 @@ func TestIngestWritesRiversJobRow(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.Pool(t)
 	store := postgres.NewStore(pool)
+	tables := jobs.NewTables(pool)
 	ev := func(id, typ string) events.Event {
 		return events.Event{ID: id, Type: typ, Created: time.Now(), APIVersion: events.StripeAPIVersion,
 			Payload: []byte(`{"id":"` + id + `","type":"` + typ + `"}`), Source: events.SourceWebhook}
@@ -52,7 +53,7 @@ func TestIngestWritesRiversJobRow(t *testing.T) {
 
 	// River's own insert, then the SQL one, for the same kind of event.
 	viaRiver := ev("evt_river", "invoice.paid")
-	if _, err := store.IngestEvents(ctx, []events.Event{viaRiver}, postgres.EventJob{}); err != nil {
+	if _, err := tables.WithoutJobs().IngestEvents(ctx, []events.Event{viaRiver}); err != nil {
 		t.Fatal(err)
 	}
 	if err := store.InTx(ctx, func(tx pgx.Tx) error {
@@ -71,7 +72,7 @@ func TestIngestWritesRiversJobRow(t *testing.T) {
 		}
 	}
 	drain()
-	isNew, err := store.IngestEvents(ctx, []events.Event{ev("evt_sql", "invoice.paid"), ev("evt_other", "product.created")}, jobs.EventJob())
+	isNew, err := tables.IngestEvents(ctx, []events.Event{ev("evt_sql", "invoice.paid"), ev("evt_other", "product.created")})
 	if err != nil || !isNew[0] || !isNew[1] {
 		t.Fatalf("ingest: %v %v", isNew, err)
 	}
@@ -86,7 +87,7 @@ func TestIngestWritesRiversJobRow(t *testing.T) {
 		t.Fatalf("notification payload %q", n.Payload)
 	}
 	// A redelivery writes no job.
-	if again, err := store.IngestEvents(ctx, []events.Event{ev("evt_sql", "invoice.paid")}, jobs.EventJob()); err != nil || again[0] {
+	if again, err := tables.IngestEvents(ctx, []events.Event{ev("evt_sql", "invoice.paid")}); err != nil || again[0] {
 		t.Fatalf("redelivery: new %v, %v", again, err)
 	}
 

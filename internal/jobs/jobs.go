@@ -1,5 +1,6 @@
-// Package jobs is keysync's use of River: the job kinds, their workers, and the client
-// that inserts and runs them on the shared Postgres pool.
+// Package jobs is keysync's use of River: the job kinds, their workers, the client that
+// inserts and runs them on the shared Postgres pool, and the one place that knows
+// River's tables (tables.go).
 package jobs
 
 import (
@@ -16,7 +17,6 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/keysync/keysync/internal/events"
-	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/syncer"
 )
 
@@ -194,37 +194,4 @@ func NewClient(pool *pgxpool.Pool, cfg Config) (*river.Client[pgx.Tx], error) {
 		return nil, fmt.Errorf("river client: %w", err)
 	}
 	return client, nil
-}
-
-// EventJob describes the event job that webhook ingest writes in the same statement
-// as the event itself (postgres.Store.IngestEvents): the row River's InsertMany writes
-// for EventArgs.
-func EventJob() postgres.EventJob {
-	return postgres.EventJob{Kind: EventArgs{}.Kind(), Queue: QueueEvents, MaxAttempts: MaxAttempts, Types: events.HandledTypes()}
-}
-
-// Enqueuer schedules event jobs in the caller's transaction, so an event is never
-// stored without its job (nor a job without its event).
-type Enqueuer struct {
-	client *river.Client[pgx.Tx]
-}
-
-// NewEnqueuer returns an Enqueuer inserting through client.
-func NewEnqueuer(client *river.Client[pgx.Tx]) *Enqueuer {
-	return &Enqueuer{client: client}
-}
-
-// EnqueueEventsTx inserts one job per event in tx. It returns River's error.
-func (e *Enqueuer) EnqueueEventsTx(ctx context.Context, tx pgx.Tx, evs []events.Event) error {
-	if len(evs) == 0 {
-		return nil
-	}
-	params := make([]river.InsertManyParams, len(evs))
-	for i, ev := range evs {
-		params[i] = river.InsertManyParams{Args: EventArgs{EventID: ev.ID, Type: ev.Type}}
-	}
-	if _, err := e.client.InsertManyTx(ctx, tx, params); err != nil {
-		return fmt.Errorf("enqueue events: %w", err)
-	}
-	return nil
 }

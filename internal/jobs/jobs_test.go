@@ -66,7 +66,7 @@ func TestEventWorker(t *testing.T) {
 	}
 	deliver := func(evs []events.Event) {
 		t.Helper()
-		if _, err := store.IngestEvents(ctx, evs, jobs.EventJob()); err != nil {
+		if _, err := jobs.NewTables(pool).IngestEvents(ctx, evs); err != nil {
 			t.Fatal(err)
 		}
 		for range evs {
@@ -142,7 +142,7 @@ func TestOutageSnoozesWithoutUsingAttempts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = client.Stop(ctx) }()
-	if _, err := store.IngestEvents(ctx, []events.Event{ev}, jobs.EventJob()); err != nil {
+	if _, err := jobs.NewTables(pool).IngestEvents(ctx, []events.Event{ev}); err != nil {
 		t.Fatal(err)
 	}
 	next := func() *river.Event {

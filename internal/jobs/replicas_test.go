@@ -89,7 +89,7 @@ func TestThreeReplicasOneSetOfEffects(t *testing.T) {
 				handled++
 			}
 		}
-		if _, err := store.IngestEvents(ctx, evs, postgres.EventJob{}); err != nil {
+		if _, err := jobs.NewTables(store.Pool()).WithoutJobs().IngestEvents(ctx, evs); err != nil {
 			t.Fatal(err)
 		}
 		err := store.InTx(ctx, func(tx pgx.Tx) error {

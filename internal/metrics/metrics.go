@@ -26,10 +26,15 @@ type Metrics struct {
 	SweepOrphans    prometheus.Gauge
 }
 
-// DB answers the metrics read on each scrape.
+// DB answers the event gauge read on each scrape (postgres.Store).
 type DB interface {
-	JobsByState(ctx context.Context) (map[string]int, error)
 	OldestPendingEvent(ctx context.Context) (time.Duration, error)
+}
+
+// Jobs answers the job gauges read on each scrape (jobs.Tables): a count for every state
+// River has, so that an empty state is a zero and not a missing series.
+type Jobs interface {
+	JobsByState(ctx context.Context) (map[string]int, error)
 }
 
 // New registers every family on a fresh registry, with Go and process metrics. Watch
@@ -65,10 +70,10 @@ func New() *Metrics {
 	return m
 }
 
-// Watch registers the gauges read at scrape time: jobs by state and the oldest pending
-// event from db, and the catch-up cursor's age.
-func (m *Metrics) Watch(db DB, catchUpLag func() time.Duration) {
-	m.Registry.MustRegister(&dbCollector{db: db}, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keysync_catchup_cursor_age_seconds",
+// Watch registers the gauges read at scrape time: jobs by state from jobs, the oldest
+// pending event from db, and the catch-up cursor's age.
+func (m *Metrics) Watch(db DB, jobs Jobs, catchUpLag func() time.Duration) {
+	m.Registry.MustRegister(&dbCollector{db: db, jobs: jobs}, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keysync_catchup_cursor_age_seconds",
 		Help: "Age of the Events API catch-up cursor (Stripe keeps 30 days)."}, func() float64 { return catchUpLag().Seconds() }))
 }
 
@@ -78,16 +83,19 @@ var (
 )
 
 // dbCollector reads job and event gauges from Postgres at scrape time.
-type dbCollector struct{ db DB }
+type dbCollector struct {
+	db   DB
+	jobs Jobs
+}
 
 func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) { ch <- jobsDesc; ch <- oldestDesc }
 
 func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if states, err := c.db.JobsByState(ctx); err == nil {
-		for _, s := range []string{"available", "running", "retryable", "scheduled", "completed", "discarded", "cancelled", "pending"} {
-			ch <- prometheus.MustNewConstMetric(jobsDesc, prometheus.GaugeValue, float64(states[s]), s)
+	if states, err := c.jobs.JobsByState(ctx); err == nil {
+		for s, n := range states {
+			ch <- prometheus.MustNewConstMetric(jobsDesc, prometheus.GaugeValue, float64(n), s)
 		}
 	}
 	if age, err := c.db.OldestPendingEvent(ctx); err == nil {

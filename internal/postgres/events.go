@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/keysync/keysync/internal/events"
 )
 
 // StoredEvent is a row of stripe_events without its payload.
@@ -96,22 +94,6 @@ func (s *Store) FailedEvents(ctx context.Context, limit int) ([]StoredEvent, err
 	return out, nil
 }
 
-// JobsByState counts River jobs by state (for metrics).
-func (s *Store) JobsByState(ctx context.Context) (map[string]int, error) {
-	rows, err := s.pool.Query(ctx, `SELECT state::text, count(*) FROM river_job GROUP BY state`)
-	if err != nil {
-		return nil, fmt.Errorf("jobs by state: %w", translate(err))
-	}
-	out := map[string]int{}
-	var st string
-	var n int
-	_, err = pgx.ForEachRow(rows, []any{&st, &n}, func() error { out[st] = n; return nil })
-	if err != nil {
-		return nil, fmt.Errorf("jobs by state: %w", translate(err))
-	}
-	return out, nil
-}
-
 // OldestPendingEvent returns how long the oldest pending event has waited (0: none).
 func (s *Store) OldestPendingEvent(ctx context.Context) (time.Duration, error) {
 	var secs float64
@@ -139,84 +121,4 @@ func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time) (int64, error
 			return total, nil
 		}
 	}
-}
-
-// ReclaimJobs makes the jobs that River shows running under clientID available again,
-// and returns how many there were. A replica calls it once at start, before its River
-// client runs anything: jobs still marked running under its own id were left by its
-// previous process, which died, and would otherwise wait for River's rescuer.
-func (s *Store) ReclaimJobs(ctx context.Context, clientID string) (int64, error) {
-	tag, err := s.pool.Exec(ctx, `UPDATE river_job SET state = 'available', scheduled_at = now()
-		WHERE state = 'running' AND attempted_by[array_upper(attempted_by, 1)] = $1`, clientID)
-	if err != nil {
-		return 0, fmt.Errorf("reclaim jobs: %w", translate(err))
-	}
-	return tag.RowsAffected(), nil
-}
-
-// EventJob is the River job stored with each new event of a handled type.
-type EventJob struct {
-	Kind, Queue string
-	MaxAttempts int
-	// Types are the event types that get a job.
-	Types []string
-}
-
-// The events and their River jobs in one statement: one round trip, committed as one.
-// ins is one multi-row INSERT for all events of a batch (webhooks that arrive together
-// commit together); DO NOTHING makes a redelivery or a concurrent duplicate a no-op, and
-// RETURNING says which ids were new. jobs are the rows River's InsertMany writes for the
-// same args (kind, queue, max_attempts; defaults for the rest: available now, priority
-// 1), and notified is River's insert notification that wakes the producers, as River's
-// client sends it (a contract test compares both with River's own).
-const ingestEvents = `
-WITH ins AS (
-    INSERT INTO stripe_events (id, type, created, livemode, api_version, payload, source, status)
-    SELECT u.id, u.type, to_timestamp(u.created), u.livemode, NULLIF(u.api_version, ''), u.payload::jsonb, u.source, u.status
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6::text[], $7::text[], $8::text[])
-        AS u(id, type, created, livemode, api_version, payload, source, status)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id, type
-), jobs AS (
-    INSERT INTO river_job (args, kind, queue, max_attempts)
-    SELECT jsonb_build_object('event_id', ins.id, 'type', ins.type), $9, $10, $11
-    FROM ins WHERE ins.type = ANY($12::text[])
-    RETURNING queue
-), notified AS (
-    SELECT pg_notify(current_schema() || '.river_insert', json_build_object('queue', q.queue)::text)
-    FROM (SELECT DISTINCT queue FROM jobs) q
-)
-SELECT ins.id FROM ins WHERE (SELECT count(*) FROM notified) >= 0`
-
-// IngestEvents stores evs, skipping those already stored, with a River job for each new
-// one whose type job lists, in one statement (atomic without a transaction). It reports
-// for each event whether it was new. The ids in evs must be distinct.
-func (s *Store) IngestEvents(ctx context.Context, evs []events.Event, job EventJob) ([]bool, error) {
-	n := len(evs)
-	ids, types, apiVersions, payloads, sources, statuses :=
-		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	created, livemode := make([]int64, n), make([]bool, n)
-	for i, e := range evs {
-		ids[i], types[i], apiVersions[i] = e.ID, e.Type, e.APIVersion
-		payloads[i], sources[i], statuses[i] = string(e.Payload), string(e.Source), string(e.InitialStatus())
-		created[i], livemode[i] = e.Created.Unix(), e.Livemode
-	}
-	rows, err := s.pool.Query(ctx, ingestEvents, ids, types, created, livemode, apiVersions, payloads, sources, statuses,
-		job.Kind, job.Queue, job.MaxAttempts, job.Types)
-	if err != nil {
-		return nil, fmt.Errorf("ingest events: %w", translate(err))
-	}
-	inserted, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("ingest events: %w", translate(err))
-	}
-	isNew := make(map[string]bool, len(inserted))
-	for _, id := range inserted {
-		isNew[id] = true
-	}
-	out := make([]bool, n)
-	for i, e := range evs {
-		out[i] = isNew[e.ID]
-	}
-	return out, nil
 }

@@ -1,5 +1,6 @@
-// Package postgres is keysync's store: every SQL statement, the transaction helper,
-// the migrations, and the translation of driver errors into the package's sentinels.
+// Package postgres is keysync's store: the SQL on keysync's tables, the transaction
+// helper, the migrations (River's too), and the translation of driver errors into the
+// package's sentinels. Statements on River's tables live in package jobs.
 package postgres
 
 import (
@@ -122,6 +123,11 @@ func (s *Store) Ping(ctx context.Context) error {
 	}
 	return translate(err)
 }
+
+// Translate maps driver errors to the package's sentinels, as translate does, for the
+// statements on River's tables that package jobs runs on the same database: one
+// vocabulary for "the database is out of reach", wherever the SQL lives.
+func Translate(err error) error { return translate(err) }
 
 // translate maps driver errors to the package's sentinels: anything that says the
 // server is out of reach becomes ErrUnavailable; SQL errors stay as they are.

@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
 )
@@ -127,36 +126,6 @@ func TestMigrationsReportsPending(t *testing.T) {
 	}
 }
 
-func TestInsertEventsDedupes(t *testing.T) {
-	t.Parallel()
-	pool := pgtest.Pool(t)
-	store := postgres.NewStore(pool)
-	ctx := context.Background()
-	ev := func(id, typ string) events.Event {
-		return events.Event{ID: id, Type: typ, Created: time.Unix(1700000000, 0), APIVersion: events.StripeAPIVersion,
-			Payload: []byte(`{"id":"` + id + `"}`), Source: events.SourceWebhook}
-	}
-	insert := func(evs ...events.Event) []bool {
-		got, err := store.IngestEvents(ctx, evs, postgres.EventJob{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return got
-	}
-	if got := insert(ev("evt_1", "invoice.paid"), ev("evt_2", "customer.created")); !got[0] || !got[1] {
-		t.Fatalf("got new=%v, want both new", got)
-	}
-	if got := insert(ev("evt_1", "invoice.paid"), ev("evt_3", "invoice.paid")); got[0] || !got[1] {
-		t.Fatalf("got new=%v, want [false true]", got)
-	}
-	for id, want := range map[string]events.Status{"evt_1": events.StatusPending, "evt_2": events.StatusIgnored} {
-		got, err := store.GetEvent(ctx, id)
-		if err != nil || got.Status != string(want) {
-			t.Fatalf("%s: got %+v, %v, want status %s", id, got, err, want)
-		}
-	}
-}
-
 func TestUnreachableIsUnavailable(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -234,34 +203,5 @@ func TestPruneEvents(t *testing.T) {
 	_ = pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE received_at < now() - interval '90 days') FROM stripe_events`).Scan(&left, &oldOpen)
 	if left != 5000 || oldOpen != 3000 {
 		t.Fatalf("got %d left (%d old pending or failed), want 5000 (3000)", left, oldOpen)
-	}
-}
-
-// Jobs left running by a dead process are made available again by its successor with
-// the same client id; another client's running jobs are left alone.
-func TestReclaimJobs(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	pool := pgtest.Pool(t)
-	store := postgres.NewStore(pool)
-	for _, by := range []string{"keysync@host:8080", "keysync@host:8081"} {
-		_, err := pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue, state, attempt, attempted_at, attempted_by)
-			VALUES ('{}', 'stripe_event', 20, 'events', 'running', 1, now(), ARRAY['keysync@old:1', $1])`, by)
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	n, err := store.ReclaimJobs(ctx, "keysync@host:8080")
-	if err != nil || n != 1 {
-		t.Fatalf("reclaimed %d, %v; want 1", n, err)
-	}
-	rows, _ := pool.Query(ctx, `SELECT attempted_by[array_upper(attempted_by, 1)], state FROM river_job ORDER BY id`)
-	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
-		var by, state string
-		err := r.Scan(&by, &state)
-		return by + "=" + state, err
-	})
-	if err != nil || strings.Join(got, ",") != "keysync@host:8080=available,keysync@host:8081=running" {
-		t.Fatalf("got %v (%v)", got, err)
 	}
 }

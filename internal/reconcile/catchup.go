@@ -13,8 +13,8 @@ import (
 	"github.com/stripe/stripe-go/v76"
 
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/postgres"
-	"github.com/keysync/keysync/internal/webhook"
 )
 
 // CatchUpStripe is what the catch-up reads from Stripe.
@@ -22,9 +22,10 @@ type CatchUpStripe interface {
 	Events(ctx context.Context, since time.Time, types []string) ([]*stripe.Event, error)
 }
 
-// Ingest stores events on the webhook path (dedupe, job, one statement).
+// Ingest stores events as webhooks are stored (dedupe, job, one statement):
+// ingest.Ingester.
 type Ingest interface {
-	Ingest(ctx context.Context, ev events.Event) (webhook.Result, error)
+	Ingest(ctx context.Context, ev events.Event) (ingest.Result, error)
 }
 
 // CatchUpStore is what the catch-up reads and records.
@@ -56,13 +57,21 @@ type CatchUp struct {
 	lag atomic.Int64
 }
 
-// NewCatchUp returns a CatchUp. forceSweep runs (or schedules) a full sweep when the
-// cursor has fallen out of Stripe's 30 days. now is the clock (nil: time.Now).
-func NewCatchUp(st CatchUpStripe, in Ingest, store CatchUpStore, forceSweep func(context.Context) error, now func() time.Time, log zerolog.Logger) *CatchUp {
-	if now == nil {
-		now = time.Now
+// CatchUpOptions configures a CatchUp.
+type CatchUpOptions struct {
+	// ForceSweep runs (or schedules) a full sweep when the cursor has fallen out of
+	// Stripe's 30 days of events (nil: none; the cursor is reset all the same).
+	ForceSweep func(ctx context.Context) error
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+}
+
+// NewCatchUp returns a CatchUp.
+func NewCatchUp(st CatchUpStripe, in Ingest, store CatchUpStore, opts CatchUpOptions, log zerolog.Logger) *CatchUp {
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
-	return &CatchUp{stripe: st, ingest: in, store: store, forceSweep: forceSweep, now: now, log: log}
+	return &CatchUp{stripe: st, ingest: in, store: store, forceSweep: opts.ForceSweep, now: opts.Now, log: log}
 }
 
 // CatchUpSummary is what one catch-up did.

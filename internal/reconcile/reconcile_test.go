@@ -12,6 +12,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/rs/zerolog"
 
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/pgtest"
@@ -70,7 +71,7 @@ func newHarness(t *testing.T, dropRate float64) *harness {
 	}
 	t.Cleanup(func() { _ = client.Stop(context.Background()) })
 	enq := jobs.NewEnqueuer(client)
-	ing := webhook.NewIngester(h.store, jobs.EventJob(), zerolog.Nop(), webhook.IngesterConfig{})
+	ing := ingest.New(jobs.NewTables(pool), ingest.Config{}, zerolog.Nop())
 	ing.Start(ctx)
 	t.Cleanup(ing.Stop)
 	handler, err := webhook.NewHandler(webhook.Config{Secrets: []string{secret}}, ing, zerolog.Nop())
@@ -81,8 +82,9 @@ func newHarness(t *testing.T, dropRate float64) *harness {
 	t.Cleanup(srv.Close)
 	h.endpoint = h.w.Stripe.AddEndpoint(srv.URL, stripesim.EndpointOptions{Secrets: []string{secret}, DropRate: dropRate,
 		RetryBackoff: 10 * time.Millisecond, Seed: 11, Types: events()})
-	h.sweeper = reconcile.NewSweeper(sc, cc, h.store, mapping, policy, enq.EnqueueSyncs, h.w.Stripe.Now, zerolog.Nop())
-	h.catchUp = reconcile.NewCatchUp(sc, ing, h.store, nil, h.w.Stripe.Now, zerolog.Nop())
+	h.sweeper = reconcile.NewSweeper(sc, cc, h.store,
+		reconcile.SweeperOptions{Mapping: mapping, Policy: policy, Enqueue: enq.EnqueueSyncs, Now: h.w.Stripe.Now}, zerolog.Nop())
+	h.catchUp = reconcile.NewCatchUp(sc, ing, h.store, reconcile.CatchUpOptions{Now: h.w.Stripe.Now}, zerolog.Nop())
 	h.pro = h.w.Price("Pro", 3000, `{"F1":true,"MaxNoOfMachines":2}`)
 	return h
 }
@@ -102,10 +104,8 @@ func (h *harness) idle(t *testing.T) {
 		t.Fatal(err)
 	}
 	pgtest.WaitFor(t, 30*time.Second, "keysync to be idle", func() bool {
-		var n int
-		_ = h.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM stripe_events WHERE status = 'pending')
-			+ (SELECT count(*) FROM river_job WHERE state IN ('available', 'running', 'retryable', 'scheduled', 'pending'))`).Scan(&n)
-		return n == 0
+		n, err := jobs.NewTables(h.pool).Unfinished(ctx)
+		return err == nil && n == 0
 	})
 }
 

@@ -57,8 +57,8 @@ func seedAccount(tb testing.TB, n int) *seeded {
 	}
 	s := &seeded{w: w}
 	sc, cc := w.Clients(tb)
-	s.sweeper = reconcile.NewSweeper(sc, cc, store, license.NewMapping(0), license.Options{BufferDays: 5},
-		func(_ context.Context, subs []string, _ int64) error { s.enqueued += len(subs); return nil }, w.Stripe.Now, zerolog.Nop())
+	s.sweeper = reconcile.NewSweeper(sc, cc, store, reconcile.SweeperOptions{Mapping: license.NewMapping(0), Policy: license.Options{BufferDays: 5},
+		Enqueue: func(_ context.Context, subs []string, _ int64) error { s.enqueued += len(subs); return nil }, Now: w.Stripe.Now}, zerolog.Nop())
 	return s
 }
 

@@ -58,13 +58,25 @@ type Sweeper struct {
 	OnRun func(Summary)
 }
 
-// NewSweeper returns a Sweeper. now is the clock (nil: time.Now).
-func NewSweeper(st SweepStripe, cl SweepCryptolens, store SweepStore, m *license.Mapping, policy license.Options,
-	enqueue Enqueue, now func() time.Time, log zerolog.Logger) *Sweeper {
-	if now == nil {
-		now = time.Now
+// SweeperOptions configures a Sweeper.
+type SweeperOptions struct {
+	// Mapping maps prices to Cryptolens products and features (required).
+	Mapping *license.Mapping
+	// Policy is the license policy's settings, as the sync engine has them.
+	Policy license.Options
+	// Enqueue schedules the Syncs of the subscriptions a sweep finds drifted (required).
+	Enqueue Enqueue
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+}
+
+// NewSweeper returns a Sweeper.
+func NewSweeper(st SweepStripe, cl SweepCryptolens, store SweepStore, opts SweeperOptions, log zerolog.Logger) *Sweeper {
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
-	return &Sweeper{stripe: st, crypto: cl, store: store, mapping: m, policy: policy, enqueue: enqueue, now: now, log: log}
+	return &Sweeper{stripe: st, crypto: cl, store: store, mapping: opts.Mapping, policy: opts.Policy, enqueue: opts.Enqueue,
+		now: opts.Now, log: log}
 }
 
 // Summary is what a sweep found.

@@ -12,9 +12,9 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/pgtest"
-	"github.com/keysync/keysync/internal/postgres"
 	wh "github.com/keysync/keysync/internal/webhook"
 )
 
@@ -35,7 +35,7 @@ func FuzzHandler(f *testing.F) {
 	f.Add([]byte(`{"id":"evt_3","object":"event","type":"invoice.paid","api_version":"2023-10-16","created":99999999999}`), "", true)
 
 	pool := pgtest.Pool(f)
-	ing := wh.NewIngester(postgres.NewStore(pool), jobs.EventJob(), zerolog.Nop(), wh.IngesterConfig{})
+	ing := ingest.New(jobs.NewTables(pool), ingest.Config{}, zerolog.Nop())
 	ing.Start(context.Background())
 	f.Cleanup(ing.Stop)
 	h, err := wh.NewHandler(wh.Config{Secrets: []string{"whsec_fuzz"}}, ing, zerolog.Nop())

@@ -1,5 +1,6 @@
-// Package webhook receives Stripe webhooks: it verifies the signature, stores the event
-// and its job durably, and only then acknowledges, so that no event is ever lost.
+// Package webhook receives Stripe webhooks: it verifies the signature, hands the event
+// to ingest, which stores it and its job durably, and only then acknowledges, so that no
+// event is ever lost.
 package webhook
 
 import (
@@ -16,6 +17,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/ingest"
 )
 
 // DefaultMaxBody is the largest webhook body accepted. Stripe's events are a few KB;
@@ -39,9 +41,10 @@ type Config struct {
 	Observe func(eventType, outcome string, took time.Duration)
 }
 
-// Ingest is what the handler needs to make an event durable.
+// Ingest is what the handler needs to make an event durable (ingest.Ingester). It
+// returns an error when the event was not stored, and the handler answers 503.
 type Ingest interface {
-	Ingest(ctx context.Context, ev events.Event) (Result, error)
+	Ingest(ctx context.Context, ev events.Event) (ingest.Result, error)
 }
 
 // Handler is the http.Handler for POST /webhooks/stripe.
@@ -53,7 +56,7 @@ type Handler struct {
 
 // NewHandler returns a Handler. It returns an error when no secret is configured: a
 // webhook endpoint that cannot verify anything must not exist.
-func NewHandler(cfg Config, ingest Ingest, log zerolog.Logger) (*Handler, error) {
+func NewHandler(cfg Config, in Ingest, log zerolog.Logger) (*Handler, error) {
 	if len(cfg.Secrets) == 0 {
 		return nil, errors.New("webhook: no signing secret configured")
 	}
@@ -63,7 +66,7 @@ func NewHandler(cfg Config, ingest Ingest, log zerolog.Logger) (*Handler, error)
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = DefaultMaxBody
 	}
-	return &Handler{cfg: cfg, ingest: ingest, log: log}, nil
+	return &Handler{cfg: cfg, ingest: in, log: log}, nil
 }
 
 // Errors the handler answers with. They are the only texts a sender ever sees.

@@ -16,9 +16,9 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/pgtest"
-	"github.com/keysync/keysync/internal/postgres"
 	wh "github.com/keysync/keysync/internal/webhook"
 )
 
@@ -30,7 +30,7 @@ const (
 type bundle struct {
 	pool     *pgxpool.Pool
 	server   *httptest.Server
-	ingester *wh.Ingester
+	ingester *ingest.Ingester
 	logs     *syncBuffer
 }
 
@@ -74,7 +74,7 @@ func setup(t *testing.T, opts options) *bundle {
 	t.Cleanup(pool.Close)
 	logs := &syncBuffer{}
 	log := zerolog.New(logs)
-	ing := wh.NewIngester(postgres.NewStore(pool), jobs.EventJob(), log, wh.IngesterConfig{})
+	ing := ingest.New(jobs.NewTables(pool), ingest.Config{}, log)
 	ing.Start(context.Background())
 	t.Cleanup(ing.Stop)
 	h, err := wh.NewHandler(wh.Config{Secrets: []string{secret1, secret2}, AcceptAPIVersions: opts.acceptVersion}, ing, log)

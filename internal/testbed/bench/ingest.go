@@ -24,6 +24,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/postgres"
 	wh "github.com/keysync/keysync/internal/webhook"
@@ -41,7 +42,7 @@ type IngestOptions struct {
 	// MaxConns is the pool size of keysync and of the floor (keysync's default).
 	MaxConns int32
 	// Ingester tunes keysync's group commit (zero: keysync's defaults).
-	Ingester wh.IngesterConfig
+	Ingester ingest.Config
 	// Rounds is how many times each shape is measured, interleaved (floor, keysync,
 	// raw, floor, keysync, ...) so that drift on the machine hits all shapes alike; the
 	// median round is reported.
@@ -178,11 +179,11 @@ func measure(ctx context.Context, opts IngestOptions, shape string, concurrency 
 	return load(ctx, shape, concurrency, opts.Duration, do), nil
 }
 
-func newHandler(ctx context.Context, shape string, pool *pgxpool.Pool, cfg wh.IngesterConfig) (http.Handler, func(), error) {
+func newHandler(ctx context.Context, shape string, pool *pgxpool.Pool, cfg ingest.Config) (http.Handler, func(), error) {
 	if shape == ShapeFloor {
 		return floorHandler(pool), func() {}, nil
 	}
-	ing := wh.NewIngester(postgres.NewStore(pool), jobs.EventJob(), zerolog.Nop(), cfg)
+	ing := ingest.New(jobs.NewTables(pool), cfg, zerolog.Nop())
 	ing.Start(ctx)
 	h, err := wh.NewHandler(wh.Config{Secrets: []string{benchSecret}}, ing, zerolog.Nop())
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/keysync/keysync/internal/jobs"
 )
 
 // Process is a child process (keysync, the sandbox) with its output in a log file.
@@ -129,26 +129,14 @@ func FreePorts(n int) ([]string, error) {
 	return out, nil
 }
 
-// Querier runs a query that returns one row (a *pgx.Conn or *pgxpool.Pool).
-type Querier interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
-// pending counts the work keysync has not finished: events not yet worked and River
-// jobs queued, running or waiting for a retry.
-func pending(ctx context.Context, db Querier) (int, error) {
-	var n int
-	err := db.QueryRow(ctx, `SELECT (SELECT count(*) FROM stripe_events WHERE status = 'pending')
-		+ (SELECT count(*) FROM river_job WHERE state IN ('available', 'running', 'retryable', 'scheduled', 'pending')
-			AND kind NOT IN ('sweep', 'catch_up', 'prune_events'))`).Scan(&n)
-	return n, err
-}
-
-// WaitIdle polls Pending until nothing is left, or fails after timeout.
-func WaitIdle(ctx context.Context, db Querier, timeout time.Duration) error {
+// WaitIdle polls keysync's unfinished work (jobs.Tables.Unfinished: events not yet
+// worked, jobs not yet done) until nothing is left, or fails after timeout. db is a
+// *pgx.Conn or a *pgxpool.Pool on keysync's database.
+func WaitIdle(ctx context.Context, db jobs.DB, timeout time.Duration) error {
+	work := jobs.NewTables(db)
 	deadline := time.Now().Add(timeout)
 	for {
-		n, err := pending(ctx, db)
+		n, err := work.Unfinished(ctx)
 		if err == nil && n == 0 {
 			return nil
 		}

@@ -1,39 +1,41 @@
-package webhook
+package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/pgtest"
-	"github.com/keysync/keysync/internal/postgres"
 )
 
 // countingStore counts batch statements, to show that queued events share one.
 type countingStore struct {
-	*postgres.Store
+	*jobs.Tables
+	pool    *pgxpool.Pool
 	mu      sync.Mutex
 	batches int
 }
 
-func (s *countingStore) IngestEvents(ctx context.Context, evs []events.Event, job postgres.EventJob) ([]bool, error) {
+func (s *countingStore) IngestEvents(ctx context.Context, evs []events.Event) ([]bool, error) {
 	s.mu.Lock()
 	s.batches++
 	s.mu.Unlock()
-	return s.Store.IngestEvents(ctx, evs, job)
+	return s.Tables.IngestEvents(ctx, evs)
 }
 
 func newTestIngester(t *testing.T, committers int) (*Ingester, *countingStore) {
 	t.Helper()
 	pool := pgtest.Pool(t)
-	store := &countingStore{Store: postgres.NewStore(pool)}
-	ing := NewIngester(store, jobs.EventJob(), zerolog.Nop(), IngesterConfig{Committers: committers})
+	store := &countingStore{Tables: jobs.NewTables(pool), pool: pool}
+	ing := New(store, Config{Committers: committers}, zerolog.Nop())
 	t.Cleanup(ing.Stop)
 	return ing, store
 }
@@ -88,7 +90,7 @@ func TestWaitingEventsCommitTogether(t *testing.T) {
 		t.Fatalf("got %d batch statements for 41 waiting events, want 1", store.batches)
 	}
 	var rows, jobRows int
-	pool := store.Pool()
+	pool := store.pool
 	_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM stripe_events`).Scan(&rows)
 	_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM river_job`).Scan(&jobRows)
 	if rows != 40 || jobRows != 40 {
@@ -113,7 +115,7 @@ func TestPoisonEventDoesNotFailItsBatch(t *testing.T) {
 		t.Fatal("poison event: got nil error, want the store's refusal")
 	}
 	var rows int
-	_ = store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM stripe_events`).Scan(&rows)
+	_ = store.pool.QueryRow(context.Background(), `SELECT count(*) FROM stripe_events`).Scan(&rows)
 	if rows != 2 {
 		t.Fatalf("got %d rows, want 2", rows)
 	}
@@ -130,5 +132,19 @@ func TestLoneEventIsNotDelayed(t *testing.T) {
 	}
 	if store.batches != 3 {
 		t.Fatalf("got %d batch statements for 3 sequential events, want 3 (one each, no waiting for company)", store.batches)
+	}
+}
+
+func TestStoppedIngesterRefuses(t *testing.T) {
+	t.Parallel()
+	ing, store := newTestIngester(t, 1)
+	ing.Start(context.Background())
+	ing.Stop()
+	ing.Stop() // idempotent
+	if _, err := ing.Ingest(context.Background(), testEvent("evt_late", `{}`)); !errors.Is(err, ErrStopped) {
+		t.Fatalf("got %v, want ErrStopped", err)
+	}
+	if store.batches != 0 {
+		t.Fatalf("got %d batch statements, want 0", store.batches)
 	}
 }

@@ -1,4 +1,7 @@
-package webhook
+// Package ingest stores Stripe events durably with their jobs, committing the events
+// that arrive together in one statement; webhooks, the Events API catch-up and replay
+// all store events through it.
+package ingest
 
 import (
 	"context"
@@ -12,7 +15,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/events"
-	"github.com/keysync/keysync/internal/postgres"
 )
 
 // ErrStopped is returned by Ingest once the ingester is stopping: the caller answers
@@ -20,13 +22,13 @@ import (
 var ErrStopped = errors.New("ingester stopped")
 
 // Store persists events with their jobs: new events, and a job for each new one of a
-// type job lists, atomically (postgres.Store.IngestEvents).
+// handled type, atomically (jobs.Tables.IngestEvents).
 type Store interface {
-	IngestEvents(ctx context.Context, evs []events.Event, job postgres.EventJob) ([]bool, error)
+	IngestEvents(ctx context.Context, evs []events.Event) ([]bool, error)
 }
 
-// IngesterConfig tunes group commit.
-type IngesterConfig struct {
+// Config tunes group commit.
+type Config struct {
 	// Committers is how many batches may be in flight at once. While one commits,
 	// the requests that arrive wait for the next free committer and go in together.
 	Committers int
@@ -42,9 +44,8 @@ type IngesterConfig struct {
 // without waiting for company. A batch is one statement: one round trip.
 type Ingester struct {
 	store Store
-	job   postgres.EventJob
 	log   zerolog.Logger
-	cfg   IngesterConfig
+	cfg   Config
 
 	queue  chan *request
 	mu     sync.RWMutex // guards closed against sends racing with Stop
@@ -71,8 +72,8 @@ type reply struct {
 	err error
 }
 
-// NewIngester returns an Ingester; Start it before use.
-func NewIngester(store Store, job postgres.EventJob, log zerolog.Logger, cfg IngesterConfig) *Ingester {
+// New returns an Ingester; Start it before use.
+func New(store Store, cfg Config, log zerolog.Logger) *Ingester {
 	if cfg.Committers <= 0 {
 		// Measured (make bench): 2 lets one batch fill while the other commits; 1, 3
 		// and 4 measured the same or worse, within the machine's noise.
@@ -86,7 +87,6 @@ func NewIngester(store Store, job postgres.EventJob, log zerolog.Logger, cfg Ing
 	}
 	return &Ingester{
 		store: store,
-		job:   job,
 		log:   log,
 		cfg:   cfg,
 		queue: make(chan *request, cfg.MaxBatch*cfg.Committers),
@@ -235,7 +235,7 @@ func (in *Ingester) write(ctx context.Context, reqs []*request) ([]Result, error
 	for i, req := range reqs {
 		evs[i] = req.ev
 	}
-	isNew, err := in.store.IngestEvents(ctx, evs, in.job)
+	isNew, err := in.store.IngestEvents(ctx, evs)
 	if err != nil {
 		return nil, fmt.Errorf("store events: %w", err)
 	}
