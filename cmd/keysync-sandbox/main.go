@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -59,8 +60,21 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 	envFile := fs.String("env-file", "", "also write the keysync environment to this file")
 	listenAny := fs.Bool("listen-any", false, "allow non-loopback addresses: only inside an isolated container network (docker compose)")
 	publicHost := fs.String("public-host", "", "host name to print in the environment instead of the listen address (e.g. sandbox in compose)")
+	eventVersion := fs.String("event-version", stripesim.APIVersion,
+		"the Stripe account's default API version: events (Events API, webhooks) are created in it ("+stripesim.APIVersion+" or "+stripesim.VersionBasil+")")
+	webhookVersion := fs.String("webhook-api-version", "", "pin the webhook endpoint's api_version (default: follow -event-version)")
+	canceledMetadata := fs.Bool("canceled-metadata", false, "let canceled subscriptions take metadata updates (Stripe since 2026; refused in 2023-24)")
+	invoiceGrace := fs.Duration("invoice-grace", 0, "how long an invoiced subscription stays past_due after the due date before it is canceled (0: stays past_due)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	for _, v := range []string{*eventVersion, *webhookVersion} {
+		if v == "" {
+			continue
+		}
+		if err := stripesim.CheckVersion(v); err != nil {
+			return err
+		}
 	}
 	for _, a := range []string{*stripeAddr, *cryptolensAddr, *controlAddr} {
 		if err := loopbackOnly(a); err != nil && !*listenAny {
@@ -68,7 +82,8 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 		}
 	}
 
-	stripe := stripesim.New(stripesim.Options{APIKey: stripeKey, Start: time.Now(), Seed: *seed})
+	stripe := stripesim.New(stripesim.Options{APIKey: stripeKey, Start: time.Now(), Seed: *seed, AccountAPIVersion: *eventVersion,
+		CanceledMetadata: *canceledMetadata, Dunning: stripesim.Dunning{InvoiceGrace: *invoiceGrace}})
 	defer stripe.Close()
 	cryptoOpts := []cryptolenssim.Option{cryptolenssim.WithClock(stripe.Now), cryptolenssim.WithSeed(*seed)}
 	if *wholeDays {
@@ -78,7 +93,7 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 	crypto.AddProduct(*product, cryptolenssim.ProductOptions{BlockExpired: *blockExpired, TimeLimitedFeature: *timeLimited, SKGL: *skgl})
 	crypto.AddToken(cryptolensToken, cryptolenssim.Token{ProductID: *product})
 	if *webhookURL != "" {
-		stripe.AddEndpoint(*webhookURL, stripesim.EndpointOptions{Secrets: []string{webhookSecret}})
+		stripe.AddEndpoint(*webhookURL, stripesim.EndpointOptions{Secrets: []string{webhookSecret}, APIVersion: *webhookVersion})
 	}
 
 	control := http.NewServeMux()
@@ -140,6 +155,9 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 		r.Stripe, r.Cryptolens, r.Control)
 	if *webhookURL != "" {
 		fmt.Fprintf(out, "  webhooks to     %s\n", *webhookURL)
+	}
+	if *eventVersion != stripesim.APIVersion || *webhookVersion != "" {
+		fmt.Fprintf(out, "  event versions  account %s, webhook endpoint %s\n", *eventVersion, cmp.Or(*webhookVersion, *eventVersion))
 	}
 	fmt.Fprintf(out, "\nEnvironment for keysync:\n%s", env.String())
 	if onReady != nil {

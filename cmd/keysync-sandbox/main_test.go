@@ -16,6 +16,8 @@ import (
 
 	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/testbed/sandbox"
+	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
 func post(t *testing.T, url string, body any, into any) {
@@ -136,5 +138,126 @@ func TestSandboxRefusesNonLoopback(t *testing.T) {
 	err := run(context.Background(), []string{"-stripe-addr", "0.0.0.0:0"}, io.Discard, nil)
 	if err == nil || !strings.Contains(err.Error(), "loopback only") {
 		t.Fatalf("got %v, want a loopback-only refusal", err)
+	}
+}
+
+// The sandbox plays the real-world modes through its control API: events in basil for
+// the account while the webhook endpoint stays pinned to 2023-10-16, invoiced customers,
+// paused collection, metered usage, moved trials and events from elsewhere.
+func TestSandboxRealWorldModes(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	versions := map[string]int{}
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var env struct {
+			APIVersion string `json:"api_version"`
+		}
+		_ = json.Unmarshal(body, &env)
+		mu.Lock()
+		versions[env.APIVersion]++
+		mu.Unlock()
+	}))
+	defer hook.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	readyCh := make(chan ready, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-stripe-addr", "127.0.0.1:0", "-cryptolens-addr", "127.0.0.1:0", "-control-addr", "127.0.0.1:0",
+			"-webhook-url", hook.URL, "-event-version", stripesim.VersionBasil, "-webhook-api-version", stripesim.APIVersion,
+			"-canceled-metadata"}, io.Discard, func(r ready) { readyCh <- r })
+	}()
+	var r ready
+	select {
+	case r = <-readyCh:
+	case err := <-done:
+		t.Fatal(err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("sandbox did not start")
+	}
+	ctl := sandbox.New(r.Control)
+	bg := context.Background()
+
+	var prod, price, metered map[string]string
+	post(t, r.Control+"/stripe/products", map[string]any{"name": "Pro"}, &prod)
+	post(t, r.Control+"/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 2900}, &price)
+	post(t, r.Control+"/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 1, "usage_type": "metered"}, &metered)
+	var invoiced, paused, usage, trial map[string]any
+	post(t, r.Control+"/stripe/subscriptions", map[string]any{"email": "net30@example.com", "items": []map[string]any{{"price": price["id"]}},
+		"collection_method": "send_invoice", "days_until_due": 30}, &invoiced)
+	post(t, r.Control+"/stripe/checkout", map[string]any{"email": "p@example.com", "items": []map[string]any{{"price": price["id"]}}}, &paused)
+	post(t, r.Control+"/stripe/subscriptions/"+paused["subscription"].(string)+"/pause_collection", map[string]any{"behavior": "void"}, nil)
+	post(t, r.Control+"/stripe/checkout", map[string]any{"email": "m@example.com", "items": []map[string]any{{"price": metered["id"]}}}, &usage)
+	post(t, r.Control+"/stripe/checkout", map[string]any{"email": "t@example.com", "items": []map[string]any{{"price": price["id"]}}, "trial_days": 7}, &trial)
+	now, err := ctl.Now(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	post(t, r.Control+"/stripe/subscriptions/"+trial["subscription"].(string)+"/extend_trial", map[string]any{"trial_end": now.Add(30 * 24 * time.Hour)}, nil)
+	u, err := ctl.Subscription(bg, usage["subscription"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	post(t, r.Control+"/stripe/subscription_items/"+u.Subscription.Items[0].ID+"/usage", map[string]any{"quantity": 12}, nil)
+	if _, err := ctl.InjectEvent(bg, "customer.subscription.updated", paused["subscription"].(string), true, ""); err != nil {
+		t.Fatal(err)
+	}
+	post(t, r.Control+"/stripe/subscriptions/"+trial["subscription"].(string)+"/metadata", map[string]any{"metadata": map[string]string{"skm_key_id": "7"}}, nil)
+
+	tests := map[string]struct {
+		id   string
+		want func(sandbox.Subscription) bool
+	}{
+		"invoiced": {invoiced["subscription"].(string), func(s sandbox.Subscription) bool {
+			return s.Subscription.CollectionMethod == "send_invoice" && s.Subscription.Status == "active"
+		}},
+		"paused": {paused["subscription"].(string), func(s sandbox.Subscription) bool {
+			return s.Subscription.PauseCollection != nil && s.Subscription.PauseCollection.Behavior == "void"
+		}},
+		"metered":   {usage["subscription"].(string), func(s sandbox.Subscription) bool { return s.Subscription.Items[0].Usage == 12 }},
+		"new trial": {trial["subscription"].(string), func(s sandbox.Subscription) bool { return s.Subscription.TrialEnd == now.Add(30*24*time.Hour).Unix() }},
+	}
+	for name, tc := range tests {
+		s, err := ctl.Subscription(bg, tc.id)
+		if err != nil || !tc.want(s) {
+			t.Errorf("%s: got %+v, %v", name, s.Subscription, err)
+		}
+	}
+
+	// The Events API speaks basil; the pinned endpoint got 2023-10-16 only.
+	if err := ctl.Flush(bg); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, r.Env["STRIPE_API_BASE"]+"/v1/events?limit=1", nil)
+	req.Header.Set("Authorization", "Bearer "+r.Env["STRIPE_API_KEY"])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs struct {
+		Data []struct {
+			APIVersion string `json:"api_version"`
+		}
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&evs)
+	resp.Body.Close()
+	mu.Lock()
+	got := versions
+	mu.Unlock()
+	if len(evs.Data) != 1 || evs.Data[0].APIVersion != stripesim.VersionBasil || len(got) != 1 || got[stripesim.APIVersion] == 0 {
+		t.Fatalf("events API %+v, webhooks by version %v; want basil and only 2023-10-16", evs.Data, got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSandboxRefusesUnknownVersion(t *testing.T) {
+	t.Parallel()
+	err := run(context.Background(), []string{"-stripe-addr", "127.0.0.1:0", "-cryptolens-addr", "127.0.0.1:0", "-control-addr", "127.0.0.1:0",
+		"-event-version", "2024-06-20"}, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "2024-06-20") {
+		t.Fatalf("got %v, want the version refused", err)
 	}
 }

@@ -95,10 +95,18 @@ type Subscription struct {
 		ID               string
 		Status           string
 		CurrentPeriodEnd int64
+		TrialEnd         int64
 		LatestInvoice    string
-		Items            []struct {
+		CollectionMethod string
+		PauseCollection  *struct {
+			Behavior  string
+			ResumesAt int64
+		}
+		Items []struct {
+			ID       string
 			Price    string
 			Quantity int64
+			Usage    int64
 		}
 	}
 	PaidThrough time.Time `json:"paid_through"`
@@ -109,6 +117,14 @@ func (c *Control) Subscription(ctx context.Context, id string) (Subscription, er
 	var s Subscription
 	err := c.Get(ctx, "/stripe/subscriptions/"+id, &s)
 	return s, err
+}
+
+// InjectEvent emits an event of type typ about the Stripe object with id object, from
+// live mode or from a connected account ("acct_..."), and returns the event's id.
+func (c *Control) InjectEvent(ctx context.Context, typ, object string, livemode bool, account string) (string, error) {
+	var out struct{ ID string }
+	err := c.Post(ctx, "/stripe/events", map[string]any{"type": typ, "object": object, "livemode": livemode, "account": account}, &out)
+	return out.ID, err
 }
 
 // Now returns the sandbox's test clock.

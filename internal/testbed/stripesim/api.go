@@ -23,6 +23,9 @@ type Faults struct {
 	RateLimitNext int
 	// ErrorNext answers the next N requests with 500.
 	ErrorNext int
+	// LockTimeoutNext answers the next N requests with 429 and code lock_timeout: an
+	// object another request holds, which stripe-go retries (Stripe-Should-Retry: true).
+	LockTimeoutNext int
 	// Latency is added to every request.
 	Latency time.Duration
 }
@@ -57,6 +60,9 @@ func (s *Sim) Faulted() map[int]int {
 type idemResult struct {
 	status int
 	body   []byte
+	// request is what the key was first used for; another request with the key is
+	// refused.
+	request string
 }
 
 type apiError struct {
@@ -111,7 +117,18 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if failed {
 		s.faults.ErrorNext--
 	}
+	locked := !rateLimited && !failed && s.faults.LockTimeoutNext > 0
+	if locked {
+		s.faults.LockTimeoutNext--
+	}
 	switch {
+	case locked:
+		s.faulted[http.StatusTooManyRequests]++
+		writeError(w, &apiError{status: 429, typ: "invalid_request_error", code: "lock_timeout",
+			message: "This object cannot be accessed right now because another API request or Stripe process is currently accessing it. " +
+				"If you see this error intermittently, retry the request. If you see this error frequently and are making multiple " +
+				"concurrent requests to a single object, make your requests serially or at a lower rate."})
+		return
 	case rateLimited || (faults.RateLimitRate > 0 && s.rng.Float64() < faults.RateLimitRate):
 		s.faulted[http.StatusTooManyRequests]++
 		writeError(w, &apiError{status: 429, typ: "invalid_request_error", code: "rate_limit",
@@ -124,7 +141,14 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Method == http.MethodPost {
 		if key := r.Header.Get("Idempotency-Key"); key != "" {
+			request := r.URL.Path + "?" + r.Form.Encode()
 			if prev, ok := s.idempotent[key]; ok {
+				if prev.request != request {
+					writeError(w, &apiError{status: 400, typ: "idempotency_error", message: fmt.Sprintf("Keys for idempotent requests "+
+						"can only be used with the same parameters they were first used with. Try using a key other than '%s' if "+
+						"you meant to execute a different request.", key)})
+					return
+				}
 				w.Header().Set("Idempotent-Replayed", "true")
 				writeRaw(w, prev.status, prev.body)
 				return
@@ -132,7 +156,7 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			rec := &recorder{ResponseWriter: w}
 			s.route(rec, r)
 			if rec.status < 500 {
-				s.idempotent[key] = idemResult{status: rec.status, body: rec.body}
+				s.idempotent[key] = idemResult{status: rec.status, body: rec.body, request: request}
 			}
 			return
 		}
@@ -180,6 +204,17 @@ func maskKey(k string) string {
 }
 
 func writeError(w http.ResponseWriter, e *apiError) {
+	// Stripe-Should-Retry tells clients what stripe-go's shouldRetry obeys before its own
+	// rules: retry an object lock or a conflict, never a request that would fail again.
+	// A rate-limit 429 says nothing (stripe-go does not retry it; the caller backs off),
+	// nor does a 5xx.
+	switch {
+	case e.code == "lock_timeout" || e.status == http.StatusConflict:
+		w.Header().Set("Stripe-Should-Retry", "true")
+	case e.code == "rate_limit":
+	case e.status >= 400 && e.status < 500:
+		w.Header().Set("Stripe-Should-Retry", "false")
+	}
 	body := obj{"type": e.typ, "message": e.message}
 	if e.code != "" {
 		body["code"] = e.code
@@ -195,7 +230,9 @@ func writeError(w http.ResponseWriter, e *apiError) {
 func writeRaw(w http.ResponseWriter, status int, body []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Request-Id", "req_sim")
-	w.Header().Set("Stripe-Version", APIVersion)
+	if w.Header().Get("Stripe-Version") == "" {
+		w.Header().Set("Stripe-Version", APIVersion)
+	}
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 }
@@ -215,6 +252,17 @@ func (s *Sim) route(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{status: 404, typ: "invalid_request_error", message: "Unrecognized request URL (" + r.Method + ": " + r.URL.Path + ")."})
 		return
 	}
+	// Objects are rendered in the request's Stripe-Version (stripe-go v76 always sends
+	// 2023-10-16), or the account's default when it sends none.
+	version := r.Header.Get("Stripe-Version")
+	if version == "" {
+		version = s.opts.AccountAPIVersion
+	}
+	if err := CheckVersion(version); err != nil {
+		writeError(w, badRequest("", "Invalid Stripe API version: %s", version))
+		return
+	}
+	w.Header().Set("Stripe-Version", version)
 	q := r.Form
 	exp := expansion(arrayParam(q, "expand"))
 	get := r.Method == http.MethodGet
@@ -242,6 +290,8 @@ func (s *Sim) route(w http.ResponseWriter, r *http.Request) {
 		out = s.renderSubscription(sub, exp)
 	case res == "subscriptions" && r.Method == http.MethodPost && id != "":
 		out, err = s.updateSubscription(id, q)
+	case res == "subscription_items" && get && id == "":
+		out, err = s.listItems(q, version)
 	case res == "invoices" && get && id == "":
 		out, err = s.listInvoices(q)
 	case res == "invoices" && get && len(parts) == 4 && parts[3] == "lines":
@@ -324,7 +374,7 @@ func (s *Sim) route(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, out)
+	writeJSON(w, convert(version, out))
 }
 
 // page applies limit/starting_after/ending_before to ids sorted newest first.
@@ -402,6 +452,37 @@ func (s *Sim) listSubscriptions(q url.Values) (any, *apiError) {
 		data = append(data, s.renderSubscription(sub, exp))
 	}
 	return list("/v1/subscriptions", data, more), nil
+}
+
+// listItems pages a subscription's items in their order on the subscription, rendered
+// in version: in basil each item carries the subscription's billing period.
+func (s *Sim) listItems(q url.Values, version string) (any, *apiError) {
+	id := q.Get("subscription")
+	if id == "" {
+		return nil, badRequest("subscription", "Missing required param: subscription.")
+	}
+	sub, ok := s.subs[id]
+	if !ok {
+		return nil, notFound("subscription", id)
+	}
+	ids := make([]string, len(sub.Items))
+	for i, it := range sub.Items {
+		ids[i] = it.ID
+	}
+	lo, hi, more, err := page(ids, q)
+	if err != nil {
+		return nil, err
+	}
+	exp := expansion(arrayParam(q, "expand")).under("data")
+	data := make([]any, 0, hi-lo)
+	for _, it := range sub.Items[lo:hi] {
+		item := s.renderItem(sub, it, exp)
+		if version == VersionBasil {
+			item["current_period_start"], item["current_period_end"] = sub.CurrentPeriodStart, sub.CurrentPeriodEnd
+		}
+		data = append(data, item)
+	}
+	return list("/v1/subscription_items", data, more), nil
 }
 
 // listLines pages an invoice's lines in their order on the invoice.
@@ -530,19 +611,32 @@ func (s *Sim) updateSubscription(id string, q url.Values) (any, *apiError) {
 		return nil, notFound("subscription", id)
 	}
 	kv := map[string]string{}
+	var comment, feedback *string
 	for k, v := range q {
 		name, isMeta := strings.CutPrefix(k, "metadata[")
-		if isMeta && strings.HasSuffix(name, "]") {
+		switch {
+		case isMeta && strings.HasSuffix(name, "]"):
 			kv[strings.TrimSuffix(name, "]")] = v[0]
-			continue
+		case k == "cancellation_details[comment]":
+			comment = &v[0]
+		case k == "cancellation_details[feedback]":
+			if v[0] != "" && !slices.Contains(cancellationFeedback, v[0]) {
+				return nil, badRequest(k, "Invalid cancellation_details[feedback]: must be one of %s", strings.Join(cancellationFeedback, ", "))
+			}
+			feedback = &v[0]
+		case strings.HasPrefix(k, "expand["):
+		default:
+			return nil, badRequest(k, "Received unknown parameter: %s", k)
 		}
-		if strings.HasPrefix(k, "expand[") {
-			continue
-		}
-		return nil, badRequest(k, "Received unknown parameter: %s", k)
 	}
 	if len(kv) > 0 {
+		if msg := s.refuseUpdate(sub, true); msg != "" {
+			return nil, badRequest("", "%s", msg)
+		}
 		s.updateMetadata(sub, kv)
+	}
+	if comment != nil || feedback != nil {
+		s.updateCancellationDetails(sub, comment, feedback)
 	}
 	return s.renderSubscription(sub, expansion(arrayParam(q, "expand"))), nil
 }

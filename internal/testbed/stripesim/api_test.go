@@ -245,3 +245,157 @@ func TestInvoiceLinesArePaged(t *testing.T) {
 		t.Fatalf("paged lines %v, want the invoice's 13 in order", all)
 	}
 }
+
+// A canceled subscription refuses new metadata (Stripe's answers in 2023–24), or takes
+// it (2026) when the option says so; cancellation_details can always change.
+func TestAPICanceledSubscriptionUpdates(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		canceledMetadata bool
+		wantStatus       int
+		wantMessage      string
+	}{
+		"2023-24: refused":     {false, 400, "A canceled subscription can only update its cancellation_details."},
+		"2026: metadata taken": {true, 200, ""},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, stripesim.Options{CanceledMetadata: tc.canceledMetadata})
+			srv := httptest.NewServer(w.sim)
+			defer srv.Close()
+			res, err := w.sim.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: w.monthly}}})
+			mustNil(t, err)
+			mustNil(t, w.sim.CancelNow(res.Subscription))
+			status, body := call(t, srv, "POST", "/v1/subscriptions/"+res.Subscription, "sk_test_sim",
+				url.Values{"metadata[cryptolens_key]": {"AAAAA"}})
+			msg, _ := path(body, "error.message")
+			if status != tc.wantStatus || (tc.wantMessage != "" && msg != tc.wantMessage) {
+				t.Fatalf("metadata on a canceled subscription: got %d %v, want %d %q", status, msg, tc.wantStatus, tc.wantMessage)
+			}
+			if err := w.sim.SetSubscriptionMetadata(res.Subscription, map[string]string{"k": "v"}); (err == nil) != tc.canceledMetadata {
+				t.Fatalf("SetSubscriptionMetadata: got %v", err)
+			}
+			status, body = call(t, srv, "POST", "/v1/subscriptions/"+res.Subscription, "sk_test_sim",
+				url.Values{"cancellation_details[comment]": {"too slow"}, "cancellation_details[feedback]": {"low_quality"}})
+			if comment, _ := path(body, "cancellation_details.comment"); status != 200 || comment != "too slow" {
+				t.Fatalf("cancellation_details on a canceled subscription: got %d %v", status, body)
+			}
+		})
+	}
+}
+
+// Errors carry Stripe-Should-Retry as stripe-go reads it: true for an object lock,
+// false for a final answer, none for a rate limit or a server error.
+func TestAPIShouldRetry(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, stripesim.Options{})
+	srv := httptest.NewServer(w.sim)
+	defer srv.Close()
+	tests := map[string]struct {
+		faults     stripesim.Faults
+		path       string
+		wantStatus int
+		wantCode   any
+		wantHeader string
+	}{
+		"lock timeout":   {stripesim.Faults{LockTimeoutNext: 1}, "/v1/subscriptions", 429, "lock_timeout", "true"},
+		"rate limit":     {stripesim.Faults{RateLimitNext: 1}, "/v1/subscriptions", 429, "rate_limit", ""},
+		"server error":   {stripesim.Faults{ErrorNext: 1}, "/v1/subscriptions", 500, nil, ""},
+		"missing object": {stripesim.Faults{}, "/v1/subscriptions/sub_nope", 404, "resource_missing", "false"},
+		"bad parameter":  {stripesim.Faults{}, "/v1/subscriptions?status=bogus", 400, nil, "false"},
+	}
+	for name, tc := range tests {
+		w.sim.SetFaults(tc.faults)
+		req, _ := http.NewRequest("GET", srv.URL+tc.path, nil)
+		req.Header.Set("Authorization", "Bearer sk_test_sim")
+		resp, err := http.DefaultClient.Do(req)
+		mustNil(t, err)
+		var body map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		code, _ := path(body, "error.code")
+		if resp.StatusCode != tc.wantStatus || code != tc.wantCode || resp.Header.Get("Stripe-Should-Retry") != tc.wantHeader {
+			t.Errorf("%s: got %d %v Stripe-Should-Retry=%q, want %d %v %q", name, resp.StatusCode, code,
+				resp.Header.Get("Stripe-Should-Retry"), tc.wantStatus, tc.wantCode, tc.wantHeader)
+		}
+	}
+
+	// stripe-go itself retries the lock and gives up on the rate limit.
+	w.sim.SetFaults(stripesim.Faults{LockTimeoutNext: 1})
+	sc := stripeClient(srv, 1)
+	before := w.sim.Requests()["GET /v1/prices/{id}"]
+	if _, err := sc.Prices.Get(w.monthly, nil); err != nil || w.sim.Requests()["GET /v1/prices/{id}"] != before+2 {
+		t.Fatalf("lock timeout: got %v after %d requests, want success on the retry", err, w.sim.Requests()["GET /v1/prices/{id}"]-before)
+	}
+	w.sim.SetFaults(stripesim.Faults{RateLimitNext: 1})
+	if _, err := sc.Prices.Get(w.monthly, nil); err == nil {
+		t.Fatal("rate limit: stripe-go retried it")
+	}
+}
+
+// A retried POST must repeat its parameters: a key reused for another request is an
+// idempotency_error.
+func TestAPIIdempotencyKeyReuse(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, stripesim.Options{})
+	srv := httptest.NewServer(w.sim)
+	defer srv.Close()
+	res, err := w.sim.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: w.monthly}}})
+	mustNil(t, err)
+	p := "/v1/subscriptions/" + res.Subscription
+	if status, _ := call(t, srv, "POST", p, "sk_test_sim", url.Values{"metadata[a]": {"1"}}, "Idempotency-Key", "k1"); status != 200 {
+		t.Fatalf("first use: got %d", status)
+	}
+	status, body := call(t, srv, "POST", p, "sk_test_sim", url.Values{"metadata[a]": {"2"}}, "Idempotency-Key", "k1")
+	if typ, _ := path(body, "error.type"); status != 400 || typ != "idempotency_error" {
+		t.Fatalf("reuse with other parameters: got %d %v, want 400 idempotency_error", status, body)
+	}
+}
+
+// A subscription embeds its first 20 items (has_more beyond); the rest come from
+// GET /v1/subscription_items. The hosted Stripe module's metadata is carried as given.
+func TestSubscriptionItemsArePaged(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, stripesim.Options{})
+	srv := httptest.NewServer(w.sim)
+	defer srv.Close()
+	prod := w.sim.CreateProduct("Add-on", nil)
+	var items []stripesim.ItemParams
+	for range 23 {
+		p, err := w.sim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 100})
+		mustNil(t, err)
+		items = append(items, stripesim.ItemParams{Price: p})
+	}
+	module := map[string]string{"skm_key_id": "42", "skm_key_globalid": "123456"}
+	res, err := w.sim.Checkout(stripesim.CheckoutParams{Email: "many@example.com", Items: items, SubscriptionMetadata: module})
+	mustNil(t, err)
+	_, s := call(t, srv, "GET", "/v1/subscriptions/"+res.Subscription, "sk_test_sim", nil)
+	embedded := s["items"].(map[string]any)
+	if n := len(embedded["data"].([]any)); n != stripesim.EmbeddedItems || embedded["has_more"] != true {
+		t.Fatalf("embedded: %d items, has_more %v; want %d and true", n, embedded["has_more"], stripesim.EmbeddedItems)
+	}
+	if md := s["metadata"].(map[string]any); md["skm_key_id"] != "42" || md["skm_key_globalid"] != "123456" {
+		t.Fatalf("metadata %v, want the module's keys", md)
+	}
+	var all []string
+	for after := ""; ; {
+		q := "/v1/subscription_items?limit=10&subscription=" + res.Subscription
+		if after != "" {
+			q += "&starting_after=" + after
+		}
+		_, page := call(t, srv, "GET", q, "sk_test_sim", nil)
+		all = append(all, ids(page)...)
+		if page["has_more"] != true {
+			break
+		}
+		after = all[len(all)-1]
+	}
+	sub := w.subscription(t, res.Subscription)
+	if len(all) != 23 || all[22] != sub.Items[22].ID {
+		t.Fatalf("paged %d items, want all 23 in order", len(all))
+	}
+	if status, _ := call(t, srv, "GET", "/v1/subscription_items", "sk_test_sim", nil); status != 400 {
+		t.Fatalf("items without a subscription: got %d, want 400", status)
+	}
+}

@@ -16,6 +16,7 @@ import (
 //	POST /products                          {"name","metadata"}                 -> {"id"}
 //	POST /prices                            PriceParams (snake_case)            -> {"id"}
 //	POST /checkout                          CheckoutParams (snake_case)         -> CheckoutResult
+//	POST /subscriptions                     SubscriptionParams (snake_case)     -> SubscriptionResult
 //	POST /advance                           {"duration":"720h"}                 -> {"now"}
 //	POST /customers/{id}/card_declines      {"declines":true}
 //	POST /customers/{id}/fail_next_payment
@@ -25,10 +26,16 @@ import (
 //	POST /subscriptions/{id}/price          {"price","invoice_now"}
 //	POST /subscriptions/{id}/quantity       {"quantity","invoice_now"}
 //	POST /subscriptions/{id}/exhaust_dunning {"final":"unpaid"}
+//	POST /subscriptions/{id}/pause_collection {"behavior","resumes_at"}       (behavior "" clears)
+//	POST /subscriptions/{id}/extend_trial   {"trial_end":"2026-02-01T00:00:00Z"}
+//	POST /subscriptions/{id}/metadata       {"metadata":{"k":"v"}}              ("" deletes)
+//	POST /subscription_items/{id}/usage     {"quantity"}
+//	POST /events                            {"type","object","livemode","account"} -> {"id"}
+//	POST /account                           {"api_version"}                     (the account's default)
 //	POST /charges/{id}/refund               {"amount"}                          -> {"id"}
 //	POST /charges/{id}/dispute              {"reason"}                          -> {"id"}
 //	POST /disputes/{id}/close               {"won":true}
-//	POST /endpoints                         {"url","secrets",...EndpointOptions}
+//	POST /endpoints                         {"url","secrets","api_version",...EndpointOptions}
 //	POST /faults                            Faults
 //	POST /flush                             waits until webhooks are delivered
 //	GET  /subscriptions/{id}                the subscription's state, invoices and paid_through
@@ -77,6 +84,7 @@ func (s *Sim) ControlHandler() http.Handler {
 			Currency      string            `json:"currency"`
 			Interval      string            `json:"interval"`
 			IntervalCount int64             `json:"interval_count"`
+			UsageType     string            `json:"usage_type"`
 			Nickname      string            `json:"nickname"`
 			Metadata      map[string]string `json:"metadata"`
 		}
@@ -112,6 +120,94 @@ func (s *Sim) ControlHandler() http.Handler {
 		res, err := s.Checkout(cp)
 		return map[string]any{"session": res.Session, "subscription": res.Subscription, "customer": res.Customer,
 			"invoice": res.Invoice, "completed": res.Completed}, err
+	})
+	handle("POST /subscriptions", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Customer string `json:"customer"`
+			Email    string `json:"email"`
+			Name     string `json:"name"`
+			Items    []struct {
+				Price    string `json:"price"`
+				Quantity int64  `json:"quantity"`
+			} `json:"items"`
+			TrialDays        int               `json:"trial_days"`
+			CollectionMethod string            `json:"collection_method"`
+			DaysUntilDue     int               `json:"days_until_due"`
+			CardDeclines     bool              `json:"card_declines"`
+			Metadata         map[string]string `json:"metadata"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		sp := SubscriptionParams{Customer: p.Customer, Email: p.Email, Name: p.Name, TrialDays: p.TrialDays,
+			CollectionMethod: p.CollectionMethod, DaysUntilDue: p.DaysUntilDue, CardDeclines: p.CardDeclines, Metadata: p.Metadata}
+		for _, it := range p.Items {
+			sp.Items = append(sp.Items, ItemParams{Price: it.Price, Quantity: it.Quantity})
+		}
+		res, err := s.CreateSubscription(sp)
+		return map[string]any{"subscription": res.Subscription, "customer": res.Customer, "invoice": res.Invoice}, err
+	})
+	handle("POST /subscriptions/{id}/pause_collection", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Behavior  string    `json:"behavior"`
+			ResumesAt time.Time `json:"resumes_at"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.SetPauseCollection(id(r), p.Behavior, p.ResumesAt)
+	})
+	handle("POST /subscriptions/{id}/extend_trial", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			TrialEnd time.Time `json:"trial_end"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.ExtendTrial(id(r), p.TrialEnd)
+	})
+	handle("POST /subscriptions/{id}/metadata", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Metadata map[string]string `json:"metadata"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.SetSubscriptionMetadata(id(r), p.Metadata)
+	})
+	handle("POST /subscription_items/{id}/usage", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Quantity int64 `json:"quantity"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.ReportUsage(id(r), p.Quantity)
+	})
+	handle("POST /events", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Type     string `json:"type"`
+			Object   string `json:"object"`
+			Livemode bool   `json:"livemode"`
+			Account  string `json:"account"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		if p.Type == "" {
+			return nil, errors.New("an event needs a type")
+		}
+		eid, err := s.InjectEvent(p.Type, p.Object, InjectOptions{Livemode: p.Livemode, Account: p.Account})
+		return map[string]string{"id": eid}, err
+	})
+	handle("POST /account", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			APIVersion string `json:"api_version"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.SetAccountAPIVersion(p.APIVersion)
 	})
 	handle("POST /advance", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
 		var p struct {
@@ -220,6 +316,7 @@ func (s *Sim) ControlHandler() http.Handler {
 		var p struct {
 			URL           string   `json:"url"`
 			Secrets       []string `json:"secrets"`
+			APIVersion    string   `json:"api_version"`
 			Types         []string `json:"types"`
 			Workers       int      `json:"workers"`
 			Reorder       bool     `json:"reorder"`
@@ -235,6 +332,11 @@ func (s *Sim) ControlHandler() http.Handler {
 		if p.URL == "" || len(p.Secrets) == 0 {
 			return nil, errors.New("an endpoint needs a url and at least one secret")
 		}
+		if p.APIVersion != "" {
+			if err := CheckVersion(p.APIVersion); err != nil {
+				return nil, err
+			}
+		}
 		var backoff time.Duration
 		if p.RetryBackoff != "" {
 			var err error
@@ -242,22 +344,24 @@ func (s *Sim) ControlHandler() http.Handler {
 				return nil, err
 			}
 		}
-		s.AddEndpoint(p.URL, EndpointOptions{Secrets: p.Secrets, Types: p.Types, Workers: p.Workers, Reorder: p.Reorder,
+		s.AddEndpoint(p.URL, EndpointOptions{Secrets: p.Secrets, APIVersion: p.APIVersion, Types: p.Types, Workers: p.Workers, Reorder: p.Reorder,
 			DuplicateRate: p.DuplicateRate, DropRate: p.DropRate, MaxAttempts: p.MaxAttempts, RetryBackoff: backoff, Seed: p.Seed})
 		return nil, nil
 	})
 	handle("POST /faults", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
 		var p struct {
-			RateLimitRate float64 `json:"rate_limit_rate"`
-			ErrorRate     float64 `json:"error_rate"`
-			RateLimitNext int     `json:"rate_limit_next"`
-			ErrorNext     int     `json:"error_next"`
-			Latency       string  `json:"latency"`
+			RateLimitRate   float64 `json:"rate_limit_rate"`
+			ErrorRate       float64 `json:"error_rate"`
+			RateLimitNext   int     `json:"rate_limit_next"`
+			ErrorNext       int     `json:"error_next"`
+			LockTimeoutNext int     `json:"lock_timeout_next"`
+			Latency         string  `json:"latency"`
 		}
 		if err := decode(b, &p); err != nil {
 			return nil, err
 		}
-		f := Faults{RateLimitRate: p.RateLimitRate, ErrorRate: p.ErrorRate, RateLimitNext: p.RateLimitNext, ErrorNext: p.ErrorNext}
+		f := Faults{RateLimitRate: p.RateLimitRate, ErrorRate: p.ErrorRate, RateLimitNext: p.RateLimitNext, ErrorNext: p.ErrorNext,
+			LockTimeoutNext: p.LockTimeoutNext}
 		if p.Latency != "" {
 			d, err := time.ParseDuration(p.Latency)
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -114,6 +115,8 @@ func playAll(t *testing.T) (*stripesim.Sim, *httptest.Server, map[string]string)
 	must(err)
 	team, err := sim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 9900})
 	must(err)
+	calls, err := sim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 2, UsageType: stripesim.UsageMetered})
+	must(err)
 
 	a, err := sim.Checkout(stripesim.CheckoutParams{Email: "ada@example.com", Name: "Ada", Items: []stripesim.ItemParams{{Price: monthly}},
 		TrialDays: 14, ClientReferenceID: "user-1", SubscriptionMetadata: map[string]string{"plan": "pro"}})
@@ -146,10 +149,36 @@ func playAll(t *testing.T) (*stripesim.Sim, *httptest.Server, map[string]string)
 	d, err := sim.Checkout(stripesim.CheckoutParams{Email: "di@example.com", Items: []stripesim.ItemParams{{Price: monthly}}})
 	must(err)
 	must(sim.SetCardDeclines(d.Customer, true))
+	// An invoiced customer who pays late, a paused collection, metered usage beside a
+	// licensed price, and a trial moved later.
+	e, err := sim.CreateSubscription(stripesim.SubscriptionParams{Email: "ed@example.com", Items: []stripesim.ItemParams{{Price: monthly}},
+		CollectionMethod: stripesim.SendInvoice, DaysUntilDue: 7, Metadata: map[string]string{"skm_key_id": "7", "skm_key_globalid": "9001"}})
+	must(err)
+	f, err := sim.Checkout(stripesim.CheckoutParams{Email: "fa@example.com", Items: []stripesim.ItemParams{{Price: monthly}}})
+	must(err)
+	must(sim.SetPauseCollection(f.Subscription, stripesim.PauseMarkUncollectible, sim.Now().Add(40*24*time.Hour)))
+	g, err := sim.Checkout(stripesim.CheckoutParams{Email: "gu@example.com", Items: []stripesim.ItemParams{{Price: calls}, {Price: monthly}}})
+	must(err)
+	subG, _ := sim.Subscription(g.Subscription)
+	must(sim.ReportUsage(subG.Items[0].ID, 1234))
+	h, err := sim.Checkout(stripesim.CheckoutParams{Email: "hi@example.com", Items: []stripesim.ItemParams{{Price: monthly}}, TrialDays: 7})
+	must(err)
+	must(sim.ExtendTrial(h.Subscription, sim.Now().Add(60*24*time.Hour)))
 	sim.Advance(32 * 24 * time.Hour)
 	must(sim.ExhaustDunning(d.Subscription, stripesim.StatusUnpaid))
+	subE, _ := sim.Subscription(e.Subscription)
+	must(sim.PayInvoice(subE.LatestInvoice))
+	_, err = sim.InjectEvent("customer.subscription.updated", a.Subscription, stripesim.InjectOptions{Livemode: true})
+	must(err)
+	_, err = sim.InjectEvent("invoice.paid", g.Invoice, stripesim.InjectOptions{Account: "acct_1Connected"})
+	must(err)
+	if status, body := call(t, srv, "POST", "/v1/subscriptions/"+a.Subscription, "sk_test_sim",
+		url.Values{"cancellation_details[comment]": {"moving on"}, "cancellation_details[feedback]": {"unused"}}); status != 200 {
+		t.Fatalf("cancellation_details: %d %v", status, body)
+	}
 
 	ids["subA"], ids["subB"], ids["subC"], ids["subD"] = a.Subscription, b.Subscription, c.Subscription, d.Subscription
+	ids["subE"], ids["subF"], ids["subG"], ids["subH"] = e.Subscription, f.Subscription, g.Subscription, h.Subscription
 	ids["session"], ids["customer"], ids["price"], ids["product"] = a.Session, a.Customer, monthly, prod
 	return sim, srv, ids
 }
@@ -158,6 +187,7 @@ func get(t *testing.T, srv *httptest.Server, path string) []byte {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
 	req.Header.Set("Authorization", "Bearer sk_test_sim")
+	req.Header.Set("Stripe-Version", stripesim.APIVersion) // as stripe-go v76 does
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +221,8 @@ func TestFidelity(t *testing.T) {
 	for _, want := range []string{"customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
 		"customer.subscription.paused", "customer.subscription.resumed", "invoice.created", "invoice.finalized", "invoice.paid",
 		"invoice.payment_succeeded", "invoice.payment_failed", "invoice.voided", "checkout.session.completed", "charge.succeeded",
-		"charge.failed", "charge.refunded", "charge.dispute.created", "charge.dispute.closed", "customer.created"} {
+		"charge.failed", "charge.refunded", "charge.dispute.created", "charge.dispute.closed", "customer.created",
+		"invoice.marked_uncollectible"} {
 		if !types[want] {
 			t.Errorf("no %s event was played", want)
 		}
@@ -202,8 +233,8 @@ func TestFidelity(t *testing.T) {
 		Data []json.RawMessage `json:"data"`
 	}
 	raw := get(t, srv, "/v1/subscriptions?status=all&limit=100&expand[]=data.latest_invoice&expand[]=data.items.data.price.product")
-	if err := json.Unmarshal(raw, &list); err != nil || len(list.Data) != 4 {
-		t.Fatalf("got %d subscriptions (%v), want the 4 played", len(list.Data), err)
+	if err := json.Unmarshal(raw, &list); err != nil || len(list.Data) != 8 {
+		t.Fatalf("got %d subscriptions (%v), want the 8 played", len(list.Data), err)
 	}
 	for _, s := range list.Data {
 		validate(t, "subscription", s)
@@ -216,7 +247,8 @@ func TestFidelity(t *testing.T) {
 			t.Fatalf("decoded subscription lacks fields keysync reads: %+v", sub)
 		}
 	}
-	for name, id := range map[string]string{"a": ids["subA"], "b": ids["subB"], "c": ids["subC"], "d": ids["subD"]} {
+	for _, name := range []string{"A", "B", "C", "D", "E", "F", "G", "H"} {
+		id := ids["sub"+name]
 		raw := get(t, srv, "/v1/invoices?limit=100&subscription="+id)
 		var invs struct {
 			Data []json.RawMessage `json:"data"`

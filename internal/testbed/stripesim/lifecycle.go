@@ -1,51 +1,11 @@
 package stripesim
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"time"
 )
-
-// emit records an event with a snapshot of object and hands it to the endpoints.
-func (s *Sim) emit(typ string, object obj, previous obj) {
-	if s.opts.NoEvents {
-		return
-	}
-	ev := &Event{ID: s.id("evt"), Type: typ, Created: s.unix(), seq: s.next(), Object: object, Previous: previous}
-	pending := 0
-	for _, ep := range s.endpoints {
-		if ep.wants(typ) {
-			pending++
-		}
-	}
-	data := obj{"object": object}
-	if previous != nil {
-		data["previous_attributes"] = previous
-	}
-	payload, err := json.Marshal(obj{
-		"id": ev.ID, "object": "event", "api_version": APIVersion, "created": ev.Created, "data": data,
-		"livemode": false, "pending_webhooks": pending, "request": obj{"id": nil, "idempotency_key": nil}, "type": typ,
-	})
-	if err != nil {
-		panic(fmt.Sprintf("stripesim: render event: %v", err)) // the renderers only build JSON-safe values
-	}
-	ev.Payload = payload
-	s.events = append(s.events, ev)
-	s.eventByID[ev.ID] = ev
-	for _, ep := range s.endpoints {
-		if ep.wants(typ) {
-			ep.enqueue(ev)
-		}
-	}
-}
-
-func (s *Sim) emitSub(typ string, sub *Subscription, previous obj) {
-	s.emit(typ, s.renderSubscription(sub, nil), previous)
-}
-
-func (s *Sim) emitInvoice(typ string, inv *Invoice) { s.emit(typ, s.renderInvoice(inv, nil), nil) }
 
 // CreateProduct creates a product and returns its id.
 func (s *Sim) CreateProduct(name string, metadata map[string]string) string {
@@ -64,11 +24,13 @@ type PriceParams struct {
 	Currency      string // default usd
 	Interval      string // day, week, month (default), year
 	IntervalCount int64  // default 1
+	UsageType     string // licensed (default) or metered
 	Nickname      string
 	Metadata      map[string]string
 }
 
-// CreatePrice creates a recurring price and returns its id.
+// CreatePrice creates a recurring price and returns its id. It returns an error for an
+// unknown product or usage type.
 func (s *Sim) CreatePrice(p PriceParams) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -84,8 +46,16 @@ func (s *Sim) CreatePrice(p PriceParams) (string, error) {
 	if p.IntervalCount == 0 {
 		p.IntervalCount = 1
 	}
+	switch p.UsageType {
+	case "":
+		p.UsageType = UsageLicensed
+	case UsageLicensed, UsageMetered:
+	default:
+		return "", fmt.Errorf("usage type %q: want licensed or metered", p.UsageType)
+	}
 	pr := &Price{ID: s.id("price"), Product: p.Product, UnitAmount: p.UnitAmount, Currency: p.Currency,
-		Interval: p.Interval, IntervalCount: p.IntervalCount, Nickname: p.Nickname, Metadata: cloneMap(p.Metadata), Created: s.unix()}
+		Interval: p.Interval, IntervalCount: p.IntervalCount, UsageType: p.UsageType, Nickname: p.Nickname,
+		Metadata: cloneMap(p.Metadata), Created: s.unix()}
 	s.prices[pr.ID] = pr
 	s.emit("price.created", s.renderPrice(pr, nil), nil)
 	return pr.ID, nil
@@ -94,7 +64,7 @@ func (s *Sim) CreatePrice(p PriceParams) (string, error) {
 // ItemParams is one price and quantity of a subscription.
 type ItemParams struct {
 	Price    string
-	Quantity int64 // default 1
+	Quantity int64 // default 1; none for a metered price
 }
 
 // CheckoutParams describe a Checkout Session in subscription mode.
@@ -122,82 +92,179 @@ type CheckoutResult struct {
 }
 
 // Checkout plays a completed Checkout Session in subscription mode and emits Stripe's
-// events in Stripe's order.
+// events in Stripe's order. It returns an error for no items, an unknown price or
+// customer, items of different billing intervals, or a quantity on a metered price.
 func (s *Sim) Checkout(p CheckoutParams) (CheckoutResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(p.Items) == 0 {
-		return CheckoutResult{}, errors.New("checkout needs at least one item")
+	// Checkout's own wording (Stripe's answer to a Checkout line item with a quantity).
+	quantityErr := "Quantity should not be specified where usage_type is `metered`. Remove quantity from `line_items[%d]`"
+	first, err := s.checkItems(p.Items, quantityErr)
+	if err != nil {
+		return CheckoutResult{}, err
 	}
-	var first *Price
-	for _, it := range p.Items {
-		pr, ok := s.prices[it.Price]
-		if !ok {
-			return CheckoutResult{}, errNotFound("price", it.Price)
-		}
-		if first == nil {
-			first = pr
-		} else if pr.Interval != first.Interval || pr.IntervalCount != first.IntervalCount {
-			return CheckoutResult{}, errors.New("all items of a subscription must share one billing interval")
-		}
+	cust, err := s.customerFor(p.Customer, p.Email, p.Name, p.CardDeclines)
+	if err != nil {
+		return CheckoutResult{}, err
 	}
-	cust, ok := s.customers[p.Customer]
-	if p.Customer != "" && !ok {
-		return CheckoutResult{}, errNotFound("customer", p.Customer)
-	}
-	if cust == nil {
-		cust = &Customer{ID: s.id("cus"), Email: p.Email, Name: p.Name, Metadata: map[string]string{}, Created: s.unix()}
-		s.customers[cust.ID] = cust
-		s.emit("customer.created", s.renderCustomer(cust), nil)
-	}
-	cust.CardDeclines = cust.CardDeclines || p.CardDeclines
-
-	now := s.unix()
-	sub := &Subscription{ID: s.id("sub"), Customer: cust.ID, Currency: first.Currency, Created: now, StartDate: now,
-		Metadata: cloneMap(p.SubscriptionMetadata), seq: s.next()}
-	for _, it := range p.Items {
-		q := it.Quantity
-		if q == 0 {
-			q = 1
-		}
-		sub.Items = append(sub.Items, &SubscriptionItem{ID: s.id("si"), Price: it.Price, Quantity: q, Created: now})
-	}
-	s.subs[sub.ID] = sub
+	sub := s.newSubscription(cust, first, p.Items, p.SubscriptionMetadata, ChargeAutomatically, 0)
 	sess := &CheckoutSession{ID: s.id("cs_test"), Customer: cust.ID, Subscription: sub.ID, ClientReferenceID: p.ClientReferenceID,
-		Metadata: cloneMap(p.Metadata), Created: now, Email: cust.Email, Name: cust.Name}
+		Metadata: cloneMap(p.Metadata), Created: sub.Created, Email: cust.Email, Name: cust.Name}
 	s.sessions[sess.ID] = sess
 
-	if p.TrialDays > 0 {
-		sub.Status = StatusTrialing
-		sub.TrialStart, sub.TrialEnd = now, now+int64(p.TrialDays)*86400
-		sub.CurrentPeriodStart, sub.CurrentPeriodEnd, sub.BillingCycleAnchor = now, sub.TrialEnd, sub.TrialEnd
-		inv := s.newInvoice(sub, "subscription_create", s.subscriptionLines(sub, now, sub.TrialEnd, true))
-		s.emitSub("customer.subscription.created", sub, nil)
-		s.emitInvoice("invoice.created", inv)
-		s.finalize(inv)
-		s.pay(sub, inv)
-		sess.Invoice, sess.PaymentStatus = inv.ID, "no_payment_required"
-		s.emit("checkout.session.completed", s.renderSession(sess), nil)
-		return CheckoutResult{Session: sess.ID, Subscription: sub.ID, Customer: cust.ID, Invoice: inv.ID, Completed: true}, nil
-	}
-
-	sub.Status = StatusIncomplete
-	sub.CurrentPeriodStart, sub.BillingCycleAnchor = now, now
-	sub.CurrentPeriodEnd = advancePeriod(now, first)
-	inv := s.newInvoice(sub, "subscription_create", s.subscriptionLines(sub, now, sub.CurrentPeriodEnd, false))
-	s.emitSub("customer.subscription.created", sub, nil)
-	s.emitInvoice("invoice.created", inv)
-	s.finalize(inv)
-	s.pay(sub, inv)
+	inv := s.begin(sub, first, p.TrialDays)
 	res := CheckoutResult{Session: sess.ID, Subscription: sub.ID, Customer: cust.ID, Invoice: inv.ID, Completed: inv.Paid}
 	if inv.Paid {
 		sess.Invoice, sess.PaymentStatus = inv.ID, "paid"
+		if inv.Total() == 0 { // a trial, or metered prices only
+			sess.PaymentStatus = "no_payment_required"
+		}
 		s.emit("checkout.session.completed", s.renderSession(sess), nil)
 	}
 	return res, nil
 }
 
-// subscriptionLines bills every item for [start, end]; a trial bills nothing.
+// SubscriptionParams create a subscription through the API (POST /v1/subscriptions)
+// rather than Checkout: the way to invoice a customer instead of charging a card.
+type SubscriptionParams struct {
+	// Customer is an existing customer; empty creates one from Email and Name.
+	Customer string
+	Email    string
+	Name     string
+	Items    []ItemParams
+	// TrialDays starts the subscription with a trial.
+	TrialDays int
+	// CollectionMethod is charge_automatically (default) or send_invoice.
+	CollectionMethod string
+	// DaysUntilDue is how many days a sent invoice gives the customer to pay; required
+	// with send_invoice, refused otherwise.
+	DaysUntilDue int
+	// CardDeclines gives the customer a card that declines every payment.
+	CardDeclines bool
+	Metadata     map[string]string
+}
+
+// SubscriptionResult names what CreateSubscription created.
+type SubscriptionResult struct {
+	Subscription, Customer, Invoice string
+}
+
+// CreateSubscription creates a subscription as POST /v1/subscriptions does and emits
+// Stripe's events. With send_invoice the subscription is active at once and its first
+// invoice is open until paid. It returns an error for bad parameters, as CheckoutParams.
+func (s *Sim) CreateSubscription(p SubscriptionParams) (SubscriptionResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case p.CollectionMethod == "":
+		p.CollectionMethod = ChargeAutomatically
+	case p.CollectionMethod != ChargeAutomatically && p.CollectionMethod != SendInvoice:
+		return SubscriptionResult{}, fmt.Errorf("collection method %q: want charge_automatically or send_invoice", p.CollectionMethod)
+	}
+	if p.CollectionMethod == SendInvoice && p.DaysUntilDue <= 0 {
+		return SubscriptionResult{}, errors.New("days_until_due is required when collection_method is send_invoice")
+	}
+	if p.CollectionMethod == ChargeAutomatically && p.DaysUntilDue != 0 {
+		return SubscriptionResult{}, errors.New("days_until_due is valid only when collection_method is send_invoice")
+	}
+	// The Subscriptions API's wording for the same mistake.
+	first, err := s.checkItems(p.Items, "You cannot set the quantity for metered plans. (items[%d])")
+	if err != nil {
+		return SubscriptionResult{}, err
+	}
+	cust, err := s.customerFor(p.Customer, p.Email, p.Name, p.CardDeclines)
+	if err != nil {
+		return SubscriptionResult{}, err
+	}
+	sub := s.newSubscription(cust, first, p.Items, p.Metadata, p.CollectionMethod, int64(p.DaysUntilDue))
+	inv := s.begin(sub, first, p.TrialDays)
+	return SubscriptionResult{Subscription: sub.ID, Customer: cust.ID, Invoice: inv.ID}, nil
+}
+
+// checkItems returns the first item's price after checking every item: a known price,
+// one billing interval for all, no quantity on a metered price (quantityErr, with the
+// item's index).
+func (s *Sim) checkItems(items []ItemParams, quantityErr string) (*Price, error) {
+	if len(items) == 0 {
+		return nil, errors.New("a subscription needs at least one item")
+	}
+	var first *Price
+	for i, it := range items {
+		pr, ok := s.prices[it.Price]
+		if !ok {
+			return nil, errNotFound("price", it.Price)
+		}
+		if pr.metered() && it.Quantity != 0 {
+			return nil, fmt.Errorf(quantityErr, i)
+		}
+		if first == nil {
+			first = pr
+		} else if pr.Interval != first.Interval || pr.IntervalCount != first.IntervalCount {
+			return nil, errors.New("all items of a subscription must share one billing interval")
+		}
+	}
+	return first, nil
+}
+
+// customerFor returns the customer with id, or a new one from email and name.
+func (s *Sim) customerFor(id, email, name string, cardDeclines bool) (*Customer, error) {
+	cust, ok := s.customers[id]
+	if id != "" && !ok {
+		return nil, errNotFound("customer", id)
+	}
+	if cust == nil {
+		cust = &Customer{ID: s.id("cus"), Email: email, Name: name, Metadata: map[string]string{}, Created: s.unix()}
+		s.customers[cust.ID] = cust
+		s.emit("customer.created", s.renderCustomer(cust), nil)
+	}
+	cust.CardDeclines = cust.CardDeclines || cardDeclines
+	return cust, nil
+}
+
+func (s *Sim) newSubscription(cust *Customer, first *Price, items []ItemParams, metadata map[string]string, collection string, daysUntilDue int64) *Subscription {
+	now := s.unix()
+	sub := &Subscription{ID: s.id("sub"), Customer: cust.ID, Currency: first.Currency, Created: now, StartDate: now,
+		Metadata: cloneMap(metadata), CollectionMethod: collection, DaysUntilDue: daysUntilDue, seq: s.next()}
+	for _, it := range items {
+		q := it.Quantity
+		if q == 0 && !s.prices[it.Price].metered() {
+			q = 1
+		}
+		sub.Items = append(sub.Items, &SubscriptionItem{ID: s.id("si"), Price: it.Price, Quantity: q, Created: now})
+	}
+	s.subs[sub.ID] = sub
+	return sub
+}
+
+// begin starts a new subscription's first period (or trial), makes its first invoice and
+// collects it: a trial's $0 invoice is paid; a card is charged (a decline leaves the
+// subscription incomplete); a sent invoice stays open and the subscription is active
+// regardless ("Subscriptions with collection_method=send_invoice are automatically
+// activated regardless of the first Invoice status").
+func (s *Sim) begin(sub *Subscription, first *Price, trialDays int) *Invoice {
+	now := s.unix()
+	if trialDays > 0 {
+		sub.Status = StatusTrialing
+		sub.TrialStart, sub.TrialEnd = now, now+int64(trialDays)*86400
+		sub.CurrentPeriodStart, sub.CurrentPeriodEnd, sub.BillingCycleAnchor = now, sub.TrialEnd, sub.TrialEnd
+	} else {
+		sub.Status = StatusIncomplete
+		if sub.CollectionMethod == SendInvoice {
+			sub.Status = StatusActive
+		}
+		sub.CurrentPeriodStart, sub.BillingCycleAnchor = now, now
+		sub.CurrentPeriodEnd = advancePeriod(now, first)
+	}
+	inv := s.newInvoice(sub, "subscription_create", s.subscriptionLines(sub, sub.CurrentPeriodStart, sub.CurrentPeriodEnd, trialDays > 0))
+	s.emitSub("customer.subscription.created", sub, nil)
+	s.emitInvoice("invoice.created", inv)
+	s.finalize(inv)
+	s.collect(sub, inv)
+	return inv
+}
+
+// subscriptionLines bills every item for [start, end]; a trial bills nothing, and nor
+// does a metered item, whose usage in the period is billed when it ends.
 func (s *Sim) subscriptionLines(sub *Subscription, start, end int64, trial bool) []*LineItem {
 	var lines []*LineItem
 	for _, it := range sub.Items {
@@ -212,20 +279,64 @@ func (s *Sim) subscriptionLines(sub *Subscription, start, end int64, trial bool)
 	return lines
 }
 
+// renewalLines bills a new period [start, end]: licensed items in advance for it, and
+// metered items in arrears for the usage of the period that just ended, [prevStart,
+// start] ("metered usage from the previous billing period is charged alongside the fixed
+// rate for the new billing period"). Usage restarts from zero.
+func (s *Sim) renewalLines(sub *Subscription, prevStart, start, end int64, wasTrial bool) []*LineItem {
+	var licensed, metered []*LineItem
+	for _, it := range sub.Items {
+		pr := s.prices[it.Price]
+		name := s.products[pr.Product].Name
+		if !pr.metered() {
+			licensed = append(licensed, &LineItem{ID: s.id("il"), Type: "subscription", Price: it.Price, Quantity: it.Quantity,
+				Amount: pr.UnitAmount * it.Quantity, PeriodStart: start, PeriodEnd: end,
+				Description: fmt.Sprintf("%d × %s", it.Quantity, name), SubscriptionItem: it.ID})
+			continue
+		}
+		amount := pr.UnitAmount * it.Usage
+		if wasTrial {
+			amount = 0 // usage during a trial is free
+		}
+		metered = append(metered, &LineItem{ID: s.id("il"), Type: "subscription", Price: it.Price, Quantity: it.Usage,
+			Amount: amount, PeriodStart: prevStart, PeriodEnd: start,
+			Description: fmt.Sprintf("%d × %s (usage)", it.Usage, name), SubscriptionItem: it.ID})
+		it.Usage = 0
+	}
+	return append(licensed, metered...)
+}
+
 func (s *Sim) newInvoice(sub *Subscription, reason string, lines []*LineItem) *Invoice {
 	// Stripe sorts pending items (prorations) before subscription lines.
 	lines = append(sub.pending, lines...)
 	sub.pending = nil
 	inv := &Invoice{ID: s.id("in"), Customer: sub.Customer, Subscription: sub.ID, Status: "draft", BillingReason: reason,
-		Lines: lines, Currency: sub.Currency, Created: s.unix(), PeriodStart: s.unix(), PeriodEnd: s.unix(), seq: s.next()}
+		Lines: lines, Currency: sub.Currency, Created: s.unix(), PeriodStart: s.unix(), PeriodEnd: s.unix(),
+		CollectionMethod: sub.CollectionMethod, coversThrough: sub.CurrentPeriodEnd, seq: s.next()}
+	if sub.PauseCollection != nil {
+		inv.pause = sub.PauseCollection.Behavior
+	}
 	s.invoices[inv.ID] = inv
 	sub.LatestInvoice = inv.ID
 	return inv
 }
 
+// finalize opens an invoice; a sent one is due days_until_due days later.
 func (s *Sim) finalize(inv *Invoice) {
 	inv.Status, inv.FinalizedAt = "open", s.unix()
+	if sub := s.subs[inv.Subscription]; inv.CollectionMethod == SendInvoice && sub != nil {
+		inv.DueDate = inv.FinalizedAt + sub.DaysUntilDue*86400
+	}
 	s.emitInvoice("invoice.finalized", inv)
+}
+
+// collect takes payment of a just-finalized invoice: a card is charged; a sent invoice
+// waits for the customer (unless it is for nothing, which Stripe marks paid at once).
+func (s *Sim) collect(sub *Subscription, inv *Invoice) {
+	if inv.CollectionMethod == SendInvoice && inv.Total() > 0 {
+		return
+	}
+	s.pay(sub, inv)
 }
 
 // pay attempts to collect an open invoice and moves the subscription accordingly.
@@ -251,6 +362,13 @@ func (s *Sim) pay(sub *Subscription, inv *Invoice) {
 	}
 	ch.Status, ch.FailureCode, ch.FailureMessage = "failed", "card_declined", "Your card was declined."
 	s.emit("charge.failed", s.renderCharge(ch), nil)
+	if inv.CollectionMethod == SendInvoice {
+		// The customer's own attempt on a sent invoice: Stripe does not retry it, and the
+		// due date, not the decline, decides the subscription's status.
+		inv.NextPaymentAttempt = 0
+		s.emitInvoice("invoice.payment_failed", inv)
+		return
+	}
 	if sub.firstFailure == 0 {
 		sub.firstFailure, sub.retryIndex = s.unix(), 0
 	}
@@ -353,6 +471,17 @@ func (s *Sim) nextDue() (time.Time, func()) {
 			if inv := s.invoices[sub.LatestInvoice]; inv != nil && inv.Status == "open" && inv.NextPaymentAttempt > 0 {
 				consider(inv.NextPaymentAttempt, func() { s.retry(sub, inv) })
 			}
+			if inv := s.invoices[sub.LatestInvoice]; inv != nil && inv.Status == "open" && inv.DueDate > 0 {
+				switch {
+				case sub.Status == StatusActive:
+					consider(inv.DueDate, func() { s.overdue(sub) })
+				case sub.Status == StatusPastDue && s.opts.Dunning.InvoiceGrace > 0:
+					consider(inv.DueDate+int64(s.opts.Dunning.InvoiceGrace/time.Second), func() { s.endDunning(sub, inv, s.opts.Dunning.Final) })
+				}
+			}
+			if pc := sub.PauseCollection; pc != nil && pc.ResumesAt > 0 {
+				consider(pc.ResumesAt, func() { s.setPause(sub, nil) })
+			}
 		case StatusIncomplete:
 			consider(sub.Created+23*3600, func() { s.expireIncomplete(sub) })
 		}
@@ -385,13 +514,16 @@ func (s *Sim) periodEnd(sub *Subscription) {
 		prev["status"] = StatusTrialing
 		sub.Status = StatusActive
 	}
-	start := sub.CurrentPeriodEnd
+	prevStart, start := sub.CurrentPeriodStart, sub.CurrentPeriodEnd
 	sub.CurrentPeriodStart, sub.CurrentPeriodEnd = start, advancePeriod(start, price)
-	inv := s.newInvoice(sub, "subscription_cycle", s.subscriptionLines(sub, sub.CurrentPeriodStart, sub.CurrentPeriodEnd, false))
+	inv := s.newInvoice(sub, "subscription_cycle", s.renewalLines(sub, prevStart, sub.CurrentPeriodStart, sub.CurrentPeriodEnd, prev["status"] == StatusTrialing))
 	// The period moves now, before anything is paid: keysync must not take
 	// current_period_end as paid-through.
 	s.emitSub("customer.subscription.updated", sub, prev)
 	s.emitInvoice("invoice.created", inv)
+	if inv.pause == PauseKeepAsDraft {
+		return // left a draft (auto_advance false) until someone finalizes it
+	}
 	sub.draft, sub.finalizeAt = inv.ID, s.unix()+int64(s.opts.FinalizeDelay/time.Second)
 }
 
@@ -402,7 +534,24 @@ func (s *Sim) finalizeDraft(sub *Subscription) {
 		return
 	}
 	s.finalize(inv)
-	s.pay(sub, inv)
+	switch inv.pause {
+	case PauseMarkUncollectible:
+		inv.Status, inv.MarkedUncollectibleAt = "uncollectible", s.unix()
+		s.emitInvoice("invoice.marked_uncollectible", inv)
+	case PauseVoid:
+		inv.Status, inv.VoidedAt = "void", s.unix()
+		s.emitInvoice("invoice.voided", inv)
+	default:
+		s.collect(sub, inv)
+	}
+}
+
+// overdue moves a subscription that sends invoices to past_due when its invoice's due
+// date passes unpaid.
+func (s *Sim) overdue(sub *Subscription) {
+	prev := obj{"status": sub.Status}
+	sub.Status = StatusPastDue
+	s.emitSub("customer.subscription.updated", sub, prev)
 }
 
 func (s *Sim) retry(sub *Subscription, inv *Invoice) {
@@ -514,6 +663,11 @@ func (s *Sim) ExhaustDunning(subscription, final string) error {
 		s.opts.Dunning.Final = final
 		defer func() { s.opts.Dunning.Final = saved }()
 	}
+	if sub.CollectionMethod == SendInvoice {
+		// No retries to fail: the deadline after the due date passes now.
+		s.endDunning(sub, inv, s.opts.Dunning.Final)
+		return nil
+	}
 	cust := s.customers[sub.Customer]
 	declines := cust.CardDeclines
 	cust.CardDeclines = true
@@ -613,7 +767,7 @@ func (s *Sim) changeItem(subscription, price string, quantity int64, o ChangeOpt
 	frac := float64(sub.CurrentPeriodEnd-now) / float64(max(sub.CurrentPeriodEnd-sub.CurrentPeriodStart, 1))
 	credit := &LineItem{ID: s.id("il"), Type: "invoiceitem", Price: oldPrice.ID, Quantity: oldQty, Proration: true,
 		Amount: -int64(math.Round(float64(oldPrice.UnitAmount*oldQty) * frac)), PeriodStart: now, PeriodEnd: sub.CurrentPeriodEnd,
-		Description: "Unused time on " + s.products[oldPrice.Product].Name}
+		Description: "Unused time on " + s.products[oldPrice.Product].Name, SubscriptionItem: it.ID}
 	if resetCycle {
 		prev := obj{"items": prevItems, "current_period_start": sub.CurrentPeriodStart, "current_period_end": sub.CurrentPeriodEnd,
 			"billing_cycle_anchor": sub.BillingCycleAnchor, "latest_invoice": nullStr(sub.LatestInvoice)}
@@ -628,7 +782,7 @@ func (s *Sim) changeItem(subscription, price string, quantity int64, o ChangeOpt
 	}
 	charge := &LineItem{ID: s.id("il"), Type: "invoiceitem", Price: newPrice.ID, Quantity: newQty, Proration: true,
 		Amount: int64(math.Round(float64(newPrice.UnitAmount*newQty) * frac)), PeriodStart: now, PeriodEnd: sub.CurrentPeriodEnd,
-		Description: "Remaining time on " + s.products[newPrice.Product].Name}
+		Description: "Remaining time on " + s.products[newPrice.Product].Name, SubscriptionItem: it.ID}
 	sub.pending = append(sub.pending, credit, charge)
 	if !o.InvoiceNow {
 		s.emitSub("customer.subscription.updated", sub, obj{"items": prevItems})
@@ -745,6 +899,8 @@ func (s *Sim) CloseDispute(dispute string, won bool) error {
 }
 
 // SetSubscriptionMetadata changes metadata as the dashboard would (a "" value deletes).
+// It returns an error for an unknown subscription, and for a canceled one unless
+// Options.CanceledMetadata allows it, as the API does.
 func (s *Sim) SetSubscriptionMetadata(subscription string, kv map[string]string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -752,8 +908,27 @@ func (s *Sim) SetSubscriptionMetadata(subscription string, kv map[string]string)
 	if err != nil {
 		return err
 	}
+	if msg := s.refuseUpdate(sub, true); msg != "" {
+		return errors.New(msg)
+	}
 	s.updateMetadata(sub, kv)
 	return nil
+}
+
+// refuseUpdate returns Stripe's message when sub cannot take an update (of its metadata
+// when metadata is true), or "". Stripe answered "A canceled subscription can only update
+// its cancellation_details." in 2023–24 and "... cancellation_details and metadata." in
+// 2026: Options.CanceledMetadata picks the newer rule.
+func (s *Sim) refuseUpdate(sub *Subscription, metadata bool) string {
+	switch {
+	case sub.Status != StatusCanceled:
+		return ""
+	case !s.opts.CanceledMetadata:
+		return "A canceled subscription can only update its cancellation_details."
+	case !metadata:
+		return "A canceled subscription can only update its cancellation_details and metadata."
+	}
+	return ""
 }
 
 func (s *Sim) updateMetadata(sub *Subscription, kv map[string]string) {
@@ -764,6 +939,23 @@ func (s *Sim) updateMetadata(sub *Subscription, kv map[string]string) {
 		} else {
 			sub.Metadata[k] = v
 		}
+	}
+	s.emitSub("customer.subscription.updated", sub, prev)
+}
+
+// cancellationFeedback lists the values Stripe takes for cancellation_details[feedback].
+var cancellationFeedback = []string{"customer_service", "low_quality", "missing_features", "other", "switched_service",
+	"too_complex", "too_expensive", "unused"}
+
+// updateCancellationDetails sets what the customer said on leaving (any subscription,
+// canceled ones included).
+func (s *Sim) updateCancellationDetails(sub *Subscription, comment, feedback *string) {
+	prev := obj{"cancellation_details": s.renderSubscription(sub, nil)["cancellation_details"]}
+	if comment != nil {
+		sub.CancelComment = *comment
+	}
+	if feedback != nil {
+		sub.CancelFeedback = *feedback
 	}
 	s.emitSub("customer.subscription.updated", sub, prev)
 }

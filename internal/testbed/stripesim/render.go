@@ -76,11 +76,26 @@ func (s *Sim) renderPrice(p *Price, exp expansion) obj {
 		"id": p.ID, "object": "price", "active": true, "billing_scheme": "per_unit", "created": p.Created,
 		"currency": p.Currency, "livemode": false, "lookup_key": nil, "metadata": meta(p.Metadata),
 		"nickname": nullStr(p.Nickname), "product": product, "type": "recurring",
-		"recurring": obj{"aggregate_usage": nil, "interval": p.Interval, "interval_count": max(p.IntervalCount, 1),
-			"usage_type": "licensed"},
+		"recurring": obj{"aggregate_usage": aggregateUsage(p), "interval": p.Interval, "interval_count": max(p.IntervalCount, 1),
+			"usage_type": usageType(p)},
 		"tax_behavior": "unspecified", "tiers_mode": nil, "transform_quantity": nil,
 		"unit_amount": p.UnitAmount, "unit_amount_decimal": strconv.FormatInt(p.UnitAmount, 10),
 	}
+}
+
+// aggregateUsage is how a metered price sums its usage records: "sum", Stripe's default.
+func aggregateUsage(p *Price) any {
+	if p.metered() {
+		return "sum"
+	}
+	return nil
+}
+
+func usageType(p *Price) string {
+	if p.UsageType == "" {
+		return UsageLicensed
+	}
+	return p.UsageType
 }
 
 func (s *Sim) renderCustomer(c *Customer) obj {
@@ -96,17 +111,39 @@ func (s *Sim) renderCustomer(c *Customer) obj {
 
 func (s *Sim) renderItem(sub *Subscription, it *SubscriptionItem, exp expansion) obj {
 	price := s.prices[it.Price]
-	return obj{
+	item := obj{
 		"id": it.ID, "object": "subscription_item", "billing_thresholds": nil, "created": it.Created,
 		"metadata": obj{}, "price": s.renderPrice(price, exp.under("price")),
 		"quantity": it.Quantity, "subscription": sub.ID, "tax_rates": []any{},
 	}
+	if price.metered() {
+		delete(item, "quantity") // a metered item has no quantity, only usage
+	}
+	return item
+}
+
+// EmbeddedItems is how many items a subscription carries in its own items list; the
+// rest are read from GET /v1/subscription_items (a guess: see docs/fidelity.md).
+const EmbeddedItems = 20
+
+func renderPause(pc *PauseCollection) any {
+	if pc == nil {
+		return nil
+	}
+	return obj{"behavior": pc.Behavior, "resumes_at": nullable(pc.ResumesAt)}
+}
+
+func collectionMethod(m string) string {
+	if m == "" {
+		return ChargeAutomatically
+	}
+	return m
 }
 
 func (s *Sim) renderSubscription(sub *Subscription, exp expansion) obj {
-	items := make([]any, len(sub.Items))
-	for i, it := range sub.Items {
-		items[i] = s.renderItem(sub, it, exp.under("items.data"))
+	items := make([]any, 0, min(len(sub.Items), EmbeddedItems))
+	for _, it := range sub.Items[:min(len(sub.Items), EmbeddedItems)] {
+		items = append(items, s.renderItem(sub, it, exp.under("items.data")))
 	}
 	var customer any = sub.Customer
 	if exp.has("customer") {
@@ -116,19 +153,23 @@ func (s *Sim) renderSubscription(sub *Subscription, exp expansion) obj {
 	if exp.has("latest_invoice") && sub.LatestInvoice != "" {
 		latest = s.renderInvoice(s.invoices[sub.LatestInvoice], exp.under("latest_invoice"))
 	}
-	details := obj{"comment": nil, "feedback": nil, "reason": nullStr(sub.CancelReason)}
+	details := obj{"comment": nullStr(sub.CancelComment), "feedback": nullStr(sub.CancelFeedback), "reason": nullStr(sub.CancelReason)}
+	var daysUntilDue any
+	if sub.CollectionMethod == SendInvoice {
+		daysUntilDue = sub.DaysUntilDue
+	}
 	return obj{
 		"id": sub.ID, "object": "subscription", "application": nil, "application_fee_percent": nil,
 		"automatic_tax": obj{"enabled": false}, "billing_cycle_anchor": sub.BillingCycleAnchor,
 		"billing_thresholds": nil, "cancel_at": nullable(sub.CancelAt), "cancel_at_period_end": sub.CancelAtPeriodEnd,
 		"canceled_at": nullable(sub.CanceledAt), "cancellation_details": details,
-		"collection_method": "charge_automatically", "created": sub.Created, "currency": sub.Currency,
+		"collection_method": collectionMethod(sub.CollectionMethod), "created": sub.Created, "currency": sub.Currency,
 		"current_period_end": sub.CurrentPeriodEnd, "current_period_start": sub.CurrentPeriodStart,
-		"customer": customer, "days_until_due": nil, "default_payment_method": nil, "default_source": nil,
+		"customer": customer, "days_until_due": daysUntilDue, "default_payment_method": nil, "default_source": nil,
 		"default_tax_rates": []any{}, "description": nil, "discount": nil, "ended_at": nullable(sub.EndedAt),
-		"items":          list("/v1/subscription_items?subscription="+sub.ID, items, false),
+		"items":          list("/v1/subscription_items?subscription="+sub.ID, items, len(sub.Items) > EmbeddedItems),
 		"latest_invoice": latest, "livemode": false, "metadata": meta(sub.Metadata), "next_pending_invoice_item_invoice": nil,
-		"on_behalf_of": nil, "pause_collection": nil, "payment_settings": obj{"payment_method_options": nil,
+		"on_behalf_of": nil, "pause_collection": renderPause(sub.PauseCollection), "payment_settings": obj{"payment_method_options": nil,
 			"payment_method_types": nil, "save_default_payment_method": "off"},
 		"pending_invoice_item_interval": nil, "pending_setup_intent": nil, "pending_update": nil,
 		"schedule": nil, "start_date": sub.StartDate, "status": sub.Status, "test_clock": nil,
@@ -188,14 +229,14 @@ func (s *Sim) renderInvoice(inv *Invoice, exp expansion) obj {
 		"id": inv.ID, "object": "invoice", "account_country": "US", "account_name": "keysync sandbox",
 		"account_tax_ids": nil, "amount_due": total, "amount_paid": inv.AmountPaid, "amount_remaining": remaining,
 		"amount_shipping": 0, "application": nil, "application_fee_amount": nil, "attempt_count": inv.AttemptCount,
-		"attempted": inv.Attempted, "auto_advance": inv.Status == "draft" || inv.Status == "open",
+		"attempted": inv.Attempted, "auto_advance": (inv.Status == "draft" && inv.pause != PauseKeepAsDraft) || inv.Status == "open",
 		"automatic_tax": obj{"enabled": false, "status": nil}, "billing_reason": inv.BillingReason,
-		"charge": nullStr(inv.Charge), "collection_method": "charge_automatically", "created": inv.Created,
+		"charge": nullStr(inv.Charge), "collection_method": collectionMethod(inv.CollectionMethod), "created": inv.Created,
 		"currency": inv.Currency, "custom_fields": nil, "customer": inv.Customer, "customer_address": nil,
 		"customer_email": nullStr(cust.Email), "customer_name": nullStr(cust.Name), "customer_phone": nil,
 		"customer_shipping": nil, "customer_tax_exempt": "none", "customer_tax_ids": []any{},
 		"default_payment_method": nil, "default_source": nil, "default_tax_rates": []any{}, "description": nil,
-		"discount": nil, "discounts": []any{}, "due_date": nil, "effective_at": nullable(inv.FinalizedAt),
+		"discount": nil, "discounts": []any{}, "due_date": nullable(inv.DueDate), "effective_at": nullable(inv.FinalizedAt),
 		"ending_balance": endingBalance(inv), "footer": nil, "from_invoice": nil,
 		"hosted_invoice_url": hostedURL(inv), "invoice_pdf": pdfURL(inv), "issuer": obj{"type": "self"},
 		"last_finalization_error": nil, "latest_revision": nil,

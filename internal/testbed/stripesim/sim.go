@@ -2,8 +2,9 @@
 // prices, customers, subscriptions, invoices, charges, refunds, disputes, checkout
 // sessions and events, driven by a test clock and control actions that emit the events
 // Stripe emits, in Stripe's order; signed webhook delivery with retries, duplicates,
-// reordering and loss; and fault injection on the API. Facts it follows are in
-// ../shared/research/stripe.md. It serves the API as an http.Handler.
+// reordering and loss; events in a newer API version (2025-03-31.basil) for accounts and
+// endpoints that use it; and fault injection on the API. Each behaviour names its source
+// in docs/fidelity.md. It serves the API as an http.Handler.
 package stripesim
 
 import (
@@ -14,8 +15,22 @@ import (
 	"time"
 )
 
-// APIVersion is the only API version the simulator renders.
+// APIVersion is the API version stripe-go v76 pins and the simulator's objects are kept
+// in; every other version is rendered from it.
 const APIVersion = "2023-10-16"
+
+// VersionBasil is the first API version in which invoices lose `subscription` and
+// `paid`, charges lose `invoice` and subscriptions lose `current_period_*`: what accounts
+// created since April 2025 default to.
+const VersionBasil = "2025-03-31.basil"
+
+// CheckVersion returns an error unless the simulator can render API version v.
+func CheckVersion(v string) error {
+	if v != APIVersion && v != VersionBasil {
+		return fmt.Errorf("API version %q: the simulator renders %s and %s", v, APIVersion, VersionBasil)
+	}
+	return nil
+}
 
 // Options configure a Sim.
 type Options struct {
@@ -33,6 +48,14 @@ type Options struct {
 	// NoEvents emits no events: none is kept, listed or delivered. For benchmarks that
 	// seed hundreds of thousands of subscriptions and need only the API.
 	NoEvents bool
+	// AccountAPIVersion is the account's default API version (default APIVersion): the
+	// version events are created in for the Events API and for endpoints that pin none,
+	// and of API answers to requests that send no Stripe-Version. New panics on a version
+	// CheckVersion refuses.
+	AccountAPIVersion string
+	// CanceledMetadata lets a canceled subscription's metadata change, as Stripe's answers
+	// since 2026 say it may; by default it is refused, as Stripe's answers in 2023–24 did.
+	CanceledMetadata bool
 }
 
 // Dunning mirrors the account's retry settings for failed payments.
@@ -43,6 +66,10 @@ type Dunning struct {
 	// Final is the subscription's status after the last failed retry: "canceled"
 	// (default) or "unpaid".
 	Final string
+	// InvoiceGrace is, for subscriptions that send invoices, how long after an unpaid
+	// invoice's due date the subscription stays past_due before Final applies (the
+	// account's "additional deadline"). Zero leaves it past_due.
+	InvoiceGrace time.Duration
 }
 
 // Sim is the simulator. Create it with New.
@@ -93,6 +120,12 @@ func New(opts Options) *Sim {
 	if opts.FinalizeDelay == 0 {
 		opts.FinalizeDelay = time.Hour
 	}
+	if opts.AccountAPIVersion == "" {
+		opts.AccountAPIVersion = APIVersion
+	}
+	if err := CheckVersion(opts.AccountAPIVersion); err != nil {
+		panic("stripesim: " + err.Error())
+	}
 	return &Sim{
 		opts:       opts,
 		now:        opts.Start.UTC().Truncate(time.Second),
@@ -127,6 +160,25 @@ const (
 	StatusPaused            = "paused"
 )
 
+// Collection methods.
+const (
+	ChargeAutomatically = "charge_automatically"
+	SendInvoice         = "send_invoice"
+)
+
+// Usage types of a recurring price.
+const (
+	UsageLicensed = "licensed"
+	UsageMetered  = "metered"
+)
+
+// Behaviours of a subscription's pause_collection.
+const (
+	PauseKeepAsDraft       = "keep_as_draft"
+	PauseMarkUncollectible = "mark_uncollectible"
+	PauseVoid              = "void"
+)
+
 // Product is a Stripe product.
 type Product struct {
 	ID       string
@@ -143,10 +195,15 @@ type Price struct {
 	Currency      string
 	Interval      string // day, week, month, year
 	IntervalCount int64
-	Nickname      string
-	Metadata      map[string]string
-	Created       int64
+	// UsageType is licensed (billed in advance for a quantity) or metered (billed in
+	// arrears for the usage reported during the period).
+	UsageType string
+	Nickname  string
+	Metadata  map[string]string
+	Created   int64
 }
+
+func (p *Price) metered() bool { return p.UsageType == UsageMetered }
 
 // Customer is a Stripe customer.
 type Customer struct {
@@ -165,8 +222,16 @@ type Customer struct {
 type SubscriptionItem struct {
 	ID       string
 	Price    string
-	Quantity int64
+	Quantity int64 // 0 for a metered price, which has none
 	Created  int64
+	// Usage is the metered usage reported in the current period.
+	Usage int64
+}
+
+// PauseCollection is a subscription's pause_collection: its invoices are not collected.
+type PauseCollection struct {
+	Behavior  string // keep_as_draft, mark_uncollectible or void
+	ResumesAt int64  // 0: until cleared
 }
 
 // Subscription is a Stripe subscription.
@@ -188,9 +253,16 @@ type Subscription struct {
 	CanceledAt         int64
 	EndedAt            int64
 	CancelReason       string
+	CancelComment      string
+	CancelFeedback     string
 	Metadata           map[string]string
 	LatestInvoice      string
-	seq                int64
+	// CollectionMethod is charge_automatically or send_invoice; DaysUntilDue is how
+	// long a sent invoice gives the customer to pay.
+	CollectionMethod string
+	DaysUntilDue     int64
+	PauseCollection  *PauseCollection
+	seq              int64
 
 	// draft is the renewal invoice waiting to be finalized at finalizeAt.
 	draft      string
@@ -239,7 +311,16 @@ type Invoice struct {
 	MarkedUncollectibleAt int64
 	VoidedAt              int64
 	NextPaymentAttempt    int64
+	CollectionMethod      string
+	DueDate               int64
 	seq                   int64
+
+	// pause is the subscription's pause_collection behaviour when this invoice was made:
+	// it is left a draft, or finalized and then marked uncollectible or voided.
+	pause string
+	// coversThrough is the end of the subscription period in force when the invoice was
+	// made: what paying it keeps the customer in good standing through.
+	coversThrough int64
 }
 
 // Total is the sum of the invoice's lines.
@@ -302,14 +383,33 @@ type CheckoutSession struct {
 
 // Event is a Stripe event: a snapshot of an object when something happened.
 type Event struct {
-	ID       string
-	Type     string
-	Created  int64
-	seq      int64
+	ID      string
+	Type    string
+	Created int64
+	seq     int64
+	// Object and Previous are kept in API version 2023-10-16.
 	Object   map[string]any
 	Previous map[string]any
-	// Payload is the event's JSON, as delivered to every endpoint.
+	// APIVersion is the version Payload is rendered in: the account's default when the
+	// event was created.
+	APIVersion string
+	// Livemode and Account mark an event from live mode or from a connected account.
+	Livemode bool
+	Account  string
+	// Payload is the event's JSON as the Events API serves it and as endpoints that pin
+	// no version receive it.
 	Payload []byte
+	// payloads holds the event rendered in each version an endpoint asked for when it
+	// was created; written once, before the event is handed to any endpoint.
+	payloads map[string][]byte
+}
+
+// payload returns the event rendered in version ("" for the account's version then).
+func (ev *Event) payload(version string) []byte {
+	if p, ok := ev.payloads[version]; ok {
+		return p
+	}
+	return ev.Payload
 }
 
 // Now returns the test clock's time.
@@ -402,6 +502,10 @@ func (s *Sim) Subscription(id string) (Subscription, bool) {
 		c.Items[i] = &cp
 	}
 	c.Metadata = cloneMap(sub.Metadata)
+	if sub.PauseCollection != nil {
+		pc := *sub.PauseCollection
+		c.PauseCollection = &pc
+	}
 	return c, true
 }
 
@@ -416,20 +520,33 @@ func (s *Sim) Invoice(id string) (Invoice, bool) {
 	return *inv, true
 }
 
-// PaidThrough is what Stripe's side says a subscription is paid through: the latest
-// period end of a subscription line on a paid invoice (zero time when none). Tests and
-// the sandbox judge keysync's keys against it.
+// PaidThrough is what Stripe's side says a subscription is paid through (zero time when
+// nothing is): the latest period end of a licensed subscription line on a paid invoice.
+// Metered lines are billed in arrears, so a paid invoice with one keeps the customer in
+// good standing through the subscription period in force when it was made; and a
+// trialing subscription is good through its trial's end, wherever the trial was moved.
+// Tests and the sandbox judge keysync's keys against it.
 func (s *Sim) PaidThrough(subscription string) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var pt int64
-	for _, inv := range s.Invoices(subscription) {
-		if inv.Status != "paid" {
+	for _, inv := range s.invoices {
+		if inv.Subscription != subscription || inv.Status != "paid" {
 			continue
 		}
 		for _, l := range inv.Lines {
-			if l.Type == "subscription" && l.PeriodEnd > pt {
-				pt = l.PeriodEnd
+			if l.Type != "subscription" {
+				continue
 			}
+			end := l.PeriodEnd
+			if s.prices[l.Price].metered() {
+				end = inv.coversThrough
+			}
+			pt = max(pt, end)
 		}
+	}
+	if sub, ok := s.subs[subscription]; ok && sub.Status == StatusTrialing {
+		pt = max(pt, sub.TrialEnd)
 	}
 	if pt == 0 {
 		return time.Time{}
@@ -495,4 +612,17 @@ func (s *Sim) Charges(invoice string) []Charge {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
 	return out
+}
+
+// SetAccountAPIVersion changes the account's default API version: events created from
+// now on are in it (those before keep theirs), and so are answers to requests that send
+// no Stripe-Version. It returns an error for a version CheckVersion refuses.
+func (s *Sim) SetAccountAPIVersion(v string) error {
+	if err := CheckVersion(v); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.AccountAPIVersion = v
+	return nil
 }

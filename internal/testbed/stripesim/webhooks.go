@@ -22,6 +22,9 @@ type EndpointOptions struct {
 	Secrets []string
 	// Types the endpoint receives; empty: all.
 	Types []string
+	// APIVersion pins the version events are generated in for this endpoint, as a
+	// webhook endpoint's api_version does; empty follows the account's default.
+	APIVersion string
 	// Workers is how many deliveries are in flight at once (default 4). More than one
 	// already reorders deliveries, as Stripe's do.
 	Workers int
@@ -84,8 +87,13 @@ type delivery struct {
 }
 
 // AddEndpoint registers a webhook endpoint and starts delivering to it every event
-// emitted from now on. Close stops it.
+// emitted from now on. Close stops it. It panics on an APIVersion CheckVersion refuses.
 func (s *Sim) AddEndpoint(url string, opts EndpointOptions) *Endpoint {
+	if opts.APIVersion != "" {
+		if err := CheckVersion(opts.APIVersion); err != nil {
+			panic("stripesim: endpoint: " + err.Error())
+		}
+	}
 	if opts.Workers <= 0 {
 		opts.Workers = 4
 	}
@@ -207,10 +215,11 @@ func (ep *Endpoint) work() {
 func (ep *Endpoint) send(ev *Event) bool {
 	now := time.Now()
 	header := fmt.Sprintf("t=%d", now.Unix())
+	payload := ev.payload(ep.opts.APIVersion)
 	for _, secret := range ep.opts.Secrets {
-		header += ",v1=" + hex.EncodeToString(webhook.ComputeSignature(now, ev.Payload, secret))
+		header += ",v1=" + hex.EncodeToString(webhook.ComputeSignature(now, payload, secret))
 	}
-	req, err := http.NewRequest(http.MethodPost, ep.url, bytes.NewReader(ev.Payload))
+	req, err := http.NewRequest(http.MethodPost, ep.url, bytes.NewReader(payload))
 	if err != nil {
 		return false
 	}
