@@ -273,11 +273,8 @@ type adminJobs struct {
 
 func (j adminJobs) ReplayEvent(ctx context.Context, id string) error {
 	ev, err := j.store.GetEvent(ctx, id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return admin.ErrNotFound
-	}
 	if err != nil {
-		return err
+		return err // postgres.ErrNotFound for an unknown event: the API answers 404
 	}
 	return requeue(ctx, j.store, j.client, []events.Event{{ID: ev.ID, Type: ev.Type}})
 }

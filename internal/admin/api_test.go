@@ -3,6 +3,7 @@ package admin_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -30,7 +31,7 @@ type fakeJobs struct{ replayed, sweeps []string }
 // test is about the HTTP surface.
 func (j *fakeJobs) ReplayEvent(_ context.Context, id string) error {
 	if !strings.HasPrefix(id, "evt_known") {
-		return admin.ErrNotFound
+		return fmt.Errorf("get event %s: %w", id, syncer.ErrNotFound)
 	}
 	j.replayed = append(j.replayed, id)
 	return nil

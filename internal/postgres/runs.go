@@ -60,11 +60,11 @@ func (s *Store) CatchUpCursor(ctx context.Context) (time.Time, bool, error) {
 	var cursor string
 	err := s.pool.QueryRow(ctx, `SELECT cursor FROM sync_runs WHERE kind = 'catch_up' AND status = 'succeeded' AND cursor IS NOT NULL
 		ORDER BY id DESC LIMIT 1`).Scan(&cursor)
-	if errors.Is(err, pgx.ErrNoRows) {
+	if err = translate(err); errors.Is(err, ErrNotFound) {
 		return time.Time{}, false, nil
 	}
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("catch-up cursor: %w", translate(err))
+		return time.Time{}, false, fmt.Errorf("catch-up cursor: %w", err)
 	}
 	n, err := strconv.ParseInt(cursor, 10, 64)
 	if err != nil {
@@ -99,39 +99,6 @@ func (s *Store) Runs(ctx context.Context, kind string) ([]RunRow, error) {
 	out, err := pgx.CollectRows(rows, pgx.RowToStructByName[RunRow])
 	if err != nil {
 		return nil, fmt.Errorf("runs: %w", translate(err))
-	}
-	return out, nil
-}
-
-// SubscriptionBrief is the part of a mapping row a sweep compares.
-type SubscriptionBrief struct {
-	LicenseKey       string
-	ProductID        int
-	PaidThrough      time.Time
-	BlockedByKeysync bool
-	Unmapped         bool
-}
-
-// SubscriptionIndex returns every mapping row, briefly, by subscription id. About 100
-// bytes a subscription: a sweep of 100,000 holds 10 MB.
-func (s *Store) SubscriptionIndex(ctx context.Context) (map[string]SubscriptionBrief, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, coalesce(license_key, ''), coalesce(product_id, 0),
-		coalesce(paid_through, 'epoch'::timestamptz), blocked_by_keysync, unmapped_at IS NOT NULL FROM subscriptions`)
-	if err != nil {
-		return nil, fmt.Errorf("subscription index: %w", translate(err))
-	}
-	out := map[string]SubscriptionBrief{}
-	var id string
-	var b SubscriptionBrief
-	_, err = pgx.ForEachRow(rows, []any{&id, &b.LicenseKey, &b.ProductID, &b.PaidThrough, &b.BlockedByKeysync, &b.Unmapped}, func() error {
-		if b.PaidThrough.Unix() == 0 {
-			b.PaidThrough = time.Time{}
-		}
-		out[id] = b
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("subscription index: %w", translate(err))
 	}
 	return out, nil
 }

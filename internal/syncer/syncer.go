@@ -17,7 +17,6 @@ import (
 
 	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/license"
-	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/stripeapi"
 )
 
@@ -43,12 +42,6 @@ type Cryptolens interface {
 	AddFeature(ctx context.Context, productID int, key string, feature int) error
 	RemoveFeature(ctx context.Context, productID int, key string, feature int) error
 	MachineLockLimit(ctx context.Context, productID int, key string, machines int) error
-}
-
-// Store is what Sync keeps in Postgres: it locks the subscription, then reads and
-// writes through the lock, on the lock's connection.
-type Store interface {
-	LockSubscription(ctx context.Context, id string) (*postgres.SubscriptionLock, error)
 }
 
 // Cause says why a Sync runs; it is written on every audit row.
@@ -114,11 +107,11 @@ func Marker(subscription string) string { return "stripe:" + subscription }
 // run carries one Sync's state.
 type run struct {
 	s       *Syncer
-	lock    *postgres.SubscriptionLock
+	lock    Lock
 	preview *Preview // set: decide, do not act, save nothing
 	cause   Cause
-	row     postgres.SubscriptionRow
-	audits  []postgres.AuditRow
+	row     SubscriptionRow
+	audits  []AuditRow
 	now     time.Time
 	log     zerolog.Logger
 }
@@ -137,8 +130,8 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 		log: s.log.With().Str("subscription_id", subscription).Str("cause", cause.Kind).Str("cause_id", cause.ID).Logger()}
 	row, err := lock.GetSubscription(ctx)
 	switch {
-	case errors.Is(err, postgres.ErrNotFound):
-		row = postgres.SubscriptionRow{ID: subscription}
+	case errors.Is(err, ErrNotFound):
+		row = SubscriptionRow{ID: subscription}
 	case err != nil:
 		return Result{}, err
 	}
@@ -147,7 +140,7 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 	if err != nil && IsPermanent(err) {
 		msg := err.Error()
 		r.row.LastError = &msg
-		r.audit(postgres.AuditRow{Action: "error", Outcome: "failed", Message: msg})
+		r.audit(AuditRow{Action: "error", Outcome: "failed", Message: msg})
 	} else if err == nil {
 		r.row.LastError = nil
 	}
@@ -213,7 +206,7 @@ func (r *run) sync(ctx context.Context) (Result, error) {
 			for _, it := range ls.Items {
 				prices = append(prices, it.PriceID)
 			}
-			r.audit(postgres.AuditRow{Action: string(license.SkipUnmapped), Outcome: "applied",
+			r.audit(AuditRow{Action: string(license.SkipUnmapped), Outcome: "applied",
 				Params: map[string]any{"prices": prices}, Message: "no plan maps these prices: no license"})
 			r.log.Info().Strs("prices", prices).Msg("subscription maps to no plan: no key")
 		}
@@ -300,7 +293,7 @@ func (r *run) adopt(k cryptolens.Key, product int, source string) {
 	r.row.LicenseKey, r.row.ProductID = &k.Key, &product
 	id := k.ID
 	r.row.KeyID = &id
-	r.audit(postgres.AuditRow{Action: "adopt_key", Outcome: "applied", LicenseKey: k.Key, ProductID: product,
+	r.audit(AuditRow{Action: "adopt_key", Outcome: "applied", LicenseKey: k.Key, ProductID: product,
 		Params: map[string]any{"source": source, "expires": k.Expires}})
 }
 
@@ -308,7 +301,7 @@ func (r *run) adopt(k cryptolens.Key, product int, source string) {
 func (r *run) apply(ctx context.Context, sub *stripe.Subscription, d license.Desired, key license.Key, a license.Action) (string, error) {
 	s := r.s
 	product := d.ProductID
-	row := postgres.AuditRow{Action: string(a.Kind), LicenseKey: key.Key, ProductID: product, Params: map[string]any{}}
+	row := AuditRow{Action: string(a.Kind), LicenseKey: key.Key, ProductID: product, Params: map[string]any{}}
 	switch a.Kind {
 	case license.CreateKey:
 		row.Params = map[string]any{"period": a.Days, "expires": a.NewExpires, "features": a.Features, "machines": a.Machines}
@@ -401,7 +394,7 @@ func (r *run) apply(ctx context.Context, sub *stripe.Subscription, d license.Des
 	return created, nil
 }
 
-func (r *run) audit(a postgres.AuditRow) {
+func (r *run) audit(a AuditRow) {
 	if r.s.opts.ObserveAction != nil && r.preview == nil {
 		r.s.opts.ObserveAction(a.Action, a.Outcome)
 	}
@@ -466,7 +459,7 @@ func (s *Syncer) SubscriptionFor(ctx context.Context, typ string, payload []byte
 // Preview is what a Sync would see and do now.
 type Preview struct {
 	// Row is keysync's mapping row as stored (Found false: none yet).
-	Row   postgres.SubscriptionRow
+	Row   SubscriptionRow
 	Found bool
 	// Status and PaidThrough are Stripe's, read now.
 	Status      string
@@ -488,8 +481,8 @@ func (s *Syncer) Preview(ctx context.Context, subscription string) (Preview, err
 	r := &run{s: s, lock: lock, preview: p, cause: Cause{Kind: "operator", ID: "status"}, now: s.opts.Now().UTC(), log: s.log}
 	row, err := lock.GetSubscription(ctx)
 	switch {
-	case errors.Is(err, postgres.ErrNotFound):
-		row = postgres.SubscriptionRow{ID: subscription}
+	case errors.Is(err, ErrNotFound):
+		row = SubscriptionRow{ID: subscription}
 	case err != nil:
 		return Preview{}, err
 	default:
