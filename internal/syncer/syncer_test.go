@@ -2,7 +2,9 @@ package syncer_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -373,5 +375,37 @@ func TestFailedSyncIsNotLastSynced(t *testing.T) {
 	row, _ = e.store.GetSubscription(context.Background(), res.Subscription)
 	if !row.LastSyncedAt.Equal(first) {
 		t.Fatalf("last_synced_at moved to %s after a failed sync", row.LastSyncedAt)
+	}
+}
+
+// Preview is Sync's plan without its apply: it shows the actions the next Sync takes
+// and changes nothing, not even to record a key it would adopt.
+func TestPreviewPlansWhatSyncApplies(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	ctx := context.Background()
+	res, _ := e.stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
+	k, _ := e.crypto.PutKey(cryptolenssim.Key{ProductID: product, Notes: syncer.Marker(res.Subscription), Expires: t0.Add(24 * time.Hour),
+		Features: [8]bool{true}, MaxNoOfMachines: 2})
+	p, err := e.syncer.Preview(ctx, res.Subscription)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Found || p.Status != "active" || p.Key.Key != k.Key || len(p.Actions) != 1 || p.Actions[0].Kind != license.Extend {
+		t.Fatalf("got %+v, want no row yet, the marked key and one extension", p)
+	}
+	if _, err := e.store.GetSubscription(ctx, res.Subscription); !errors.Is(err, syncer.ErrNotFound) {
+		t.Fatalf("after preview: got %v, want no row", err)
+	}
+	if audit, _ := e.store.AuditFor(ctx, res.Subscription); len(audit) != 0 {
+		t.Fatalf("after preview: got %d audit rows, want none", len(audit))
+	}
+	for _, m := range cryptolenssim.Mutating {
+		if c := e.crypto.CallCount(m); c != 0 {
+			t.Fatalf("preview made %d %s calls", c, m)
+		}
+	}
+	if r := e.sync(t, res.Subscription); !reflect.DeepEqual(r.Actions, p.Actions) {
+		t.Fatalf("sync did %+v, want the previewed %+v", r.Actions, p.Actions)
 	}
 }
