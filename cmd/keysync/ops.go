@@ -34,8 +34,8 @@ func operatorEngine(ctx context.Context, cfg config, log zerolog.Logger, dryRun 
 		}
 		return nil, nil, err
 	}
-	e := syncer.New(parts.stripe, parts.crypto, postgres.NewStore(pool), parts.mapping,
-		syncer.Options{Policy: parts.policy, DryRun: dryRun || cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now}, log)
+	e := syncer.New(syncer.Deps{Stripe: parts.stripe, Cryptolens: parts.crypto, Store: postgres.NewStore(pool), Mapping: parts.mapping, Log: log},
+		syncer.Options{Policy: parts.policy, DryRun: dryRun || cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now})
 	return e, pool.Close, nil
 }
 

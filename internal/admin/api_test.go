@@ -44,7 +44,8 @@ func setup(t *testing.T) (*httptest.Server, *fakeJobs, string, *simtest.World) {
 	store := postgres.NewStore(pgtest.Pool(t))
 	w := simtest.New(t, simtest.Options{})
 	sc, cc := w.Clients(t)
-	engine := syncer.New(sc, cc, store, license.NewMapping(0), syncer.Options{Policy: license.Options{BufferDays: 5}}, zerolog.Nop())
+	engine := syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: store, Mapping: license.NewMapping(0), Log: zerolog.Nop()},
+		syncer.Options{Policy: license.Options{BufferDays: 5}})
 	price := w.Price("App", 1000, `{"F1":true}`)
 	res, _ := w.Stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: price}}})
 	jobs := &fakeJobs{}

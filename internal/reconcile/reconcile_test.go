@@ -57,7 +57,8 @@ func newHarness(t *testing.T, dropRate float64) *harness {
 	sc, cc := h.w.Clients(t)
 	mapping := license.NewMapping(0)
 	policy := license.Options{BufferDays: 5}
-	engine := syncer.New(sc, cc, h.store, mapping, syncer.Options{Policy: policy, WriteStripeMetadata: true, Now: h.w.Stripe.Now}, zerolog.Nop())
+	engine := syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: h.store, Mapping: mapping, Log: zerolog.Nop()},
+		syncer.Options{Policy: policy, WriteStripeMetadata: true, Now: h.w.Stripe.Now})
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &jobs.EventWorker{Store: h.store, Engine: engine})
 	river.AddWorker(workers, &jobs.SyncWorker{Engine: engine, Runs: h.store})

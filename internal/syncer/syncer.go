@@ -75,12 +75,22 @@ type Syncer struct {
 	log     zerolog.Logger
 }
 
-// New returns a Syncer.
-func New(st Stripe, cl Cryptolens, store Store, mapping *license.Mapping, opts Options, log zerolog.Logger) *Syncer {
+// Deps are what a Syncer works with; all are required.
+type Deps struct {
+	Stripe     Stripe
+	Cryptolens Cryptolens
+	Store      Store
+	// Mapping is the plans file: which prices map to which product and features.
+	Mapping *license.Mapping
+	Log     zerolog.Logger
+}
+
+// New returns a Syncer working with d, configured by opts.
+func New(d Deps, opts Options) *Syncer {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Syncer{stripe: st, crypto: cl, store: store, mapping: mapping, opts: opts, log: log}
+	return &Syncer{stripe: d.Stripe, crypto: d.Cryptolens, store: d.Store, mapping: d.Mapping, opts: opts, log: d.Log}
 }
 
 // ErrPermanent marks a failure that retrying will not fix (an unknown subscription, a

@@ -59,7 +59,7 @@ func setupWith(t *testing.T, pool *pgxpool.Pool, wrap func(http.Handler) http.Ha
 	for _, f := range opts {
 		f(&o)
 	}
-	e.syncer = syncer.New(sc, cc, e.store, license.NewMapping(0), o, zerolog.Nop())
+	e.syncer = syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: e.store, Mapping: license.NewMapping(0), Log: zerolog.Nop()}, o)
 	return e
 }
 
