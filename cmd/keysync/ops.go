@@ -68,7 +68,7 @@ func syncCmd(ctx context.Context, cfg config, log zerolog.Logger, args []string,
 		return err
 	}
 	defer done()
-	res, err := e.Sync(ctx, subs[0], syncer.Cause{Kind: "operator", ID: operatorName()})
+	res, err := e.Sync(ctx, subs[0], syncer.Cause{Kind: syncer.CauseOperator, ID: operatorName()})
 	if err != nil {
 		return err
 	}

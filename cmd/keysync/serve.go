@@ -53,7 +53,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 	sync := syncer.New(syncer.Deps{Stripe: parts.stripe, Cryptolens: parts.crypto, Store: store, Mapping: parts.mapping,
 		Log: log.With().Str("component", "sync").Logger()},
 		syncer.Options{Policy: parts.policy, DryRun: cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now,
-			ObserveAction: func(kind, outcome string) { m.Actions.WithLabelValues(kind, outcome).Inc() }})
+			ObserveAction: func(kind string, outcome syncer.Outcome) { m.Actions.WithLabelValues(kind, string(outcome)).Inc() }})
 	log.Info().Int("plans_file_entries", parts.mapping.Entries()).Bool("dry_run", cfg.DryRun).Int("buffer_days", cfg.BufferDays).
 		Dur("reconcile_interval", cfg.ReconcileInterval).Dur("catch_up_interval", cfg.CatchUpInterval).Msg("sync engine ready")
 

@@ -140,7 +140,7 @@ func (a *API) subscription(r *http.Request) (any, error) {
 }
 
 func (a *API) sync(r *http.Request) (any, error) {
-	res, err := a.engine.Sync(r.Context(), r.PathValue("id"), syncer.Cause{Kind: "operator", ID: "api"})
+	res, err := a.engine.Sync(r.Context(), r.PathValue("id"), syncer.Cause{Kind: syncer.CauseOperator, ID: "api"})
 	if err != nil {
 		return nil, err
 	}

@@ -14,9 +14,9 @@ import (
 // SyncArgs is the job that syncs one subscription outside the event path (a sweep's
 // drift, an operator's request).
 type SyncArgs struct {
-	Subscription string `json:"subscription"`
-	Cause        string `json:"cause"`
-	CauseID      string `json:"cause_id,omitempty"`
+	Subscription string           `json:"subscription"`
+	Cause        syncer.CauseKind `json:"cause"`
+	CauseID      string           `json:"cause_id,omitempty"`
 	// RunID is the sweep run that found the drift (0: none).
 	RunID int64 `json:"run_id,omitempty"`
 }
@@ -58,7 +58,7 @@ func (w *SyncWorker) Work(ctx context.Context, job *river.Job[SyncArgs]) error {
 func (e *Enqueuer) EnqueueSyncs(ctx context.Context, subscriptions []string, runID int64) error {
 	params := make([]river.InsertManyParams, len(subscriptions))
 	for i, s := range subscriptions {
-		params[i] = river.InsertManyParams{Args: SyncArgs{Subscription: s, Cause: "sweep", CauseID: fmt.Sprint(runID), RunID: runID}}
+		params[i] = river.InsertManyParams{Args: SyncArgs{Subscription: s, Cause: syncer.CauseSweep, CauseID: fmt.Sprint(runID), RunID: runID}}
 	}
 	if _, err := e.client.InsertMany(ctx, params); err != nil {
 		return fmt.Errorf("enqueue syncs: %w", err)

@@ -206,6 +206,23 @@ func TestMissingRowsAreErrNotFound(t *testing.T) {
 	}
 }
 
+// Every cause kind and outcome that syncer names is one audit_log's CHECK constraints
+// accept.
+func TestAuditVocabularyFitsTheSchema(t *testing.T) {
+	t.Parallel()
+	store := postgres.NewStore(pgtest.Pool(t))
+	var audits []syncer.AuditRow
+	for _, c := range []syncer.CauseKind{syncer.CauseWebhook, syncer.CauseSweep, syncer.CauseCatchUp, syncer.CauseOperator} {
+		for _, o := range []syncer.Outcome{syncer.OutcomeApplied, syncer.OutcomeDryRun, syncer.OutcomeFailed} {
+			audits = append(audits, syncer.AuditRow{SubscriptionID: "sub_w", Action: "extend", Outcome: o, Cause: c})
+		}
+	}
+	row := syncer.SubscriptionRow{ID: "sub_w", CustomerID: "cus_w", Status: "active"}
+	if err := store.SaveSync(context.Background(), row, audits); err != nil {
+		t.Fatalf("got %v, want every cause and outcome stored", err)
+	}
+}
+
 func TestAuditViews(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.Pool(t)

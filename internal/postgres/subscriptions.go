@@ -86,8 +86,8 @@ func saveSync(ctx context.Context, q querier, row syncer.SubscriptionRow, audits
 			if params == nil {
 				params = map[string]any{}
 			}
-			b.Queue(insertAudit, a.SubscriptionID, a.CustomerID, a.ProductID, a.LicenseKey, a.Action, params, a.Outcome,
-				a.Cause, a.CauseID, a.Message, float64(a.Duration.Microseconds())/1000)
+			b.Queue(insertAudit, a.SubscriptionID, a.CustomerID, a.ProductID, a.LicenseKey, a.Action, params, string(a.Outcome),
+				string(a.Cause), a.CauseID, a.Message, float64(a.Duration.Microseconds())/1000)
 		}
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("save audit: %w", translate(err))

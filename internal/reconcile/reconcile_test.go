@@ -258,7 +258,7 @@ func TestOrphansAreReportedNotTouched(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, 0)
 	h.play(t, func() { h.idle(t) })
-	orphan, _ := h.w.Crypto.PutKey(cryptolenssim.Key{ProductID: simtest.Product, Notes: "stripe:sub_gone", Expires: h.w.Stripe.Now()})
+	orphan, _ := h.w.Crypto.PutKey(cryptolenssim.Key{ProductID: simtest.Product, Notes: syncer.Marker("sub_gone"), Expires: h.w.Stripe.Now()})
 	h.w.Crypto.ResetCalls()
 	sum, err := h.sweeper.RunOnce(context.Background())
 	if err != nil {

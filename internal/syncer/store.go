@@ -65,9 +65,22 @@ type AuditRow struct {
 	LicenseKey     string
 	Action         string
 	Params         map[string]any
-	Outcome        string // applied | dry_run | failed
-	Cause          string // webhook | sweep | catch_up | operator
+	Outcome        Outcome
+	Cause          CauseKind
 	CauseID        string
 	Message        string
 	Duration       time.Duration
 }
+
+// Outcome is what became of an audited action.
+type Outcome string
+
+// The outcomes of an action, as audit rows record them.
+const (
+	// OutcomeApplied: the change was made (for adopt_key and skip_unmapped: recorded).
+	OutcomeApplied Outcome = "applied"
+	// OutcomeDryRun: the change was decided and not sent, as Options.DryRun asks.
+	OutcomeDryRun Outcome = "dry_run"
+	// OutcomeFailed: the change was tried and failed; the message says why.
+	OutcomeFailed Outcome = "failed"
+)

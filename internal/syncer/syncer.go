@@ -46,23 +46,40 @@ type Cryptolens interface {
 
 // Cause says why a Sync runs; it is written on every audit row.
 type Cause struct {
-	Kind string // webhook | sweep | catch_up | operator
+	Kind CauseKind
 	ID   string // event id, sweep run id, operator name
 }
+
+// CauseKind is what started a Sync.
+type CauseKind string
+
+// The kinds of cause, as audit rows record them.
+const (
+	// CauseWebhook is a Stripe event that arrived by webhook; the ID is the event's.
+	CauseWebhook CauseKind = "webhook"
+	// CauseSweep is drift a reconcile sweep found; the ID is the sweep run's.
+	CauseSweep CauseKind = "sweep"
+	// CauseCatchUp is an event the catch-up fetched from Stripe's Events API; the ID is
+	// the event's.
+	CauseCatchUp CauseKind = "catch_up"
+	// CauseOperator is an operator's command or admin API call; the ID names the
+	// operator or the route.
+	CauseOperator CauseKind = "operator"
+)
 
 // Options configure the Syncer.
 type Options struct {
 	Policy license.Options
 	// DryRun runs everything and audits it as dry_run; no change reaches Cryptolens or Stripe.
 	DryRun bool
-	// WriteStripeMetadata writes cryptolens_key into the subscription's metadata after a
-	// key is created or adopted (KEYSYNC_WRITE_STRIPE_METADATA).
+	// WriteStripeMetadata writes the key's name into the subscription's metadata (under
+	// KeyMetadata) after a key is created or adopted (KEYSYNC_WRITE_STRIPE_METADATA).
 	WriteStripeMetadata bool
 	// Now is the clock days are counted with (default time.Now): Cryptolens' clock in
 	// production (cryptolens.Client.Now).
 	Now func() time.Time
-	// ObserveAction, if set, is told each action's kind and outcome (for metrics).
-	ObserveAction func(kind, outcome string)
+	// ObserveAction, if set, is told each audited action's kind and outcome (for metrics).
+	ObserveAction func(kind string, outcome Outcome)
 }
 
 // Syncer runs Syncs. It is safe for concurrent use; Syncs of one subscription queue.
@@ -111,8 +128,20 @@ type Result struct {
 	Unmapped bool
 }
 
-// Marker is the Notes marker that ties a key to its subscription.
-func Marker(subscription string) string { return "stripe:" + subscription }
+// markerPrefix begins the Notes marker of a key.
+const markerPrefix = "stripe:"
+
+// Marker is the Notes marker that ties a key to its subscription: keysync writes it on
+// every key it creates, and adopts a key whose Notes carry it as a whole word.
+func Marker(subscription string) string { return markerPrefix + subscription }
+
+// MarkedSubscription returns the subscription a Notes word marks, and false when the
+// word is no marker. It is Marker's inverse.
+func MarkedSubscription(word string) (string, bool) { return strings.CutPrefix(word, markerPrefix) }
+
+// KeyMetadata is the Stripe subscription metadata entry that names the subscription's
+// key: keysync adopts the key it names, and writes it when WriteStripeMetadata is on.
+const KeyMetadata = "cryptolens_key"
 
 // run carries one Sync's state: the row it brings up to date and the audit rows it
 // saves with it.
@@ -144,7 +173,7 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 		return Result{}, err
 	}
 	r := &run{s: s, lock: lock, cause: cause, row: row,
-		log: s.log.With().Str("subscription_id", subscription).Str("cause", cause.Kind).Str("cause_id", cause.ID).Logger()}
+		log: s.log.With().Str("subscription_id", subscription).Str("cause", string(cause.Kind)).Str("cause_id", cause.ID).Logger()}
 
 	// 2. Plan. What the plan read is kept even when planning failed part way, so that
 	// a failed Sync still records Stripe's view of the subscription.
@@ -163,7 +192,7 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 	if err != nil && IsPermanent(err) {
 		msg := err.Error()
 		r.row.LastError = &msg
-		r.audit(AuditRow{Action: "error", Outcome: "failed", Message: msg})
+		r.audit(AuditRow{Action: "error", Outcome: OutcomeFailed, Message: msg})
 	} else if err == nil {
 		r.row.LastError = nil
 	}
@@ -291,11 +320,11 @@ func (s *Syncer) findKey(ctx context.Context, p *plan, row SubscriptionRow, log 
 		log.Warn().Str("license_key", *row.LicenseKey).Msg("recorded key no longer exists in Cryptolens")
 		p.forget = true
 	}
-	if name := p.sub.Metadata["cryptolens_key"]; name != "" {
+	if name := p.sub.Metadata[KeyMetadata]; name != "" {
 		k, err := s.crypto.GetKey(ctx, product, name)
 		switch {
 		case err == nil:
-			p.adopt(k, "subscription metadata cryptolens_key")
+			p.adopt(k, "subscription metadata "+KeyMetadata)
 			return nil
 		case !errors.Is(err, cryptolens.ErrKeyNotFound):
 			return fmt.Errorf("read key from metadata: %w", err)
@@ -349,7 +378,7 @@ func (r *run) learn(p *plan) {
 		r.row.LicenseKey, r.row.ProductID = &k.Key, &product
 		id := k.ID
 		r.row.KeyID = &id
-		r.audit(AuditRow{Action: "adopt_key", Outcome: "applied", LicenseKey: k.Key, ProductID: product,
+		r.audit(AuditRow{Action: "adopt_key", Outcome: OutcomeApplied, LicenseKey: k.Key, ProductID: product,
 			Params: map[string]any{"source": p.adoptedFrom, "expires": k.Expires}})
 	}
 }
@@ -366,7 +395,7 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 			for _, it := range p.stripe.Items {
 				prices = append(prices, it.PriceID)
 			}
-			r.audit(AuditRow{Action: string(license.SkipUnmapped), Outcome: "applied",
+			r.audit(AuditRow{Action: string(license.SkipUnmapped), Outcome: OutcomeApplied,
 				Params: map[string]any{"prices": prices}, Message: "no plan maps these prices: no license"})
 			r.log.Info().Strs("prices", prices).Msg("subscription maps to no plan: no key")
 		}
@@ -383,10 +412,10 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 			return res, err
 		}
 	}
-	if key.Exists && s.opts.WriteStripeMetadata && !s.opts.DryRun && p.sub.Metadata["cryptolens_key"] != key.Key {
+	if key.Exists && s.opts.WriteStripeMetadata && !s.opts.DryRun && p.sub.Metadata[KeyMetadata] != key.Key {
 		// So the vendor sees the key in Stripe, and the mapping survives losing the database.
-		if err := s.stripe.SetSubscriptionMetadata(ctx, p.sub.ID, "cryptolens_key", key.Key); err != nil {
-			r.log.Warn().Err(err).Msg("could not write cryptolens_key to the subscription's metadata; next sync retries")
+		if err := s.stripe.SetSubscriptionMetadata(ctx, p.sub.ID, KeyMetadata, key.Key); err != nil {
+			r.log.Warn().Err(err).Str("metadata", KeyMetadata).Msg("could not write the key into the subscription's metadata; next sync retries")
 		}
 	}
 	return res, nil
@@ -410,7 +439,7 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 		row.Params = map[string]any{"reason": a.Reason}
 	}
 	if s.opts.DryRun {
-		row.Outcome = "dry_run"
+		row.Outcome = OutcomeDryRun
 		r.audit(row)
 		return "", nil
 	}
@@ -467,7 +496,7 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 	}
 	row.Duration = time.Since(start)
 	if err != nil {
-		row.Outcome, row.Message = "failed", err.Error()
+		row.Outcome, row.Message = OutcomeFailed, err.Error()
 		r.audit(row)
 		if a.Kind == license.Block && IsPermanent(err) {
 			r.row.BlockedByKeysync = false // the block certainly did not happen
@@ -475,7 +504,7 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 		r.log.Warn().Err(err).Str("action", string(a.Kind)).Str("license_key", key.Key).Msg("action failed")
 		return created, fmt.Errorf("%s: %w", a.Kind, err)
 	}
-	row.Outcome, row.Message = "applied", msg
+	row.Outcome, row.Message = OutcomeApplied, msg
 	r.audit(row)
 	r.log.Info().Str("action", string(a.Kind)).Str("license_key", row.LicenseKey).Interface("params", row.Params).Msg("key changed")
 	if a.Kind == license.CreateKey {

@@ -112,12 +112,12 @@ func TestLifecycle(t *testing.T) {
 	sub := res.Subscription
 	e.sync(t, sub)
 	k := e.key(t, sub)
-	if k.Features != [8]bool{true} || k.MaxNoOfMachines != 2 || k.Notes != "stripe:"+sub || k.Block || k.CustomerID == 0 {
+	if k.Features != [8]bool{true} || k.MaxNoOfMachines != 2 || k.Notes != syncer.Marker(sub) || k.Block || k.CustomerID == 0 {
 		t.Fatalf("trial key: got %+v", k)
 	}
 	e.wantExpiry(t, sub, "trial")
-	if s, _ := e.stripe.Subscription(sub); s.Metadata["cryptolens_key"] != k.Key {
-		t.Fatalf("cryptolens_key metadata: got %q, want %q", s.Metadata["cryptolens_key"], k.Key)
+	if s, _ := e.stripe.Subscription(sub); s.Metadata[syncer.KeyMetadata] != k.Key {
+		t.Fatalf("cryptolens_key metadata: got %q, want %q", s.Metadata[syncer.KeyMetadata], k.Key)
 	}
 
 	// Conversion: the period moves an hour before payment; a sync in between must not extend.
@@ -268,7 +268,7 @@ func TestDryRun(t *testing.T) {
 			t.Fatalf("dry run made %d %s calls", c, m)
 		}
 	}
-	if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata["cryptolens_key"] != "" {
+	if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata[syncer.KeyMetadata] != "" {
 		t.Fatal("dry run wrote Stripe metadata")
 	}
 	for route, n := range e.stripe.Requests() {
@@ -350,7 +350,7 @@ func TestDryRunWithAnExistingKey(t *testing.T) {
 	if got, _ := e.crypto.Key(product, k.Key); !got.Expires.Equal(k.Expires) {
 		t.Fatalf("dry run extended the key to %s", got.Expires)
 	}
-	if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata["cryptolens_key"] != "" {
+	if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata[syncer.KeyMetadata] != "" {
 		t.Fatal("dry run wrote Stripe metadata")
 	}
 	audit, _ := e.store.AuditFor(context.Background(), res.Subscription)
@@ -407,5 +407,23 @@ func TestPreviewPlansWhatSyncApplies(t *testing.T) {
 	}
 	if r := e.sync(t, res.Subscription); !reflect.DeepEqual(r.Actions, p.Actions) {
 		t.Fatalf("sync did %+v, want the previewed %+v", r.Actions, p.Actions)
+	}
+}
+
+// The marker is a contract with the keys already in Cryptolens: keysync finds its keys
+// by it, so its spelling never changes.
+func TestMarkerSpelling(t *testing.T) {
+	t.Parallel()
+	if got := syncer.Marker("sub_1"); got != "stripe:sub_1" {
+		t.Fatalf("Marker: got %q, want stripe:sub_1", got)
+	}
+	if sub, ok := syncer.MarkedSubscription("stripe:sub_1"); !ok || sub != "sub_1" {
+		t.Fatalf("MarkedSubscription: got %q, %v, want sub_1, true", sub, ok)
+	}
+	if sub, ok := syncer.MarkedSubscription("sub_1"); ok {
+		t.Fatalf("MarkedSubscription of a plain word: got %q, true, want false", sub)
+	}
+	if syncer.KeyMetadata != "cryptolens_key" {
+		t.Fatalf("KeyMetadata: got %q, want cryptolens_key (vendors' metadata carries it)", syncer.KeyMetadata)
 	}
 }
