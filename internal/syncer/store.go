@@ -77,10 +77,10 @@ type Outcome string
 
 // The outcomes of an action, as audit rows record them.
 const (
-	// OutcomeApplied: the change was made (for adopt_key and skip_unmapped: recorded).
+	// OutcomeApplied means the change was made (for adopt_key and skip_unmapped: recorded).
 	OutcomeApplied Outcome = "applied"
-	// OutcomeDryRun: the change was decided and not sent, as Options.DryRun asks.
+	// OutcomeDryRun means the change was decided and not sent, as Options.DryRun asks.
 	OutcomeDryRun Outcome = "dry_run"
-	// OutcomeFailed: the change was tried and failed; the message says why.
+	// OutcomeFailed means the change was tried and failed; the message says why.
 	OutcomeFailed Outcome = "failed"
 )
