@@ -15,6 +15,7 @@ import (
 
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/syncer"
 )
 
 func TestAuditCommand(t *testing.T) {
@@ -27,18 +28,18 @@ func TestAuditCommand(t *testing.T) {
 	}
 	defer pool.Close()
 	store := postgres.NewStore(pool)
-	seed := func(sub, cust, key string, audits ...postgres.AuditRow) {
+	seed := func(sub, cust, key string, audits ...syncer.AuditRow) {
 		for i := range audits {
 			audits[i].SubscriptionID, audits[i].CustomerID, audits[i].LicenseKey = sub, cust, key
 		}
-		if err := store.SaveSync(ctx, postgres.SubscriptionRow{ID: sub, CustomerID: cust, Status: "active"}, audits); err != nil {
+		if err := store.SaveSync(ctx, syncer.SubscriptionRow{ID: sub, CustomerID: cust, Status: "active"}, audits); err != nil {
 			t.Fatal(err)
 		}
 	}
-	seed("sub_a", "cus_a", "AAAAA", postgres.AuditRow{Action: "create_key", Outcome: "applied", Cause: "webhook", CauseID: "evt_1", Params: map[string]any{"period": 35}},
-		postgres.AuditRow{Action: "extend", Outcome: "applied", Cause: "webhook", CauseID: "evt_2", Params: map[string]any{"days": 31}},
-		postgres.AuditRow{Action: "block", Outcome: "failed", Cause: "sweep", CauseID: "7", Message: "cryptolens BlockKey: server error"})
-	seed("sub_b", "cus_b", "BBBBB", postgres.AuditRow{Action: "create_key", Outcome: "dry_run", Cause: "operator", CauseID: "ops"})
+	seed("sub_a", "cus_a", "AAAAA", syncer.AuditRow{Action: "create_key", Outcome: "applied", Cause: "webhook", CauseID: "evt_1", Params: map[string]any{"period": 35}},
+		syncer.AuditRow{Action: "extend", Outcome: "applied", Cause: "webhook", CauseID: "evt_2", Params: map[string]any{"days": 31}},
+		syncer.AuditRow{Action: "block", Outcome: "failed", Cause: "sweep", CauseID: "7", Message: "cryptolens BlockKey: server error"})
+	seed("sub_b", "cus_b", "BBBBB", syncer.AuditRow{Action: "create_key", Outcome: "dry_run", Cause: "operator", CauseID: "ops"})
 	// An old row, for --since.
 	if _, err := pool.Exec(ctx, `INSERT INTO audit_log (at, subscription_id, action, outcome, cause) VALUES (now() - interval '3 days', 'sub_old', 'extend', 'applied', 'webhook')`); err != nil {
 		t.Fatal(err)

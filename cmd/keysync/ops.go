@@ -34,8 +34,8 @@ func operatorEngine(ctx context.Context, cfg config, log zerolog.Logger, dryRun 
 		}
 		return nil, nil, err
 	}
-	e := syncer.New(parts.stripe, parts.crypto, postgres.NewStore(pool), parts.mapping,
-		syncer.Options{Policy: parts.policy, DryRun: dryRun || cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now}, log)
+	e := syncer.New(syncer.Deps{Stripe: parts.stripe, Cryptolens: parts.crypto, Store: postgres.NewStore(pool), Mapping: parts.mapping, Log: log},
+		syncer.Options{Policy: parts.policy, DryRun: dryRun || cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now})
 	return e, pool.Close, nil
 }
 
@@ -68,7 +68,7 @@ func syncCmd(ctx context.Context, cfg config, log zerolog.Logger, args []string,
 		return err
 	}
 	defer done()
-	res, err := e.Sync(ctx, subs[0], syncer.Cause{Kind: "operator", ID: operatorName()})
+	res, err := e.Sync(ctx, subs[0], syncer.Cause{Kind: syncer.CauseOperator, ID: operatorName()})
 	if err != nil {
 		return err
 	}

@@ -64,7 +64,7 @@ func replay(ctx context.Context, cfg config, log zerolog.Logger, args []string, 
 		switch {
 		case err == nil:
 			evs = []events.Event{{ID: got.ID, Type: got.Type}}
-		case errors.Is(err, pgx.ErrNoRows):
+		case errors.Is(err, postgres.ErrNotFound):
 			ev, ferr := fetchEvent(ctx, cfg, log, id)
 			if ferr != nil {
 				return ferr

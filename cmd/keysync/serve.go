@@ -52,10 +52,10 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(a
 
 	store := postgres.NewStore(pool)
 	tables := jobs.NewTables(pool)
-	sync := syncer.New(parts.stripe, parts.crypto, store, parts.mapping,
+	sync := syncer.New(syncer.Deps{Stripe: parts.stripe, Cryptolens: parts.crypto, Store: store, Mapping: parts.mapping,
+		Log: log.With().Str("component", "sync").Logger()},
 		syncer.Options{Policy: parts.policy, DryRun: cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now,
-			ObserveAction: func(kind, outcome string) { m.Actions.WithLabelValues(kind, outcome).Inc() }},
-		log.With().Str("component", "sync").Logger())
+			ObserveAction: func(kind string, outcome syncer.Outcome) { m.Actions.WithLabelValues(kind, string(outcome)).Inc() }})
 	log.Info().Int("plans_file_entries", parts.mapping.Entries()).Bool("dry_run", cfg.DryRun).Int("buffer_days", cfg.BufferDays).
 		Dur("reconcile_interval", cfg.ReconcileInterval).Dur("catch_up_interval", cfg.CatchUpInterval).Msg("sync engine ready")
 
@@ -275,11 +275,8 @@ type adminJobs struct {
 
 func (j adminJobs) ReplayEvent(ctx context.Context, id string) error {
 	ev, err := j.store.GetEvent(ctx, id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return admin.ErrNotFound
-	}
 	if err != nil {
-		return err
+		return err // postgres.ErrNotFound for an unknown event: the API answers 404
 	}
 	return requeue(ctx, j.store, j.client, []events.Event{{ID: ev.ID, Type: ev.Type}})
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/keysync/keysync/internal/pgtest"
+	"github.com/keysync/keysync/internal/syncer"
 	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
 	"github.com/keysync/keysync/internal/testbed/simtest"
 	"github.com/keysync/keysync/internal/testbed/stripesim"
@@ -140,7 +141,7 @@ func TestServeLifecycle(t *testing.T) {
 	})
 	// The event made the key: the plans file's features and per-seat machines.
 	keys := csim.Keys(1001)
-	if len(keys) != 1 || keys[0].Features != [8]bool{false, true} || keys[0].MaxNoOfMachines != 3 || keys[0].Notes != "stripe:"+checkout.Subscription {
+	if len(keys) != 1 || keys[0].Features != [8]bool{false, true} || keys[0].MaxNoOfMachines != 3 || keys[0].Notes != syncer.Marker(checkout.Subscription) {
 		t.Fatalf("got keys %+v, want one key from the plans file", keys)
 	}
 
@@ -274,7 +275,7 @@ func TestReconcileOnce(t *testing.T) {
 	world := simtest.New(t, simtest.Options{})
 	price := world.Price("App", 1000, `{"F1":true}`)
 	res, _ := world.Stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: price}}})
-	orphan, _ := world.Crypto.PutKey(cryptolenssim.Key{ProductID: simtest.Product, Notes: "stripe:sub_gone"})
+	orphan, _ := world.Crypto.PutKey(cryptolenssim.Key{ProductID: simtest.Product, Notes: syncer.Marker("sub_gone")})
 	vars := env(map[string]string{"DATABASE_URL": dbURL, "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
 		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "LOG_LEVEL": "warn", "LOG_FORMAT": "json"})
 	var out bytes.Buffer
@@ -330,7 +331,7 @@ func TestServePollingMode(t *testing.T) {
 	}
 	pgtest.WaitFor(t, 30*time.Second, "the key from the Events API", func() bool {
 		keys := world.Crypto.Keys(simtest.Product)
-		return len(keys) == 1 && keys[0].Notes == "stripe:"+res.Subscription && keys[0].Features[3]
+		return len(keys) == 1 && keys[0].Notes == syncer.Marker(res.Subscription) && keys[0].Features[3]
 	})
 	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, "catch_up_lag") {
 		t.Fatalf("readyz: got %d %s, want the catch-up lag", code, body)

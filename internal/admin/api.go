@@ -35,15 +35,12 @@ type Engine interface {
 
 // Jobs queues work for the workers.
 type Jobs interface {
-	// ReplayEvent queues a stored event again; it returns ErrNotFound when keysync does
-	// not have it.
+	// ReplayEvent queues a stored event again; it returns syncer.ErrNotFound (the
+	// store's, wrapped or not) when keysync does not have it.
 	ReplayEvent(ctx context.Context, id string) error
 	// Reconcile queues a sweep now.
 	Reconcile(ctx context.Context) error
 }
-
-// ErrNotFound is returned by Jobs for an unknown event.
-var ErrNotFound = errors.New("not found")
 
 // API is the admin HTTP API under /api/v1/. Every route needs the bearer token.
 type API struct {
@@ -121,7 +118,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.As(err, &bad):
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": bad.Error()})
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, syncer.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})
 	case syncer.IsPermanent(err):
 		writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": err.Error()})
@@ -143,7 +140,7 @@ func (a *API) subscription(r *http.Request) (any, error) {
 }
 
 func (a *API) sync(r *http.Request) (any, error) {
-	res, err := a.engine.Sync(r.Context(), r.PathValue("id"), syncer.Cause{Kind: "operator", ID: "api"})
+	res, err := a.engine.Sync(r.Context(), r.PathValue("id"), syncer.Cause{Kind: syncer.CauseOperator, ID: "api"})
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package admin_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -30,7 +31,7 @@ type fakeJobs struct{ replayed, sweeps []string }
 // test is about the HTTP surface.
 func (j *fakeJobs) ReplayEvent(_ context.Context, id string) error {
 	if !strings.HasPrefix(id, "evt_known") {
-		return admin.ErrNotFound
+		return fmt.Errorf("get event %s: %w", id, syncer.ErrNotFound)
 	}
 	j.replayed = append(j.replayed, id)
 	return nil
@@ -43,7 +44,8 @@ func setup(t *testing.T) (*httptest.Server, *fakeJobs, string, *simtest.World) {
 	store := postgres.NewStore(pgtest.Pool(t))
 	w := simtest.New(t, simtest.Options{})
 	sc, cc := w.Clients(t)
-	engine := syncer.New(sc, cc, store, license.NewMapping(0), syncer.Options{Policy: license.Options{BufferDays: 5}}, zerolog.Nop())
+	engine := syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: store, Mapping: license.NewMapping(0), Log: zerolog.Nop()},
+		syncer.Options{Policy: license.Options{BufferDays: 5}})
 	price := w.Price("App", 1000, `{"F1":true}`)
 	res, _ := w.Stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: price}}})
 	jobs := &fakeJobs{}

@@ -8,6 +8,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/keysync/keysync/internal/events"
+	"github.com/keysync/keysync/internal/syncer"
 )
 
 // Enqueuer inserts jobs through River's client where keysync does not ingest: a
@@ -42,7 +43,7 @@ func (e *Enqueuer) EnqueueEventsTx(ctx context.Context, tx pgx.Tx, evs []events.
 func (e *Enqueuer) EnqueueSyncs(ctx context.Context, subscriptions []string, runID int64) error {
 	params := make([]river.InsertManyParams, len(subscriptions))
 	for i, s := range subscriptions {
-		params[i] = river.InsertManyParams{Args: SyncArgs{Subscription: s, Cause: "sweep", CauseID: fmt.Sprint(runID), RunID: runID}}
+		params[i] = river.InsertManyParams{Args: SyncArgs{Subscription: s, Cause: syncer.CauseSweep, CauseID: fmt.Sprint(runID), RunID: runID}}
 	}
 	if _, err := e.client.InsertMany(ctx, params); err != nil {
 		return fmt.Errorf("enqueue syncs: %w", err)

@@ -79,9 +79,9 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 	}
 	sub, err := w.Engine.SubscriptionFor(ctx, typ, payload)
 	if err == nil && sub != "" {
-		cause := syncer.Cause{Kind: "webhook", ID: id}
+		cause := syncer.Cause{Kind: syncer.CauseWebhook, ID: id}
 		if source == string(events.SourceEventsAPI) {
-			cause.Kind = "catch_up"
+			cause.Kind = syncer.CauseCatchUp
 		}
 		_, err = w.Engine.Sync(ctx, sub, cause)
 	}

@@ -31,7 +31,8 @@ func TestEventWorker(t *testing.T) {
 	w := simtest.New(t, simtest.Options{})
 	ssim, csim := w.Stripe, w.Crypto
 	sc, cc := w.Clients(t)
-	engine := syncer.New(sc, cc, store, license.NewMapping(0), syncer.Options{Policy: license.Options{BufferDays: 5, BlockOnDispute: true}}, zerolog.Nop())
+	engine := syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: store, Mapping: license.NewMapping(0), Log: zerolog.Nop()},
+		syncer.Options{Policy: license.Options{BufferDays: 5, BlockOnDispute: true}})
 
 	prod := ssim.CreateProduct("App", map[string]string{"skm_product_id": "1001"})
 	price, _ := ssim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 1000, Metadata: map[string]string{"skm": `{"F2":true}`}})
@@ -118,7 +119,8 @@ func TestOutageSnoozesWithoutUsingAttempts(t *testing.T) {
 	store := postgres.NewStore(pool)
 	w := simtest.New(t, simtest.Options{})
 	sc, cc := w.Clients(t)
-	engine := syncer.New(sc, cc, store, license.NewMapping(0), syncer.Options{Policy: license.Options{BufferDays: 5}}, zerolog.Nop())
+	engine := syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: store, Mapping: license.NewMapping(0), Log: zerolog.Nop()},
+		syncer.Options{Policy: license.Options{BufferDays: 5}})
 	prod := w.Stripe.CreateProduct("App", map[string]string{"skm_product_id": "1001"})
 	price, _ := w.Stripe.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 1000})
 	res, _ := w.Stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: price}}})

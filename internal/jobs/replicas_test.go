@@ -52,7 +52,8 @@ func TestThreeReplicasOneSetOfEffects(t *testing.T) {
 	for range 3 {
 		sc, cc := world.Clients(t) // each replica has its own clients
 		pool := newPool()
-		engine := syncer.New(sc, cc, postgres.NewStore(pool), license.NewMapping(0), syncer.Options{Policy: license.Options{BufferDays: 5}, Now: ssim.Now}, zerolog.Nop())
+		engine := syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: postgres.NewStore(pool), Mapping: license.NewMapping(0), Log: zerolog.Nop()},
+			syncer.Options{Policy: license.Options{BufferDays: 5}, Now: ssim.Now})
 		workers := river.NewWorkers()
 		river.AddWorker(workers, &jobs.EventWorker{Store: postgres.NewStore(pool), Engine: engine})
 		client, err := jobs.NewClient(pool, jobs.Config{Workers: workers, EventWorkers: 4})

@@ -12,9 +12,9 @@ import (
 // SyncArgs is the job that syncs one subscription outside the event path (a sweep's
 // drift, an operator's request).
 type SyncArgs struct {
-	Subscription string `json:"subscription"`
-	Cause        string `json:"cause"`
-	CauseID      string `json:"cause_id,omitempty"`
+	Subscription string           `json:"subscription"`
+	Cause        syncer.CauseKind `json:"cause"`
+	CauseID      string           `json:"cause_id,omitempty"`
 	// RunID is the sweep run that found the drift (0: none).
 	RunID int64 `json:"run_id,omitempty"`
 }

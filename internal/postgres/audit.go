@@ -82,3 +82,35 @@ func (s *Store) QueryAudit(ctx context.Context, f AuditFilter) ([]AuditRecord, e
 	}
 	return out, nil
 }
+
+const insertAudit = `
+INSERT INTO audit_log (subscription_id, customer_id, product_id, license_key, action, params, outcome, cause, cause_id, message, duration_ms)
+VALUES ($1, $2, NULLIF($3, 0), NULLIF($4, ''), $5, $6, $7, $8, NULLIF($9, ''), NULLIF($10, ''), $11)`
+
+// AuditEntry is an audit row as read back.
+type AuditEntry struct {
+	ID             int64          `db:"id"`
+	At             time.Time      `db:"at"`
+	SubscriptionID *string        `db:"subscription_id"`
+	LicenseKey     *string        `db:"license_key"`
+	Action         string         `db:"action"`
+	Params         map[string]any `db:"params"`
+	Outcome        string         `db:"outcome"`
+	Cause          string         `db:"cause"`
+	CauseID        *string        `db:"cause_id"`
+	Message        *string        `db:"message"`
+}
+
+// AuditFor returns a subscription's audit rows, oldest first.
+func (s *Store) AuditFor(ctx context.Context, subscription string) ([]AuditEntry, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, at, subscription_id, license_key, action, params, outcome, cause, cause_id, message
+		FROM audit_log WHERE subscription_id = $1 ORDER BY id`, subscription)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", translate(err))
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByName[AuditEntry])
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", translate(err))
+	}
+	return out, nil
+}

@@ -24,7 +24,7 @@ const getEvent = `
 SELECT id, type, source, status, attempts, last_error, api_version, octet_length(payload::text) AS payload_size
 FROM stripe_events WHERE id = $1`
 
-// GetEvent returns the stored event id, or pgx.ErrNoRows (wrapped) when there is none.
+// GetEvent returns the stored event id, or ErrNotFound (wrapped) when there is none.
 func (s *Store) GetEvent(ctx context.Context, id string) (StoredEvent, error) {
 	rows, err := s.pool.Query(ctx, getEvent, id)
 	if err != nil {
@@ -32,7 +32,7 @@ func (s *Store) GetEvent(ctx context.Context, id string) (StoredEvent, error) {
 	}
 	ev, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[StoredEvent])
 	if err != nil {
-		return StoredEvent{}, fmt.Errorf("get event %s: %w", id, err)
+		return StoredEvent{}, fmt.Errorf("get event %s: %w", id, translate(err))
 	}
 	return ev, nil
 }
@@ -121,4 +121,33 @@ func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time) (int64, error
 			return total, nil
 		}
 	}
+}
+
+// EventPayload returns a stored event's type, source and payload, or ErrNotFound
+// (wrapped) when there is no such event.
+func (s *Store) EventPayload(ctx context.Context, id string) (typ, source string, payload []byte, err error) {
+	err = s.pool.QueryRow(ctx, `SELECT type, source, payload::text FROM stripe_events WHERE id = $1`, id).Scan(&typ, &source, &payload)
+	if err != nil {
+		return "", "", nil, fmt.Errorf("event payload: %w", translate(err))
+	}
+	return typ, source, payload, nil
+}
+
+// MarkEventFailed records a permanent failure: the event stays visible with its error.
+func (s *Store) MarkEventFailed(ctx context.Context, id, lastError string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE stripe_events SET status = 'failed', attempts = attempts + 1, last_error = $2
+		WHERE id = $1 AND status <> 'processed'`, id, lastError)
+	if err != nil {
+		return fmt.Errorf("mark event failed: %w", translate(err))
+	}
+	return nil
+}
+
+// NoteEventAttempt records a failed attempt that will be retried.
+func (s *Store) NoteEventAttempt(ctx context.Context, id, lastError string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE stripe_events SET attempts = attempts + 1, last_error = $2 WHERE id = $1`, id, lastError)
+	if err != nil {
+		return fmt.Errorf("note event attempt: %w", translate(err))
+	}
+	return nil
 }

@@ -12,12 +12,20 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/keysync/keysync/internal/syncer"
 )
 
 // ErrUnavailable means the database could not be reached or refused to work (connection
 // refused or lost, server shutting down, too many connections). Callers answer 503 and
 // let the sender retry; nothing was committed.
 var ErrUnavailable = errors.New("database unavailable")
+
+// ErrNotFound means no such row: the store returns it (wrapped) wherever a query finds
+// nothing, and pgx.ErrNoRows never leaves this package. It is syncer.ErrNotFound, as
+// os.ErrNotExist is fs.ErrNotExist: syncer declares the store it needs and tests for
+// the sentinel without importing postgres.
+var ErrNotFound = syncer.ErrNotFound
 
 // PoolConfig tunes the connection pool.
 type PoolConfig struct {
@@ -129,11 +137,15 @@ func (s *Store) Ping(ctx context.Context) error {
 // vocabulary for "the database is out of reach", wherever the SQL lives.
 func Translate(err error) error { return translate(err) }
 
-// translate maps driver errors to the package's sentinels: anything that says the
-// server is out of reach becomes ErrUnavailable; SQL errors stay as they are.
+// translate maps driver errors to the package's sentinels: no row becomes ErrNotFound,
+// anything that says the server is out of reach becomes ErrUnavailable; SQL errors stay
+// as they are.
 func translate(err error) error {
-	if err == nil || errors.Is(err, ErrUnavailable) {
+	if err == nil || errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) {
 		return err
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ErrNotFound
 	}
 	if errors.Is(err, context.Canceled) {
 		return err

@@ -15,6 +15,7 @@ import (
 
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/syncer"
 )
 
 func TestAuditLogIsAppendOnly(t *testing.T) {
@@ -141,13 +142,63 @@ func TestUnreachableIsUnavailable(t *testing.T) {
 
 func emptyDatabase(t *testing.T) string { return pgtest.EmptyURL(t) }
 
+// A row that is not there is ErrNotFound, the syncer's sentinel, from every reader:
+// pgx.ErrNoRows stays inside the package.
+func TestMissingRowsAreErrNotFound(t *testing.T) {
+	t.Parallel()
+	store := postgres.NewStore(pgtest.Pool(t))
+	ctx := context.Background()
+	reads := map[string]func() error{
+		"GetSubscription": func() error { _, err := store.GetSubscription(ctx, "sub_none"); return err },
+		"GetEvent":        func() error { _, err := store.GetEvent(ctx, "evt_none"); return err },
+		"EventPayload":    func() error { _, _, _, err := store.EventPayload(ctx, "evt_none"); return err },
+		"locked GetSubscription": func() error {
+			lock, err := store.LockSubscription(ctx, "sub_none")
+			if err != nil {
+				return err
+			}
+			defer lock.Release()
+			_, err = lock.GetSubscription(ctx)
+			return err
+		},
+	}
+	for name, read := range reads {
+		t.Run(name, func(t *testing.T) {
+			err := read()
+			if !errors.Is(err, postgres.ErrNotFound) || !errors.Is(err, syncer.ErrNotFound) || errors.Is(err, pgx.ErrNoRows) {
+				t.Fatalf("got %v, want ErrNotFound and not pgx.ErrNoRows", err)
+			}
+		})
+	}
+	if _, ok, err := store.CatchUpCursor(ctx); ok || err != nil {
+		t.Fatalf("CatchUpCursor with no run: got ok %v, %v, want false, nil", ok, err)
+	}
+}
+
+// Every cause kind and outcome that syncer names is one audit_log's CHECK constraints
+// accept.
+func TestAuditVocabularyFitsTheSchema(t *testing.T) {
+	t.Parallel()
+	store := postgres.NewStore(pgtest.Pool(t))
+	var audits []syncer.AuditRow
+	for _, c := range []syncer.CauseKind{syncer.CauseWebhook, syncer.CauseSweep, syncer.CauseCatchUp, syncer.CauseOperator} {
+		for _, o := range []syncer.Outcome{syncer.OutcomeApplied, syncer.OutcomeDryRun, syncer.OutcomeFailed} {
+			audits = append(audits, syncer.AuditRow{SubscriptionID: "sub_w", Action: "extend", Outcome: o, Cause: c})
+		}
+	}
+	row := syncer.SubscriptionRow{ID: "sub_w", CustomerID: "cus_w", Status: "active"}
+	if err := store.SaveSync(context.Background(), row, audits); err != nil {
+		t.Fatalf("got %v, want every cause and outcome stored", err)
+	}
+}
+
 func TestAuditViews(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.Pool(t)
 	ctx := context.Background()
 	store := postgres.NewStore(pool)
 	old, mid, newer := time.Date(2026, 1, 10, 0, 0, 0, 0, time.UTC), time.Date(2026, 2, 10, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC)
-	err := store.SaveSync(ctx, postgres.SubscriptionRow{ID: "sub_v", CustomerID: "cus_v", Status: "active"}, []postgres.AuditRow{
+	err := store.SaveSync(ctx, syncer.SubscriptionRow{ID: "sub_v", CustomerID: "cus_v", Status: "active"}, []syncer.AuditRow{
 		{SubscriptionID: "sub_v", LicenseKey: "K", Action: "create_key", Outcome: "applied", Cause: "webhook", Params: map[string]any{"period": 31, "expires": old}},
 		{SubscriptionID: "sub_v", LicenseKey: "K", Action: "extend", Outcome: "applied", Cause: "webhook", Params: map[string]any{"days": 31, "old_expires": old, "new_expires": mid}},
 		{SubscriptionID: "sub_v", LicenseKey: "K", Action: "extend", Outcome: "dry_run", Cause: "webhook", Params: map[string]any{"days": 28, "old_expires": mid, "new_expires": newer}},

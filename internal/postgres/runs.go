@@ -60,11 +60,11 @@ func (s *Store) CatchUpCursor(ctx context.Context) (time.Time, bool, error) {
 	var cursor string
 	err := s.pool.QueryRow(ctx, `SELECT cursor FROM sync_runs WHERE kind = 'catch_up' AND status = 'succeeded' AND cursor IS NOT NULL
 		ORDER BY id DESC LIMIT 1`).Scan(&cursor)
-	if errors.Is(err, pgx.ErrNoRows) {
+	if err = translate(err); errors.Is(err, ErrNotFound) {
 		return time.Time{}, false, nil
 	}
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("catch-up cursor: %w", translate(err))
+		return time.Time{}, false, fmt.Errorf("catch-up cursor: %w", err)
 	}
 	n, err := strconv.ParseInt(cursor, 10, 64)
 	if err != nil {

@@ -94,7 +94,7 @@ func (c *CatchUp) Lag() time.Duration { return time.Duration(c.lag.Load()) * tim
 // the cursor. It returns an error when Stripe or the database failed; the cursor then
 // stays where it was.
 func (c *CatchUp) RunOnce(ctx context.Context) (CatchUpSummary, error) {
-	lock, ok, err := c.store.TryLockRun(ctx, "catch_up")
+	lock, ok, err := c.store.TryLockRun(ctx, runCatchUp)
 	if err != nil {
 		return CatchUpSummary{}, err
 	}
@@ -111,7 +111,7 @@ func (c *CatchUp) RunOnce(ctx context.Context) (CatchUpSummary, error) {
 	if !ok {
 		cursor = now.Add(-time.Hour)
 	}
-	runID, err := c.store.StartRun(ctx, "catch_up")
+	runID, err := c.store.StartRun(ctx, runCatchUp)
 	if err != nil {
 		return CatchUpSummary{}, err
 	}

@@ -58,7 +58,8 @@ func newHarness(t *testing.T, dropRate float64) *harness {
 	sc, cc := h.w.Clients(t)
 	mapping := license.NewMapping(0)
 	policy := license.Options{BufferDays: 5}
-	engine := syncer.New(sc, cc, h.store, mapping, syncer.Options{Policy: policy, WriteStripeMetadata: true, Now: h.w.Stripe.Now}, zerolog.Nop())
+	engine := syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: h.store, Mapping: mapping, Log: zerolog.Nop()},
+		syncer.Options{Policy: policy, WriteStripeMetadata: true, Now: h.w.Stripe.Now})
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &jobs.EventWorker{Store: h.store, Engine: engine})
 	river.AddWorker(workers, &jobs.SyncWorker{Engine: engine, Runs: h.store})
@@ -257,7 +258,7 @@ func TestOrphansAreReportedNotTouched(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, 0)
 	h.play(t, func() { h.idle(t) })
-	orphan, _ := h.w.Crypto.PutKey(cryptolenssim.Key{ProductID: simtest.Product, Notes: "stripe:sub_gone", Expires: h.w.Stripe.Now()})
+	orphan, _ := h.w.Crypto.PutKey(cryptolenssim.Key{ProductID: simtest.Product, Notes: syncer.Marker("sub_gone"), Expires: h.w.Stripe.Now()})
 	h.w.Crypto.ResetCalls()
 	sum, err := h.sweeper.RunOnce(context.Background())
 	if err != nil {

@@ -19,6 +19,14 @@ import (
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/syncer"
+)
+
+// The kinds of run, as sync_runs records them: the kinds of cause their Syncs carry, so
+// that a sweep's audit rows (cause sweep, cause_id the run's id) name their run.
+const (
+	runSweep   = string(syncer.CauseSweep)
+	runCatchUp = string(syncer.CauseCatchUp)
 )
 
 // SweepStripe is what the sweep reads from Stripe.
@@ -189,7 +197,7 @@ func (b keyBrief) license() license.Key {
 // an error only when the run could not complete.
 func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 	start := time.Now()
-	lock, ok, err := s.store.TryLockRun(ctx, "sweep")
+	lock, ok, err := s.store.TryLockRun(ctx, runSweep)
 	if err != nil {
 		return Summary{}, err
 	}
@@ -198,7 +206,7 @@ func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 		return Summary{Skipped: true}, nil
 	}
 	defer lock.Release()
-	runID, err := s.store.StartRun(ctx, "sweep")
+	runID, err := s.store.StartRun(ctx, runSweep)
 	if err != nil {
 		return Summary{}, err
 	}
@@ -247,7 +255,7 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 		}
 		sum.Scanned++
 		inStripe[sub.ID] = struct{}{}
-		p := pending{id: sub.ID, metaKey: sub.Metadata["cryptolens_key"]}
+		p := pending{id: sub.ID, metaKey: sub.Metadata[syncer.KeyMetadata]}
 		ls := license.Subscription{ID: sub.ID, Status: string(sub.Status), PaidThrough: rows[sub.ID].PaidThrough}
 		if inv := sub.LatestInvoice; inv != nil && inv.Status == stripe.InvoiceStatusPaid && inv.Lines != nil && inv.Lines.HasMore {
 			// Prorations come first: the subscription line may be past the embedded page.
@@ -305,7 +313,7 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 			keys = append(keys, briefKey(k))
 			byKey[k.Key] = i
 			for _, word := range strings.Fields(k.Notes) {
-				if sub, ok := strings.CutPrefix(word, "stripe:"); ok {
+				if sub, ok := syncer.MarkedSubscription(word); ok {
 					byMarker[strings.Clone(sub)] = i
 					if _, ok := inStripe[sub]; !ok {
 						sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (notes name %s, which Stripe does not have)", k.Key, sub))

@@ -17,7 +17,6 @@ import (
 
 	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/license"
-	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/stripeapi"
 )
 
@@ -45,31 +44,42 @@ type Cryptolens interface {
 	MachineLockLimit(ctx context.Context, productID int, key string, machines int) error
 }
 
-// Store is what Sync keeps in Postgres: it locks the subscription, then reads and
-// writes through the lock, on the lock's connection.
-type Store interface {
-	LockSubscription(ctx context.Context, id string) (*postgres.SubscriptionLock, error)
-}
-
 // Cause says why a Sync runs; it is written on every audit row.
 type Cause struct {
-	Kind string // webhook | sweep | catch_up | operator
+	Kind CauseKind
 	ID   string // event id, sweep run id, operator name
 }
+
+// CauseKind is what started a Sync.
+type CauseKind string
+
+// The kinds of cause, as audit rows record them.
+const (
+	// CauseWebhook is a Stripe event that arrived by webhook; the ID is the event's.
+	CauseWebhook CauseKind = "webhook"
+	// CauseSweep is drift a reconcile sweep found; the ID is the sweep run's.
+	CauseSweep CauseKind = "sweep"
+	// CauseCatchUp is an event the catch-up fetched from Stripe's Events API; the ID is
+	// the event's.
+	CauseCatchUp CauseKind = "catch_up"
+	// CauseOperator is an operator's command or admin API call; the ID names the
+	// operator or the route.
+	CauseOperator CauseKind = "operator"
+)
 
 // Options configure the Syncer.
 type Options struct {
 	Policy license.Options
 	// DryRun runs everything and audits it as dry_run; no change reaches Cryptolens or Stripe.
 	DryRun bool
-	// WriteStripeMetadata writes cryptolens_key into the subscription's metadata after a
-	// key is created or adopted (KEYSYNC_WRITE_STRIPE_METADATA).
+	// WriteStripeMetadata writes the key's name into the subscription's metadata (under
+	// KeyMetadata) after a key is created or adopted (KEYSYNC_WRITE_STRIPE_METADATA).
 	WriteStripeMetadata bool
 	// Now is the clock days are counted with (default time.Now): Cryptolens' clock in
 	// production (cryptolens.Client.Now).
 	Now func() time.Time
-	// ObserveAction, if set, is told each action's kind and outcome (for metrics).
-	ObserveAction func(kind, outcome string)
+	// ObserveAction, if set, is told each audited action's kind and outcome (for metrics).
+	ObserveAction func(kind string, outcome Outcome)
 }
 
 // Syncer runs Syncs. It is safe for concurrent use; Syncs of one subscription queue.
@@ -82,12 +92,22 @@ type Syncer struct {
 	log     zerolog.Logger
 }
 
-// New returns a Syncer.
-func New(st Stripe, cl Cryptolens, store Store, mapping *license.Mapping, opts Options, log zerolog.Logger) *Syncer {
+// Deps are what a Syncer works with; all are required.
+type Deps struct {
+	Stripe     Stripe
+	Cryptolens Cryptolens
+	Store      Store
+	// Mapping is the plans file: which prices map to which product and features.
+	Mapping *license.Mapping
+	Log     zerolog.Logger
+}
+
+// New returns a Syncer working with d, configured by opts.
+func New(d Deps, opts Options) *Syncer {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Syncer{stripe: st, crypto: cl, store: store, mapping: mapping, opts: opts, log: log}
+	return &Syncer{stripe: d.Stripe, crypto: d.Cryptolens, store: d.Store, mapping: d.Mapping, opts: opts, log: d.Log}
 }
 
 // ErrPermanent marks a failure that retrying will not fix (an unknown subscription, a
@@ -109,19 +129,31 @@ type Result struct {
 	Unmapped bool
 }
 
-// Marker is the Notes marker that ties a key to its subscription.
-func Marker(subscription string) string { return "stripe:" + subscription }
+// markerPrefix begins the Notes marker of a key.
+const markerPrefix = "stripe:"
 
-// run carries one Sync's state.
+// Marker is the Notes marker that ties a key to its subscription: keysync writes it on
+// every key it creates, and adopts a key whose Notes carry it as a whole word.
+func Marker(subscription string) string { return markerPrefix + subscription }
+
+// MarkedSubscription returns the subscription a Notes word marks, and false when the
+// word is no marker. It is Marker's inverse.
+func MarkedSubscription(word string) (string, bool) { return strings.CutPrefix(word, markerPrefix) }
+
+// KeyMetadata is the Stripe subscription metadata entry that names the subscription's
+// key: keysync adopts the key it names, and writes it when WriteStripeMetadata is on.
+const KeyMetadata = "cryptolens_key"
+
+// run carries one Sync's state: the row it brings up to date and the audit rows it
+// saves with it.
 type run struct {
-	s       *Syncer
-	lock    *postgres.SubscriptionLock
-	preview *Preview // set: decide, do not act, save nothing
-	cause   Cause
-	row     postgres.SubscriptionRow
-	audits  []postgres.AuditRow
-	now     time.Time
-	log     zerolog.Logger
+	s      *Syncer
+	lock   Lock
+	cause  Cause
+	row    SubscriptionRow
+	audits []AuditRow
+	now    time.Time
+	log    zerolog.Logger
 }
 
 // Sync brings the subscription's key to the state the policy wants. It returns an
@@ -129,26 +161,39 @@ type run struct {
 // error when it may. A Sync that fails part way records what it did; running it again
 // continues from the key's actual state and never repeats an applied change.
 func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Result, error) {
+	// 1. Hold the subscription's lock and read keysync's row: one Sync of a
+	// subscription at a time, on any replica.
 	lock, err := s.store.LockSubscription(ctx, subscription)
 	if err != nil {
 		return Result{}, err
 	}
 	defer lock.Release()
-	r := &run{s: s, lock: lock, cause: cause, now: s.opts.Now().UTC(),
-		log: s.log.With().Str("subscription_id", subscription).Str("cause", cause.Kind).Str("cause_id", cause.ID).Logger()}
-	row, err := lock.GetSubscription(ctx)
-	switch {
-	case errors.Is(err, postgres.ErrNotFound):
-		row = postgres.SubscriptionRow{ID: subscription}
-	case err != nil:
+	now := s.opts.Now().UTC()
+	row, _, err := readRow(ctx, lock, subscription)
+	if err != nil {
 		return Result{}, err
 	}
-	r.row = row
-	res, err := r.sync(ctx)
+	r := &run{s: s, lock: lock, cause: cause, row: row,
+		log: s.log.With().Str("subscription_id", subscription).Str("cause", string(cause.Kind)).Str("cause_id", cause.ID).Logger()}
+
+	// 2. Plan. What the plan read is kept even when planning failed part way, so that
+	// a failed Sync still records Stripe's view of the subscription.
+	p, err := s.plan(ctx, row, now, r.log)
+	r.now = p.now
+	r.learn(p)
+
+	// 3. Apply the plan.
+	var res Result
+	if err == nil {
+		res, err = r.apply(ctx, p)
+	}
+
+	// 4. Record the outcome: a permanent failure is shown on the row and audited; any
+	// success clears the last one.
 	if err != nil && IsPermanent(err) {
 		msg := err.Error()
 		r.row.LastError = &msg
-		r.audit(postgres.AuditRow{Action: "error", Outcome: "failed", Message: msg})
+		r.audit(AuditRow{Action: "error", Outcome: OutcomeFailed, Message: msg})
 	} else if err == nil {
 		r.row.LastError = nil
 	}
@@ -168,77 +213,199 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 	return res, err
 }
 
-func (r *run) sync(ctx context.Context) (Result, error) {
-	s := r.s
-	sub, err := s.stripe.GetSubscription(ctx, r.row.ID)
+// readRow returns keysync's row for the locked subscription and whether one was
+// stored: a subscription keysync has not seen yet starts from an empty row.
+func readRow(ctx context.Context, lock Lock, subscription string) (SubscriptionRow, bool, error) {
+	row, err := lock.GetSubscription(ctx)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return SubscriptionRow{ID: subscription}, false, nil
+	case err != nil:
+		return SubscriptionRow{}, false, err
+	}
+	return row, true, nil
+}
+
+// plan is what a Sync found and decided before changing anything: Stripe's view of the
+// subscription, the policy's wish, the key as it is, and the actions between them. A
+// plan that failed part way holds what was read before the failure.
+type plan struct {
+	// now is the clock the plan counted with: Cryptolens' once the key was read.
+	now time.Time
+	// sub and stripe are Stripe's view; sub is nil until all of it was read.
+	sub    *stripe.Subscription
+	stripe license.Subscription
+	// desired is the policy's wish, once decided.
+	desired license.Desired
+	decided bool
+	// key is the subscription's key as Cryptolens has it (Exists false: none).
+	key license.Key
+	// forget says the key keysync recorded no longer exists in Cryptolens.
+	forget bool
+	// adopted is a key keysync had not recorded, found the way adoptedFrom says.
+	adopted     *cryptolens.Key
+	adoptedFrom string
+	actions     []license.Action
+}
+
+// plan reads the subscription from Stripe and its key from Cryptolens and asks the
+// policy what to do. It writes nothing anywhere: row is keysync's row as stored, now
+// the time the Sync began. It returns the plan as far as it got, and the error that
+// stopped it.
+func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, log zerolog.Logger) (*plan, error) {
+	p := &plan{now: now}
+
+	// 1. Stripe's view: the subscription, its paid invoices, and (when the policy
+	// blocks on them) the latest charge's disputes and refund.
+	sub, err := s.stripe.GetSubscription(ctx, row.ID)
 	if err != nil {
-		return Result{}, fmt.Errorf("read subscription: %w", err)
+		return p, fmt.Errorf("read subscription: %w", err)
 	}
 	paid, err := s.stripe.PaidInvoices(ctx, sub.ID)
 	if err != nil {
-		return Result{}, fmt.Errorf("read paid invoices: %w", err)
+		return p, fmt.Errorf("read paid invoices: %w", err)
 	}
 	ls := license.Subscription{ID: sub.ID, Status: string(sub.Status), PaidThrough: stripeapi.PaidThrough(paid...)}
 	if sub.Customer != nil {
 		ls.CustomerID = sub.Customer.ID
 	}
-	if r.row.PaidThrough != nil && r.row.PaidThrough.After(ls.PaidThrough) {
-		ls.PaidThrough = *r.row.PaidThrough // keysync only moves it forward
+	if row.PaidThrough != nil && row.PaidThrough.After(ls.PaidThrough) {
+		ls.PaidThrough = *row.PaidThrough // keysync only moves it forward
 	}
 	for _, it := range sub.Items.Data {
 		ls.Items = append(ls.Items, item(it))
 	}
 	if s.opts.Policy.BlockOnDispute || s.opts.Policy.BlockOnRefund {
-		if ls.Disputed, ls.RefundedLatest, err = r.chargeState(ctx, paid); err != nil {
-			return Result{}, err
+		if ls.Disputed, ls.RefundedLatest, err = s.chargeState(ctx, paid); err != nil {
+			return p, err
 		}
 	}
-	r.row.CustomerID, r.row.Status = ls.CustomerID, ls.Status
-	if !ls.PaidThrough.IsZero() {
-		pt := ls.PaidThrough
-		r.row.PaidThrough = &pt
-	}
+	p.sub, p.stripe = sub, ls
+
+	// 2. The policy's wish. A subscription that maps to no plan has no key to find.
 	desired, err := license.Desire(ls, s.mapping, s.opts.Policy)
 	if err != nil {
-		return Result{}, fmt.Errorf("%w: plan mapping: %v", ErrPermanent, err)
+		return p, fmt.Errorf("%w: plan mapping: %v", ErrPermanent, err)
 	}
-	if !desired.Mapped && r.preview != nil {
-		r.preview.Status, r.preview.PaidThrough, r.preview.Desired = ls.Status, ls.PaidThrough, desired
-		return Result{Unmapped: true}, nil
-	}
+	p.desired, p.decided = desired, true
 	if !desired.Mapped {
+		return p, nil
+	}
+
+	// 3. The key as it is.
+	if err := s.findKey(ctx, p, row, log); err != nil {
+		return p, err
+	}
+
+	// 4. The actions between them. The key was just read from Cryptolens: its clock is
+	// known now (see Options.Now).
+	p.now = s.opts.Now().UTC()
+	p.actions = license.Actions(desired, p.key, license.State{BlockedByKeysync: row.BlockedByKeysync}, p.now)
+	return p, nil
+}
+
+// findKey finds the subscription's key for p: the one keysync recorded (row), else the
+// one the subscription's metadata names, else the one whose Notes carry the marker. A
+// key found the second or third way is to be adopted; none found means none exists.
+func (s *Syncer) findKey(ctx context.Context, p *plan, row SubscriptionRow, log zerolog.Logger) error {
+	product := p.desired.ProductID
+	if row.LicenseKey != nil && row.ProductID != nil && *row.ProductID == product {
+		k, err := s.crypto.GetKey(ctx, product, *row.LicenseKey)
+		if err == nil {
+			p.key = toKey(k)
+			return nil
+		}
+		if !errors.Is(err, cryptolens.ErrKeyNotFound) {
+			return fmt.Errorf("read key: %w", err)
+		}
+		log.Warn().Str("license_key", *row.LicenseKey).Msg("recorded key no longer exists in Cryptolens")
+		p.forget = true
+	}
+	if name := p.sub.Metadata[KeyMetadata]; name != "" {
+		k, err := s.crypto.GetKey(ctx, product, name)
+		switch {
+		case err == nil:
+			p.adopt(k, "subscription metadata "+KeyMetadata)
+			return nil
+		case !errors.Is(err, cryptolens.ErrKeyNotFound):
+			return fmt.Errorf("read key from metadata: %w", err)
+		}
+	}
+	marker := Marker(p.sub.ID)
+	page, err := s.crypto.GetKeys(ctx, product, 1, fmt.Sprintf(`notes.contains(%q)`, marker))
+	if err != nil {
+		return fmt.Errorf("search key by marker: %w", err)
+	}
+	for _, k := range page.Keys {
+		// contains() also matches longer ids (sub_1 in sub_12): the marker must be a
+		// whole word of the notes.
+		if slices.Contains(strings.Fields(k.Notes), marker) {
+			p.adopt(k, "notes marker "+marker)
+			return nil
+		}
+	}
+	return nil
+}
+
+func (p *plan) adopt(k cryptolens.Key, source string) {
+	p.key, p.adopted, p.adoptedFrom = toKey(k), &k, source
+}
+
+// learn folds what the plan read into the row: Stripe's view, the policy's expiry, and
+// the key as found (an adopted key is audited). It changes nothing outside keysync's
+// own row.
+func (r *run) learn(p *plan) {
+	if p.sub == nil {
+		return
+	}
+	r.row.CustomerID, r.row.Status = p.stripe.CustomerID, p.stripe.Status
+	if !p.stripe.PaidThrough.IsZero() {
+		pt := p.stripe.PaidThrough
+		r.row.PaidThrough = &pt
+	}
+	if !p.decided || !p.desired.Mapped {
+		return // an unmapped subscription is recorded by apply, once
+	}
+	r.row.UnmappedAt = nil
+	if !p.desired.Expires.IsZero() {
+		de := p.desired.Expires
+		r.row.DesiredExpires = &de
+	}
+	if p.forget {
+		r.row.LicenseKey, r.row.KeyID = nil, nil
+	}
+	if k := p.adopted; k != nil {
+		product := p.desired.ProductID
+		r.row.LicenseKey, r.row.ProductID = &k.Key, &product
+		id := k.ID
+		r.row.KeyID = &id
+		r.audit(AuditRow{Action: "adopt_key", Outcome: OutcomeApplied, LicenseKey: k.Key, ProductID: product,
+			Params: map[string]any{"source": p.adoptedFrom, "expires": k.Expires}})
+	}
+}
+
+// apply carries out the plan: it records an unmapped subscription (once), or performs
+// the plan's actions in order and then names the key in Stripe's metadata.
+func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
+	s := r.s
+	if !p.desired.Mapped {
 		if r.row.UnmappedAt == nil {
 			at := r.now
 			r.row.UnmappedAt = &at
-			prices := make([]string, 0, len(ls.Items))
-			for _, it := range ls.Items {
+			prices := make([]string, 0, len(p.stripe.Items))
+			for _, it := range p.stripe.Items {
 				prices = append(prices, it.PriceID)
 			}
-			r.audit(postgres.AuditRow{Action: string(license.SkipUnmapped), Outcome: "applied",
+			r.audit(AuditRow{Action: string(license.SkipUnmapped), Outcome: OutcomeApplied,
 				Params: map[string]any{"prices": prices}, Message: "no plan maps these prices: no license"})
 			r.log.Info().Strs("prices", prices).Msg("subscription maps to no plan: no key")
 		}
 		return Result{Unmapped: true}, nil
 	}
-	r.row.UnmappedAt = nil
-	if !desired.Expires.IsZero() {
-		de := desired.Expires
-		r.row.DesiredExpires = &de
-	}
-	key, err := r.findKey(ctx, sub, desired.ProductID)
-	if err != nil {
-		return Result{}, err
-	}
-	// The key was just read from Cryptolens: its clock is known now (see Options.Now).
-	r.now = s.opts.Now().UTC()
-	actions := license.Actions(desired, key, license.State{BlockedByKeysync: r.row.BlockedByKeysync}, r.now)
-	res := Result{Key: key.Key, Actions: actions}
-	if r.preview != nil {
-		r.preview.Status, r.preview.PaidThrough, r.preview.Desired, r.preview.Key, r.preview.Actions = ls.Status, ls.PaidThrough, desired, key, actions
-		return res, nil
-	}
-	for _, a := range actions {
-		created, err := r.apply(ctx, sub, desired, key, a)
+	key := p.key
+	res := Result{Key: key.Key, Actions: p.actions}
+	for _, a := range p.actions {
+		created, err := r.perform(ctx, p.sub, p.desired, key, a)
 		if created != "" {
 			res.Key, key.Key, key.Exists = created, created, true
 		}
@@ -246,70 +413,20 @@ func (r *run) sync(ctx context.Context) (Result, error) {
 			return res, err
 		}
 	}
-	if key.Exists && s.opts.WriteStripeMetadata && !s.opts.DryRun && sub.Metadata["cryptolens_key"] != key.Key {
+	if key.Exists && s.opts.WriteStripeMetadata && !s.opts.DryRun && p.sub.Metadata[KeyMetadata] != key.Key {
 		// So the vendor sees the key in Stripe, and the mapping survives losing the database.
-		if err := s.stripe.SetSubscriptionMetadata(ctx, sub.ID, "cryptolens_key", key.Key); err != nil {
-			r.log.Warn().Err(err).Msg("could not write cryptolens_key to the subscription's metadata; next sync retries")
+		if err := s.stripe.SetSubscriptionMetadata(ctx, p.sub.ID, KeyMetadata, key.Key); err != nil {
+			r.log.Warn().Err(err).Str("metadata", KeyMetadata).Msg("could not write the key into the subscription's metadata; next sync retries")
 		}
 	}
 	return res, nil
 }
 
-// findKey returns the subscription's key: the one keysync recorded, else the one the
-// subscription's metadata names, else the one whose Notes carry the marker. A key found
-// the second or third way is adopted (and audited); none found means none exists.
-func (r *run) findKey(ctx context.Context, sub *stripe.Subscription, product int) (license.Key, error) {
-	s := r.s
-	if r.row.LicenseKey != nil && r.row.ProductID != nil && *r.row.ProductID == product {
-		k, err := s.crypto.GetKey(ctx, product, *r.row.LicenseKey)
-		if err == nil {
-			return toKey(k), nil
-		}
-		if !errors.Is(err, cryptolens.ErrKeyNotFound) {
-			return license.Key{}, fmt.Errorf("read key: %w", err)
-		}
-		r.log.Warn().Str("license_key", *r.row.LicenseKey).Msg("recorded key no longer exists in Cryptolens")
-		r.row.LicenseKey, r.row.KeyID = nil, nil
-	}
-	if name := sub.Metadata["cryptolens_key"]; name != "" {
-		k, err := s.crypto.GetKey(ctx, product, name)
-		switch {
-		case err == nil:
-			r.adopt(k, product, "subscription metadata cryptolens_key")
-			return toKey(k), nil
-		case !errors.Is(err, cryptolens.ErrKeyNotFound):
-			return license.Key{}, fmt.Errorf("read key from metadata: %w", err)
-		}
-	}
-	marker := Marker(sub.ID)
-	page, err := s.crypto.GetKeys(ctx, product, 1, fmt.Sprintf(`notes.contains(%q)`, marker))
-	if err != nil {
-		return license.Key{}, fmt.Errorf("search key by marker: %w", err)
-	}
-	for _, k := range page.Keys {
-		// contains() also matches longer ids (sub_1 in sub_12): the marker must be a
-		// whole word of the notes.
-		if slices.Contains(strings.Fields(k.Notes), marker) {
-			r.adopt(k, product, "notes marker "+marker)
-			return toKey(k), nil
-		}
-	}
-	return license.Key{}, nil
-}
-
-func (r *run) adopt(k cryptolens.Key, product int, source string) {
-	r.row.LicenseKey, r.row.ProductID = &k.Key, &product
-	id := k.ID
-	r.row.KeyID = &id
-	r.audit(postgres.AuditRow{Action: "adopt_key", Outcome: "applied", LicenseKey: k.Key, ProductID: product,
-		Params: map[string]any{"source": source, "expires": k.Expires}})
-}
-
-// apply performs one action and audits it. It returns the new key's name for a create.
-func (r *run) apply(ctx context.Context, sub *stripe.Subscription, d license.Desired, key license.Key, a license.Action) (string, error) {
+// perform performs one action and audits it. It returns the new key's name for a create.
+func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.Desired, key license.Key, a license.Action) (string, error) {
 	s := r.s
 	product := d.ProductID
-	row := postgres.AuditRow{Action: string(a.Kind), LicenseKey: key.Key, ProductID: product, Params: map[string]any{}}
+	row := AuditRow{Action: string(a.Kind), LicenseKey: key.Key, ProductID: product, Params: map[string]any{}}
 	switch a.Kind {
 	case license.CreateKey:
 		row.Params = map[string]any{"period": a.Days, "expires": a.NewExpires, "features": a.Features, "machines": a.Machines}
@@ -323,7 +440,7 @@ func (r *run) apply(ctx context.Context, sub *stripe.Subscription, d license.Des
 		row.Params = map[string]any{"reason": a.Reason}
 	}
 	if s.opts.DryRun {
-		row.Outcome = "dry_run"
+		row.Outcome = OutcomeDryRun
 		r.audit(row)
 		return "", nil
 	}
@@ -380,7 +497,7 @@ func (r *run) apply(ctx context.Context, sub *stripe.Subscription, d license.Des
 	}
 	row.Duration = time.Since(start)
 	if err != nil {
-		row.Outcome, row.Message = "failed", err.Error()
+		row.Outcome, row.Message = OutcomeFailed, err.Error()
 		r.audit(row)
 		if a.Kind == license.Block && IsPermanent(err) {
 			r.row.BlockedByKeysync = false // the block certainly did not happen
@@ -388,7 +505,7 @@ func (r *run) apply(ctx context.Context, sub *stripe.Subscription, d license.Des
 		r.log.Warn().Err(err).Str("action", string(a.Kind)).Str("license_key", key.Key).Msg("action failed")
 		return created, fmt.Errorf("%s: %w", a.Kind, err)
 	}
-	row.Outcome, row.Message = "applied", msg
+	row.Outcome, row.Message = OutcomeApplied, msg
 	r.audit(row)
 	r.log.Info().Str("action", string(a.Kind)).Str("license_key", row.LicenseKey).Interface("params", row.Params).Msg("key changed")
 	if a.Kind == license.CreateKey {
@@ -402,8 +519,8 @@ func (r *run) apply(ctx context.Context, sub *stripe.Subscription, d license.Des
 	return created, nil
 }
 
-func (r *run) audit(a postgres.AuditRow) {
-	if r.s.opts.ObserveAction != nil && r.preview == nil {
+func (r *run) audit(a AuditRow) {
+	if r.s.opts.ObserveAction != nil {
 		r.s.opts.ObserveAction(a.Action, a.Outcome)
 	}
 	a.SubscriptionID, a.CustomerID = r.row.ID, r.row.CustomerID
@@ -419,17 +536,17 @@ func (r *run) audit(a postgres.AuditRow) {
 
 // chargeState reads the latest paid invoice's charge: disputed (a dispute open or lost)
 // and refunded in full.
-func (r *run) chargeState(ctx context.Context, paid []*stripe.Invoice) (disputed, refunded bool, err error) {
+func (s *Syncer) chargeState(ctx context.Context, paid []*stripe.Invoice) (disputed, refunded bool, err error) {
 	for _, inv := range paid { // newest first
 		if inv.Charge == nil || inv.Charge.ID == "" {
 			continue
 		}
-		ch, err := r.s.stripe.GetCharge(ctx, inv.Charge.ID)
+		ch, err := s.stripe.GetCharge(ctx, inv.Charge.ID)
 		if err != nil {
 			return false, false, fmt.Errorf("read charge: %w", err)
 		}
 		if ch.Disputed {
-			ds, err := r.s.stripe.Disputes(ctx, ch.ID)
+			ds, err := s.stripe.Disputes(ctx, ch.ID)
 			if err != nil {
 				return false, false, fmt.Errorf("read disputes: %w", err)
 			}
@@ -467,7 +584,7 @@ func (s *Syncer) SubscriptionFor(ctx context.Context, typ string, payload []byte
 // Preview is what a Sync would see and do now.
 type Preview struct {
 	// Row is keysync's mapping row as stored (Found false: none yet).
-	Row   postgres.SubscriptionRow
+	Row   SubscriptionRow
 	Found bool
 	// Status and PaidThrough are Stripe's, read now.
 	Status      string
@@ -485,18 +602,15 @@ func (s *Syncer) Preview(ctx context.Context, subscription string) (Preview, err
 		return Preview{}, err
 	}
 	defer lock.Release()
-	p := &Preview{}
-	r := &run{s: s, lock: lock, preview: p, cause: Cause{Kind: "operator", ID: "status"}, now: s.opts.Now().UTC(), log: s.log}
-	row, err := lock.GetSubscription(ctx)
-	switch {
-	case errors.Is(err, postgres.ErrNotFound):
-		row = postgres.SubscriptionRow{ID: subscription}
-	case err != nil:
+	now := s.opts.Now().UTC()
+	row, found, err := readRow(ctx, lock, subscription)
+	if err != nil {
 		return Preview{}, err
-	default:
-		p.Found = true
 	}
-	p.Row, r.row = row, row
-	_, err = r.sync(ctx)
-	return *p, err
+	p, err := s.plan(ctx, row, now, s.log.With().Str("subscription_id", subscription).Logger())
+	if err != nil {
+		return Preview{Row: row, Found: found}, err
+	}
+	return Preview{Row: row, Found: found, Status: p.stripe.Status, PaidThrough: p.stripe.PaidThrough,
+		Desired: p.desired, Key: p.key, Actions: p.actions}, nil
 }

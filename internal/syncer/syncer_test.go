@@ -2,7 +2,9 @@ package syncer_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -57,7 +59,7 @@ func setupWith(t *testing.T, pool *pgxpool.Pool, wrap func(http.Handler) http.Ha
 	for _, f := range opts {
 		f(&o)
 	}
-	e.syncer = syncer.New(sc, cc, e.store, license.NewMapping(0), o, zerolog.Nop())
+	e.syncer = syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: e.store, Mapping: license.NewMapping(0), Log: zerolog.Nop()}, o)
 	return e
 }
 
@@ -110,12 +112,12 @@ func TestLifecycle(t *testing.T) {
 	sub := res.Subscription
 	e.sync(t, sub)
 	k := e.key(t, sub)
-	if k.Features != [8]bool{true} || k.MaxNoOfMachines != 2 || k.Notes != "stripe:"+sub || k.Block || k.CustomerID == 0 {
+	if k.Features != [8]bool{true} || k.MaxNoOfMachines != 2 || k.Notes != syncer.Marker(sub) || k.Block || k.CustomerID == 0 {
 		t.Fatalf("trial key: got %+v", k)
 	}
 	e.wantExpiry(t, sub, "trial")
-	if s, _ := e.stripe.Subscription(sub); s.Metadata["cryptolens_key"] != k.Key {
-		t.Fatalf("cryptolens_key metadata: got %q, want %q", s.Metadata["cryptolens_key"], k.Key)
+	if s, _ := e.stripe.Subscription(sub); s.Metadata[syncer.KeyMetadata] != k.Key {
+		t.Fatalf("cryptolens_key metadata: got %q, want %q", s.Metadata[syncer.KeyMetadata], k.Key)
 	}
 
 	// Conversion: the period moves an hour before payment; a sync in between must not extend.
@@ -266,7 +268,7 @@ func TestDryRun(t *testing.T) {
 			t.Fatalf("dry run made %d %s calls", c, m)
 		}
 	}
-	if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata["cryptolens_key"] != "" {
+	if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata[syncer.KeyMetadata] != "" {
 		t.Fatal("dry run wrote Stripe metadata")
 	}
 	for route, n := range e.stripe.Requests() {
@@ -348,7 +350,7 @@ func TestDryRunWithAnExistingKey(t *testing.T) {
 	if got, _ := e.crypto.Key(product, k.Key); !got.Expires.Equal(k.Expires) {
 		t.Fatalf("dry run extended the key to %s", got.Expires)
 	}
-	if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata["cryptolens_key"] != "" {
+	if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata[syncer.KeyMetadata] != "" {
 		t.Fatal("dry run wrote Stripe metadata")
 	}
 	audit, _ := e.store.AuditFor(context.Background(), res.Subscription)
@@ -373,5 +375,55 @@ func TestFailedSyncIsNotLastSynced(t *testing.T) {
 	row, _ = e.store.GetSubscription(context.Background(), res.Subscription)
 	if !row.LastSyncedAt.Equal(first) {
 		t.Fatalf("last_synced_at moved to %s after a failed sync", row.LastSyncedAt)
+	}
+}
+
+// Preview is Sync's plan without its apply: it shows the actions the next Sync takes
+// and changes nothing, not even to record a key it would adopt.
+func TestPreviewPlansWhatSyncApplies(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	ctx := context.Background()
+	res, _ := e.stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
+	k, _ := e.crypto.PutKey(cryptolenssim.Key{ProductID: product, Notes: syncer.Marker(res.Subscription), Expires: t0.Add(24 * time.Hour),
+		Features: [8]bool{true}, MaxNoOfMachines: 2})
+	p, err := e.syncer.Preview(ctx, res.Subscription)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Found || p.Status != "active" || p.Key.Key != k.Key || len(p.Actions) != 1 || p.Actions[0].Kind != license.Extend {
+		t.Fatalf("got %+v, want no row yet, the marked key and one extension", p)
+	}
+	if _, err := e.store.GetSubscription(ctx, res.Subscription); !errors.Is(err, syncer.ErrNotFound) {
+		t.Fatalf("after preview: got %v, want no row", err)
+	}
+	if audit, _ := e.store.AuditFor(ctx, res.Subscription); len(audit) != 0 {
+		t.Fatalf("after preview: got %d audit rows, want none", len(audit))
+	}
+	for _, m := range cryptolenssim.Mutating {
+		if c := e.crypto.CallCount(m); c != 0 {
+			t.Fatalf("preview made %d %s calls", c, m)
+		}
+	}
+	if r := e.sync(t, res.Subscription); !reflect.DeepEqual(r.Actions, p.Actions) {
+		t.Fatalf("sync did %+v, want the previewed %+v", r.Actions, p.Actions)
+	}
+}
+
+// The marker is a contract with the keys already in Cryptolens: keysync finds its keys
+// by it, so its spelling never changes.
+func TestMarkerSpelling(t *testing.T) {
+	t.Parallel()
+	if got := syncer.Marker("sub_1"); got != "stripe:sub_1" {
+		t.Fatalf("Marker: got %q, want stripe:sub_1", got)
+	}
+	if sub, ok := syncer.MarkedSubscription("stripe:sub_1"); !ok || sub != "sub_1" {
+		t.Fatalf("MarkedSubscription: got %q, %v, want sub_1, true", sub, ok)
+	}
+	if sub, ok := syncer.MarkedSubscription("sub_1"); ok {
+		t.Fatalf("MarkedSubscription of a plain word: got %q, true, want false", sub)
+	}
+	if syncer.KeyMetadata != "cryptolens_key" {
+		t.Fatalf("KeyMetadata: got %q, want cryptolens_key (vendors' metadata carries it)", syncer.KeyMetadata)
 	}
 }

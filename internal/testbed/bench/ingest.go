@@ -27,6 +27,7 @@ import (
 	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/syncer"
 	wh "github.com/keysync/keysync/internal/webhook"
 )
 
@@ -335,8 +336,8 @@ func InvoicePaidEvent() []byte {
 					"metadata":  map[string]any{"skm": `{"F1":true,"MaxNoOfMachines":3}`}},
 				"metadata": map[string]any{},
 			}}},
-		"metadata":             map[string]any{"cryptolens_key": "ABCDE-FGHIJ-KLMNO-PQRST"},
-		"subscription_details": map[string]any{"metadata": map[string]any{"cryptolens_key": "ABCDE-FGHIJ-KLMNO-PQRST"}},
+		"metadata":             map[string]any{syncer.KeyMetadata: "ABCDE-FGHIJ-KLMNO-PQRST"},
+		"subscription_details": map[string]any{"metadata": map[string]any{syncer.KeyMetadata: "ABCDE-FGHIJ-KLMNO-PQRST"}},
 	}
 	ev := map[string]any{
 		"id": "evt_TEMPLATE", "object": "event", "api_version": events.StripeAPIVersion, "created": 1700000100,

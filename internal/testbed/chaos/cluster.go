@@ -25,6 +25,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/keysync/keysync/internal/syncer"
 	"github.com/keysync/keysync/internal/testbed/localpg"
 	"github.com/keysync/keysync/internal/testbed/sandbox"
 )
@@ -532,7 +533,7 @@ func (c *Cluster) check(ctx context.Context, r *Report) error {
 	}
 	bySub := map[string][]sandbox.Key{}
 	for _, k := range keys {
-		if sub, ok := strings.CutPrefix(k.Notes, "stripe:"); ok {
+		if sub, ok := syncer.MarkedSubscription(k.Notes); ok {
 			bySub[sub] = append(bySub[sub], k)
 		}
 	}
@@ -549,7 +550,8 @@ func (c *Cluster) check(ctx context.Context, r *Report) error {
 	creates := map[string]int{}
 	for _, call := range calls {
 		if call.Method == "CreateKey" && call.Applied && len(call.Params["notes"]) > 0 {
-			creates[strings.TrimPrefix(call.Params["notes"][0], "stripe:")]++
+			sub, _ := syncer.MarkedSubscription(call.Params["notes"][0])
+			creates[sub]++
 		}
 	}
 	for _, sub := range c.subs {

@@ -1,0 +1,86 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Store is what Sync keeps in the database: it locks the subscription, then reads and
+// writes through the lock, on the lock's connection. postgres.Store implements it.
+type Store interface {
+	// LockSubscription waits until no other Sync of the subscription runs (on any
+	// replica) and returns the held lock.
+	LockSubscription(ctx context.Context, id string) (Lock, error)
+}
+
+// Lock is a held subscription lock: one Sync's reads and writes go through it, so that
+// a Sync needs one database connection whatever the pool's size.
+type Lock interface {
+	// GetSubscription returns the locked subscription's row, or ErrNotFound when
+	// keysync has none yet.
+	GetSubscription(ctx context.Context) (SubscriptionRow, error)
+	// SaveSync writes the row and the audit rows in one transaction, so the audit never
+	// tells a story the row does not, or the reverse.
+	SaveSync(ctx context.Context, row SubscriptionRow, audits []AuditRow) error
+	// Release frees the lock.
+	Release()
+}
+
+// ErrNotFound means the store has no such row (a subscription, an event). It is the
+// one not-found sentinel of keysync's store: postgres returns it (as
+// postgres.ErrNotFound, the same value) wherever a query finds nothing, so callers test
+// for it without knowing the driver.
+var ErrNotFound = errors.New("not found")
+
+// SubscriptionRow is keysync's mapping row for a subscription: what it knows of the
+// subscription and its key between Syncs.
+type SubscriptionRow struct {
+	ID         string
+	CustomerID string
+	Status     string
+	// ProductID, LicenseKey and KeyID name the subscription's key (nil: none yet).
+	ProductID  *int
+	LicenseKey *string
+	KeyID      *int64
+	// PaidThrough only moves forward.
+	PaidThrough    *time.Time
+	DesiredExpires *time.Time
+	// BlockedByKeysync says the key's block is keysync's own, which it may lift.
+	BlockedByKeysync  bool
+	CheckoutSessionID *string
+	// LastSyncedAt is when a Sync last brought the key to the policy's state.
+	LastSyncedAt *time.Time
+	// UnmappedAt is when the subscription was found to map to no plan (nil: it maps).
+	UnmappedAt *time.Time
+	// LastError is the last permanent failure (nil after a successful Sync).
+	LastError *string
+}
+
+// AuditRow is one audit_log entry: one thing a Sync did, or would have done.
+type AuditRow struct {
+	SubscriptionID string
+	CustomerID     string
+	ProductID      int
+	LicenseKey     string
+	Action         string
+	Params         map[string]any
+	Outcome        Outcome
+	Cause          CauseKind
+	CauseID        string
+	Message        string
+	Duration       time.Duration
+}
+
+// Outcome is what became of an audited action.
+type Outcome string
+
+// The outcomes of an action, as audit rows record them.
+const (
+	// OutcomeApplied means the change was made (for adopt_key and skip_unmapped: recorded).
+	OutcomeApplied Outcome = "applied"
+	// OutcomeDryRun means the change was decided and not sent, as Options.DryRun asks.
+	OutcomeDryRun Outcome = "dry_run"
+	// OutcomeFailed means the change was tried and failed; the message says why.
+	OutcomeFailed Outcome = "failed"
+)
