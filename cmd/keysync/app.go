@@ -26,6 +26,25 @@ import (
 	"github.com/keysync/keysync/internal/webhook"
 )
 
+// serveCmd runs the daemon until a signal, then shuts it down in order.
+type serveCmd struct{ noFlags }
+
+func (serveCmd) args(rest []string) error { return noArgs("serve", rest) }
+
+func (serveCmd) run(ctx context.Context, e cmdEnv) error {
+	// The configuration goes to the log once, secrets masked, so a deployment's
+	// settings can be read back from its first lines.
+	logConfig(e.log, e.getenv)
+
+	// Build everything before serving anything: a mistake stops start-up early.
+	app, err := newApp(ctx, e.cfg, e.log)
+	if err != nil {
+		return err
+	}
+	defer app.Close()
+	return app.Run(ctx, e.onServing)
+}
+
 // App is the keysync daemon: newApp builds it, Run serves until its context ends and
 // then shuts down in order, Close releases what newApp opened.
 type App struct {
@@ -319,14 +338,4 @@ func replicaID(addr net.Addr) string {
 		id = id[len(id)-100:]
 	}
 	return id
-}
-
-// serve runs the daemon until ctx is cancelled.
-func serve(ctx context.Context, cfg config, log zerolog.Logger, onServing func(addr string)) error {
-	app, err := newApp(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	defer app.Close()
-	return app.Run(ctx, onServing)
 }
