@@ -155,6 +155,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return sub.run(ctx, e)
 }
 
+// findCommand returns the command named name, if there is one.
 func findCommand(name string) (command, bool) {
 	for _, c := range commands() {
 		if c.name == name {
@@ -252,6 +253,8 @@ func (helpCmd) run(_ context.Context, e cmdEnv) error {
 	return nil
 }
 
+// newLogger logs JSON lines, or console lines for a person at a terminal
+// (LOG_FORMAT).
 func newLogger(cfg config, w io.Writer) zerolog.Logger {
 	if cfg.LogFormat == "console" {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}

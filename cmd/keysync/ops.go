@@ -242,6 +242,7 @@ func (c *reconcileCmd) run(ctx context.Context, e cmdEnv) error {
 	return nil
 }
 
+// describe puts one action in words, for sync's and status's output.
 func describe(a license.Action) string {
 	switch a.Kind {
 	case license.CreateKey:
@@ -258,6 +259,7 @@ func describe(a license.Action) string {
 	return string(a.Kind)
 }
 
+// features lists the features that are on as F1+F3, or "none".
 func features(f [8]bool) string {
 	var on []string
 	for i, v := range f {

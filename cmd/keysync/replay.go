@@ -118,6 +118,8 @@ func (c *replayCmd) ingestFromStripe(ctx context.Context, e cmdEnv, store *postg
 	return nil
 }
 
+// fetchEvent reads one event from Stripe's Events API in the shape a webhook delivers
+// it, so that it is stored and worked like any other.
 func fetchEvent(ctx context.Context, cfg config, log zerolog.Logger, id string) (events.Event, error) {
 	parts, err := newParts(cfg, log, nil)
 	if err != nil {
@@ -150,6 +152,7 @@ func requeue(ctx context.Context, store *postgres.Store, client *river.Client[pg
 	})
 }
 
+// multiFlag is a repeatable string flag: --type a --type b.
 type multiFlag []string
 
 func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
