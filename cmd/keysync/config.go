@@ -234,6 +234,8 @@ var apiVersionRe = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$`)
 // invalid variable at once, each error naming its variable; no error contains a
 // secret's value.
 func loadConfig(getenv func(string) string, readFile func(string) ([]byte, error)) (config, error) {
+	// Every variable is read even after one fails, so that one run reports all the
+	// mistakes; defaults fill in what is unset.
 	var c config
 	var errs []error
 	for _, s := range settings {
@@ -255,6 +257,9 @@ func loadConfig(getenv func(string) string, readFile func(string) ([]byte, error
 			errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
 		}
 	}
+
+	// Two defaults depend on more than one variable or on the process: they are
+	// worked out after the loop.
 	if c.CatchUpInterval == 0 {
 		c.CatchUpInterval = 5 * time.Minute
 		if len(c.StripeWebhookSecrets) == 0 {

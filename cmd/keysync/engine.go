@@ -26,6 +26,8 @@ type engineParts struct {
 
 // newParts builds the engine's pieces; m, if set, receives the clients' observations.
 func newParts(cfg config, log zerolog.Logger, m *metrics.Metrics) (engineParts, error) {
+	// Both credentials are optional for migrate and audit, so they are checked here,
+	// by the commands that talk to Stripe and Cryptolens, and named together.
 	var missing []string
 	if cfg.StripeAPIKey == "" {
 		missing = append(missing, "STRIPE_API_KEY")
@@ -36,6 +38,9 @@ func newParts(cfg config, log zerolog.Logger, m *metrics.Metrics) (engineParts, 
 	if len(missing) > 0 {
 		return engineParts{}, fmt.Errorf("%w: keysync needs %s", errUsage, strings.Join(missing, " and "))
 	}
+
+	// Without a plans file, prices map through their metadata alone. A plans file that
+	// does not parse stops start-up with the line at fault.
 	mapping := license.NewMapping(cfg.CryptolensProductID)
 	if cfg.PlansFile != "" {
 		data, err := os.ReadFile(cfg.PlansFile)
@@ -46,6 +51,9 @@ func newParts(cfg config, log zerolog.Logger, m *metrics.Metrics) (engineParts, 
 			return engineParts{}, fmt.Errorf("%w: KEYSYNC_PLANS_FILE: %w", errUsage, err)
 		}
 	}
+
+	// The clients, each logging under its own component; serve also counts and times
+	// their calls.
 	sconf := stripeapi.Config{APIKey: cfg.StripeAPIKey, BaseURL: cfg.StripeAPIBase, RateLimit: cfg.StripeRateLimit,
 		Logger: log.With().Str("component", "stripe").Logger()}
 	cconf := cryptolens.Config{BaseURL: cfg.CryptolensAPIBase, Token: cfg.CryptolensToken,
@@ -60,6 +68,7 @@ func newParts(cfg config, log zerolog.Logger, m *metrics.Metrics) (engineParts, 
 			m.CryptolensTime.WithLabelValues(method).Observe(took.Seconds())
 		}
 	}
+
 	sc, err := stripeapi.New(sconf)
 	if err != nil {
 		return engineParts{}, fmt.Errorf("%w: %w", errUsage, err)

@@ -125,6 +125,8 @@ func fetchEvent(ctx context.Context, cfg config, log zerolog.Logger, id string) 
 	if err != nil {
 		return events.Event{}, err
 	}
+
+	// Stripe's object, marshalled back: the payload a webhook would have carried.
 	ev, err := parts.stripe.GetEvent(ctx, id)
 	if err != nil {
 		return events.Event{}, err
@@ -140,6 +142,7 @@ func fetchEvent(ctx context.Context, cfg config, log zerolog.Logger, id string) 
 // requeue marks stored events pending again and enqueues their jobs, in one
 // transaction. The CLI and the admin API replay through it.
 func requeue(ctx context.Context, store *postgres.Store, client *river.Client[pgx.Tx], evs []events.Event) error {
+	// One transaction: an event pending again without its job would never be worked.
 	ids := make([]string, len(evs))
 	for i, e := range evs {
 		ids[i] = e.ID
