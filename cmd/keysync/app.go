@@ -81,8 +81,8 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 		return nil, err
 	}
 
-	// Every replica migrates at start: goose's session lock lets replicas start
-	// together, and a schema that is not current never serves.
+	// Every replica migrates at start, under Postgres locks so that replicas can start
+	// together; a schema that is not current never serves.
 	a.pool, err = postgres.Open(ctx, cfg.DatabaseURL, postgres.PoolConfig{MaxConns: int32(cfg.DBMaxConns)})
 	if err != nil {
 		return nil, err
