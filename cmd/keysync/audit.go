@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -15,67 +16,106 @@ import (
 	"github.com/keysync/keysync/internal/postgres"
 )
 
-// audit prints audit rows, newest first, filtered, as a table, JSON or CSV. It reads
-// Postgres directly: it needs only DATABASE_URL.
-func audit(ctx context.Context, cfg config, args []string, stdout io.Writer, now time.Time) error {
-	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var f postgres.AuditFilter
+// auditCmd prints audit rows, newest first, filtered, as a table, JSON or CSV. It
+// reads Postgres directly: it needs only DATABASE_URL.
+type auditCmd struct {
+	now    time.Time // --since counts back from it
+	filter postgres.AuditFilter
+	since  string
+	until  string
+	format string
+}
+
+func (c *auditCmd) flags(fs *flag.FlagSet) {
+	f := &c.filter
 	fs.StringVar(&f.Subscription, "subscription", "", "a Stripe subscription id")
 	fs.StringVar(&f.Customer, "customer", "", "a Stripe customer id")
 	fs.StringVar(&f.LicenseKey, "key", "", "a license key")
 	fs.StringVar(&f.Action, "action", "", "create_key, extend, block, unblock, add_feature, remove_feature, machine_limit, adopt_key, skip_unmapped, error")
 	fs.StringVar(&f.Outcome, "outcome", "", "applied, dry_run or failed")
 	fs.StringVar(&f.Cause, "cause", "", "webhook, sweep, catch_up or operator")
-	since := fs.String("since", "", "a duration back from now (24h, 7d) or an RFC 3339 time")
-	until := fs.String("until", "", "an RFC 3339 time")
+	fs.StringVar(&c.since, "since", "", "a duration back from now (24h, 7d) or an RFC 3339 time")
+	fs.StringVar(&c.until, "until", "", "an RFC 3339 time")
 	fs.IntVar(&f.Limit, "limit", 50, "rows per page (at most 10000)")
 	fs.Int64Var(&f.BeforeID, "before-id", 0, "the next page: rows older than this id")
-	format := fs.String("format", "table", "table, json or csv")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: audit: %v", errUsage, err)
+	fs.StringVar(&c.format, "format", "table", "table, json or csv")
+}
+
+func (c *auditCmd) args(rest []string) error {
+	// Every filter is a flag: a bare word is a mistake, not a filter to ignore.
+	if len(rest) > 0 {
+		return fmt.Errorf("audit takes flags only, got %q (keysync audit --help lists them)", rest[0])
 	}
 	var err error
-	if f.Since, err = parseSince(*since, now); err != nil {
-		return fmt.Errorf("%w: audit --since: %v", errUsage, err)
+	if c.filter.Since, err = parseSince(c.since, c.now); err != nil {
+		return fmt.Errorf("audit --since: %w", err)
 	}
-	if *until != "" {
-		if f.Until, err = time.Parse(time.RFC3339, *until); err != nil {
-			return fmt.Errorf("%w: audit --until: want an RFC 3339 time", errUsage)
+	if c.until != "" {
+		if c.filter.Until, err = time.Parse(time.RFC3339, c.until); err != nil {
+			return errors.New("audit --until: want an RFC 3339 time")
 		}
 	}
-	if *format != "table" && *format != "json" && *format != "csv" {
-		return fmt.Errorf("%w: audit --format takes table, json or csv", errUsage)
+	if c.format != "table" && c.format != "json" && c.format != "csv" {
+		return errors.New("audit --format takes table, json or csv")
 	}
-	pool, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.PoolConfig{MaxConns: 2})
+	return nil
+}
+
+func (c *auditCmd) run(ctx context.Context, e cmdEnv) error {
+	// Two connections are plenty: audit runs one query.
+	pool, err := postgres.Open(ctx, e.cfg.DatabaseURL, postgres.PoolConfig{MaxConns: 2})
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	rows, err := postgres.NewStore(pool).QueryAudit(ctx, f)
+	rows, err := postgres.NewStore(pool).QueryAudit(ctx, c.filter)
 	if err != nil {
 		return err
 	}
-	switch *format {
+
+	switch c.format {
 	case "json":
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if rows == nil {
-			rows = []postgres.AuditRecord{}
-		}
-		return enc.Encode(rows)
+		return writeAuditJSON(e.stdout, rows)
 	case "csv":
-		w := csv.NewWriter(stdout)
-		_ = w.Write([]string{"id", "at", "subscription_id", "customer_id", "license_key", "action", "outcome", "cause", "cause_id", "params", "message"})
-		for _, r := range rows {
-			params, _ := json.Marshal(r.Params)
-			_ = w.Write([]string{strconv.FormatInt(r.ID, 10), r.At.UTC().Format(time.RFC3339), deref(r.SubscriptionID), deref(r.CustomerID),
-				deref(r.LicenseKey), r.Action, r.Outcome, r.Cause, deref(r.CauseID), string(params), deref(r.Message)})
-		}
-		w.Flush()
-		return w.Error()
+		return writeAuditCSV(e.stdout, rows)
 	}
-	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	if err := writeAuditTable(e.stdout, rows); err != nil {
+		return err
+	}
+
+	// A full page may not be the last: say how to ask for the next.
+	if len(rows) == c.filter.Limit && len(rows) > 0 {
+		fmt.Fprintf(e.stdout, "(more: --before-id %d)\n", rows[len(rows)-1].ID)
+	}
+	return nil
+}
+
+// writeAuditJSON writes rows as one indented JSON array; no rows is [], not null.
+func writeAuditJSON(w io.Writer, rows []postgres.AuditRecord) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if rows == nil {
+		rows = []postgres.AuditRecord{}
+	}
+	return enc.Encode(rows)
+}
+
+// writeAuditCSV writes rows with a header line, params as JSON in one column.
+func writeAuditCSV(w io.Writer, rows []postgres.AuditRecord) error {
+	cw := csv.NewWriter(w)
+	_ = cw.Write([]string{"id", "at", "subscription_id", "customer_id", "license_key", "action", "outcome", "cause", "cause_id", "params", "message"})
+	for _, r := range rows {
+		params, _ := json.Marshal(r.Params)
+		_ = cw.Write([]string{strconv.FormatInt(r.ID, 10), r.At.UTC().Format(time.RFC3339), deref(r.SubscriptionID), deref(r.CustomerID),
+			deref(r.LicenseKey), r.Action, r.Outcome, r.Cause, deref(r.CauseID), string(params), deref(r.Message)})
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// writeAuditTable writes rows as aligned columns for a terminal.
+func writeAuditTable(w io.Writer, rows []postgres.AuditRecord) error {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tAT (UTC)\tACTION\tOUTCOME\tSUBSCRIPTION\tKEY\tCAUSE\tDETAILS")
 	for _, r := range rows {
 		params, _ := json.Marshal(r.Params)
@@ -86,13 +126,7 @@ func audit(ctx context.Context, cfg config, args []string, stdout io.Writer, now
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s %s\t%s\n", r.ID, r.At.UTC().Format("2006-01-02 15:04:05"), r.Action, r.Outcome,
 			deref(r.SubscriptionID), deref(r.LicenseKey), r.Cause, deref(r.CauseID), detail)
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	if len(rows) == f.Limit && len(rows) > 0 {
-		fmt.Fprintf(stdout, "(more: --before-id %d)\n", rows[len(rows)-1].ID)
-	}
-	return nil
+	return tw.Flush()
 }
 
 // parseSince reads "24h", "7d", "90m" (back from now) or an RFC 3339 time; "" is no bound.

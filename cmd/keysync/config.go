@@ -54,15 +54,25 @@ type setting struct {
 	def      string
 	secret   bool
 	required bool
-	doc      string
-	set      func(c *config, v string) error
+	// shown is the README's Default column when def alone would mislead: a default
+	// worked out at load, or a variable only some commands require.
+	shown string
+	// doc is the README's Meaning column (secrets get " Secret." after it); its first
+	// sentence explains a missing required variable.
+	doc string
+	set func(c *config, v string) error
 }
 
 // settings is the single list of variables: loading, the start-up print and the
-// README's table (checked by a test) all come from it.
+// README's configuration table all come from it. The table is generated: after a
+// change here, run
+//
+//	go test ./cmd/keysync -run TestREADMEConfigTable -update
+//
+// (the test fails while the README and this list disagree).
 var settings = []setting{
 	{name: "DATABASE_URL", required: true, secret: true,
-		doc: "PostgreSQL connection URL. Holds a password, so it is masked when printed and accepted as `DATABASE_URL_FILE`.",
+		doc: "PostgreSQL connection URL (its password is masked when printed).",
 		set: func(c *config, v string) error {
 			if _, err := pgconn.ParseConfig(v); err != nil {
 				// pgx's message can quote the value, password and all.
@@ -74,20 +84,8 @@ var settings = []setting{
 	{name: "KEYSYNC_DB_MAX_CONNS", def: "20",
 		doc: "Largest number of database connections per replica (webhook ingest, jobs and the admin API share them).",
 		set: func(c *config, v string) error { return intIn(&c.DBMaxConns, v, 2, 1000) }},
-	{name: "STRIPE_API_KEY", secret: true,
-		doc: "Stripe secret or restricted key (`sk_...`/`rk_...`) keysync reads subscriptions with.",
-		set: func(c *config, v string) error {
-			if !strings.HasPrefix(v, "sk_") && !strings.HasPrefix(v, "rk_") {
-				return errors.New("must be a Stripe secret (sk_...) or restricted (rk_...) key")
-			}
-			c.StripeAPIKey = v
-			return nil
-		}},
-	{name: "STRIPE_API_BASE", def: "https://api.stripe.com",
-		doc: "Stripe API base URL (the sandbox's URL in development).",
-		set: func(c *config, v string) error { return httpURL(&c.StripeAPIBase, v) }},
 	{name: "STRIPE_WEBHOOK_SECRETS", secret: true,
-		doc: "Comma-separated webhook signing secrets (`whsec_...`). An event signed with any one is accepted, so secrets rotate without downtime. Unset: no webhook endpoint.",
+		doc: "Comma-separated endpoint signing secrets (`whsec_...`); an event signed with any one is accepted, so secrets rotate without downtime. Unset: no webhook endpoint (polling mode).",
 		set: func(c *config, v string) error {
 			for _, s := range splitList(v) {
 				if !strings.HasPrefix(s, "whsec_") {
@@ -108,8 +106,30 @@ var settings = []setting{
 			}
 			return nil
 		}},
-	{name: "CRYPTOLENS_TOKEN", secret: true,
-		doc: "Cryptolens access token with the key methods keysync calls.",
+	{name: "STRIPE_API_KEY", secret: true, shown: "(required to serve)",
+		doc: "Stripe secret or restricted key (`sk_...`/`rk_...`). Needs read access to subscriptions, invoices, charges, disputes, customers, products, prices and events, and write access to subscriptions (metadata).",
+		set: func(c *config, v string) error {
+			if !strings.HasPrefix(v, "sk_") && !strings.HasPrefix(v, "rk_") {
+				return errors.New("must be a Stripe secret (sk_...) or restricted (rk_...) key")
+			}
+			c.StripeAPIKey = v
+			return nil
+		}},
+	{name: "STRIPE_RATE_LIMIT", def: "20",
+		doc: "Most Stripe requests per second per replica (test mode allows 25, live mode 100, more where Stripe has raised the account's limit). A Sync reads 2 to 4 objects, so this bounds each replica's Syncs per second.",
+		set: func(c *config, v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 || f > 10000 {
+				return fmt.Errorf("must be a number of requests per second above 0 and up to 10000, got %q", v)
+			}
+			c.StripeRateLimit = f
+			return nil
+		}},
+	{name: "STRIPE_API_BASE", def: "https://api.stripe.com",
+		doc: "Stripe API base URL (the sandbox's URL in development).",
+		set: func(c *config, v string) error { return httpURL(&c.StripeAPIBase, v) }},
+	{name: "CRYPTOLENS_TOKEN", secret: true, shown: "(required to serve)",
+		doc: "Cryptolens access token with the key methods keysync calls (listed under Cryptolens below).",
 		set: func(c *config, v string) error { c.CryptolensToken = v; return nil }},
 	{name: "CRYPTOLENS_API_BASE", def: "https://api.cryptolens.io",
 		doc: "Cryptolens Web API base URL (the sandbox's URL in development).",
@@ -131,7 +151,7 @@ var settings = []setting{
 		doc: "Longest wait for one Cryptolens request.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.CryptolensTimeout, v, 100*time.Millisecond) }},
 	{name: "KEYSYNC_LISTEN", def: ":8080",
-		doc: "Address the HTTP server listens on (webhooks, health, metrics).",
+		doc: "Address the HTTP server listens on (webhooks, health, metrics, the admin API).",
 		set: func(c *config, v string) error {
 			if _, _, err := net.SplitHostPort(v); err != nil {
 				return errors.New("must be host:port or :port")
@@ -140,7 +160,7 @@ var settings = []setting{
 			return nil
 		}},
 	{name: "KEYSYNC_ADMIN_TOKEN", secret: true,
-		doc: "Bearer token for the admin API. Unset: the admin API is off.",
+		doc: "Bearer token for the admin API (at least 16 characters). Unset: the admin API is off.",
 		set: func(c *config, v string) error {
 			if len(v) < 16 {
 				return errors.New("must be at least 16 characters")
@@ -152,7 +172,7 @@ var settings = []setting{
 		doc: "Days of license beyond the paid-through date (35 days for a 30-day month).",
 		set: func(c *config, v string) error { return intIn(&c.BufferDays, v, 0, 365) }},
 	{name: "KEYSYNC_PLANS_FILE",
-		doc: "YAML file mapping Stripe prices/products to Cryptolens products, features and seats. Optional.",
+		doc: "YAML file mapping Stripe prices/products to Cryptolens products, features and seats. Must be readable if set.",
 		set: func(c *config, v string) error {
 			if _, err := os.Stat(v); err != nil {
 				return errors.New("file cannot be read")
@@ -160,42 +180,32 @@ var settings = []setting{
 			c.PlansFile = v
 			return nil
 		}},
-	{name: "KEYSYNC_DRY_RUN", def: "false",
-		doc: "`true`: run everything and audit it as `dry_run`, send no change to Cryptolens or Stripe.",
-		set: func(c *config, v string) error { return boolean(&c.DryRun, v) }},
 	{name: "KEYSYNC_WRITE_STRIPE_METADATA", def: "true",
 		doc: "Write `cryptolens_key` into the subscription's Stripe metadata after a key is created or adopted.",
 		set: func(c *config, v string) error { return boolean(&c.WriteStripeMetadata, v) }},
 	{name: "KEYSYNC_ON_DISPUTE", def: "block",
-		doc: "`block`: block the key while a dispute on the latest paid invoice's charge is open or lost. `ignore`: leave it.",
+		doc: "`block`: block the key while a dispute on the latest paid invoice's charge is open or lost (a won dispute lifts it). `ignore`: leave it.",
 		set: func(c *config, v string) error { return blockOrIgnore(&c.BlockOnDispute, v) }},
 	{name: "KEYSYNC_ON_REFUND", def: "ignore",
 		doc: "`block`: block the key when the latest paid invoice was refunded in full. `ignore`: leave it.",
 		set: func(c *config, v string) error { return blockOrIgnore(&c.BlockOnRefund, v) }},
-	{name: "STRIPE_RATE_LIMIT", def: "20",
-		doc: "Most Stripe requests per second per replica (test mode allows 25, live mode 100, more where Stripe has raised the account's limit).",
-		set: func(c *config, v string) error {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil || f <= 0 || f > 10000 {
-				return fmt.Errorf("must be a number of requests per second above 0 and up to 10000, got %q", v)
-			}
-			c.StripeRateLimit = f
-			return nil
-		}},
+	{name: "KEYSYNC_DRY_RUN", def: "false",
+		doc: "`true`: run everything and audit it as `dry_run`; send no change to Cryptolens or Stripe.",
+		set: func(c *config, v string) error { return boolean(&c.DryRun, v) }},
 	{name: "KEYSYNC_RECONCILE_INTERVAL", def: "1h",
 		doc: "How often the full sweep against Stripe and Cryptolens runs (one replica runs it).",
 		set: func(c *config, v string) error { return durationAtLeast(&c.ReconcileInterval, v, time.Minute) }},
-	{name: "KEYSYNC_CATCHUP_INTERVAL",
-		doc: "How often missed events are read from Stripe's Events API. Default 5m, or 1m in polling mode (no `STRIPE_WEBHOOK_SECRETS`).",
+	{name: "KEYSYNC_CATCHUP_INTERVAL", shown: "`5m`, or `1m` in polling mode",
+		doc: "How often missed events are read from Stripe's Events API (also once at start).",
 		set: func(c *config, v string) error { return durationAtLeast(&c.CatchUpInterval, v, 10*time.Second) }},
-	{name: "KEYSYNC_EVENT_RETENTION", def: "2160h",
-		doc: "How long processed events are kept (default 90 days); pending and failed ones, and the audit log, are kept for good.",
+	{name: "KEYSYNC_EVENT_RETENTION", def: "2160h", shown: "`2160h` (90 days)",
+		doc: "How long processed events are kept; pending and failed ones, and the audit log, are kept for good.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.EventRetention, v, time.Hour) }},
 	{name: "KEYSYNC_SHUTDOWN_TIMEOUT", def: "30s",
 		doc: "How long a shutdown waits for in-flight requests and jobs before cancelling them.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.ShutdownTimeout, v, time.Second) }},
 	{name: "KEYSYNC_JOB_TIMEOUT", def: "2m",
-		doc: "Longest run of one job (a sync, a sweep page). A job left running by a replica that died is worked again 30s after this.",
+		doc: "Longest run of one job (a Sync). A job left running by a replica that died is worked again 30s after this. Sweeps and catch-ups have an hour.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.JobTimeout, v, 5*time.Second) }},
 	{name: "LOG_LEVEL", def: "info",
 		doc: "`debug`, `info`, `warn` or `error`.",
@@ -207,8 +217,8 @@ var settings = []setting{
 			c.LogLevel = lvl
 			return nil
 		}},
-	{name: "LOG_FORMAT",
-		doc: "`json` or `console`. Default: console on a terminal, JSON otherwise.",
+	{name: "LOG_FORMAT", shown: "console on a terminal, else `json`",
+		doc: "`json` or `console`.",
 		set: func(c *config, v string) error {
 			if v != "json" && v != "console" {
 				return errors.New("must be json or console")
@@ -224,6 +234,8 @@ var apiVersionRe = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$`)
 // invalid variable at once, each error naming its variable; no error contains a
 // secret's value.
 func loadConfig(getenv func(string) string, readFile func(string) ([]byte, error)) (config, error) {
+	// Every variable is read even after one fails, so that one run reports all the
+	// mistakes; defaults fill in what is unset.
 	var c config
 	var errs []error
 	for _, s := range settings {
@@ -245,6 +257,9 @@ func loadConfig(getenv func(string) string, readFile func(string) ([]byte, error
 			errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
 		}
 	}
+
+	// Two defaults depend on more than one variable or on the process: they are
+	// worked out after the loop.
 	if c.CatchUpInterval == 0 {
 		c.CatchUpInterval = 5 * time.Minute
 		if len(c.StripeWebhookSecrets) == 0 {

@@ -3,8 +3,9 @@ package main
 import (
 	"bytes"
 	"errors"
+	"flag"
+	"fmt"
 	"os"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -141,27 +142,93 @@ func TestLogConfigMasksSecrets(t *testing.T) {
 	}
 }
 
-// The README's configuration table lists exactly the variables the code reads.
+var update = flag.Bool("update", false, "rewrite README.md's configuration table from settings")
+
+// The README's configuration table is settings, rendered: every variable, its default
+// and its meaning, word for word, in the same order. -update rewrites the table.
 func TestREADMEConfigTable(t *testing.T) {
-	t.Parallel()
-	readme, err := os.ReadFile("../../README.md")
+	const path = "../../README.md"
+	readme, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows := regexp.MustCompile("(?m)^\\| `([A-Z_]+)` \\|").FindAllStringSubmatch(string(readme), -1)
-	documented := map[string]bool{}
-	for _, r := range rows {
-		documented[r[1]] = true
+	text := string(readme)
+	start := strings.Index(text, configTableHeader)
+	if start < 0 {
+		t.Fatalf("README.md has no table starting %q", configTableHeader)
+	}
+	end := start + strings.Index(text[start:], "\n\n") + 1
+	got, want := text[start:end], configTable()
+
+	if *update {
+		if err := os.WriteFile(path, []byte(text[:start]+want+text[end:]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+
+	// Row by row first, so a failure names the variable and the column.
+	rows := map[string][2]string{}
+	for _, line := range strings.Split(strings.TrimSpace(got), "\n")[2:] {
+		cells := strings.Split(strings.Trim(line, "| "), " | ")
+		if len(cells) != 3 {
+			t.Errorf("README row %q: got %d cells, want 3", line, len(cells))
+			continue
+		}
+		rows[strings.Trim(cells[0], "`")] = [2]string{cells[1], cells[2]}
 	}
 	for _, s := range settings {
-		if !documented[s.name] {
+		row, ok := rows[s.name]
+		delete(rows, s.name)
+		switch {
+		case !ok:
 			t.Errorf("README's configuration table lacks %s", s.name)
+		case row[0] != readmeDefault(s):
+			t.Errorf("README's default for %s: got %q, want %q", s.name, row[0], readmeDefault(s))
+		case row[1] != readmeMeaning(s):
+			t.Errorf("README's meaning of %s:\ngot  %q\nwant %q", s.name, row[1], readmeMeaning(s))
 		}
-		delete(documented, s.name)
 	}
-	for name := range documented {
+	for name := range rows {
 		t.Errorf("README documents %s, which the code does not read", name)
 	}
+	if !t.Failed() && got != want {
+		t.Errorf("README's configuration table differs from settings in order or layout")
+	}
+	if t.Failed() {
+		t.Log("after changing settings, run: go test ./cmd/keysync -run TestREADMEConfigTable -update")
+	}
+}
+
+const configTableHeader = "| Variable | Default | Meaning |\n"
+
+// configTable renders settings as the README's Markdown table.
+func configTable() string {
+	var b strings.Builder
+	b.WriteString(configTableHeader + "|---|---|---|\n")
+	for _, s := range settings {
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", s.name, readmeDefault(s), readmeMeaning(s))
+	}
+	return b.String()
+}
+
+func readmeDefault(s setting) string {
+	switch {
+	case s.shown != "":
+		return s.shown
+	case s.def != "":
+		return "`" + s.def + "`"
+	case s.required:
+		return "(required)"
+	}
+	return "(unset)"
+}
+
+func readmeMeaning(s setting) string {
+	if s.secret {
+		return s.doc + " Secret."
+	}
+	return s.doc
 }
 
 func TestUsageErrors(t *testing.T) {

@@ -2,43 +2,61 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
-	"io"
 	"os/user"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/reconcile"
 	"github.com/keysync/keysync/internal/syncer"
 )
 
-// operatorEngine opens the database and returns a Syncer for an operator command.
+// operatorEngine returns a Syncer for an operator command, and the function that
+// closes its database pool.
 func operatorEngine(ctx context.Context, cfg config, log zerolog.Logger, dryRun bool) (*syncer.Syncer, func(), error) {
+	// Credentials before the database, as serve checks them.
 	parts, err := newParts(cfg, log, nil)
 	if err != nil {
 		return nil, nil, err
 	}
-	pool, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.PoolConfig{MaxConns: 4})
+	pool, err := openCurrent(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := postgres.Migrations(ctx, pool)
-	if err != nil || !st.Current() {
-		pool.Close()
-		if err == nil {
-			err = fmt.Errorf("the database schema is not current (%s): run keysync migrate", st)
-		}
-		return nil, nil, err
-	}
-	e := syncer.New(syncer.Deps{Stripe: parts.stripe, Cryptolens: parts.crypto, Store: postgres.NewStore(pool), Mapping: parts.mapping, Log: log},
+	s := syncer.New(syncer.Deps{Stripe: parts.stripe, Cryptolens: parts.crypto, Store: postgres.NewStore(pool), Mapping: parts.mapping, Log: log},
 		syncer.Options{Policy: parts.policy, DryRun: dryRun || cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now})
-	return e, pool.Close, nil
+	return s, pool.Close, nil
 }
 
+// openCurrent opens a small pool for an operator command, and refuses a schema that
+// is not current: only serve and migrate migrate, and an operator command must not
+// write through a schema it does not know.
+func openCurrent(ctx context.Context, cfg config) (*pgxpool.Pool, error) {
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.PoolConfig{MaxConns: 4})
+	if err != nil {
+		return nil, err
+	}
+	st, err := postgres.Migrations(ctx, pool)
+	if err == nil && !st.Current() {
+		err = fmt.Errorf("the database schema is not current (%s): run keysync migrate", st)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
+}
+
+// operatorName is who the audit log says ran an operator command: the OS user.
 func operatorName() string {
 	if u, err := user.Current(); err == nil && u.Username != "" {
 		return u.Username
@@ -47,44 +65,50 @@ func operatorName() string {
 }
 
 // syncCmd runs one Sync now, as the operator, and prints what it did.
-func syncCmd(ctx context.Context, cfg config, log zerolog.Logger, args []string, out io.Writer) error {
-	dryRun := false
-	var subs []string
-	for _, a := range args {
-		switch {
-		case a == "--dry-run":
-			dryRun = true
-		case strings.HasPrefix(a, "sub_"):
-			subs = append(subs, a)
-		default:
-			return fmt.Errorf("%w: sync takes a subscription id (sub_...) and optionally --dry-run", errUsage)
-		}
+type syncCmd struct {
+	dryRun bool
+	sub    string
+}
+
+func (c *syncCmd) flags(fs *flag.FlagSet) {
+	fs.BoolVar(&c.dryRun, "dry-run", false, "plan and audit the actions as dry_run; send nothing to Cryptolens or Stripe")
+}
+
+func (c *syncCmd) args(rest []string) error {
+	if len(rest) != 1 || !strings.HasPrefix(rest[0], "sub_") {
+		return errors.New("sync takes one subscription id (sub_...) and optionally --dry-run")
 	}
-	if len(subs) != 1 {
-		return fmt.Errorf("%w: sync takes one subscription id", errUsage)
-	}
-	e, done, err := operatorEngine(ctx, cfg, log, dryRun)
+	c.sub = rest[0]
+	return nil
+}
+
+func (c *syncCmd) run(ctx context.Context, e cmdEnv) error {
+	dryRun := c.dryRun || e.cfg.DryRun
+	s, done, err := operatorEngine(ctx, e.cfg, e.log, dryRun)
 	if err != nil {
 		return err
 	}
 	defer done()
-	res, err := e.Sync(ctx, subs[0], syncer.Cause{Kind: syncer.CauseOperator, ID: operatorName()})
+
+	// The audit log names the operator, as it names the event or sweep for other Syncs.
+	res, err := s.Sync(ctx, c.sub, syncer.Cause{Kind: syncer.CauseOperator, ID: operatorName()})
 	if err != nil {
 		return err
 	}
+
 	mode := "applied"
-	if dryRun || cfg.DryRun {
+	if dryRun {
 		mode = "dry run: nothing sent"
 	}
 	switch {
 	case res.Unmapped:
-		fmt.Fprintf(out, "%s maps to no plan: no license\n", subs[0])
+		fmt.Fprintf(e.stdout, "%s maps to no plan: no license\n", c.sub)
 	case len(res.Actions) == 0:
-		fmt.Fprintf(out, "%s: key %s already as the policy wants; nothing to do\n", subs[0], res.Key)
+		fmt.Fprintf(e.stdout, "%s: key %s already as the policy wants; nothing to do\n", c.sub, res.Key)
 	default:
-		fmt.Fprintf(out, "%s: key %s, %d action(s) (%s):\n", subs[0], res.Key, len(res.Actions), mode)
+		fmt.Fprintf(e.stdout, "%s: key %s, %d action(s) (%s):\n", c.sub, res.Key, len(res.Actions), mode)
 		for _, a := range res.Actions {
-			fmt.Fprintf(out, "  %s\n", describe(a))
+			fmt.Fprintf(e.stdout, "  %s\n", describe(a))
 		}
 	}
 	return nil
@@ -92,27 +116,40 @@ func syncCmd(ctx context.Context, cfg config, log zerolog.Logger, args []string,
 
 // statusCmd prints Stripe's view, keysync's row, the key, the desired state and what a
 // Sync would do now, side by side. It changes nothing.
-func statusCmd(ctx context.Context, cfg config, log zerolog.Logger, args []string, out io.Writer) error {
-	if len(args) != 1 || !strings.HasPrefix(args[0], "sub_") {
-		return fmt.Errorf("%w: status takes one subscription id (sub_...)", errUsage)
+type statusCmd struct {
+	noFlags
+	sub string
+}
+
+func (c *statusCmd) args(rest []string) error {
+	if len(rest) != 1 || !strings.HasPrefix(rest[0], "sub_") {
+		return errors.New("status takes one subscription id (sub_...)")
 	}
-	e, done, err := operatorEngine(ctx, cfg, log, true)
+	c.sub = rest[0]
+	return nil
+}
+
+func (c *statusCmd) run(ctx context.Context, e cmdEnv) error {
+	// A dry-run engine: status changes nothing, whatever the preview does.
+	s, done, err := operatorEngine(ctx, e.cfg, e.log, true)
 	if err != nil {
 		return err
 	}
 	defer done()
-	p, err := e.Preview(ctx, args[0])
+	p, err := s.Preview(ctx, c.sub)
 	if err != nil {
 		return err
 	}
+
+	// One row per source, in the order a Sync reads them, then the verdict.
 	day := func(t time.Time) string {
 		if t.IsZero() {
 			return "-"
 		}
 		return t.UTC().Format("2006-01-02 15:04")
 	}
-	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "subscription\t%s\n", args[0])
+	w := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "subscription\t%s\n", c.sub)
 	fmt.Fprintf(w, "Stripe\tstatus %s, paid through %s\n", p.Status, day(p.PaidThrough))
 	if p.Found {
 		fmt.Fprintf(w, "keysync\tkey %s, blocked by keysync %v, last synced %s\n", deref(p.Row.LicenseKey), p.Row.BlockedByKeysync, day(derefTime(p.Row.LastSyncedAt)))
@@ -145,6 +182,67 @@ func statusCmd(ctx context.Context, cfg config, log zerolog.Logger, args []strin
 	return w.Flush()
 }
 
+// reconcileCmd runs one sweep now and prints its summary. The Syncs it queues are
+// worked by the running keysync serve.
+type reconcileCmd struct{ once bool }
+
+func (c *reconcileCmd) flags(fs *flag.FlagSet) {
+	fs.BoolVar(&c.once, "once", false, "sweep once, now (required: keysync serve runs the scheduled sweeps)")
+}
+
+func (c *reconcileCmd) args(rest []string) error {
+	if !c.once || len(rest) > 0 {
+		return errors.New("reconcile takes --once (serve runs the scheduled sweeps)")
+	}
+	return nil
+}
+
+func (c *reconcileCmd) run(ctx context.Context, e cmdEnv) error {
+	// Credentials before the database, as serve checks them.
+	parts, err := newParts(e.cfg, e.log, nil)
+	if err != nil {
+		return err
+	}
+	pool, err := openCurrent(ctx, e.cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	// Insert-only: this process queues the Syncs and exits; serve works them.
+	client, err := jobs.NewClient(pool, jobs.Config{})
+	if err != nil {
+		return err
+	}
+	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, postgres.NewStore(pool), reconcile.SweeperOptions{Mapping: parts.mapping,
+		Policy: parts.policy, Enqueue: jobs.NewEnqueuer(client).EnqueueSyncs, Now: parts.crypto.Now}, e.log)
+
+	fmt.Fprintln(e.stdout, "sweeping: listing every subscription and every key ...")
+	sum, err := sweeper.RunOnce(ctx)
+	if err != nil {
+		return err
+	}
+
+	// The sweep's run lock makes a concurrent sweep a no-op, not a second sweep.
+	if sum.Skipped {
+		fmt.Fprintln(e.stdout, "another sweep is running (keysync serve's periodic sweep, or another reconcile): nothing done")
+		return nil
+	}
+	fmt.Fprintf(e.stdout, "sweep run %d: %d subscriptions scanned in %s, %d drifted, %d orphan keys\n",
+		sum.RunID, sum.Scanned, sum.Took.Round(time.Millisecond), len(sum.Drifted), len(sum.Orphans))
+	for _, d := range sum.Drifted {
+		fmt.Fprintf(e.stdout, "  drift   %s: %s\n", d.Subscription, d.Reason)
+	}
+	for _, o := range sum.Orphans {
+		fmt.Fprintf(e.stdout, "  orphan  %s (left alone)\n", o)
+	}
+	if len(sum.Drifted) > 0 {
+		fmt.Fprintf(e.stdout, "%d Syncs queued; the running keysync works them (keysync serve)\n", len(sum.Drifted))
+	}
+	return nil
+}
+
+// describe puts one action in words, for sync's and status's output.
 func describe(a license.Action) string {
 	switch a.Kind {
 	case license.CreateKey:
@@ -161,6 +259,7 @@ func describe(a license.Action) string {
 	return string(a.Kind)
 }
 
+// features lists the features that are on as F1+F3, or "none".
 func features(f [8]bool) string {
 	var on []string
 	for i, v := range f {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
@@ -20,87 +19,114 @@ import (
 	"github.com/keysync/keysync/internal/postgres"
 )
 
-// replay processes events again: one by id (fetched from Stripe if keysync never stored
-// it), or every stored event since a time. The running keysync works the jobs.
-func replay(ctx context.Context, cfg config, log zerolog.Logger, args []string, out io.Writer, now time.Time) error {
-	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	since := fs.String("since", "", "replay every stored event since a duration back (24h, 7d) or an RFC 3339 time")
-	var types multiFlag
-	fs.Var(&types, "type", "with --since: only this event type (repeatable)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: replay: %v", errUsage, err)
+// replayCmd processes events again: one by id (fetched from Stripe if keysync never
+// stored it), or every stored event since a time. The running keysync works the jobs.
+type replayCmd struct {
+	now   time.Time // --since counts back from it
+	since string
+	types multiFlag
+	id    string
+	from  time.Time
+}
+
+func (c *replayCmd) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.since, "since", "", "replay every stored event since a duration back (24h, 7d) or an RFC 3339 time")
+	fs.Var(&c.types, "type", "with --since: only this event type (repeatable)")
+}
+
+func (c *replayCmd) args(rest []string) error {
+	if (c.since == "") == (len(rest) == 0) || len(rest) > 1 {
+		return errors.New("replay takes one event id (evt_...) or --since")
 	}
-	rest := fs.Args()
-	if (*since == "") == (len(rest) == 0) || len(rest) > 1 {
-		return fmt.Errorf("%w: replay takes one event id (evt_...) or --since", errUsage)
+	if len(rest) == 1 {
+		c.id = rest[0]
+		return nil
 	}
-	pool, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.PoolConfig{MaxConns: 2})
+	var err error
+	if c.from, err = parseSince(c.since, c.now); err != nil {
+		return fmt.Errorf("replay --since: %w", err)
+	}
+	return nil
+}
+
+func (c *replayCmd) run(ctx context.Context, e cmdEnv) error {
+	// Two connections: replay reads events and queues jobs, one transaction at a time.
+	pool, err := postgres.Open(ctx, e.cfg.DatabaseURL, postgres.PoolConfig{MaxConns: 2})
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 	store := postgres.NewStore(pool)
-	client, err := jobs.NewClient(pool, jobs.Config{}) // insert-only
+
+	// Insert-only: the running keysync serve works the jobs.
+	client, err := jobs.NewClient(pool, jobs.Config{})
 	if err != nil {
 		return err
 	}
+
+	// The events to replay: every stored one since a time, or the one asked for.
 	var evs []events.Event
-	if *since != "" {
-		from, err := parseSince(*since, now)
-		if err != nil {
-			return fmt.Errorf("%w: replay --since: %v", errUsage, err)
-		}
-		stored, err := store.EventsSince(ctx, from, types)
+	if c.id == "" {
+		stored, err := store.EventsSince(ctx, c.from, c.types)
 		if err != nil {
 			return err
 		}
-		for _, e := range stored {
-			evs = append(evs, events.Event{ID: e.ID, Type: e.Type})
+		for _, st := range stored {
+			evs = append(evs, events.Event{ID: st.ID, Type: st.Type})
 		}
 	} else {
-		id := rest[0]
-		got, err := store.GetEvent(ctx, id)
+		got, err := store.GetEvent(ctx, c.id)
 		switch {
 		case err == nil:
 			evs = []events.Event{{ID: got.ID, Type: got.Type}}
 		case errors.Is(err, postgres.ErrNotFound):
-			ev, ferr := fetchEvent(ctx, cfg, log, id)
-			if ferr != nil {
-				return ferr
-			}
-			// The webhook path stores it: dedupe, and a job only if new and handled.
-			ing := ingest.New(jobs.NewTables(pool), ingest.Config{Committers: 1}, log)
-			ing.Start(ctx)
-			_, err := ing.Ingest(ctx, ev)
-			ing.Stop()
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(out, "%s was not stored: fetched it from Stripe and queued it\n", id)
-			return nil
+			return c.ingestFromStripe(ctx, e, store)
 		default:
 			return err
 		}
 	}
+
+	// Only handled types get a job: the others would be stored and skipped again.
 	var handled []events.Event
-	for _, e := range evs {
-		if events.Handled(e.Type) {
-			handled = append(handled, e)
+	for _, ev := range evs {
+		if events.Handled(ev.Type) {
+			handled = append(handled, ev)
 		}
 	}
 	if err := requeue(ctx, store, client, handled); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "%d event(s) queued for processing (%d skipped: types keysync does not act on)\n", len(handled), len(evs)-len(handled))
+	fmt.Fprintf(e.stdout, "%d event(s) queued for processing (%d skipped: types keysync does not act on)\n", len(handled), len(evs)-len(handled))
 	return nil
 }
 
+// ingestFromStripe fetches an event keysync never stored and ingests it as a webhook
+// would: the webhook path dedupes it, and queues a job only if it is new and handled.
+func (c *replayCmd) ingestFromStripe(ctx context.Context, e cmdEnv, store *postgres.Store) error {
+	ev, err := fetchEvent(ctx, e.cfg, e.log, c.id)
+	if err != nil {
+		return err
+	}
+	ing := ingest.New(jobs.NewTables(store.Pool()), ingest.Config{Committers: 1}, e.log)
+	ing.Start(ctx)
+	_, err = ing.Ingest(ctx, ev)
+	ing.Stop()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s was not stored: fetched it from Stripe and queued it\n", c.id)
+	return nil
+}
+
+// fetchEvent reads one event from Stripe's Events API in the shape a webhook delivers
+// it, so that it is stored and worked like any other.
 func fetchEvent(ctx context.Context, cfg config, log zerolog.Logger, id string) (events.Event, error) {
 	parts, err := newParts(cfg, log, nil)
 	if err != nil {
 		return events.Event{}, err
 	}
+
+	// Stripe's object, marshalled back: the payload a webhook would have carried.
 	ev, err := parts.stripe.GetEvent(ctx, id)
 	if err != nil {
 		return events.Event{}, err
@@ -116,6 +142,7 @@ func fetchEvent(ctx context.Context, cfg config, log zerolog.Logger, id string) 
 // requeue marks stored events pending again and enqueues their jobs, in one
 // transaction. The CLI and the admin API replay through it.
 func requeue(ctx context.Context, store *postgres.Store, client *river.Client[pgx.Tx], evs []events.Event) error {
+	// One transaction: an event pending again without its job would never be worked.
 	ids := make([]string, len(evs))
 	for i, e := range evs {
 		ids[i] = e.ID
@@ -128,6 +155,7 @@ func requeue(ctx context.Context, store *postgres.Store, client *river.Client[pg
 	})
 }
 
+// multiFlag is a repeatable string flag: --type a --type b.
 type multiFlag []string
 
 func (m *multiFlag) String() string     { return strings.Join(*m, ",") }

@@ -1,5 +1,5 @@
-// Package admin serves keysync's operational HTTP endpoints: liveness, readiness and
-// metrics (and, later, the admin API).
+// Package admin serves keysync's operational HTTP endpoints: the liveness and
+// readiness probes and the admin API.
 package admin
 
 import (
