@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/keysync/keysync/internal/failure"
 	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/syncer"
 )
@@ -118,7 +119,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": bad.Error()})
 	case errors.Is(err, syncer.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})
-	case syncer.IsPermanent(err):
+	case failure.IsPermanent(err):
 		writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": err.Error()})
 	default:
 		a.log.Error().Err(err).Str("path", r.URL.Path).Msg("admin request failed")

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/keysync/keysync/internal/failure"
 )
 
 // Error kinds. Callers test them with errors.Is; every error the client returns also
@@ -12,52 +14,38 @@ import (
 var (
 	// ErrRetryable matches failures that may succeed later: HTTP 5xx and 429, timeouts,
 	// transport errors, bodies that are not Cryptolens' JSON, and "Something went wrong".
-	ErrRetryable = errors.New("cryptolens: retryable failure")
+	// It is keysync's one retryable class (failure.Retryable).
+	ErrRetryable = failure.Retryable
 	// ErrPermanent matches failures that will fail again the same way until someone
-	// changes the configuration or the input.
-	ErrPermanent = errors.New("cryptolens: permanent failure")
+	// changes the configuration or the input (failure.Permanent).
+	ErrPermanent = failure.Permanent
 
 	// ErrAuth: the token is wrong, or the vendor's Cryptolens subscription has lapsed
 	// ("Unable to authenticate.", "No active subscription found.").
-	ErrAuth = permanent("cryptolens: unable to authenticate")
+	ErrAuth = failure.NewPermanent("cryptolens: unable to authenticate")
 	// ErrAccessDenied: the token lacks the method's permission or is locked to another
 	// product or key ("Access denied.").
-	ErrAccessDenied = permanent("cryptolens: access denied")
+	ErrAccessDenied = failure.NewPermanent("cryptolens: access denied")
 	// ErrKeyNotFound: no such key in the product ("Could not find the key.").
-	ErrKeyNotFound = permanent("cryptolens: key not found")
+	ErrKeyNotFound = failure.NewPermanent("cryptolens: key not found")
 	// ErrProductNotFound: no such product ("Could not find the product.").
-	ErrProductNotFound = permanent("cryptolens: product not found")
+	ErrProductNotFound = failure.NewPermanent("cryptolens: product not found")
 	// ErrInvalidInput: Cryptolens refused the parameters ("The input parameters were
 	// incorrect.", notes too long, ...).
-	ErrInvalidInput = permanent("cryptolens: invalid input")
+	ErrInvalidInput = failure.NewPermanent("cryptolens: invalid input")
 	// ErrRejected: any other refusal (result 1 with a message not listed above).
-	ErrRejected = permanent("cryptolens: request rejected")
+	ErrRejected = failure.NewPermanent("cryptolens: request rejected")
 
 	// ErrServer: Cryptolens failed (HTTP 5xx, "Something went wrong", a body that is not
 	// its JSON envelope).
-	ErrServer = retryable("cryptolens: server error")
+	ErrServer = failure.NewRetryable("cryptolens: server error")
 	// ErrRateLimited: HTTP 429.
-	ErrRateLimited = retryable("cryptolens: rate limited")
+	ErrRateLimited = failure.NewRetryable("cryptolens: rate limited")
 	// ErrUnreachable: the request did not complete (timeout, connection refused or
 	// reset). For a mutating call the change may or may not have been applied: read
 	// the key again before deciding what to send.
-	ErrUnreachable = retryable("cryptolens: unreachable")
+	ErrUnreachable = failure.NewRetryable("cryptolens: unreachable")
 )
-
-// sentinel is an error kind that also matches its class, so that the class of a kind is
-// said once, where the kind is declared, rather than in a list kept in step with it.
-type sentinel struct {
-	text  string
-	class error
-}
-
-func permanent(text string) error { return &sentinel{text: text, class: ErrPermanent} }
-func retryable(text string) error { return &sentinel{text: text, class: ErrRetryable} }
-
-func (s *sentinel) Error() string { return s.text }
-
-// Is matches the kind's class.
-func (s *sentinel) Is(target error) bool { return target == s.class }
 
 // Error is a failed call. Its text never contains the access token.
 type Error struct {

@@ -3,10 +3,8 @@ package jobs
 import (
 	"errors"
 
-	"github.com/keysync/keysync/internal/cryptolens"
+	"github.com/keysync/keysync/internal/failure"
 	"github.com/keysync/keysync/internal/postgres"
-	"github.com/keysync/keysync/internal/stripeapi"
-	"github.com/keysync/keysync/internal/syncer"
 )
 
 // Class is what a job does after a failure.
@@ -21,7 +19,7 @@ const (
 	// no answer). Nothing is wrong with the work itself, so an event job snoozes
 	// without using up an attempt, however long the outage lasts.
 	Outage
-	// Permanent: the work will fail again the same way (syncer.IsPermanent: an unknown
+	// Permanent: the work will fail again the same way (failure.Permanent: an unknown
 	// subscription, a wrong key or token, a contradictory mapping). The job stops and
 	// the failure is shown until someone fixes the cause.
 	Permanent
@@ -39,14 +37,14 @@ func (c Class) String() string {
 	}
 }
 
-// Classify is the one place that decides a failed job's class, from the classes of
-// syncer's, Stripe's and Cryptolens' errors rather than from their sentinels. err is
+// Classify is the one place that decides a failed job's class, from the failure classes
+// that syncer's, Stripe's and Cryptolens' errors carry rather than from their sentinels. err is
 // a failure: nil has no class.
 func Classify(err error) Class {
 	switch {
-	case syncer.IsPermanent(err):
+	case failure.IsPermanent(err):
 		return Permanent
-	case cryptolens.IsRetryable(err) || stripeapi.IsRetryable(err):
+	case failure.IsRetryable(err):
 		return Outage
 	case errors.Is(err, postgres.ErrUnavailable):
 		// keysync's own database is not an outside service: while it is out River can

@@ -19,6 +19,7 @@ import (
 	"github.com/stripe/stripe-go/v76/client"
 	"golang.org/x/time/rate"
 
+	"github.com/keysync/keysync/internal/failure"
 	"github.com/keysync/keysync/internal/license"
 )
 
@@ -32,38 +33,25 @@ const DefaultBaseURL = "https://api.stripe.com"
 var (
 	// ErrRetryable matches failures that may succeed later: rate limits, server errors
 	// and no answer, each still failing after the transport's retries.
-	ErrRetryable = errors.New("stripe: retryable failure")
+	// It is keysync's one retryable class (failure.Retryable).
+	ErrRetryable = failure.Retryable
 	// ErrPermanent matches failures that will fail again the same way until someone
 	// changes the configuration or the input.
-	ErrPermanent = errors.New("stripe: permanent failure")
+	// (failure.Permanent)
+	ErrPermanent = failure.Permanent
 
 	// ErrNotFound: no such object (resource_missing).
-	ErrNotFound = permanent("stripe: not found")
+	ErrNotFound = failure.NewPermanent("stripe: not found")
 	// ErrAuth: the key is wrong or lacks a permission (401, 403).
-	ErrAuth = permanent("stripe: authentication failed")
+	ErrAuth = failure.NewPermanent("stripe: authentication failed")
 	// ErrInvalid: Stripe refused the request (400): a bug or a configuration problem,
 	// not something a retry fixes.
-	ErrInvalid = permanent("stripe: invalid request")
+	ErrInvalid = failure.NewPermanent("stripe: invalid request")
 	// ErrRateLimited: still rate limited after the retries.
-	ErrRateLimited = retryable("stripe: rate limited")
+	ErrRateLimited = failure.NewRetryable("stripe: rate limited")
 	// ErrUnavailable: server errors or no answer after the retries.
-	ErrUnavailable = retryable("stripe: unavailable")
+	ErrUnavailable = failure.NewRetryable("stripe: unavailable")
 )
-
-// sentinel is an error kind that also matches its class, so that the class of a kind is
-// said once, where the kind is declared, rather than in a list kept in step with it.
-type sentinel struct {
-	text  string
-	class error
-}
-
-func permanent(text string) error { return &sentinel{text: text, class: ErrPermanent} }
-func retryable(text string) error { return &sentinel{text: text, class: ErrRetryable} }
-
-func (s *sentinel) Error() string { return s.text }
-
-// Is matches the kind's class.
-func (s *sentinel) Is(target error) bool { return target == s.class }
 
 // IsRetryable reports whether err is a failure that may succeed later.
 func IsRetryable(err error) bool { return errors.Is(err, ErrRetryable) }

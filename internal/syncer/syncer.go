@@ -16,6 +16,7 @@ import (
 	"github.com/stripe/stripe-go/v76"
 
 	"github.com/keysync/keysync/internal/cryptolens"
+	"github.com/keysync/keysync/internal/failure"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/stripeapi"
 )
@@ -110,16 +111,10 @@ func New(d Deps, opts Options) *Syncer {
 	return &Syncer{stripe: d.Stripe, crypto: d.Cryptolens, store: d.Store, mapping: d.Mapping, opts: opts, log: d.Log}
 }
 
-// ErrPermanent marks a failure that retrying will not fix (an unknown subscription, a
-// wrong token, a contradictory mapping). Callers stop retrying and show it.
-var ErrPermanent = errors.New("permanent failure")
-
-// IsPermanent reports whether err will fail again the same way: ErrPermanent, or the
-// permanent class of Stripe's or Cryptolens' errors. It is the one judgment of
-// permanence; jobs.Classify builds on it.
-func IsPermanent(err error) bool {
-	return errors.Is(err, ErrPermanent) || errors.Is(err, cryptolens.ErrPermanent) || errors.Is(err, stripeapi.ErrPermanent)
-}
+// ErrPermanent marks a failure of the Sync itself that retrying will not fix (an event
+// without a subscription, a contradictory mapping). Like Stripe's and Cryptolens'
+// permanent errors it is of class failure.Permanent, which callers test.
+var ErrPermanent = failure.NewPermanent("permanent failure")
 
 // Result is what a Sync did.
 type Result struct {
@@ -157,7 +152,7 @@ type run struct {
 }
 
 // Sync brings the subscription's key to the state the policy wants. It returns an
-// error matching ErrPermanent (see IsPermanent) when a retry cannot help, and another
+// error of class failure.Permanent when a retry cannot help, and another
 // error when it may. A Sync that fails part way records what it did; running it again
 // continues from the key's actual state and never repeats an applied change.
 func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Result, error) {
@@ -190,7 +185,7 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 
 	// 4. Record the outcome: a permanent failure is shown on the row and audited; any
 	// success clears the last one.
-	if err != nil && IsPermanent(err) {
+	if err != nil && failure.IsPermanent(err) {
 		msg := err.Error()
 		r.row.LastError = &msg
 		r.audit(AuditRow{Action: "error", Outcome: OutcomeFailed, Message: msg})
@@ -499,7 +494,7 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 	if err != nil {
 		row.Outcome, row.Message = OutcomeFailed, err.Error()
 		r.audit(row)
-		if a.Kind == license.Block && IsPermanent(err) {
+		if a.Kind == license.Block && failure.IsPermanent(err) {
 			r.row.BlockedByKeysync = false // the block certainly did not happen
 		}
 		r.log.Warn().Err(err).Str("action", string(a.Kind)).Str("license_key", key.Key).Msg("action failed")
