@@ -45,6 +45,8 @@ type Options struct {
 	Seed uint64
 	// Progress, if set, receives a line per phase.
 	Progress io.Writer
+	// SandboxFlags are added to the sandbox's command line (e.g. -block-expired).
+	SandboxFlags []string
 }
 
 const product = 1001
@@ -126,9 +128,10 @@ func NewCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c
 		return nil, err
 	}
 	envFile := filepath.Join(opts.Dir, "sandbox.env")
-	c.sandbox, err = c.start(opts.SandboxBin, "sandbox.log", nil,
-		"-stripe-addr", "127.0.0.1:"+ports[0], "-cryptolens-addr", "127.0.0.1:"+ports[1], "-control-addr", "127.0.0.1:"+ports[2],
-		"-cryptolens-product", fmt.Sprint(product), "-env-file", envFile, "-seed", fmt.Sprint(opts.Seed))
+	c.sandbox, err = c.start(opts.SandboxBin, "sandbox.log", nil, append([]string{
+		"-stripe-addr", "127.0.0.1:" + ports[0], "-cryptolens-addr", "127.0.0.1:" + ports[1], "-control-addr", "127.0.0.1:" + ports[2],
+		"-cryptolens-product", fmt.Sprint(product), "-env-file", envFile, "-seed", fmt.Sprint(opts.Seed)},
+		opts.SandboxFlags...)...)
 	if err != nil {
 		return nil, err
 	}

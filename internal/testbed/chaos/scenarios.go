@@ -43,6 +43,8 @@ func Scenarios() []Scenario {
 			}},
 		{"stripe-429-sweep", "2 replicas; 600 subscriptions; keys changed behind keysync's back; a sweep (keysync reconcile --once) while Stripe answers bursts of 429",
 			func(ctx context.Context, o Options) (Report, error) { return Stripe429Sweep(ctx, o, 600) }},
+		{"block-expired-faults", "2 replicas; Block Expired Licenses on; half the cards decline at renewal, keys lapse and Cryptolens blocks them; the customers pay while Cryptolens answers 20% errors and loses 10% of answers",
+			func(ctx context.Context, o Options) (Report, error) { return BlockExpiredFaults(ctx, o, 200) }},
 	}
 }
 
@@ -218,6 +220,135 @@ func CryptolensFaults(ctx context.Context, opts Options, subs int, faulty, down 
 	r.Notes = append(r.Notes, fmt.Sprintf("Cryptolens: %d calls failed, timed out or lost their answer; keysync caught up %s after it came back",
 		faults, time.Since(back).Round(100*time.Millisecond)))
 	return c.finish(ctx, r)
+}
+
+// BlockExpiredFaults runs with Cryptolens' "Block Expired Licenses" on. Every other
+// customer's card declines at a renewal: the subscription goes past_due, its key lapses
+// at the end of the buffer and Cryptolens blocks it. keysync must leave those blocks
+// alone while the key stays expired (lifting one would only toggle it: Cryptolens blocks
+// it again within the hour). Then the customers pay while Cryptolens answers errors and
+// loses answers: keysync must extend every key and lift every expiry block, including
+// where an extension went through and the unblock failed.
+func BlockExpiredFaults(ctx context.Context, opts Options, subs int) (Report, error) {
+	r := Report{Scenario: "block-expired-faults"}
+	opts.SandboxFlags = append(slices.Clone(opts.SandboxFlags), "-block-expired")
+	c, err := NewCluster(ctx, opts, 2)
+	if err != nil {
+		return r, err
+	}
+	defer c.Close()
+	if err := c.Checkout(ctx, subs); err != nil {
+		return r, err
+	}
+	if err := c.Settle(ctx, 2*time.Minute); err != nil {
+		return r, err
+	}
+
+	// Every other card declines from the next renewal on.
+	var declining []string
+	for i, id := range c.subs {
+		if i%2 == 1 {
+			continue
+		}
+		s, err := c.ctl.Subscription(ctx, id)
+		if err != nil {
+			return r, err
+		}
+		if err := c.ctl.Post(ctx, "/stripe/customers/"+s.Subscription.Customer+"/card_declines", map[string]any{"declines": true}, nil); err != nil {
+			return r, err
+		}
+		declining = append(declining, id)
+	}
+	if err := c.renew(ctx); err != nil {
+		return r, err
+	}
+	if err := c.Settle(ctx, 2*time.Minute); err != nil {
+		return r, err
+	}
+
+	// Six days on: past the 5-day buffer and Cryptolens' hour, before dunning's last
+	// retry (7 days). Every declining customer's key has lapsed and is blocked.
+	if err := c.ctl.Advance(ctx, 6*24*time.Hour); err != nil {
+		return r, err
+	}
+	if err := c.Settle(ctx, 2*time.Minute); err != nil {
+		return r, err
+	}
+	keys, err := c.ctl.Keys(ctx, product)
+	if err != nil {
+		return r, err
+	}
+	autoBlocked := 0
+	for _, k := range keys {
+		if k.Block {
+			autoBlocked++
+		}
+	}
+	if autoBlocked != len(declining) {
+		r.problem("%d keys blocked after the lapse, want %d (one per declining card)", autoBlocked, len(declining))
+	}
+	unblocks, err := c.appliedCalls(ctx, "UnblockKey")
+	if err != nil {
+		return r, err
+	}
+	if unblocks != 0 {
+		r.problem("keysync lifted %d expiry blocks of keys that stayed expired (Cryptolens blocks them again: toggling)", unblocks)
+	}
+	r.Notes = append(r.Notes, fmt.Sprintf("%d of %d keys lapsed and were blocked by Cryptolens; keysync lifted none of them while unpaid", autoBlocked, len(c.subs)))
+
+	// The customers pay while Cryptolens misbehaves.
+	if err := c.ctl.Post(ctx, "/cryptolens/faults", map[string]any{"error_rate": 0.2, "lost_answer_rate": 0.1}, nil); err != nil {
+		return r, err
+	}
+	for _, id := range declining {
+		s, err := c.ctl.Subscription(ctx, id)
+		if err != nil {
+			return r, err
+		}
+		if err := c.ctl.Post(ctx, "/stripe/customers/"+s.Subscription.Customer+"/card_declines", map[string]any{"declines": false}, nil); err != nil {
+			return r, err
+		}
+		if err := c.ctl.Post(ctx, "/stripe/invoices/"+s.Subscription.LatestInvoice+"/pay", nil, nil); err != nil {
+			return r, err
+		}
+	}
+	if err := c.ctl.Flush(ctx); err != nil {
+		return r, err
+	}
+	faults, err := c.cryptolensFaults(ctx)
+	if err != nil {
+		return r, err
+	}
+	if err := c.ctl.Post(ctx, "/cryptolens/faults", map[string]any{}, nil); err != nil {
+		return r, err
+	}
+	if err := c.Settle(ctx, 5*time.Minute); err != nil {
+		r.problem("%v", err)
+	}
+	if unblocks, err = c.appliedCalls(ctx, "UnblockKey"); err != nil {
+		return r, err
+	}
+	r.Notes = append(r.Notes, fmt.Sprintf("%d customers paid while %d Cryptolens calls failed or lost their answer; keysync lifted %d expiry blocks",
+		len(declining), faults, unblocks))
+	return c.finish(ctx, r)
+}
+
+// appliedCalls counts the Cryptolens calls of method that changed a key.
+func (c *Cluster) appliedCalls(ctx context.Context, method string) (int, error) {
+	var calls []struct {
+		Method  string
+		Applied bool
+	}
+	if err := c.ctl.Get(ctx, "/cryptolens/calls", &calls); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, call := range calls {
+		if call.Method == method && call.Applied {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // cryptolensFaults counts the Cryptolens calls that got an injected fault.

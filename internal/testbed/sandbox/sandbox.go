@@ -93,6 +93,7 @@ func (c *Control) Keys(ctx context.Context, product int) ([]Key, error) {
 type Subscription struct {
 	Subscription struct {
 		ID               string
+		Customer         string
 		Status           string
 		CurrentPeriodEnd int64
 		TrialEnd         int64
