@@ -1,6 +1,7 @@
 package license_test
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 
@@ -22,6 +23,12 @@ func TestParsePlansErrorsNameTheLine(t *testing.T) {
 		"negative seats":  {"plans:\n  - price: price_a\n    cryptolens_product: 1\n    machines_per_seat: -1\n", "plans.yaml:4: machines_per_seat must be"},
 		"bad yaml":        {"plans: [\n", "plans.yaml"},
 		"top-level typo":  {"plan:\n  - price: price_a\n", `plans.yaml:1: unknown key "plan"`},
+		// Product 0 is no product: it must not fall through to CRYPTOLENS_PRODUCT_ID.
+		"product 0":         {"plans:\n  - price: price_a\n    cryptolens_product: 0\n", "plans.yaml:3: cryptolens_product must be a Cryptolens product id"},
+		"feature 0":         {"plans:\n  - price: price_a\n    cryptolens_product: 1\n    features: [0]\n", "plans.yaml:4: feature 0 does not exist"},
+		"negative machines": {"plans:\n  - price: price_a\n    cryptolens_product: 1\n    machines: -1\n", "plans.yaml:4: machines must be"},
+		"negative buffer":   {"plans:\n  - price: price_a\n    cryptolens_product: 1\n    buffer_days: -1\n", "plans.yaml:4: buffer_days must be"},
+		"buffer past 365":   {"plans:\n  - price: price_a\n    cryptolens_product: 1\n    buffer_days: 366\n", "plans.yaml:4: buffer_days must be"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -79,5 +86,123 @@ plans:
 	}
 	if _, _, err := bare.Resolve(license.Item{PriceID: "price_x", PriceMetadata: map[string]string{"skm": `{"F1":"yes"}`}}); err == nil {
 		t.Fatal("malformed skm: got nil error")
+	}
+}
+
+// TestParsePlansEdges reads the edge values a plans file may hold: each must be
+// accepted and kept as written, not rejected or changed by an off-by-one.
+func TestParsePlansEdges(t *testing.T) {
+	t.Parallel()
+	intp := func(n int) *int { return &n }
+	tests := map[string]struct {
+		settings string
+		want     license.Plan
+	}{
+		"features 1 and 8": {"features: [1, 8]", license.Plan{Features: map[int]bool{1: true, 8: true}}},
+		"no machines":      {"machines: 0", license.Plan{Machines: &license.MachineRule{}}},
+		"no seat machines": {"machines_per_seat: 0", license.Plan{Machines: &license.MachineRule{}}},
+		"both machine rules": {"machines: 2\n    machines_per_seat: 3",
+			license.Plan{Machines: &license.MachineRule{Fixed: 2, PerSeat: 3}}},
+		"no buffer":       {"buffer_days: 0", license.Plan{BufferDays: intp(0)}},
+		"a year's buffer": {"buffer_days: 365", license.Plan{BufferDays: intp(365)}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			m, err := license.ParsePlans("plans.yaml", []byte("plans:\n  - price: price_a\n    "+tc.settings+"\n"), 7)
+			if err != nil {
+				t.Fatalf("got %v, want no error", err)
+			}
+			got, ok, err := m.Resolve(license.Item{PriceID: "price_a"})
+			want := tc.want
+			want.ProductID, want.Source = 7, "plans.yaml:2"
+			if want.Features == nil {
+				want.Features = map[int]bool{}
+			}
+			if err != nil || !ok || !reflect.DeepEqual(got, want) {
+				t.Fatalf("got %+v (mapped %v, %v), want %+v", got, ok, err, want)
+			}
+		})
+	}
+}
+
+// TestSKMMetadata reads the hosted module's price metadata: which keys are features,
+// which values are accepted, and which are refused rather than guessed at.
+func TestSKMMetadata(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		skm       string
+		productID string // product metadata skm_product_id
+		want      license.Plan
+		wantErr   string
+	}{
+		"F1 and f8, either case": {skm: `{"F1":true,"f8":false}`, want: license.Plan{ProductID: 99, Features: map[int]bool{1: true, 8: false}}},
+		"F0, F9 and F10 are not features": {skm: `{"F0":true,"F9":true,"F10":true,"xF1":true}`,
+			want: license.Plan{ProductID: 99, Features: map[int]bool{}}},
+		"no machines":            {skm: `{"MaxNoOfMachines":0}`, want: license.Plan{ProductID: 99, Features: map[int]bool{}, Machines: &license.MachineRule{}}},
+		"machines":               {skm: `{"maxnoofmachines":3}`, want: license.Plan{ProductID: 99, Features: map[int]bool{}, Machines: &license.MachineRule{Fixed: 3}}},
+		"its ProductId":          {skm: `{"productid":40}`, productID: "50", want: license.Plan{ProductID: 40, Features: map[int]bool{}}},
+		"product metadata":       {skm: `{}`, productID: " 50 ", want: license.Plan{ProductID: 50, Features: map[int]bool{}}},
+		"negative machines":      {skm: `{"MaxNoOfMachines":-1}`, wantErr: "price price_x: metadata skm: MaxNoOfMachines must be"},
+		"ProductId 0":            {skm: `{"ProductId":0}`, wantErr: "price price_x: metadata skm: ProductId must be"},
+		"feature not a boolean":  {skm: `{"F2":1}`, wantErr: "price price_x: metadata skm: F2 must be true or false"},
+		"not an object":          {skm: `[1]`, wantErr: "price price_x: metadata skm: not a JSON object"},
+		"skm_product_id 0":       {skm: `{}`, productID: "0", wantErr: `product prod_x: metadata skm_product_id "0" is not`},
+		"skm_product_id a word":  {productID: "pro", wantErr: `product prod_x: metadata skm_product_id "pro" is not`},
+		"skm_product_id 0 alone": {productID: "0", wantErr: `product prod_x: metadata skm_product_id "0" is not`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			it := license.Item{PriceID: "price_x", ProductID: "prod_x"}
+			if tc.skm != "" {
+				it.PriceMetadata = map[string]string{"skm": tc.skm}
+			}
+			if tc.productID != "" {
+				it.ProductMetadata = map[string]string{"skm_product_id": tc.productID}
+			}
+			got, ok, err := license.NewMapping(99).Resolve(it)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			want := tc.want
+			want.Source = "price price_x metadata skm"
+			if err != nil || !ok || !reflect.DeepEqual(got, want) {
+				t.Fatalf("got %+v (mapped %v, %v), want %+v", got, ok, err, want)
+			}
+		})
+	}
+}
+
+func TestEntriesAndProducts(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		yaml     string
+		entries  int
+		products []int
+	}{
+		"no entries":     {"plans: []\n", 0, []int{99}},
+		"prices only":    {"plans:\n  - price: price_a\n  - price: price_b\n    cryptolens_product: 3\n", 2, []int{3, 99}},
+		"products only":  {"plans:\n  - product: prod_a\n    cryptolens_product: 4\n", 1, []int{4, 99}},
+		"catch-all only": {"plans:\n  - default: true\n    cryptolens_product: 5\n", 1, []int{5, 99}},
+		"all three":      {"plans:\n  - price: price_a\n  - product: prod_a\n    cryptolens_product: 4\n  - product: prod_b\n  - default: true\n    cryptolens_product: 5\n", 4, []int{4, 5, 99}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			m, err := license.ParsePlans("plans.yaml", []byte(tc.yaml), 99)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := m.Entries(); got != tc.entries {
+				t.Errorf("got %d entries, want %d", got, tc.entries)
+			}
+			if got := m.Products(); !reflect.DeepEqual(got, tc.products) {
+				t.Errorf("got products %v, want %v", got, tc.products)
+			}
+		})
 	}
 }

@@ -227,3 +227,52 @@ func TestMixedProducts(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestCreateKeySettings checks the whole CreateKey action: a new key gets its
+// features in the right places (F1 is index 0) and its machine limit, or none.
+func TestCreateKeySettings(t *testing.T) {
+	t.Parallel()
+	m, err := license.ParsePlans("plans.yaml", []byte(`
+plans:
+  - price: price_basic
+    features: [1]
+    machines: 1
+  - price: price_pro
+    features: [1, 3]
+    machines_per_seat: 2
+  - price: price_f8
+    features: [8]
+`), 1001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := map[string]struct {
+		items    []license.Item
+		features [8]bool
+		machines int
+	}{
+		"basic: F1, one machine": {[]license.Item{{PriceID: "price_basic", Quantity: 1}},
+			[8]bool{true}, 1},
+		"pro × 3: F1 and F3, two machines a seat": {[]license.Item{{PriceID: "price_pro", Quantity: 3}},
+			[8]bool{true, false, true}, 6},
+		"F8, no machine rule: limit left at 0": {[]license.Item{{PriceID: "price_f8", Quantity: 1}},
+			[8]bool{7: true}, 0},
+		"basic and F8: the union": {[]license.Item{{PriceID: "price_basic", Quantity: 1}, {PriceID: "price_f8", Quantity: 1}},
+			[8]bool{0: true, 7: true}, 1},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			d, err := license.Desire(sub(license.StatusActive, now.Add(days(20)), tc.items...), m, license.Options{BufferDays: 5})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := license.Actions(d, license.Key{}, license.State{}, now)
+			want := []license.Action{{Kind: license.CreateKey, Days: 25, OldExpires: now, NewExpires: now.Add(days(25)),
+				Features: tc.features, Machines: tc.machines}}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("got %+v, want %+v", got, want)
+			}
+		})
+	}
+}
