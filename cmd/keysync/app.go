@@ -155,6 +155,7 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 		return err
 	}}, log.With().Str("component", "catch_up").Logger())
 	m.Watch(store, tables, catchUp.Lag)
+	m.WatchSweeps(store, sweepOverdue(cfg.ReconcileInterval))
 
 	// The workers: one per job kind, each a thin call into the piece that does the work.
 	river.AddWorker(workers, &jobs.EventWorker{Store: store, Engine: engine, Applied: func(d time.Duration) { m.EventToApplied.Observe(d.Seconds()) }})
@@ -172,6 +173,7 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	// Health and metrics are always served: orchestrators probe them.
 	a.health = admin.NewHealth(store)
 	a.health.CatchUpLag = catchUp.Lag
+	a.health.LastSweep, a.health.SweepOverdueAfter = store.LastSweep, sweepOverdue(cfg.ReconcileInterval)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", a.health.Healthz)
 	mux.HandleFunc("GET /readyz", a.health.Readyz)
@@ -209,6 +211,11 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	a.handler = mux
 	return a, nil
 }
+
+// sweepOverdue is the age past which the last completed sweep is overdue: a sweep
+// comes at most an interval and a check (jobs.SweepCheck) after the last, plus its own
+// run time, so twice the interval means sweeps are failing or not being scheduled.
+func sweepOverdue(interval time.Duration) time.Duration { return 2 * interval }
 
 // Run starts the ingester, the jobs and the HTTP server, tells onServing (if set) the
 // address it serves on, and blocks until ctx ends or the server fails. Then it shuts

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,8 +54,10 @@ func TestServeNewInstallSweepsAtStart(t *testing.T) {
 	addrCh, done := make(chan string, 1), make(chan error, 1)
 	logs := &lockedBuffer{}
 	go func() { done <- run(ctx, []string{"serve"}, vars, io.Discard, logs, func(a string) { addrCh <- a }) }()
+	var base string
 	select {
-	case <-addrCh:
+	case a := <-addrCh:
+		base = "http://" + a
 	case err := <-done:
 		t.Fatalf("serve exited: %v\n%s", err, logs)
 	}
@@ -77,6 +81,15 @@ func TestServeNewInstallSweepsAtStart(t *testing.T) {
 		t.Fatalf("got keys %v, want only those of %v", keys, want)
 	}
 
+	// The sweep that found them is on record: not overdue.
+	pgtest.WaitFor(t, 30*time.Second, "the sweep on record", func() bool {
+		_, body := get(t, base+"/readyz")
+		var ready map[string]string
+		return json.Unmarshal([]byte(body), &ready) == nil && ready["last_sweep_age"] != "none completed" && ready["sweep_overdue"] == "false"
+	})
+	if _, m := get(t, base+"/metrics"); !strings.Contains(m, "keysync_sweep_overdue 0") || !strings.Contains(m, "keysync_last_sweep_age_seconds ") {
+		t.Fatalf("/metrics lacks the sweep's age:\n%s", m)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
