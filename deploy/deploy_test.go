@@ -210,11 +210,13 @@ type fakeDB struct{}
 
 func (fakeDB) JobsByState(context.Context) (map[string]int, error)       { return map[string]int{}, nil }
 func (fakeDB) OldestPendingEvent(context.Context) (time.Duration, error) { return 0, nil }
+func (fakeDB) LastSweep(context.Context) (time.Duration, bool, error)    { return 0, true, nil }
 
 func metricNames(t *testing.T) map[string]bool {
 	t.Helper()
 	m := metrics.New()
 	m.Watch(fakeDB{}, fakeDB{}, func() time.Duration { return 0 })
+	m.WatchSweeps(fakeDB{}, time.Hour)
 	known := map[string]bool{}
 	v := reflect.ValueOf(m).Elem()
 	for i := range v.NumField() {

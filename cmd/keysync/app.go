@@ -122,10 +122,14 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 
 	// The River client, before its workers: the sweep and the catch-up the workers run
 	// queue their own jobs through this client. River reads the worker registry when
-	// the client starts, so registering them below, before Run, is in time.
+	// the client starts, so registering them below, before Run, is in time. The elected
+	// leader queues the periodic jobs: a catch-up and a prune at its start and on their
+	// schedules, and a sweep whenever the last completed one is older than the interval
+	// (at its start too), so that restarts and leader changes never put a sweep off.
 	workers := river.NewWorkers()
 	a.jobs, err = jobs.NewClient(a.pool, jobs.Config{ID: replica, Workers: workers, Logger: slogFor(log, "river"),
-		Periodic: periodicJobs(cfg), JobTimeout: cfg.JobTimeout})
+		Periodic:   jobs.PeriodicJobs(jobs.Schedule{Sweep: cfg.ReconcileInterval, CatchUp: cfg.CatchUpInterval, Prune: time.Hour}),
+		JobTimeout: cfg.JobTimeout})
 	if err != nil {
 		return nil, err
 	}
@@ -151,11 +155,12 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 		return err
 	}}, log.With().Str("component", "catch_up").Logger())
 	m.Watch(store, tables, catchUp.Lag)
+	m.WatchSweeps(store, sweepOverdue(cfg.ReconcileInterval))
 
 	// The workers: one per job kind, each a thin call into the piece that does the work.
 	river.AddWorker(workers, &jobs.EventWorker{Store: store, Engine: engine, Applied: func(d time.Duration) { m.EventToApplied.Observe(d.Seconds()) }})
 	river.AddWorker(workers, &jobs.SyncWorker{Engine: engine, Runs: store})
-	river.AddWorker(workers, &jobs.SweepWorker{Run: func(ctx context.Context) error { _, err := sweeper.RunOnce(ctx); return err }})
+	river.AddWorker(workers, &jobs.SweepWorker{Run: func(ctx context.Context) error { _, err := sweeper.RunOnce(ctx); return err }, Runs: store})
 	river.AddWorker(workers, &jobs.CatchUpWorker{Run: func(ctx context.Context) error { _, err := catchUp.RunOnce(ctx); return err }})
 	river.AddWorker(workers, &jobs.PruneWorker{Run: func(ctx context.Context) error {
 		n, err := store.PruneEvents(ctx, time.Now().Add(-cfg.EventRetention))
@@ -168,6 +173,7 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	// Health and metrics are always served: orchestrators probe them.
 	a.health = admin.NewHealth(store)
 	a.health.CatchUpLag = catchUp.Lag
+	a.health.LastSweep, a.health.SweepOverdueAfter = store.LastSweep, sweepOverdue(cfg.ReconcileInterval)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", a.health.Healthz)
 	mux.HandleFunc("GET /readyz", a.health.Readyz)
@@ -206,20 +212,10 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	return a, nil
 }
 
-// periodicJobs are the jobs River's elected leader queues on a schedule, so that one
-// replica at a time prunes, sweeps and catches up.
-func periodicJobs(cfg config) []*river.PeriodicJob {
-	every := func(d time.Duration, args river.JobArgs, runOnStart bool) *river.PeriodicJob {
-		return river.NewPeriodicJob(river.PeriodicInterval(d),
-			func() (river.JobArgs, *river.InsertOpts) { return args, nil }, &river.PeriodicJobOpts{RunOnStart: runOnStart})
-	}
-	return []*river.PeriodicJob{
-		every(time.Hour, jobs.PruneArgs{}, true),
-		every(cfg.ReconcileInterval, jobs.SweepArgs{}, false),
-		// At start too: events missed while no replica ran are read at once.
-		every(cfg.CatchUpInterval, jobs.CatchUpArgs{}, true),
-	}
-}
+// sweepOverdue is the age past which the last completed sweep is overdue: a sweep
+// comes at most an interval and a check (jobs.SweepCheck) after the last, plus its own
+// run time, so twice the interval means sweeps are failing or not being scheduled.
+func sweepOverdue(interval time.Duration) time.Duration { return 2 * interval }
 
 // Run starts the ingester, the jobs and the HTTP server, tells onServing (if set) the
 // address it serves on, and blocks until ctx ends or the server fails. Then it shuts

@@ -193,7 +193,7 @@ var settings = []setting{
 		doc: "`true`: run everything and audit it as `dry_run`; send no change to Cryptolens or Stripe.",
 		set: func(c *config, v string) error { return boolean(&c.DryRun, v) }},
 	{name: "KEYSYNC_RECONCILE_INTERVAL", def: "1h",
-		doc: "How often the full sweep against Stripe and Cryptolens runs (one replica runs it).",
+		doc: "How often the full sweep against Stripe and Cryptolens runs (one replica runs it). Kept across restarts: a replica that becomes leader sweeps at once when the last completed sweep is older, and `/readyz` and `keysync_sweep_overdue` say when it is older than twice this.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.ReconcileInterval, v, time.Minute) }},
 	{name: "KEYSYNC_CATCHUP_INTERVAL", shown: "`5m`, or `1m` in polling mode",
 		doc: "How often missed events are read from Stripe's Events API (also once at start).",

@@ -166,9 +166,11 @@ func TestServeLifecycle(t *testing.T) {
 		`keysync_jobs{state="completed"}`,
 		`keysync_oldest_pending_event_age_seconds 0`,
 		`keysync_catchup_cursor_age_seconds`,
-		`keysync_sweep_drifted 0`,
+		`keysync_sweep_drifted `, // the sweep at start may run before or after the webhook's Sync
 		`keysync_sweep_orphans 0`,
 		`keysync_sweep_duration_seconds`,
+		`keysync_last_sweep_age_seconds `,
+		`keysync_sweep_overdue 0`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(metricsText, want) {

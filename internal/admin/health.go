@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 )
@@ -24,6 +25,11 @@ type Health struct {
 	// CatchUpLag, if set, reports how far behind the Events API catch-up is; /readyz
 	// shows it, with a warning past 25 days (Stripe keeps events for 30).
 	CatchUpLag func() time.Duration
+	// LastSweep, if set, reports how long ago the last sweep completed (or, with none,
+	// how long keysync has run without one); /readyz shows it.
+	LastSweep func(ctx context.Context) (age time.Duration, completed bool, err error)
+	// SweepOverdueAfter is the age past which /readyz says the sweep is overdue.
+	SweepOverdueAfter time.Duration
 }
 
 // NewHealth returns the health endpoints over check.
@@ -39,7 +45,10 @@ func (h *Health) Healthz(w http.ResponseWriter, _ *http.Request) {
 }
 
 // Readyz answers 200 when the database answers and every migration is applied, 503
-// with the reason otherwise. The reason never carries connection details.
+// with the reason otherwise. The reason never carries connection details. An overdue
+// sweep or a lagging catch-up is reported in the answer but leaves it ready: this
+// replica still takes webhooks, and taking every replica out of the load balancer
+// would lose them too.
 func (h *Health) Readyz(w http.ResponseWriter, r *http.Request) {
 	if h.draining.Load() {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
@@ -68,7 +77,35 @@ func (h *Health) Readyz(w http.ResponseWriter, r *http.Request) {
 			out["warning"] = "the Events API catch-up is more than 25 days behind; past 30 days events are lost and a full sweep runs"
 		}
 	}
+	if h.LastSweep != nil {
+		h.sweepDetail(ctx, out)
+	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// sweepDetail adds the last completed sweep's age to out, and a warning when it is
+// overdue. A failed read leaves readiness alone: the database answered a ping just now.
+func (h *Health) sweepDetail(ctx context.Context, out map[string]string) {
+	age, completed, err := h.LastSweep(ctx)
+	if err != nil {
+		out["last_sweep_age"] = "unknown"
+		return
+	}
+	age = age.Round(time.Second)
+	out["last_sweep_age"] = age.String()
+	if !completed {
+		out["last_sweep_age"] = "none completed"
+	}
+	overdue := h.SweepOverdueAfter > 0 && age > h.SweepOverdueAfter
+	out["sweep_overdue"] = strconv.FormatBool(overdue)
+	if overdue {
+		last := "no sweep has completed in " + age.String()
+		if completed {
+			last = "the last completed sweep finished " + age.String() + " ago"
+		}
+		out["sweep_warning"] = last + ", more than " + h.SweepOverdueAfter.String() +
+			" (twice KEYSYNC_RECONCILE_INTERVAL): drift that webhooks missed is not being repaired; check the leader's logs for sweep errors"
+	}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

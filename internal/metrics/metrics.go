@@ -77,6 +77,54 @@ func (m *Metrics) Watch(db DB, jobs Jobs, catchUpLag func() time.Duration) {
 		Help: "Age of the Events API catch-up cursor (Stripe keeps 30 days)."}, func() float64 { return catchUpLag().Seconds() }))
 }
 
+// Sweeps answers the sweep gauges read on each scrape (postgres.Store): the age of the
+// last completed sweep by the database's clock, or without one the time keysync has run
+// without one.
+type Sweeps interface {
+	LastSweep(ctx context.Context) (age time.Duration, completed bool, err error)
+}
+
+// WatchSweeps registers the gauges that say how old the last completed sweep is and
+// whether it is overdue (older than overdueAfter). They are read from sync_runs at
+// scrape time, so every replica reports the same, leader or not, and a schedule that
+// silently stopped (restarts, a lost leader) shows as a growing age.
+func (m *Metrics) WatchSweeps(s Sweeps, overdueAfter time.Duration) {
+	m.Registry.MustRegister(&sweepCollector{sweeps: s, overdueAfter: overdueAfter})
+}
+
+var (
+	sweepAgeDesc = prometheus.NewDesc("keysync_last_sweep_age_seconds",
+		"Age of the last completed sweep (without one: how long keysync has run without one).", nil, nil)
+	sweepOverdueDesc = prometheus.NewDesc("keysync_sweep_overdue",
+		"1 when the last completed sweep is older than twice KEYSYNC_RECONCILE_INTERVAL, else 0.", nil, nil)
+)
+
+// sweepCollector reads the sweep gauges from Postgres at scrape time.
+type sweepCollector struct {
+	sweeps       Sweeps
+	overdueAfter time.Duration
+}
+
+func (c *sweepCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- sweepAgeDesc
+	ch <- sweepOverdueDesc
+}
+
+func (c *sweepCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	age, _, err := c.sweeps.LastSweep(ctx)
+	if err != nil {
+		return // a missing series, not a misleading 0
+	}
+	overdue := 0.0
+	if age > c.overdueAfter {
+		overdue = 1
+	}
+	ch <- prometheus.MustNewConstMetric(sweepAgeDesc, prometheus.GaugeValue, age.Seconds())
+	ch <- prometheus.MustNewConstMetric(sweepOverdueDesc, prometheus.GaugeValue, overdue)
+}
+
 var (
 	jobsDesc   = prometheus.NewDesc("keysync_jobs", "River jobs by state.", []string{"state"}, nil)
 	oldestDesc = prometheus.NewDesc("keysync_oldest_pending_event_age_seconds", "Age of the oldest event not yet processed (0: none).", nil, nil)

@@ -102,3 +102,35 @@ func (s *Store) Runs(ctx context.Context, kind string) ([]RunRow, error) {
 	}
 	return out, nil
 }
+
+// LastSweep returns how long ago, by the database's clock, the last completed sweep
+// finished, and whether one has. A completed sweep is one that read every subscription
+// and key (status succeeded); a failed or interrupted one does not count. Without a
+// completed sweep, age is the time since keysync's first run of any kind (its first
+// sync_runs row; 0 before that): how long the sweep has been missing. The database's
+// clock is the one that stamped finished_at, so a replica's skewed clock cannot make a
+// sweep look fresh or stale.
+func (s *Store) LastSweep(ctx context.Context) (age time.Duration, completed bool, err error) {
+	var last, first *float64
+	err = s.pool.QueryRow(ctx, `SELECT
+		(SELECT extract(epoch FROM now() - finished_at)::float8 FROM sync_runs
+			WHERE kind = 'sweep' AND status = 'succeeded' ORDER BY started_at DESC LIMIT 1),
+		(SELECT extract(epoch FROM now() - started_at)::float8 FROM sync_runs ORDER BY id LIMIT 1)`).Scan(&last, &first)
+	if err != nil {
+		return 0, false, fmt.Errorf("last sweep: %w", translate(err))
+	}
+	switch {
+	case last != nil:
+		return secondsDuration(*last), true, nil
+	case first != nil:
+		return secondsDuration(*first), false, nil
+	default:
+		return 0, false, nil
+	}
+}
+
+// secondsDuration converts an age in seconds to a Duration, never below 0: a row
+// stamped by a transaction that started after this one's now() is taken as fresh.
+func secondsDuration(s float64) time.Duration {
+	return max(time.Duration(s*float64(time.Second)), 0)
+}
