@@ -26,6 +26,7 @@ type config struct {
 	CryptolensToken      string
 	CryptolensAPIBase    string
 	CryptolensProductID  int
+	TimeLimitedFeature   int
 	CryptolensRateLimit  float64
 	CryptolensTimeout    time.Duration
 	Listen               string
@@ -36,6 +37,7 @@ type config struct {
 	WriteStripeMetadata  bool
 	BlockOnDispute       bool
 	BlockOnRefund        bool
+	LapseWhenPaused      bool
 	StripeRateLimit      float64
 	ReconcileInterval    time.Duration
 	CatchUpInterval      time.Duration
@@ -137,6 +139,9 @@ var settings = []setting{
 	{name: "CRYPTOLENS_PRODUCT_ID",
 		doc: "Cryptolens product that plans-file entries use when they name none. Maps nothing by itself.",
 		set: func(c *config, v string) error { return intIn(&c.CryptolensProductID, v, 1, 1<<31-1) }},
+	{name: "CRYPTOLENS_TIME_LIMITED_FEATURE", def: "1",
+		doc: "The feature (1 to 8) that marks a key as time-limited in the Cryptolens product's feature definitions (Cryptolens' default is F1); `0`: the product has none. Cryptolens enforces expiry (and \"Block Expired Licenses\") only on time-limited keys, so every subscription key gets it on and no plan may turn it off.",
+		set: func(c *config, v string) error { return intIn(&c.TimeLimitedFeature, v, 0, 8) }},
 	{name: "CRYPTOLENS_RATE_LIMIT", def: "10",
 		doc: "Most Cryptolens requests per second per replica (Cryptolens documents no limit; this keeps keysync polite).",
 		set: func(c *config, v string) error {
@@ -169,7 +174,7 @@ var settings = []setting{
 			return nil
 		}},
 	{name: "KEYSYNC_BUFFER_DAYS", def: "5",
-		doc: "Days of license beyond the paid-through date (35 days for a 30-day month).",
+		doc: "Days of license beyond the entitled-through date: the end of the paid period, or of the current period when Stripe grants it unpaid (trials, invoiced customers, paused collection, metered prices). 35 days for a 30-day month.",
 		set: func(c *config, v string) error { return intIn(&c.BufferDays, v, 0, 365) }},
 	{name: "KEYSYNC_PLANS_FILE",
 		doc: "YAML file mapping Stripe prices/products to Cryptolens products, features and seats. Must be readable if set.",
@@ -189,6 +194,19 @@ var settings = []setting{
 	{name: "KEYSYNC_ON_REFUND", def: "ignore",
 		doc: "`block`: block the key when the latest paid invoice was refunded in full. `ignore`: leave it.",
 		set: func(c *config, v string) error { return blockOrIgnore(&c.BlockOnRefund, v) }},
+	{name: "KEYSYNC_ON_PAUSED_COLLECTION", def: "keep",
+		doc: "`keep`: while a subscription's payment collection is paused (`pause_collection`), its key runs through the current period, as Stripe says the customer keeps access. `lapse`: the key runs out at paid-through + buffer days.",
+		set: func(c *config, v string) error {
+			switch v {
+			case "keep":
+				c.LapseWhenPaused = false
+			case "lapse":
+				c.LapseWhenPaused = true
+			default:
+				return fmt.Errorf("must be keep or lapse, got %q", v)
+			}
+			return nil
+		}},
 	{name: "KEYSYNC_DRY_RUN", def: "false",
 		doc: "`true`: run everything and audit it as `dry_run`; send no change to Cryptolens or Stripe.",
 		set: func(c *config, v string) error { return boolean(&c.DryRun, v) }},

@@ -27,7 +27,8 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if c.Listen != ":8080" || c.BufferDays != 5 || c.DryRun || c.ReconcileInterval != time.Hour ||
 		c.StripeAPIBase != "https://api.stripe.com" || c.CryptolensAPIBase != "https://api.cryptolens.io" ||
-		c.LogLevel != zerolog.InfoLevel || c.ShutdownTimeout != 30*time.Second {
+		c.LogLevel != zerolog.InfoLevel || c.ShutdownTimeout != 30*time.Second ||
+		c.TimeLimitedFeature != 1 || c.LapseWhenPaused {
 		t.Fatalf("got %+v, want the documented defaults", c)
 	}
 }
@@ -53,6 +54,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		"bad api version":    {map[string]string{"STRIPE_ACCEPT_API_VERSIONS": "latest"}, "STRIPE_ACCEPT_API_VERSIONS:"},
 		"short admin token":  {map[string]string{"KEYSYNC_ADMIN_TOKEN": "secret-pw"}, "KEYSYNC_ADMIN_TOKEN:"},
 		"missing plans":      {map[string]string{"KEYSYNC_PLANS_FILE": "/nonexistent/plans.yaml"}, "KEYSYNC_PLANS_FILE:"},
+		"no feature 9":       {map[string]string{"CRYPTOLENS_TIME_LIMITED_FEATURE": "9"}, "CRYPTOLENS_TIME_LIMITED_FEATURE:"},
+		"bad paused":         {map[string]string{"KEYSYNC_ON_PAUSED_COLLECTION": "block"}, "KEYSYNC_ON_PAUSED_COLLECTION:"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -51,6 +51,11 @@ func newParts(cfg config, log zerolog.Logger, m *metrics.Metrics) (engineParts, 
 			return engineParts{}, fmt.Errorf("%w: KEYSYNC_PLANS_FILE: %w", errUsage, err)
 		}
 	}
+	// Cryptolens enforces expiry only on keys whose time-limited feature is on: no
+	// plan may turn it off, or its subscription keys would never expire.
+	if err := mapping.RequireTimeLimited(cfg.TimeLimitedFeature); err != nil {
+		return engineParts{}, fmt.Errorf("%w: CRYPTOLENS_TIME_LIMITED_FEATURE: %w", errUsage, err)
+	}
 
 	// The clients, each logging under its own component; serve also counts and times
 	// their calls.
@@ -78,5 +83,6 @@ func newParts(cfg config, log zerolog.Logger, m *metrics.Metrics) (engineParts, 
 		return engineParts{}, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	return engineParts{stripe: sc, crypto: cc, mapping: mapping,
-		policy: license.Options{BufferDays: cfg.BufferDays, BlockOnDispute: cfg.BlockOnDispute, BlockOnRefund: cfg.BlockOnRefund}}, nil
+		policy: license.Options{BufferDays: cfg.BufferDays, BlockOnDispute: cfg.BlockOnDispute, BlockOnRefund: cfg.BlockOnRefund,
+			LapseOnPausedCollection: cfg.LapseWhenPaused, TimeLimitedFeature: cfg.TimeLimitedFeature}}, nil
 }

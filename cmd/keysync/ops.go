@@ -150,7 +150,7 @@ func (c *statusCmd) run(ctx context.Context, e cmdEnv) error {
 	}
 	w := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "subscription\t%s\n", c.sub)
-	fmt.Fprintf(w, "Stripe\tstatus %s, paid through %s\n", p.Status, day(p.PaidThrough))
+	fmt.Fprintf(w, "Stripe\tstatus %s, paid through %s, entitled through %s\n", p.Status, day(p.PaidThrough), day(p.EntitledThrough))
 	if p.Found {
 		fmt.Fprintf(w, "keysync\tkey %s, blocked by keysync %v, last synced %s\n", deref(p.Row.LicenseKey), p.Row.BlockedByKeysync, day(derefTime(p.Row.LastSyncedAt)))
 	} else {

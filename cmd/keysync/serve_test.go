@@ -139,9 +139,10 @@ func TestServeLifecycle(t *testing.T) {
 		_ = pool.QueryRow(context.Background(), `SELECT status FROM stripe_events WHERE type = 'customer.subscription.created'`).Scan(&status)
 		return status == "processed"
 	})
-	// The event made the key: the plans file's features and per-seat machines.
+	// The event made the key: the plans file's features (and F1, the time-limited
+	// feature by default) and per-seat machines.
 	keys := csim.Keys(1001)
-	if len(keys) != 1 || keys[0].Features != [8]bool{false, true} || keys[0].MaxNoOfMachines != 3 || keys[0].Notes != syncer.Marker(checkout.Subscription) {
+	if len(keys) != 1 || keys[0].Features != [8]bool{true, true} || keys[0].MaxNoOfMachines != 3 || keys[0].Notes != syncer.Marker(checkout.Subscription) {
 		t.Fatalf("got keys %+v, want one key from the plans file", keys)
 	}
 
@@ -226,9 +227,19 @@ func TestServeRefusesBadPlansFile(t *testing.T) {
 
 func TestServeRefusesBadConfig(t *testing.T) {
 	t.Parallel()
-	err := run(t.Context(), []string{"serve"}, env(map[string]string{"DATABASE_URL": validDB, "KEYSYNC_BUFFER_DAYS": "many"}), io.Discard, io.Discard, nil)
-	if err == nil || !strings.Contains(err.Error(), "KEYSYNC_BUFFER_DAYS") {
-		t.Fatalf("got %v, want a configuration error naming KEYSYNC_BUFFER_DAYS", err)
+	tests := map[string]struct{ name, value string }{
+		"buffer": {"KEYSYNC_BUFFER_DAYS", "many"},
+		// Cryptolens products have features 1 to 8: a key marked time-limited by a
+		// feature that does not exist would never expire.
+		"time-limited feature": {"CRYPTOLENS_TIME_LIMITED_FEATURE", "9"},
+		"paused collection":    {"KEYSYNC_ON_PAUSED_COLLECTION", "ignore"},
+	}
+	for name, tc := range tests {
+		vars := map[string]string{"DATABASE_URL": validDB, "STRIPE_API_KEY": "sk_test_x", "CRYPTOLENS_TOKEN": "t", tc.name: tc.value}
+		err := run(t.Context(), []string{"serve"}, env(vars), io.Discard, io.Discard, nil)
+		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tc.name) {
+			t.Errorf("%s: got %v, want a configuration error naming %s", name, err, tc.name)
+		}
 	}
 }
 
@@ -364,7 +375,8 @@ func TestStatusAndSyncCommands(t *testing.T) {
 		return out.String()
 	}
 	status := cmd("status", res.Subscription)
-	for _, want := range []string{"Stripe", "status active", "no mapping row yet", "Cryptolens", "no key", "policy", "F2", "3", "create_key"} {
+	for _, want := range []string{"Stripe", "status active", "paid through", "entitled through", "no mapping row yet", "Cryptolens", "no key",
+		"policy", "F1+F2", "3", "create_key"} {
 		if !strings.Contains(status, want) {
 			t.Fatalf("status lacks %q:\n%s", want, status)
 		}

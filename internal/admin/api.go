@@ -132,7 +132,8 @@ func (a *API) subscription(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"subscription": r.PathValue("id"), "stripe": map[string]any{"status": p.Status, "paid_through": p.PaidThrough},
+	return map[string]any{"subscription": r.PathValue("id"), "stripe": map[string]any{"status": p.Status, "paid_through": p.PaidThrough,
+		"entitled_through": p.EntitledThrough},
 		"keysync": map[string]any{"known": p.Found, "license_key": p.Row.LicenseKey, "blocked_by_keysync": p.Row.BlockedByKeysync,
 			"last_synced_at": p.Row.LastSyncedAt, "last_error": p.Row.LastError},
 		"cryptolens": p.Key, "desired": p.Desired, "actions": p.Actions}, nil

@@ -10,8 +10,8 @@ import (
 )
 
 const getSubscription = `
-SELECT id, customer_id, status, product_id, license_key, key_id, paid_through, desired_expires,
-       blocked_by_keysync, checkout_session_id, last_synced_at, unmapped_at, last_error
+SELECT id, customer_id, status, product_id, license_key, key_id, paid_through, entitled_through, desired_expires,
+       blocked_by_keysync, expiry_block_seen, checkout_session_id, last_synced_at, unmapped_at, last_error
 FROM subscriptions WHERE id = $1`
 
 // GetSubscription returns the mapping row of a subscription, or ErrNotFound (wrapped)
@@ -49,14 +49,16 @@ func getSubscriptionRow(ctx context.Context, q querier, id string) (syncer.Subsc
 
 const upsertSubscription = `
 INSERT INTO subscriptions (id, customer_id, status, product_id, license_key, key_id, paid_through, desired_expires,
-    blocked_by_keysync, checkout_session_id, last_synced_at, unmapped_at, last_error, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now())
+    blocked_by_keysync, checkout_session_id, last_synced_at, unmapped_at, last_error, entitled_through, expiry_block_seen, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now())
 ON CONFLICT (id) DO UPDATE SET
     customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, product_id = EXCLUDED.product_id,
     license_key = EXCLUDED.license_key, key_id = EXCLUDED.key_id,
-    -- paid-through only moves forward
+    -- paid-through and entitled-through only move forward
     paid_through = GREATEST(subscriptions.paid_through, EXCLUDED.paid_through),
+    entitled_through = GREATEST(subscriptions.entitled_through, EXCLUDED.entitled_through),
     desired_expires = EXCLUDED.desired_expires, blocked_by_keysync = EXCLUDED.blocked_by_keysync,
+    expiry_block_seen = EXCLUDED.expiry_block_seen,
     checkout_session_id = COALESCE(EXCLUDED.checkout_session_id, subscriptions.checkout_session_id),
     last_synced_at = EXCLUDED.last_synced_at, unmapped_at = EXCLUDED.unmapped_at,
     last_error = EXCLUDED.last_error, updated_at = now()`
@@ -75,7 +77,8 @@ func (l *SubscriptionLock) SaveSync(ctx context.Context, row syncer.Subscription
 func saveSync(ctx context.Context, q querier, row syncer.SubscriptionRow, audits []syncer.AuditRow) error {
 	return inTx(ctx, q, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, upsertSubscription, row.ID, row.CustomerID, row.Status, row.ProductID, row.LicenseKey, row.KeyID,
-			row.PaidThrough, row.DesiredExpires, row.BlockedByKeysync, row.CheckoutSessionID, row.LastSyncedAt, row.UnmappedAt, row.LastError)
+			row.PaidThrough, row.DesiredExpires, row.BlockedByKeysync, row.CheckoutSessionID, row.LastSyncedAt, row.UnmappedAt, row.LastError,
+			row.EntitledThrough, row.ExpiryBlockSeen)
 		if err != nil {
 			return fmt.Errorf("save subscription: %w", translate(err))
 		}

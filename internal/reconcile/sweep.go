@@ -256,7 +256,6 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 		sum.Scanned++
 		inStripe[sub.ID] = struct{}{}
 		p := pending{id: sub.ID, metaKey: sub.Metadata[syncer.KeyMetadata]}
-		ls := license.Subscription{ID: sub.ID, Status: string(sub.Status), PaidThrough: rows[sub.ID].PaidThrough}
 		if inv := sub.LatestInvoice; inv != nil && inv.Status == stripe.InvoiceStatusPaid && inv.Lines != nil && inv.Lines.HasMore {
 			// Prorations come first: the subscription line may be past the embedded page.
 			if err := s.stripe.CompleteLines(ctx, inv); err != nil {
@@ -264,30 +263,32 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 				p.linesUnread = true
 			}
 		}
-		if inv := sub.LatestInvoice; inv != nil {
-			if pt := stripeapi.PaidThrough(inv); pt.After(ls.PaidThrough) {
-				ls.PaidThrough = pt
-			}
+
+		// The policy's inputs, read as a Sync reads them (stripeapi.Subscription), from
+		// the latest invoice instead of all paid ones: what earlier invoices paid for,
+		// keysync's row remembers (paid-through and entitled-through only move forward).
+		ls := stripeapi.Subscription(sub, sub.LatestInvoice)
+		row := rows[sub.ID]
+		if row.PaidThrough.After(ls.PaidThrough) {
+			ls.PaidThrough = row.PaidThrough
 		}
-		for _, it := range sub.Items.Data {
-			li := license.Item{Quantity: it.Quantity}
-			if it.Price != nil {
-				li.PriceID, li.PriceMetadata = it.Price.ID, it.Price.Metadata
-				if it.Price.Product != nil {
-					li.ProductID = it.Price.Product.ID
-					md, ok := productMeta[li.ProductID]
-					if !ok {
-						prod, err := s.stripe.GetProduct(ctx, li.ProductID)
-						if err != nil {
-							return fmt.Errorf("read product %s: %w", li.ProductID, err)
-						}
-						md = prod.Metadata
-						productMeta[li.ProductID] = md
-					}
-					li.ProductMetadata = md
-				}
+		ls.StoredThrough = row.EntitledThrough
+		for i := range ls.Items {
+			// The list does not expand products: their metadata is read once a sweep.
+			id := ls.Items[i].ProductID
+			if id == "" {
+				continue
 			}
-			ls.Items = append(ls.Items, li)
+			md, ok := productMeta[id]
+			if !ok {
+				prod, err := s.stripe.GetProduct(ctx, id)
+				if err != nil {
+					return fmt.Errorf("read product %s: %w", id, err)
+				}
+				md = prod.Metadata
+				productMeta[id] = md
+			}
+			ls.Items[i].ProductMetadata = md
 		}
 		d, err := license.Desire(ls, s.mapping, s.policy)
 		switch {
@@ -355,7 +356,8 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 			if found {
 				key = keys[i].license()
 			}
-			acts := license.Actions(p.desired.unpack(), key, license.State{BlockedByKeysync: row.BlockedByKeysync}, now)
+			st := license.State{BlockedByKeysync: row.BlockedByKeysync, ExpiryBlockSeen: row.ExpiryBlockSeen}
+			acts := license.Actions(p.desired.unpack(), key, st, now)
 			switch {
 			case len(acts) > 0:
 				kinds := make([]string, len(acts))

@@ -209,15 +209,20 @@ func (c *Client) CompleteLines(ctx context.Context, inv *stripe.Invoice) error {
 }
 
 // PaidThrough is license.PaidThrough over Stripe's invoices: the latest period end of
-// the subscription lines of the paid ones. Complete long invoices first (CompleteLines).
+// the licensed subscription lines of the paid ones (a metered line bills a period that
+// is over). Complete long invoices first (CompleteLines).
 func PaidThrough(invoices ...*stripe.Invoice) time.Time {
 	in := make([]license.Invoice, 0, len(invoices))
 	for _, inv := range invoices {
+		if inv == nil {
+			continue
+		}
 		li := license.Invoice{Paid: inv.Status == stripe.InvoiceStatusPaid}
 		if inv.Lines != nil {
 			for _, l := range inv.Lines.Data {
 				if l.Period != nil {
-					li.Lines = append(li.Lines, license.Line{Type: string(l.Type), PeriodEnd: time.Unix(l.Period.End, 0).UTC()})
+					li.Lines = append(li.Lines, license.Line{Type: string(l.Type), PeriodEnd: time.Unix(l.Period.End, 0).UTC(),
+						Metered: metered(l.Price)})
 				}
 			}
 		}

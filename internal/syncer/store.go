@@ -46,6 +46,15 @@ type SubscriptionRow struct {
 	// PaidThrough only moves forward.
 	PaidThrough    *time.Time
 	DesiredExpires *time.Time
+
+	// EntitledThrough is the entitled-through date the last Sync computed, the basis of
+	// the key's expiry (this + buffer days): the policy's StoredThrough. It only moves
+	// forward.
+	EntitledThrough *time.Time
+	// ExpiryBlockSeen says keysync saw Cryptolens' expiry block on the key and has not
+	// lifted it yet (license.State.ExpiryBlockSeen).
+	ExpiryBlockSeen bool
+
 	// BlockedByKeysync says the key's block is keysync's own, which it may lift.
 	BlockedByKeysync  bool
 	CheckoutSessionID *string

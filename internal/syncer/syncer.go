@@ -237,6 +237,12 @@ type plan struct {
 	key license.Key
 	// forget says the key keysync recorded no longer exists in Cryptolens.
 	forget bool
+	// keyRead says the key was looked for and key is what Cryptolens has (a plan that
+	// failed before may not judge the key).
+	keyRead bool
+	// expiryBlocked says the key carries Cryptolens' expiry block (license.ExpiryBlocked);
+	// newExpiryBlock that keysync's row does not record it yet.
+	expiryBlocked, newExpiryBlock bool
 	// adopted is a key keysync had not recorded, found the way adoptedFrom says.
 	adopted     *cryptolens.Key
 	adoptedFrom string
@@ -260,15 +266,12 @@ func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, l
 	if err != nil {
 		return p, fmt.Errorf("read paid invoices: %w", err)
 	}
-	ls := license.Subscription{ID: sub.ID, Status: string(sub.Status), PaidThrough: stripeapi.PaidThrough(paid...)}
-	if sub.Customer != nil {
-		ls.CustomerID = sub.Customer.ID
-	}
+	ls := stripeapi.Subscription(sub, paid...) // the sweep reads it the same way
 	if row.PaidThrough != nil && row.PaidThrough.After(ls.PaidThrough) {
 		ls.PaidThrough = *row.PaidThrough // keysync only moves it forward
 	}
-	for _, it := range sub.Items.Data {
-		ls.Items = append(ls.Items, item(it))
+	if row.EntitledThrough != nil {
+		ls.StoredThrough = *row.EntitledThrough
 	}
 	if s.opts.Policy.BlockOnDispute || s.opts.Policy.BlockOnRefund {
 		if ls.Disputed, ls.RefundedLatest, err = s.chargeState(ctx, paid); err != nil {
@@ -291,11 +294,15 @@ func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, l
 	if err := s.findKey(ctx, p, row, log); err != nil {
 		return p, err
 	}
+	p.keyRead = true
 
 	// 4. The actions between them. The key was just read from Cryptolens: its clock is
 	// known now (see Options.Now).
 	p.now = s.opts.Now().UTC()
-	p.actions = license.Actions(desired, p.key, license.State{BlockedByKeysync: row.BlockedByKeysync}, p.now)
+	st := license.State{BlockedByKeysync: row.BlockedByKeysync, ExpiryBlockSeen: row.ExpiryBlockSeen}
+	p.expiryBlocked = license.ExpiryBlocked(p.key, st, p.now)
+	p.newExpiryBlock = p.expiryBlocked && !row.ExpiryBlockSeen
+	p.actions = license.Actions(desired, p.key, st, p.now)
 	return p, nil
 }
 
@@ -362,9 +369,18 @@ func (r *run) learn(p *plan) {
 		return // an unmapped subscription is recorded by apply, once
 	}
 	r.row.UnmappedAt = nil
+	if !p.desired.Through.IsZero() {
+		et := p.desired.Through
+		r.row.EntitledThrough = &et
+	}
 	if !p.desired.Expires.IsZero() {
 		de := p.desired.Expires
 		r.row.DesiredExpires = &de
+	}
+	if p.keyRead {
+		// Seen now, or seen before and not lifted yet; a key seen unblocked (or with
+		// keysync's own block) clears it.
+		r.row.ExpiryBlockSeen = p.expiryBlocked
 	}
 	if p.forget {
 		r.row.LicenseKey, r.row.KeyID = nil, nil
@@ -399,6 +415,14 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 	}
 	key := p.key
 	res := Result{Key: key.Key, Actions: p.actions}
+	if p.newExpiryBlock && len(p.actions) > 0 && !s.opts.DryRun {
+		// Recorded before any call: once the key is extended it no longer looks
+		// expired, so a retry after "extended, then the unblock failed" knows the block
+		// is Cryptolens' expiry block only from this row.
+		if err := r.lock.SaveSync(ctx, r.row, nil); err != nil {
+			return res, fmt.Errorf("record expiry block: %w", err)
+		}
+	}
 	for _, a := range p.actions {
 		created, err := r.perform(ctx, p.sub, p.desired, key, a)
 		if created != "" {
@@ -424,9 +448,12 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 	row := AuditRow{Action: string(a.Kind), LicenseKey: key.Key, ProductID: product, Params: map[string]any{}}
 	switch a.Kind {
 	case license.CreateKey:
-		row.Params = map[string]any{"period": a.Days, "expires": a.NewExpires, "features": a.Features, "machines": a.Machines}
+		// The expiry's basis (entitled-through) and, beside it, what is paid.
+		row.Params = map[string]any{"period": a.Days, "expires": a.NewExpires, "features": a.Features, "machines": a.Machines,
+			"entitled_through": d.Through, "paid_through": r.row.PaidThrough}
 	case license.Extend:
-		row.Params = map[string]any{"days": a.Days, "old_expires": a.OldExpires, "new_expires": a.NewExpires}
+		row.Params = map[string]any{"days": a.Days, "old_expires": a.OldExpires, "new_expires": a.NewExpires,
+			"entitled_through": d.Through, "paid_through": r.row.PaidThrough}
 	case license.AddFeature, license.RemoveFeature:
 		row.Params = map[string]any{"feature": a.Feature}
 	case license.MachineLimit:
@@ -478,7 +505,7 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 	case license.Unblock:
 		var changed bool
 		if changed, err = s.crypto.UnblockKey(ctx, product, key.Key); err == nil {
-			r.row.BlockedByKeysync = false
+			r.row.BlockedByKeysync, r.row.ExpiryBlockSeen = false, false
 			if !changed {
 				msg = "Not changed"
 			}
@@ -556,17 +583,6 @@ func (s *Syncer) chargeState(ctx context.Context, paid []*stripe.Invoice) (dispu
 	return false, false, nil
 }
 
-func item(it *stripe.SubscriptionItem) license.Item {
-	out := license.Item{Quantity: it.Quantity}
-	if it.Price != nil {
-		out.PriceID, out.PriceMetadata = it.Price.ID, it.Price.Metadata
-		if it.Price.Product != nil {
-			out.ProductID, out.ProductMetadata = it.Price.Product.ID, it.Price.Product.Metadata
-		}
-	}
-	return out
-}
-
 func toKey(k cryptolens.Key) license.Key {
 	return license.Key{Exists: true, Key: k.Key, Expires: k.Expires, Blocked: k.Block, Features: k.Features, MaxMachines: k.MaxNoOfMachines}
 }
@@ -581,12 +597,14 @@ type Preview struct {
 	// Row is keysync's mapping row as stored (Found false: none yet).
 	Row   SubscriptionRow
 	Found bool
-	// Status and PaidThrough are Stripe's, read now.
-	Status      string
-	PaidThrough time.Time
-	Desired     license.Desired
-	Key         license.Key
-	Actions     []license.Action
+	// Status and PaidThrough are Stripe's, read now; EntitledThrough is what the policy
+	// makes of them (the expiry's basis, Desired.Through).
+	Status          string
+	PaidThrough     time.Time
+	EntitledThrough time.Time
+	Desired         license.Desired
+	Key             license.Key
+	Actions         []license.Action
 }
 
 // Preview reads the subscription and its key as Sync does and returns what Sync would
@@ -607,5 +625,5 @@ func (s *Syncer) Preview(ctx context.Context, subscription string) (Preview, err
 		return Preview{Row: row, Found: found}, err
 	}
 	return Preview{Row: row, Found: found, Status: p.stripe.Status, PaidThrough: p.stripe.PaidThrough,
-		Desired: p.desired, Key: p.key, Actions: p.actions}, nil
+		EntitledThrough: p.desired.Through, Desired: p.desired, Key: p.key, Actions: p.actions}, nil
 }

@@ -113,6 +113,22 @@ type Subscription struct {
 	PaidThrough time.Time `json:"paid_through"`
 }
 
+// EntitledThrough is what keysync's policy entitles the subscription to (DESIGN §2,
+// with KEYSYNC_ON_PAUSED_COLLECTION=keep): what it is paid through, or the current
+// period's end while it is active and Stripe grants the period unpaid (an invoiced
+// customer, paused collection). The simulator's paid-through already counts trials and
+// metered prices through their period. It does not know what keysync stored earlier,
+// so a key judged after an invoiced subscription fell past_due may look beyond target.
+func (s Subscription) EntitledThrough() time.Time {
+	sub := s.Subscription
+	if sub.Status == "active" && (sub.CollectionMethod == "send_invoice" || sub.PauseCollection != nil) {
+		if end := time.Unix(sub.CurrentPeriodEnd, 0).UTC(); end.After(s.PaidThrough) {
+			return end
+		}
+	}
+	return s.PaidThrough
+}
+
 // Subscription returns a subscription's state.
 func (c *Control) Subscription(ctx context.Context, id string) (Subscription, error) {
 	var s Subscription
@@ -149,11 +165,11 @@ type Want struct {
 	Machines int
 }
 
-// ErrBeyondTarget marks a key that runs more than a day past paid-through + buffer: an
-// extension too many.
+// ErrBeyondTarget marks a key that runs more than a day past entitled-through + buffer:
+// an extension too many.
 var ErrBeyondTarget = errors.New("expires beyond target")
 
-// Check returns nil when k is what the policy wants for s: valid until paid-through +
+// Check returns nil when k is what the policy wants for s: valid until entitled-through +
 // bufferDays (never short, less than a day over) with want's features and machines while
 // the subscription is active, trialing or past due; blocked once it is canceled, unpaid,
 // paused or incomplete_expired. A key more than a day over target matches ErrBeyondTarget.
@@ -168,16 +184,16 @@ func Check(k Key, s Subscription, bufferDays int, want Want) error {
 	default:
 		return fmt.Errorf("subscription %s: no policy to check", s.Subscription.Status)
 	}
-	target := s.PaidThrough.AddDate(0, 0, bufferDays)
+	target := s.EntitledThrough().AddDate(0, 0, bufferDays)
 	switch {
 	case k.Key == "":
 		return errors.New("no key")
 	case k.Block:
 		return errors.New("blocked")
 	case k.Expires.Before(target):
-		return fmt.Errorf("expires %s, short of paid-through + %d days = %s", k.Expires.Format(time.DateTime), bufferDays, target.Format(time.DateTime))
+		return fmt.Errorf("expires %s, short of entitled-through + %d days = %s", k.Expires.Format(time.DateTime), bufferDays, target.Format(time.DateTime))
 	case k.Expires.Sub(target) >= 24*time.Hour:
-		return fmt.Errorf("%w: expires %s, paid-through + %d days = %s", ErrBeyondTarget, k.Expires.Format(time.DateTime), bufferDays, target.Format(time.DateTime))
+		return fmt.Errorf("%w: expires %s, entitled-through + %d days = %s", ErrBeyondTarget, k.Expires.Format(time.DateTime), bufferDays, target.Format(time.DateTime))
 	case k.Features != want.Features || k.MaxNoOfMachines != want.Machines:
 		return fmt.Errorf("features %s machines %d, want %s and %d", FeatureList(k.Features), k.MaxNoOfMachines, FeatureList(want.Features), want.Machines)
 	}

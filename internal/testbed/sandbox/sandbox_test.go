@@ -53,3 +53,43 @@ func TestCheck(t *testing.T) {
 		}
 	}
 }
+
+// Stripe grants an invoiced or paused-collection subscription its current period while
+// it is active: Check judges its key by the period's end, as keysync's policy does.
+func TestCheckEntitledThrough(t *testing.T) {
+	t.Parallel()
+	pt := time.Date(2027, 3, 25, 10, 0, 0, 0, time.UTC)
+	end := pt.AddDate(0, 1, 0)
+	sub := func(status, collection string, paused bool) Subscription {
+		pause := "null"
+		if paused {
+			pause = `{"Behavior":"void"}`
+		}
+		var s Subscription
+		raw := fmt.Sprintf(`{"subscription":{"status":%q,"CollectionMethod":%q,"CurrentPeriodEnd":%d,"PauseCollection":%s},"paid_through":%q}`,
+			status, collection, end.Unix(), pause, pt.Format(time.RFC3339))
+		if err := json.Unmarshal([]byte(raw), &s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	tests := map[string]struct {
+		s    Subscription
+		want time.Time
+	}{
+		"card, renewal unpaid":        {sub("active", "charge_automatically", false), pt},
+		"invoiced, invoice open":      {sub("active", "send_invoice", false), end},
+		"collection paused":           {sub("active", "charge_automatically", true), end},
+		"invoiced, past its due date": {sub("past_due", "send_invoice", false), pt},
+		"paused collection, past_due": {sub("past_due", "charge_automatically", true), pt},
+	}
+	for name, tc := range tests {
+		if got := tc.s.EntitledThrough(); !got.Equal(tc.want) {
+			t.Errorf("%s: got %s, want %s", name, got, tc.want)
+		}
+		k := Key{Key: "K", Expires: tc.want.AddDate(0, 0, 5), Features: [8]bool{true}, MaxNoOfMachines: 1}
+		if err := Check(k, tc.s, 5, Want{Features: [8]bool{true}, Machines: 1}); err != nil {
+			t.Errorf("%s: a key at entitled-through + 5 days: got %v, want nil", name, err)
+		}
+	}
+}
