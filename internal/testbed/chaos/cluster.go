@@ -112,9 +112,11 @@ func (c *Cluster) Getenv(name string) string {
 
 // NewCluster starts the sandbox, the balancer and n keysync replicas, with extraEnv added
 // to their environment. Close it when done.
-func NewCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (c *Cluster, err error) {
+func NewCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (_ *Cluster, err error) {
 	opts.Seed = max(opts.Seed, 1)
-	c = &Cluster{opts: opts, prices: map[string]string{}, planOf: map[string]string{}, started: time.Now()}
+	// The deferred Close sees this c, not the nil that an error return gives the caller,
+	// so a failed start stops what it started and reports its error (not a nil panic).
+	c := &Cluster{opts: opts, prices: map[string]string{}, planOf: map[string]string{}, started: time.Now()}
 	defer func() {
 		if err != nil {
 			c.Close()
