@@ -60,8 +60,9 @@ fuzz: ## run each fuzz target (webhook handler, plans file, Cryptolens answers) 
 
 # Mutation testing reruns a package's tests once per mutant, so it is not part of `make test`.
 # internal/license (~100 mutants, a minute or two) fails under 95% efficacy (its gremlins.yaml).
-# Its one survivor is equivalent: in Desire, `*p.BufferDays > buffer` as `>=` only reassigns
-# an equal buffer.
+# Its two survivors are equivalent: in Desire, `*p.BufferDays > buffer` as `>=` only
+# reassigns an equal buffer; in Resolve, `m.timeLimited > 0` as `>= 0` only looks up
+# feature 0, which no plan has (parseSKM refuses F0).
 # Its 10 "not covered" mutants are case expressions of the tagless switches in parseSKM and
 # ParsePlans, where Go's coverage counts no block; each was applied by hand: the tests kill it.
 # internal/syncer runs on Postgres: 54 mutants, 17 minutes on 2 cores, 74% efficacy when

@@ -107,7 +107,7 @@ func TestTimeLimitedFeatureAlwaysOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := sub("active", now.Add(days(10)), license.Item{PriceID: "price_x", Quantity: 1})
-	for feature, want := range map[int]map[int]bool{2: {2: true, 3: true}, 0: {3: true}} {
+	for feature, want := range map[int]map[int]bool{1: {1: true, 3: true}, 2: {2: true, 3: true}, 8: {3: true, 8: true}, 0: {3: true}} {
 		d, err := license.Desire(s, m, license.Options{BufferDays: 5, TimeLimitedFeature: feature})
 		if err != nil {
 			t.Fatal(err)
@@ -143,6 +143,11 @@ func TestPlanMayNotTurnOffTimeLimited(t *testing.T) {
 	for _, bad := range []int{-1, 9} {
 		if err := m.RequireTimeLimited(bad); err == nil {
 			t.Errorf("feature %d: got no error", bad)
+		}
+	}
+	for _, good := range []int{0, 8} {
+		if err := m.RequireTimeLimited(good); err != nil {
+			t.Errorf("feature %d: got %v, want no error", good, err)
 		}
 	}
 
