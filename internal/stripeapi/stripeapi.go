@@ -48,6 +48,9 @@ var (
 	ErrRateLimited = retryable("stripe: rate limited")
 	// ErrUnavailable: server errors or no answer after the retries.
 	ErrUnavailable = retryable("stripe: unavailable")
+	// ErrConflict: still in conflict with another request on the same object after
+	// the retries (409); Stripe asks for a retry of those (Stripe-Should-Retry).
+	ErrConflict = retryable("stripe: conflict")
 )
 
 // sentinel is an error kind that also matches its class, so that the class of a kind is
@@ -78,8 +81,9 @@ type Config struct {
 	// live mode allows 100). Burst defaults to RateLimit.
 	RateLimit float64
 	Burst     int
-	// Retries is how often a 429 or 5xx is retried (default 5); Backoff the first wait
-	// (default 500ms), doubled each time with jitter.
+	// Retries is how often a 429, a 5xx or an answer marked Stripe-Should-Retry: true
+	// is retried (default 5; a 5xx marked false is not); Backoff the first wait (default
+	// 500ms), doubled each time with jitter.
 	Retries int
 	Backoff time.Duration
 	// Timeout bounds one request (default 30s).
@@ -344,6 +348,8 @@ func (c *Client) wrap(op string, err error) error {
 			kind = ErrAuth
 		case se.HTTPStatusCode == http.StatusTooManyRequests:
 			kind = ErrRateLimited
+		case se.HTTPStatusCode == http.StatusConflict:
+			kind = ErrConflict
 		case se.HTTPStatusCode >= 500:
 			kind = ErrUnavailable
 		}

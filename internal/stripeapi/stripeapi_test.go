@@ -203,3 +203,35 @@ func TestErrorKinds(t *testing.T) {
 		t.Fatal("got nil error for a publishable key")
 	}
 }
+
+// Stripe-Should-Retry decides before the status: false stops a retry a 5xx would get,
+// true asks for one a 4xx would not get. A rate limit keeps keysync's own backoff.
+func TestStripeShouldRetry(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		faults   stripesim.Faults
+		requests int   // GET /v1/prices/{id} requests made
+		wantErr  error // nil: the call succeeds
+	}{
+		"500 marked final is not retried": {stripesim.Faults{FinalErrorNext: 1}, 1, stripeapi.ErrUnavailable},
+		"409 marked retry is retried":     {stripesim.Faults{ConflictNext: 1}, 2, nil},
+		"409 still in conflict":           {stripesim.Faults{ConflictNext: 5}, 4, stripeapi.ErrConflict},
+		"500 without the header":          {stripesim.Faults{ErrorNext: 1}, 2, nil},
+		"lock timeout (429, true)":        {stripesim.Faults{LockTimeoutNext: 1}, 2, nil},
+		"rate limit (429, no header)":     {stripesim.Faults{RateLimitNext: 1}, 2, nil},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, stripeapi.Config{Retries: 3})
+			b.sim.SetFaults(tc.faults)
+			_, err := b.client.GetPrice(context.Background(), b.price)
+			if got := b.sim.Requests()["GET /v1/prices/{id}"]; got != tc.requests {
+				t.Errorf("got %d requests, want %d", got, tc.requests)
+			}
+			if (tc.wantErr == nil) != (err == nil) || (tc.wantErr != nil && !errors.Is(err, tc.wantErr)) {
+				t.Errorf("got error %v, want %v", err, tc.wantErr)
+			}
+		})
+	}
+}
