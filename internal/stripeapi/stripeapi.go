@@ -149,17 +149,51 @@ func New(cfg Config) (*Client, error) {
 var subscriptionExpand = []*string{stripe.String("latest_invoice"), stripe.String("items.data.price.product")}
 
 // GetSubscription returns a subscription with its latest invoice and its items' products
-// expanded.
+// expanded, and all its items (Stripe embeds only the first ones).
 func (c *Client) GetSubscription(ctx context.Context, id string) (*stripe.Subscription, error) {
 	p := &stripe.SubscriptionParams{}
 	p.Context = ctx
 	p.Expand = subscriptionExpand
 	sub, err := c.api.Subscriptions.Get(id, p)
-	return sub, c.wrap("get subscription", err)
+	if err != nil {
+		return nil, c.wrap("get subscription", err)
+	}
+	if err := c.CompleteItems(ctx, sub); err != nil {
+		return nil, err
+	}
+	return sub, nil
+}
+
+// itemsExpand expands each item CompleteItems reads as GetSubscription expands the
+// embedded ones.
+var itemsExpand = []*string{stripe.String("data.price.product")}
+
+// CompleteItems reads the rest of sub's items when Stripe embedded only the first ones
+// (items.has_more): every item may map to features or seats, so the mapping must see
+// them all. The items it reads have their price's product expanded. It does nothing
+// for a subscription whose items are all there.
+func (c *Client) CompleteItems(ctx context.Context, sub *stripe.Subscription) error {
+	if sub == nil || sub.Items == nil || !sub.Items.HasMore {
+		return nil
+	}
+	p := &stripe.SubscriptionItemListParams{Subscription: stripe.String(sub.ID)}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	p.Expand = itemsExpand
+	var all []*stripe.SubscriptionItem
+	it := c.api.SubscriptionItems.List(p)
+	for it.Next() {
+		all = append(all, it.SubscriptionItem())
+	}
+	if err := it.Err(); err != nil {
+		return c.wrap("list subscription items", err)
+	}
+	sub.Items.Data, sub.Items.HasMore = all, false
+	return nil
 }
 
 // Subscriptions yields every subscription of the account, whatever its status, 100 a
-// page with the latest invoice expanded, newest first. It stops at the first error,
+// page with the latest invoice expanded, newest first, each with all its items. It stops at the first error,
 // which it yields.
 func (c *Client) Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscription, error] {
 	return func(yield func(*stripe.Subscription, error) bool) {
@@ -169,7 +203,12 @@ func (c *Client) Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscripti
 		p.Expand = []*string{stripe.String("data.latest_invoice")}
 		it := c.api.Subscriptions.List(p)
 		for it.Next() {
-			if !yield(it.Subscription(), nil) {
+			sub := it.Subscription()
+			if err := c.CompleteItems(ctx, sub); err != nil {
+				yield(nil, err)
+				return
+			}
+			if !yield(sub, nil) {
 				return
 			}
 		}

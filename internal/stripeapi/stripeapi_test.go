@@ -235,3 +235,46 @@ func TestStripeShouldRetry(t *testing.T) {
 		})
 	}
 }
+
+// A subscription embeds its first 20 items; the rest are read, so that the mapping sees
+// every item, on both the Sync's read and the sweep's listing.
+func TestAllItemsAreRead(t *testing.T) {
+	t.Parallel()
+	b := setup(t, stripeapi.Config{})
+	ctx := context.Background()
+	prod := b.sim.CreateProduct("Add-on", map[string]string{"skm_product_id": "778"})
+	var items []stripesim.ItemParams
+	for range 23 {
+		p, err := b.sim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		items = append(items, stripesim.ItemParams{Price: p})
+	}
+	res, err := b.sim.Checkout(stripesim.CheckoutParams{Email: "many@example.com", Items: items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := b.sim.Subscription(res.Subscription)
+
+	sub, err := b.client.GetSubscription(ctx, res.Subscription)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(sub.Items.Data); got != 23 || sub.Items.HasMore {
+		t.Fatalf("GetSubscription: got %d items (has_more %v), want all 23", got, sub.Items.HasMore)
+	}
+	for i, it := range sub.Items.Data {
+		if it.ID != want.Items[i].ID || it.Price == nil || it.Price.Product == nil || it.Price.Product.Metadata["skm_product_id"] != "778" {
+			t.Fatalf("item %d: got %+v, want %s with its price's product expanded", i, it, want.Items[i].ID)
+		}
+	}
+	for s, err := range b.client.Subscriptions(ctx) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(s.Items.Data); got != 23 || s.Items.Data[22].ID != want.Items[22].ID {
+			t.Fatalf("Subscriptions: got %d items, want all 23", got)
+		}
+	}
+}
