@@ -184,8 +184,7 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	// in polling mode: the catch-up is its only source of events.
 	if len(cfg.StripeWebhookSecrets) > 0 {
 		h, err := webhook.NewHandler(webhook.Config{
-			Secrets:           cfg.StripeWebhookSecrets,
-			AcceptAPIVersions: cfg.StripeAcceptVersions,
+			Secrets: cfg.StripeWebhookSecrets,
 			Observe: func(typ, outcome string, took time.Duration) {
 				if !events.Handled(typ) && typ != "" {
 					typ = "other" // bound the label's values

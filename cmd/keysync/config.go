@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -22,7 +21,6 @@ type config struct {
 	StripeAPIKey         string
 	StripeAPIBase        string
 	StripeWebhookSecrets []string
-	StripeAcceptVersions []string
 	CryptolensToken      string
 	CryptolensAPIBase    string
 	CryptolensProductID  int
@@ -92,17 +90,6 @@ var settings = []setting{
 					return errors.New("every secret must start with whsec_")
 				}
 				c.StripeWebhookSecrets = append(c.StripeWebhookSecrets, s)
-			}
-			return nil
-		}},
-	{name: "STRIPE_ACCEPT_API_VERSIONS",
-		doc: "Comma-separated Stripe API versions accepted besides `2023-10-16`. An escape hatch: events in other versions may lack fields keysync reads.",
-		set: func(c *config, v string) error {
-			for _, s := range splitList(v) {
-				if !apiVersionRe.MatchString(s) {
-					return fmt.Errorf("%q is not a Stripe API version (like 2023-10-16)", s)
-				}
-				c.StripeAcceptVersions = append(c.StripeAcceptVersions, s)
 			}
 			return nil
 		}},
@@ -227,8 +214,6 @@ var settings = []setting{
 			return nil
 		}},
 }
-
-var apiVersionRe = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$`)
 
 // loadConfig reads the configuration through getenv and readFile. It reports every
 // invalid variable at once, each error naming its variable; no error contains a

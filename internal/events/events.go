@@ -12,10 +12,18 @@ import (
 	"unicode/utf8"
 )
 
-// StripeAPIVersion is the Stripe API version keysync's stripe-go (v76) decodes. Webhook
-// endpoints must be created with it; events rendered in another version would decode
-// with fields missing.
+// StripeAPIVersion is the Stripe API version keysync's stripe-go (v76) decodes: every
+// object keysync reads through the API comes in it. Events come in whatever version
+// their endpoint (or, from the Events API, the account's default) was at; keysync reads
+// the payload of an event in this version, and of any other only the id, the type and
+// the object's id and kind (see Pinned).
 const StripeAPIVersion = "2023-10-16"
+
+// Pinned reports whether an event rendered in apiVersion can be read as keysync's
+// stripe-go reads objects. Any other version may have moved or dropped the fields
+// keysync follows (basil moved invoice.subscription under parent and dropped
+// charge.invoice), so the object is read again from the API instead.
+func Pinned(apiVersion string) bool { return apiVersion == StripeAPIVersion }
 
 // Source says how an event reached keysync.
 type Source string
