@@ -2,8 +2,12 @@ package reconcile_test
 
 import (
 	"context"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/keysync/keysync/internal/jobs"
+	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
 
@@ -46,4 +50,66 @@ func TestBasilEventsWithDroppedWebhooksAfterCatchUp(t *testing.T) {
 		}
 	}
 	h.assertPolicy(t)
+}
+
+// Events the Events API lists from live mode (keysync holds a test key here) or from a
+// connected account are stored ignored with the reason by the catch-up, as the
+// webhook stores them, and never reach a Sync.
+func TestCatchUpRefusesOtherModeAndConnectedAccounts(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 0)
+	ctx := context.Background()
+	if _, err := h.catchUp.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := h.w.Stripe.Checkout(stripesim.CheckoutParams{Email: "m@example.com", Items: []stripesim.ItemParams{{Price: h.pro}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.idle(t)
+	s, _ := h.w.Stripe.Subscription(res.Subscription)
+	// Types the endpoint does not receive, so that the catch-up alone brings them in.
+	live, err := h.w.Stripe.InjectEvent("invoice.payment_succeeded", s.LatestInvoice, stripesim.InjectOptions{Livemode: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect, err := h.w.Stripe.InjectEvent("customer.subscription.paused", res.Subscription, stripesim.InjectOptions{Account: "acct_1Connected"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := h.w.Stripe.InjectEvent("invoice.payment_succeeded", s.LatestInvoice, stripesim.InjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.w.Stripe.Advance(2 * time.Minute) // past the catch-up's overlap
+	if _, err := h.catchUp.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.WaitFor(t, 30*time.Second, "keysync to be idle", func() bool {
+		n, err := jobs.NewTables(h.pool).Unfinished(ctx)
+		return err == nil && n == 0
+	})
+	tests := map[string]struct {
+		id, status, inError string
+	}{
+		"live-mode event":   {live, "ignored", "live-mode event"},
+		"connected account": {connect, "ignored", "acct_1Connected"},
+		"own mode":          {own, "processed", ""},
+	}
+	for name, tc := range tests {
+		var status, source, lastError string
+		var jobsFor, audits int
+		err := h.pool.QueryRow(ctx, `SELECT status, source, coalesce(last_error, ''),
+			(SELECT count(*) FROM river_job WHERE args->>'event_id' = $1), (SELECT count(*) FROM audit_log WHERE cause_id = $1)
+			FROM stripe_events WHERE id = $1`, tc.id).Scan(&status, &source, &lastError, &jobsFor, &audits)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if status != tc.status || source != "events_api" || (tc.inError != "" && !strings.Contains(lastError, tc.inError)) {
+			t.Errorf("%s: got %s from %s (%q), want %s from events_api with %q", name, status, source, lastError, tc.status, tc.inError)
+		}
+		if tc.status == "ignored" && (jobsFor != 0 || audits != 0) {
+			t.Errorf("%s: got %d jobs and %d audit rows, want neither", name, jobsFor, audits)
+		}
+	}
 }

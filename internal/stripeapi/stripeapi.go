@@ -144,6 +144,16 @@ func New(cfg Config) (*Client, error) {
 	return &Client{api: api, key: cfg.APIKey, log: cfg.Logger}, nil
 }
 
+// Livemode reports whether the client's key is a live-mode key: the mode of every
+// object and event keysync may act on.
+func (c *Client) Livemode() bool { return KeyLivemode(c.key) }
+
+// KeyLivemode reports whether a Stripe API key is a live-mode key (sk_live_, rk_live_)
+// rather than a test-mode one (sk_test_, rk_test_).
+func KeyLivemode(key string) bool {
+	return strings.HasPrefix(key, "sk_live_") || strings.HasPrefix(key, "rk_live_")
+}
+
 // subscriptionExpand is what a Sync needs in one read: the latest invoice, and each
 // item's product (for skm_product_id metadata).
 var subscriptionExpand = []*string{stripe.String("latest_invoice"), stripe.String("items.data.price.product")}

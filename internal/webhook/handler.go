@@ -33,7 +33,8 @@ type Config struct {
 	// MaxBody caps the request body (default DefaultMaxBody).
 	MaxBody int64
 	// Observe, if set, is told each delivery's event type ("" when unreadable), outcome
-	// and time to answer (for metrics).
+	// (stored, duplicate, ignored: refused by ingest's guard, or a rejection) and time to
+	// answer (for metrics).
 	Observe func(eventType, outcome string, took time.Duration)
 }
 
@@ -87,6 +88,7 @@ type envelope struct {
 	Created    int64   `json:"created"`
 	Livemode   bool    `json:"livemode"`
 	APIVersion *string `json:"api_version"`
+	Account    string  `json:"account"`
 }
 
 // ServeHTTP verifies, stores and acknowledges one webhook delivery.
@@ -112,8 +114,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, errUnavailable)
 		return
 	}
-	if res.Duplicate {
+	switch {
+	case res.Duplicate:
 		outcome = "duplicate"
+	case res.Refused != nil:
+		// Answered 200 all the same: a non-2xx makes Stripe retry for days and then
+		// disable the endpoint, and no retry would change the answer.
+		outcome = "ignored"
 	}
 	h.log.Debug().Str("event_id", ev.ID).Str("event_type", ev.Type).Bool("duplicate", res.Duplicate).Str("api_version", ev.APIVersion).
 		Dur("took", time.Since(start)).Msg("webhook stored")
@@ -158,6 +165,7 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (events.Event, e
 		Type:     env.Type,
 		Created:  time.Unix(env.Created, 0).UTC(),
 		Livemode: env.Livemode,
+		Account:  env.Account,
 		Payload:  payload,
 		Source:   events.SourceWebhook,
 	}

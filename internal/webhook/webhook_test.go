@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/pgtest"
@@ -32,6 +33,9 @@ type bundle struct {
 	server   *httptest.Server
 	ingester *ingest.Ingester
 	logs     *syncBuffer
+	mu       sync.Mutex
+	refused  map[string]int // reason -> events ingest's guard refused
+	outcomes map[string]int // outcome -> deliveries
 }
 
 type syncBuffer struct {
@@ -52,7 +56,8 @@ func (s *syncBuffer) String() string {
 }
 
 type options struct {
-	poolURL string
+	poolURL  string
+	livemode bool // the API key's mode
 }
 
 func setup(t *testing.T, opts options) *bundle {
@@ -73,11 +78,13 @@ func setup(t *testing.T, opts options) *bundle {
 	t.Cleanup(pool.Close)
 	logs := &syncBuffer{}
 	log := zerolog.New(logs)
-	b := &bundle{pool: pool, logs: logs}
-	b.ingester = ingest.New(jobs.NewTables(pool), ingest.Config{}, log)
+	b := &bundle{pool: pool, logs: logs, refused: map[string]int{}, outcomes: map[string]int{}}
+	b.ingester = ingest.New(jobs.NewTables(pool), ingest.Config{Guard: events.Guard{Livemode: opts.livemode},
+		OnRefused: func(reason string) { b.mu.Lock(); b.refused[reason]++; b.mu.Unlock() }}, log)
 	b.ingester.Start(context.Background())
 	t.Cleanup(b.ingester.Stop)
-	h, err := wh.NewHandler(wh.Config{Secrets: []string{secret1, secret2}}, b.ingester, log)
+	h, err := wh.NewHandler(wh.Config{Secrets: []string{secret1, secret2},
+		Observe: func(_, outcome string, _ time.Duration) { b.mu.Lock(); b.outcomes[outcome]++; b.mu.Unlock() }}, b.ingester, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,6 +343,71 @@ func TestAnyAPIVersionIsStoredAsReceived(t *testing.T) {
 	}
 	if n := b.jobs(t); n != 2 {
 		t.Fatalf("got %d jobs, want 2", n)
+	}
+}
+
+// An event of the other mode than the API key's, or of a connected account, is stored
+// ignored with the reason and answered 200; it gets no job, so it never reaches a Sync.
+// It is counted, and each reason is logged once, not once per event.
+func TestRefusedEvents(t *testing.T) {
+	t.Parallel()
+	withFields := func(id, fields string) []byte {
+		return []byte(strings.Replace(string(event(id, "invoice.paid", "2023-10-16")), `"livemode":false,`, fields, 1))
+	}
+	tests := map[string]struct {
+		keyLive bool
+		body    func(id string) []byte
+		reason  string
+		detail  string
+	}{
+		"live event, test key": {false, func(id string) []byte { return withFields(id, `"livemode":true,`) }, "livemode_mismatch", "live-mode event"},
+		"test event, live key": {true, func(id string) []byte { return withFields(id, `"livemode":false,`) }, "livemode_mismatch", "test-mode event"},
+		"connected account": {false, func(id string) []byte { return withFields(id, `"livemode":false,"account":"acct_1Connected",`) },
+			"connected_account", "acct_1Connected"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, options{livemode: tc.keyLive})
+			for _, id := range []string{"evt_r1", "evt_r2"} {
+				body := tc.body(id)
+				if got, resp := b.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 {
+					t.Fatalf("%s: got %d (%s), want 200", id, got, resp)
+				}
+			}
+			n := b.count(t, `SELECT count(*) FROM stripe_events WHERE status = 'ignored' AND last_error LIKE '%' || $1 || '%'`, tc.detail)
+			if n != 2 {
+				t.Fatalf("got %d events stored ignored with %q in last_error, want 2", n, tc.detail)
+			}
+			if n := b.jobs(t); n != 0 {
+				t.Fatalf("got %d jobs, want 0", n)
+			}
+			b.mu.Lock()
+			refused, ignored := b.refused[tc.reason], b.outcomes["ignored"]
+			b.mu.Unlock()
+			if refused != 2 || ignored != 2 {
+				t.Fatalf("got %d refusals counted for %s and %d deliveries with outcome ignored, want 2 and 2", refused, tc.reason, ignored)
+			}
+			if got := strings.Count(b.logs.String(), `"reason":"`+tc.reason+`"`); got != 1 {
+				t.Fatalf("got %d log lines for %s, want 1:\n%s", got, tc.reason, b.logs)
+			}
+			// A redelivery is a duplicate: neither counted nor logged again.
+			body := tc.body("evt_r1")
+			if got, resp := b.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 || !strings.Contains(resp, "duplicate") {
+				t.Fatalf("redelivery: got %d %s, want a 200 duplicate", got, resp)
+			}
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if b.refused[tc.reason] != 2 {
+				t.Fatalf("redelivery counted: got %d, want 2", b.refused[tc.reason])
+			}
+		})
+	}
+	// A handled event of the key's own mode and account is not refused.
+	b := setup(t, options{})
+	body := event("evt_ok", "invoice.paid", "2023-10-16")
+	if got, _ := b.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 || b.jobs(t) != 1 {
+		t.Fatalf("own mode: got %d and %d jobs, want 200 and 1", got, b.jobs(t))
 	}
 }
 
