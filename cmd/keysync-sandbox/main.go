@@ -63,6 +63,7 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 	eventVersion := fs.String("event-version", stripesim.APIVersion,
 		"the Stripe account's default API version: events (Events API, webhooks) are created in it ("+stripesim.APIVersion+" or "+stripesim.VersionBasil+")")
 	webhookVersion := fs.String("webhook-api-version", "", "pin the webhook endpoint's api_version (default: follow -event-version)")
+	dropRate := fs.Float64("webhook-drop-rate", 0, "lose this share of webhooks for good (0 to 1), as an endpoint that was down too long: keysync's catch-up must find them")
 	canceledMetadata := fs.Bool("canceled-metadata", false, "let canceled subscriptions take metadata updates (Stripe since 2026; refused in 2023-24)")
 	invoiceGrace := fs.Duration("invoice-grace", 0, "how long an invoiced subscription stays past_due after the due date before it is canceled (0: stays past_due)")
 	if err := fs.Parse(args); err != nil {
@@ -75,6 +76,9 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 		if err := stripesim.CheckVersion(v); err != nil {
 			return err
 		}
+	}
+	if *dropRate < 0 || *dropRate > 1 {
+		return fmt.Errorf("-webhook-drop-rate %v: want a share from 0 to 1", *dropRate)
 	}
 	for _, a := range []string{*stripeAddr, *cryptolensAddr, *controlAddr} {
 		if err := loopbackOnly(a); err != nil && !*listenAny {
@@ -93,7 +97,7 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 	crypto.AddProduct(*product, cryptolenssim.ProductOptions{BlockExpired: *blockExpired, TimeLimitedFeature: *timeLimited, SKGL: *skgl})
 	crypto.AddToken(cryptolensToken, cryptolenssim.Token{ProductID: *product})
 	if *webhookURL != "" {
-		stripe.AddEndpoint(*webhookURL, stripesim.EndpointOptions{Secrets: []string{webhookSecret}, APIVersion: *webhookVersion})
+		stripe.AddEndpoint(*webhookURL, stripesim.EndpointOptions{Secrets: []string{webhookSecret}, APIVersion: *webhookVersion, DropRate: *dropRate})
 	}
 
 	control := http.NewServeMux()
@@ -155,6 +159,9 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 		r.Stripe, r.Cryptolens, r.Control)
 	if *webhookURL != "" {
 		fmt.Fprintf(out, "  webhooks to     %s\n", *webhookURL)
+		if *dropRate > 0 {
+			fmt.Fprintf(out, "  webhooks lost   %.0f%% (for good: the catch-up must find them)\n", *dropRate*100)
+		}
 	}
 	if *eventVersion != stripesim.APIVersion || *webhookVersion != "" {
 		fmt.Fprintf(out, "  event versions  account %s, webhook endpoint %s\n", *eventVersion, cmp.Or(*webhookVersion, *eventVersion))

@@ -253,6 +253,53 @@ func TestSandboxRealWorldModes(t *testing.T) {
 	}
 }
 
+// -webhook-drop-rate loses webhooks for good (with -event-version, the basil
+// run with 30% of webhooks lost); a share outside 0..1 is refused.
+func TestSandboxDropsWebhooks(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	delivered := 0
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		delivered++
+		mu.Unlock()
+	}))
+	defer hook.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	readyCh, done := make(chan ready, 1), make(chan error, 1)
+	var out bytes.Buffer
+	go func() {
+		done <- run(ctx, []string{"-stripe-addr", "127.0.0.1:0", "-cryptolens-addr", "127.0.0.1:0", "-control-addr", "127.0.0.1:0",
+			"-webhook-url", hook.URL, "-event-version", stripesim.VersionBasil, "-webhook-drop-rate", "1"}, &out, func(r ready) { readyCh <- r })
+	}()
+	var r ready
+	select {
+	case r = <-readyCh:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	var prod, price map[string]string
+	post(t, r.Control+"/stripe/products", map[string]any{"name": "Pro"}, &prod)
+	post(t, r.Control+"/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 2900}, &price)
+	post(t, r.Control+"/stripe/checkout", map[string]any{"email": "d@example.com", "items": []map[string]any{{"price": price["id"]}}}, nil)
+	if err := sandbox.New(r.Control).Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if delivered != 0 || !strings.Contains(out.String(), "webhooks lost   100%") {
+		t.Fatalf("got %d deliveries and output %q, want none delivered and the loss announced", delivered, out.String())
+	}
+	err := run(context.Background(), []string{"-webhook-drop-rate", "1.5"}, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "-webhook-drop-rate") {
+		t.Fatalf("drop rate 1.5: got %v, want it refused", err)
+	}
+}
+
 func TestSandboxRefusesUnknownVersion(t *testing.T) {
 	t.Parallel()
 	err := run(context.Background(), []string{"-stripe-addr", "127.0.0.1:0", "-cryptolens-addr", "127.0.0.1:0", "-control-addr", "127.0.0.1:0",

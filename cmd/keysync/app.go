@@ -136,8 +136,10 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	client := a.jobs
 
 	// The ingester stores an event and its job in one statement: webhooks hand it what
-	// Stripe sends, the catch-up what the Events API returns.
-	a.ingester = ingest.New(tables, ingest.Config{}, log)
+	// Stripe sends, the catch-up what the Events API returns. Its guard keeps events of
+	// the other mode than the API key's, and of connected accounts, from any key.
+	a.ingester = ingest.New(tables, ingest.Config{Guard: events.Guard{Livemode: parts.stripe.Livemode()},
+		OnRefused: func(reason string) { m.EventsRefused.WithLabelValues(reason).Inc() }}, log)
 
 	// Reconciliation, for what webhooks miss: the sweep compares every subscription with
 	// its key and queues a Sync for each that drifted; the catch-up ingests missed
@@ -190,8 +192,7 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	// in polling mode: the catch-up is its only source of events.
 	if len(cfg.StripeWebhookSecrets) > 0 {
 		h, err := webhook.NewHandler(webhook.Config{
-			Secrets:           cfg.StripeWebhookSecrets,
-			AcceptAPIVersions: cfg.StripeAcceptVersions,
+			Secrets: cfg.StripeWebhookSecrets,
 			Observe: func(typ, outcome string, took time.Duration) {
 				if !events.Handled(typ) && typ != "" {
 					typ = "other" // bound the label's values
@@ -306,10 +307,13 @@ type adminJobs struct {
 }
 
 // ReplayEvent queues a stored event again; postgres.ErrNotFound (the API answers 404) if
-// keysync never stored it.
+// keysync never stored it, and a permanent error (422) if it refused it.
 func (j adminJobs) ReplayEvent(ctx context.Context, id string) error {
 	ev, err := j.store.GetEvent(ctx, id)
 	if err != nil {
+		return err
+	}
+	if err := checkReplayable(ev); err != nil {
 		return err
 	}
 	return requeue(ctx, j.store, j.client, []events.Event{{ID: ev.ID, Type: ev.Type}})

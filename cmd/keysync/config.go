@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -22,7 +21,6 @@ type config struct {
 	StripeAPIKey         string
 	StripeAPIBase        string
 	StripeWebhookSecrets []string
-	StripeAcceptVersions []string
 	CryptolensToken      string
 	CryptolensAPIBase    string
 	CryptolensProductID  int
@@ -97,17 +95,6 @@ var settings = []setting{
 			}
 			return nil
 		}},
-	{name: "STRIPE_ACCEPT_API_VERSIONS",
-		doc: "Comma-separated Stripe API versions accepted besides `2023-10-16`. An escape hatch: events in other versions may lack fields keysync reads.",
-		set: func(c *config, v string) error {
-			for _, s := range splitList(v) {
-				if !apiVersionRe.MatchString(s) {
-					return fmt.Errorf("%q is not a Stripe API version (like 2023-10-16)", s)
-				}
-				c.StripeAcceptVersions = append(c.StripeAcceptVersions, s)
-			}
-			return nil
-		}},
 	{name: "STRIPE_API_KEY", secret: true, shown: "(required to serve)",
 		doc: "Stripe secret or restricted key (`sk_...`/`rk_...`). Needs read access to subscriptions, invoices, charges, disputes, customers, products, prices and events, and write access to subscriptions (metadata).",
 		set: func(c *config, v string) error {
@@ -118,7 +105,7 @@ var settings = []setting{
 			return nil
 		}},
 	{name: "STRIPE_RATE_LIMIT", def: "20",
-		doc: "Most Stripe requests per second per replica (test mode allows 25, live mode 100, more where Stripe has raised the account's limit). A Sync reads 2 to 4 objects, so this bounds each replica's Syncs per second.",
+		doc: "Most Stripe requests per second per replica. Stripe's limit (25 a second in test mode, 100 in live mode, more where Stripe has raised it) is the account's, shared by all replicas and by the vendor's other integrations: keep replicas × this well below it. A Sync reads 2 to 4 objects, so this bounds each replica's Syncs per second.",
 		set: func(c *config, v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f <= 0 || f > 10000 {
@@ -245,8 +232,6 @@ var settings = []setting{
 			return nil
 		}},
 }
-
-var apiVersionRe = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$`)
 
 // loadConfig reads the configuration through getenv and readFile. It reports every
 // invalid variable at once, each error naming its variable; no error contains a

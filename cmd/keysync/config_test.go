@@ -51,7 +51,6 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		"bad log format":     {map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT:"},
 		"bad product":        {map[string]string{"CRYPTOLENS_PRODUCT_ID": "abc"}, "CRYPTOLENS_PRODUCT_ID:"},
 		"bad api base":       {map[string]string{"STRIPE_API_BASE": "ftp://x"}, "STRIPE_API_BASE:"},
-		"bad api version":    {map[string]string{"STRIPE_ACCEPT_API_VERSIONS": "latest"}, "STRIPE_ACCEPT_API_VERSIONS:"},
 		"short admin token":  {map[string]string{"KEYSYNC_ADMIN_TOKEN": "secret-pw"}, "KEYSYNC_ADMIN_TOKEN:"},
 		"missing plans":      {map[string]string{"KEYSYNC_PLANS_FILE": "/nonexistent/plans.yaml"}, "KEYSYNC_PLANS_FILE:"},
 		"no feature 9":       {map[string]string{"CRYPTOLENS_TIME_LIMITED_FEATURE": "9"}, "CRYPTOLENS_TIME_LIMITED_FEATURE:"},

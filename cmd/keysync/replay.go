@@ -17,6 +17,8 @@ import (
 	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/stripeapi"
+	"github.com/keysync/keysync/internal/syncer"
 )
 
 // replayCmd processes events again: one by id (fetched from Stripe if keysync never
@@ -64,21 +66,32 @@ func (c *replayCmd) run(ctx context.Context, e cmdEnv) error {
 		return err
 	}
 
-	// The events to replay: every stored one since a time, or the one asked for.
-	var evs []events.Event
+	// The events to replay: every stored one since a time, or the one asked for. Only
+	// handled types get a job: the others would be stored and skipped again. Nor does
+	// an event stored as ignored: ingest's guard refused it (another mode than the API
+	// key's, or a connected account), and a replay must not carry it to a key.
+	var handled []events.Event
+	skipped := 0
+	add := func(id, typ, status string) {
+		if events.Handled(typ) && status != string(events.StatusIgnored) {
+			handled = append(handled, events.Event{ID: id, Type: typ})
+		} else {
+			skipped++
+		}
+	}
 	if c.id == "" {
 		stored, err := store.EventsSince(ctx, c.from, c.types)
 		if err != nil {
 			return err
 		}
 		for _, st := range stored {
-			evs = append(evs, events.Event{ID: st.ID, Type: st.Type})
+			add(st.ID, st.Type, st.Status)
 		}
 	} else {
 		got, err := store.GetEvent(ctx, c.id)
 		switch {
 		case err == nil:
-			evs = []events.Event{{ID: got.ID, Type: got.Type}}
+			add(got.ID, got.Type, got.Status)
 		case errors.Is(err, postgres.ErrNotFound):
 			return c.ingestFromStripe(ctx, e, store)
 		default:
@@ -86,17 +99,11 @@ func (c *replayCmd) run(ctx context.Context, e cmdEnv) error {
 		}
 	}
 
-	// Only handled types get a job: the others would be stored and skipped again.
-	var handled []events.Event
-	for _, ev := range evs {
-		if events.Handled(ev.Type) {
-			handled = append(handled, ev)
-		}
-	}
 	if err := requeue(ctx, store, client, handled); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "%d event(s) queued for processing (%d skipped: types keysync does not act on)\n", len(handled), len(evs)-len(handled))
+	fmt.Fprintf(e.stdout, "%d event(s) queued for processing (%d skipped: types keysync does not act on, or events stored as ignored)\n",
+		len(handled), skipped)
 	return nil
 }
 
@@ -107,12 +114,17 @@ func (c *replayCmd) ingestFromStripe(ctx context.Context, e cmdEnv, store *postg
 	if err != nil {
 		return err
 	}
-	ing := ingest.New(jobs.NewTables(store.Pool()), ingest.Config{Committers: 1}, e.log)
+	guard := events.Guard{Livemode: stripeapi.KeyLivemode(e.cfg.StripeAPIKey)}
+	ing := ingest.New(jobs.NewTables(store.Pool()), ingest.Config{Committers: 1, Guard: guard}, e.log)
 	ing.Start(ctx)
-	_, err = ing.Ingest(ctx, ev)
+	res, err := ing.Ingest(ctx, ev)
 	ing.Stop()
 	if err != nil {
 		return err
+	}
+	if res.Refused != nil {
+		fmt.Fprintf(e.stdout, "%s was not stored: fetched it from Stripe and stored it as ignored (%s)\n", c.id, res.Refused.Detail)
+		return nil
 	}
 	fmt.Fprintf(e.stdout, "%s was not stored: fetched it from Stripe and queued it\n", c.id)
 	return nil
@@ -136,7 +148,20 @@ func fetchEvent(ctx context.Context, cfg config, log zerolog.Logger, id string) 
 		return events.Event{}, err
 	}
 	return events.Event{ID: ev.ID, Type: string(ev.Type), Created: time.Unix(ev.Created, 0).UTC(), Livemode: ev.Livemode,
-		APIVersion: ev.APIVersion, Payload: payload, Source: events.SourceEventsAPI}, nil
+		APIVersion: ev.APIVersion, Account: ev.Account, Payload: payload, Source: events.SourceEventsAPI}, nil
+}
+
+// errRefused is a replay of an event ingest's guard refused: it stays ignored.
+var errRefused = fmt.Errorf("%w: the event was stored as ignored (another mode than the API key's, or a connected account) and is not replayed",
+	syncer.ErrPermanent)
+
+// checkReplayable returns errRefused for a stored event that ingest's guard refused:
+// an event of a handled type stored as ignored. A replay must not carry it to a key.
+func checkReplayable(ev postgres.StoredEvent) error {
+	if events.Handled(ev.Type) && ev.Status == string(events.StatusIgnored) {
+		return errRefused
+	}
+	return nil
 }
 
 // requeue marks stored events pending again and enqueues their jobs, in one

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/syncer"
 	"github.com/keysync/keysync/internal/testbed/simtest"
 	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
@@ -90,5 +92,73 @@ func TestReplay(t *testing.T) {
 	}
 	if err := run(ctx, []string{"replay", "evt_nowhere"}, vars, io.Discard, io.Discard, nil); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("unknown event: got %v", err)
+	}
+}
+
+// A replay never carries an event the guard refused to a key: a stored one stays
+// ignored (CLI and admin API), and one fetched from Stripe is stored ignored.
+func TestReplayKeepsRefusedEventsIgnored(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.URL(t)
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store := postgres.NewStore(pool)
+	world := simtest.New(t, simtest.Options{Start: time.Now()})
+	price := world.Price("App", 1000, "")
+	res, err := world.Stripe.Checkout(stripesim.CheckoutParams{Email: "r@example.com", Items: []stripesim.ItemParams{{Price: price}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storedLive, _ := world.Stripe.InjectEvent("customer.subscription.updated", res.Subscription, stripesim.InjectOptions{Livemode: true})
+	unstoredConnect, _ := world.Stripe.InjectEvent("customer.subscription.updated", res.Subscription, stripesim.InjectOptions{Account: "acct_1X"})
+	for _, ev := range world.Stripe.Events() {
+		if ev.ID != storedLive {
+			continue
+		}
+		e := events.Event{ID: ev.ID, Type: ev.Type, Created: time.Unix(ev.Created, 0), Livemode: true, APIVersion: ev.APIVersion,
+			Payload: ev.Payload, Source: events.SourceWebhook}
+		e.Refused = events.Guard{}.Check(e)
+		if _, err := jobs.NewTables(pool).IngestEvents(ctx, []events.Event{e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vars := env(map[string]string{"DATABASE_URL": dbURL, "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
+		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "LOG_LEVEL": "warn", "LOG_FORMAT": "json"})
+	replayRun := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(ctx, append([]string{"replay"}, args...), vars, &out, io.Discard, nil); err != nil {
+			t.Fatalf("replay %v: %v", args, err)
+		}
+		return out.String()
+	}
+	ignoredWithoutJob := func(id string) bool {
+		var status string
+		var n int
+		_ = pool.QueryRow(ctx, `SELECT status, (SELECT count(*) FROM river_job WHERE args->>'event_id' = $1) FROM stripe_events WHERE id = $1`,
+			id).Scan(&status, &n)
+		return status == "ignored" && n == 0
+	}
+
+	if out := replayRun("--since", "1h"); !strings.Contains(out, "0 event(s) queued for processing (1 skipped") || !ignoredWithoutJob(storedLive) {
+		t.Fatalf("replay --since: got %q; want the refused event left ignored, without a job", out)
+	}
+	if out := replayRun(storedLive); !strings.Contains(out, "0 event(s) queued") || !ignoredWithoutJob(storedLive) {
+		t.Fatalf("replay by id: got %q; want the refused event left ignored, without a job", out)
+	}
+	client, err := jobs.NewClient(pool, jobs.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (adminJobs{store: store, client: client}).ReplayEvent(ctx, storedLive); !errors.Is(err, syncer.ErrPermanent) || !ignoredWithoutJob(storedLive) {
+		t.Fatalf("admin replay: got %v; want a permanent error and the event left ignored", err)
+	}
+	out := replayRun(unstoredConnect)
+	if !strings.Contains(out, "stored it as ignored") || !strings.Contains(out, "acct_1X") || !ignoredWithoutJob(unstoredConnect) {
+		t.Fatalf("replay of an unstored connected account's event: got %q; want it fetched and stored ignored, without a job", out)
 	}
 }

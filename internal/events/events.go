@@ -12,10 +12,18 @@ import (
 	"unicode/utf8"
 )
 
-// StripeAPIVersion is the Stripe API version keysync's stripe-go (v76) decodes. Webhook
-// endpoints must be created with it; events rendered in another version would decode
-// with fields missing.
+// StripeAPIVersion is the Stripe API version keysync's stripe-go (v76) decodes: every
+// object keysync reads through the API comes in it. Events come in whatever version
+// their endpoint (or, from the Events API, the account's default) was at; keysync reads
+// the payload of an event in this version, and of any other only the id, the type and
+// the object's id and kind (see Pinned).
 const StripeAPIVersion = "2023-10-16"
+
+// Pinned reports whether an event rendered in apiVersion can be read as keysync's
+// stripe-go reads objects. Any other version may have moved or dropped the fields
+// keysync follows (basil moved invoice.subscription under parent and dropped
+// charge.invoice), so the object is read again from the API instead.
+func Pinned(apiVersion string) bool { return apiVersion == StripeAPIVersion }
 
 // Source says how an event reached keysync.
 type Source string
@@ -76,17 +84,71 @@ type Event struct {
 	Created    time.Time
 	Livemode   bool
 	APIVersion string
-	Payload    []byte
-	Source     Source
+	// Account is the connected account the event comes from (Stripe Connect); empty
+	// for the account whose API key keysync holds.
+	Account string
+	Payload []byte
+	Source  Source
+	// Refused, when set, is why keysync must not act on the event although it may be
+	// of a handled type (Guard): it is stored ignored, with the reason as its error.
+	Refused *Refusal
 }
 
 // InitialStatus is the status an event is stored with: pending when keysync acts on its
-// type, ignored otherwise.
+// type and did not refuse it, ignored otherwise.
 func (e Event) InitialStatus() Status {
-	if Handled(e.Type) {
+	if Handled(e.Type) && e.Refused == nil {
 		return StatusPending
 	}
 	return StatusIgnored
+}
+
+// Refusal is why an event must never reach a key, whatever its type.
+type Refusal struct {
+	// Reason is short and from a fixed set (a metric label, the key of the one log
+	// line per reason).
+	Reason string
+	// Detail says it in words for the event's stored error.
+	Detail string
+}
+
+// The reasons for a refusal.
+const (
+	// ReasonLivemode is an event of the other mode than the API key's: a test-mode
+	// event reaching a live deployment (or the reverse) names objects keysync cannot
+	// read, or worse, test purchases that must not touch real customers' keys.
+	ReasonLivemode = "livemode_mismatch"
+	// ReasonConnect is an event from a connected account: its objects live in another
+	// Stripe account, which keysync neither reads nor licenses.
+	ReasonConnect = "connected_account"
+)
+
+// Guard refuses the events that must never reach a key: those of the other mode than
+// keysync's API key, and those of connected accounts (DESIGN §3, "Mode and account").
+// Such events can arrive when an endpoint is shared, or is a Connect endpoint, and the
+// Events API can list them.
+type Guard struct {
+	// Livemode is the API key's mode: true for sk_live_/rk_live_ keys.
+	Livemode bool
+}
+
+// Check returns why ev must be refused, or nil when keysync may act on it.
+func (g Guard) Check(ev Event) *Refusal {
+	mode := func(live bool) string {
+		if live {
+			return "live"
+		}
+		return "test"
+	}
+	switch {
+	case ev.Livemode != g.Livemode:
+		return &Refusal{Reason: ReasonLivemode, Detail: fmt.Sprintf("ignored: a %s-mode event, and keysync's Stripe API key is a %s-mode key",
+			mode(ev.Livemode), mode(g.Livemode))}
+	case ev.Account != "":
+		return &Refusal{Reason: ReasonConnect, Detail: fmt.Sprintf("ignored: an event of the connected account %s; keysync serves only its API key's own account",
+			ev.Account)}
+	}
+	return nil
 }
 
 // nulEscape is how a NUL character appears inside a JSON string.

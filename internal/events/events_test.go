@@ -46,3 +46,36 @@ func TestHandled(t *testing.T) {
 		t.Errorf("got %d handled types, want 12", got)
 	}
 }
+
+func TestGuard(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		keyLive bool
+		ev      events.Event
+		want    string // the refusal's reason; "" for none
+	}{
+		"test key, test event":       {false, events.Event{Livemode: false}, ""},
+		"live key, live event":       {true, events.Event{Livemode: true}, ""},
+		"test key, live event":       {false, events.Event{Livemode: true}, events.ReasonLivemode},
+		"live key, test event":       {true, events.Event{Livemode: false}, events.ReasonLivemode},
+		"connected account":          {false, events.Event{Account: "acct_1"}, events.ReasonConnect},
+		"both: the mode comes first": {false, events.Event{Livemode: true, Account: "acct_1"}, events.ReasonLivemode},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			tc.ev.Type = "invoice.paid"
+			got := events.Guard{Livemode: tc.keyLive}.Check(tc.ev)
+			switch {
+			case tc.want == "" && got != nil:
+				t.Fatalf("got refusal %+v, want none", got)
+			case tc.want != "" && (got == nil || got.Reason != tc.want || got.Detail == ""):
+				t.Fatalf("got %+v, want a refusal for %s with its detail", got, tc.want)
+			}
+			tc.ev.Refused = got
+			if want := map[bool]events.Status{true: events.StatusPending, false: events.StatusIgnored}[got == nil]; tc.ev.InitialStatus() != want {
+				t.Fatalf("got status %s, want %s", tc.ev.InitialStatus(), want)
+			}
+		})
+	}
+}

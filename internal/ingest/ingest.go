@@ -1,6 +1,7 @@
 // Package ingest stores Stripe events durably with their jobs, committing the events
 // that arrive together in one statement; webhooks, the Events API catch-up and replay
-// all store events through it.
+// all store events through it, so its guard (the API key's mode, no connected
+// accounts) holds on every path.
 package ingest
 
 import (
@@ -36,6 +37,12 @@ type Config struct {
 	MaxBatch int
 	// Timeout bounds one batch's statement.
 	Timeout time.Duration
+	// Guard refuses the events of the other mode than the API key's and those of
+	// connected accounts: they are stored ignored, with the reason, and get no job.
+	Guard events.Guard
+	// OnRefused, if set, is told the reason of each new event the guard refused (for
+	// metrics).
+	OnRefused func(reason string)
 }
 
 // Ingester stores events durably with their jobs. Events that arrive while a batch is
@@ -53,6 +60,9 @@ type Ingester struct {
 	wg     sync.WaitGroup
 	start  sync.Once
 	stop   sync.Once
+	// warned holds the refusal reasons already logged: one line per reason, not per
+	// event, so that a misrouted endpoint does not flood the log.
+	warned sync.Map
 }
 
 // Result says what Ingest did with an event.
@@ -60,6 +70,8 @@ type Result struct {
 	// Duplicate is true when the event was already stored (a redelivery): nothing new
 	// was written and no job was enqueued.
 	Duplicate bool
+	// Refused, when set, says why the guard refused the event: it was stored ignored.
+	Refused *events.Refusal
 }
 
 type request struct {
@@ -117,11 +129,39 @@ func (in *Ingester) Stop() {
 	in.wg.Wait()
 }
 
-// Ingest stores ev and, when it is new and of a handled type, its job, in one batch
-// statement, and returns once that statement has committed or failed. It returns
-// ErrStopped after Stop, and the store's error (postgres.ErrUnavailable when the
-// database is out of reach) when nothing was committed.
+// Ingest stores ev and, when it is new, of a handled type and not refused by the guard,
+// its job, in one batch statement, and returns once that statement has committed or
+// failed. It returns ErrStopped after Stop, and the store's error
+// (postgres.ErrUnavailable when the database is out of reach) when nothing was
+// committed.
 func (in *Ingester) Ingest(ctx context.Context, ev events.Event) (Result, error) {
+	// The guard first: a refused event is stored all the same (ignored, with its
+	// reason) so that it is answered 200 and an operator can see it.
+	ev.Refused = in.cfg.Guard.Check(ev)
+	res, err := in.enqueue(ctx, ev)
+	if err == nil && ev.Refused != nil {
+		res.Refused = ev.Refused
+		if !res.Duplicate {
+			in.refused(ev)
+		}
+	}
+	return res, err
+}
+
+// refused counts a new refused event and logs the first of each reason.
+func (in *Ingester) refused(ev events.Event) {
+	if in.cfg.OnRefused != nil {
+		in.cfg.OnRefused(ev.Refused.Reason)
+	}
+	if _, seen := in.warned.LoadOrStore(ev.Refused.Reason, true); !seen {
+		in.log.Warn().Str("event_id", ev.ID).Str("event_type", ev.Type).Str("reason", ev.Refused.Reason).
+			Bool("livemode", ev.Livemode).Str("account", ev.Account).Str("detail", ev.Refused.Detail).
+			Msg("event refused and stored as ignored; later ones refused for this reason are counted (keysync_events_refused_total), not logged")
+	}
+}
+
+// enqueue hands ev to a committer and waits for its answer.
+func (in *Ingester) enqueue(ctx context.Context, ev events.Event) (Result, error) {
 	req := &request{ev: ev, done: make(chan reply, 1)}
 	in.mu.RLock()
 	if in.closed {

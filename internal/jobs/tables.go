@@ -56,16 +56,17 @@ func NewTables(db DB) *Tables {
 // client sends it (the contract test compares both with River's own).
 const ingestEvents = `
 WITH ins AS (
-    INSERT INTO stripe_events (id, type, created, livemode, api_version, payload, source, status)
-    SELECT u.id, u.type, to_timestamp(u.created), u.livemode, NULLIF(u.api_version, ''), u.payload::jsonb, u.source, u.status
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6::text[], $7::text[], $8::text[])
-        AS u(id, type, created, livemode, api_version, payload, source, status)
+    INSERT INTO stripe_events (id, type, created, livemode, api_version, payload, source, status, last_error)
+    SELECT u.id, u.type, to_timestamp(u.created), u.livemode, NULLIF(u.api_version, ''), u.payload::jsonb, u.source, u.status,
+        NULLIF(u.last_error, '')
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6::text[], $7::text[], $8::text[], $13::text[])
+        AS u(id, type, created, livemode, api_version, payload, source, status, last_error)
     ON CONFLICT (id) DO NOTHING
-    RETURNING id, type
+    RETURNING id, type, status
 ), jobs AS (
     INSERT INTO river_job (args, kind, queue, max_attempts)
     SELECT jsonb_build_object('event_id', ins.id, 'type', ins.type), $9, $10, $11
-    FROM ins WHERE ins.type = ANY($12::text[])
+    FROM ins WHERE ins.type = ANY($12::text[]) AND ins.status = 'pending'
     RETURNING queue
 ), notified AS (
     SELECT pg_notify(current_schema() || '.river_insert', json_build_object('queue', q.queue)::text)
@@ -74,22 +75,25 @@ WITH ins AS (
 SELECT ins.id FROM ins WHERE (SELECT count(*) FROM notified) >= 0`
 
 // IngestEvents stores evs, skipping those already stored, with an EventArgs job for
-// each new one of a handled type, in one statement (atomic without a transaction). It
+// each new one of a handled type not refused (events.Event.Refused), in one statement (atomic without a transaction). It
 // reports for each event whether it was new. The ids in evs must be distinct. It
 // returns postgres.ErrUnavailable (wrapped) when the database is out of reach, and
 // Postgres's own error when it refused the data.
 func (t *Tables) IngestEvents(ctx context.Context, evs []events.Event) ([]bool, error) {
 	n := len(evs)
-	ids, types, apiVersions, payloads, sources, statuses :=
-		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, types, apiVersions, payloads, sources, statuses, refusals :=
+		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	created, livemode := make([]int64, n), make([]bool, n)
 	for i, e := range evs {
 		ids[i], types[i], apiVersions[i] = e.ID, e.Type, e.APIVersion
 		payloads[i], sources[i], statuses[i] = string(e.Payload), string(e.Source), string(e.InitialStatus())
 		created[i], livemode[i] = e.Created.Unix(), e.Livemode
+		if e.Refused != nil {
+			refusals[i] = e.Refused.Detail // why it is ignored, where an operator looks
+		}
 	}
 	rows, err := t.db.Query(ctx, ingestEvents, ids, types, created, livemode, apiVersions, payloads, sources, statuses,
-		EventArgs{}.Kind(), QueueEvents, MaxAttempts, t.jobTypes)
+		EventArgs{}.Kind(), QueueEvents, MaxAttempts, t.jobTypes, refusals)
 	if err != nil {
 		return nil, fmt.Errorf("ingest events: %w", postgres.Translate(err))
 	}

@@ -14,6 +14,7 @@ import (
 type Metrics struct {
 	Registry        *prometheus.Registry
 	Webhooks        *prometheus.CounterVec
+	EventsRefused   *prometheus.CounterVec
 	IngestSeconds   prometheus.Histogram
 	EventToApplied  prometheus.Histogram
 	CryptolensCalls *prometheus.CounterVec
@@ -47,6 +48,9 @@ func New() *Metrics {
 		Registry: r,
 		Webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keysync_webhooks_total",
 			Help: "Webhook deliveries by event type and outcome (stored, duplicate, rejected, unavailable)."}, []string{"type", "outcome"}),
+		EventsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keysync_events_refused_total",
+			Help: "Events stored as ignored because they must never reach a key, by reason (livemode_mismatch, connected_account), from every source."},
+			[]string{"reason"}),
 		IngestSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keysync_webhook_ingest_seconds",
 			Help: "Time from receiving a webhook to answering it.", Buckets: lat}),
 		EventToApplied: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keysync_event_to_applied_seconds",
@@ -65,7 +69,7 @@ func New() *Metrics {
 		SweepSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keysync_sweep_duration_seconds", Help: "Duration of the last sweep."}),
 		SweepOrphans: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keysync_sweep_orphans", Help: "Orphan keys the last sweep reported."}),
 	}
-	r.MustRegister(m.Webhooks, m.IngestSeconds, m.EventToApplied, m.CryptolensCalls, m.CryptolensTime, m.StripeCalls, m.StripeTime,
+	r.MustRegister(m.Webhooks, m.EventsRefused, m.IngestSeconds, m.EventToApplied, m.CryptolensCalls, m.CryptolensTime, m.StripeCalls, m.StripeTime,
 		m.Actions, m.SweepDrift, m.SweepSeconds, m.SweepOrphans)
 	return m
 }

@@ -55,12 +55,14 @@ func (s *Store) MarkEventProcessed(ctx context.Context, id string) error {
 type ReplayableEvent struct {
 	ID   string `db:"id"`
 	Type string `db:"type"`
+	// Status says, among others, whether the event was stored ignored.
+	Status string `db:"status"`
 }
 
 // EventsSince returns the stored events created at or after since, of the given types
-// (all when empty), oldest first.
+// (all when empty or nil: pgx sends a nil slice as NULL), oldest first.
 func (s *Store) EventsSince(ctx context.Context, since time.Time, types []string) ([]ReplayableEvent, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, type FROM stripe_events WHERE created >= $1 AND (cardinality($2::text[]) = 0 OR type = ANY($2))
+	rows, err := s.pool.Query(ctx, `SELECT id, type, status FROM stripe_events WHERE created >= $1 AND (coalesce(cardinality($2::text[]), 0) = 0 OR type = ANY($2))
 		ORDER BY created, id`, since, types)
 	if err != nil {
 		return nil, fmt.Errorf("events since: %w", translate(err))

@@ -155,12 +155,15 @@ func (c *CatchUp) catchUp(ctx context.Context, sum *CatchUpSummary, now time.Tim
 	latest := sum.Cursor
 	for _, ev := range evs {
 		sum.Listed++
+		// The event as Stripe rendered it, in whatever version that was (stripe-go keeps
+		// data.object verbatim): the worker reads the object again when the version is
+		// not keysync's, and ingest's guard refuses another mode or a connected account.
 		payload, err := json.Marshal(ev)
 		if err != nil {
 			return fmt.Errorf("event %s: %w", ev.ID, err)
 		}
 		res, err := c.ingest.Ingest(ctx, events.Event{ID: ev.ID, Type: string(ev.Type), Created: time.Unix(ev.Created, 0).UTC(),
-			Livemode: ev.Livemode, APIVersion: ev.APIVersion, Payload: payload, Source: events.SourceEventsAPI})
+			Livemode: ev.Livemode, APIVersion: ev.APIVersion, Account: ev.Account, Payload: payload, Source: events.SourceEventsAPI})
 		if err != nil {
 			return fmt.Errorf("ingest %s: %w", ev.ID, err)
 		}

@@ -10,7 +10,7 @@ import (
 func TestKindsMatchTheirClass(t *testing.T) {
 	t.Parallel()
 	kinds := map[error]bool{ // kind -> retryable
-		ErrNotFound: false, ErrAuth: false, ErrInvalid: false, ErrRateLimited: true, ErrUnavailable: true,
+		ErrNotFound: false, ErrAuth: false, ErrInvalid: false, ErrRateLimited: true, ErrUnavailable: true, ErrConflict: true,
 	}
 	for k, retryable := range kinds {
 		err := fmt.Errorf("get customer: %w: no such customer", k)

@@ -74,6 +74,9 @@ func TestExpansionsExistInSpec(t *testing.T) {
 	for _, p := range subscriptionExpand {
 		ours = append(ours, [2]string{"subscription", *p})
 	}
+	for _, p := range itemsExpand { // a list of subscription items
+		ours = append(ours, [2]string{"subscription_item", strings.TrimPrefix(*p, "data.")})
+	}
 	for _, o := range ours {
 		if err := check(o[0], o[1]); err != nil {
 			t.Error(err)

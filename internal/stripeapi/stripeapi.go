@@ -51,6 +51,9 @@ var (
 	ErrRateLimited = failure.NewRetryable("stripe: rate limited")
 	// ErrUnavailable: server errors or no answer after the retries.
 	ErrUnavailable = failure.NewRetryable("stripe: unavailable")
+	// ErrConflict: still in conflict with another request on the same object after
+	// the retries (409); Stripe asks for a retry of those (Stripe-Should-Retry).
+	ErrConflict = failure.NewRetryable("stripe: conflict")
 )
 
 // IsRetryable reports whether err is a failure that may succeed later.
@@ -66,8 +69,9 @@ type Config struct {
 	// live mode allows 100). Burst defaults to RateLimit.
 	RateLimit float64
 	Burst     int
-	// Retries is how often a 429 or 5xx is retried (default 5); Backoff the first wait
-	// (default 500ms), doubled each time with jitter.
+	// Retries is how often a 429, a 5xx or an answer marked Stripe-Should-Retry: true
+	// is retried (default 5; a 5xx marked false is not); Backoff the first wait (default
+	// 500ms), doubled each time with jitter.
 	Retries int
 	Backoff time.Duration
 	// Timeout bounds one request (default 30s).
@@ -128,22 +132,66 @@ func New(cfg Config) (*Client, error) {
 	return &Client{api: api, key: cfg.APIKey, log: cfg.Logger}, nil
 }
 
+// Livemode reports whether the client's key is a live-mode key: the mode of every
+// object and event keysync may act on.
+func (c *Client) Livemode() bool { return KeyLivemode(c.key) }
+
+// KeyLivemode reports whether a Stripe API key is a live-mode key (sk_live_, rk_live_)
+// rather than a test-mode one (sk_test_, rk_test_).
+func KeyLivemode(key string) bool {
+	return strings.HasPrefix(key, "sk_live_") || strings.HasPrefix(key, "rk_live_")
+}
+
 // subscriptionExpand is what a Sync needs in one read: the latest invoice, and each
 // item's product (for skm_product_id metadata).
 var subscriptionExpand = []*string{stripe.String("latest_invoice"), stripe.String("items.data.price.product")}
 
 // GetSubscription returns a subscription with its latest invoice and its items' products
-// expanded.
+// expanded, and all its items (Stripe embeds only the first ones).
 func (c *Client) GetSubscription(ctx context.Context, id string) (*stripe.Subscription, error) {
 	p := &stripe.SubscriptionParams{}
 	p.Context = ctx
 	p.Expand = subscriptionExpand
 	sub, err := c.api.Subscriptions.Get(id, p)
-	return sub, c.wrap("get subscription", err)
+	if err != nil {
+		return nil, c.wrap("get subscription", err)
+	}
+	if err := c.CompleteItems(ctx, sub); err != nil {
+		return nil, err
+	}
+	return sub, nil
+}
+
+// itemsExpand expands each item CompleteItems reads as GetSubscription expands the
+// embedded ones.
+var itemsExpand = []*string{stripe.String("data.price.product")}
+
+// CompleteItems reads the rest of sub's items when Stripe embedded only the first ones
+// (items.has_more): every item may map to features or seats, so the mapping must see
+// them all. The items it reads have their price's product expanded. It does nothing
+// for a subscription whose items are all there.
+func (c *Client) CompleteItems(ctx context.Context, sub *stripe.Subscription) error {
+	if sub == nil || sub.Items == nil || !sub.Items.HasMore {
+		return nil
+	}
+	p := &stripe.SubscriptionItemListParams{Subscription: stripe.String(sub.ID)}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	p.Expand = itemsExpand
+	var all []*stripe.SubscriptionItem
+	it := c.api.SubscriptionItems.List(p)
+	for it.Next() {
+		all = append(all, it.SubscriptionItem())
+	}
+	if err := it.Err(); err != nil {
+		return c.wrap("list subscription items", err)
+	}
+	sub.Items.Data, sub.Items.HasMore = all, false
+	return nil
 }
 
 // Subscriptions yields every subscription of the account, whatever its status, 100 a
-// page with the latest invoice expanded, newest first. It stops at the first error,
+// page with the latest invoice expanded, newest first, each with all its items. It stops at the first error,
 // which it yields.
 func (c *Client) Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscription, error] {
 	return func(yield func(*stripe.Subscription, error) bool) {
@@ -153,7 +201,12 @@ func (c *Client) Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscripti
 		p.Expand = []*string{stripe.String("data.latest_invoice")}
 		it := c.api.Subscriptions.List(p)
 		for it.Next() {
-			if !yield(it.Subscription(), nil) {
+			sub := it.Subscription()
+			if err := c.CompleteItems(ctx, sub); err != nil {
+				yield(nil, err)
+				return
+			}
+			if !yield(sub, nil) {
 				return
 			}
 		}
@@ -337,6 +390,8 @@ func (c *Client) wrap(op string, err error) error {
 			kind = ErrAuth
 		case se.HTTPStatusCode == http.StatusTooManyRequests:
 			kind = ErrRateLimited
+		case se.HTTPStatusCode == http.StatusConflict:
+			kind = ErrConflict
 		case se.HTTPStatusCode >= 500:
 			kind = ErrUnavailable
 		}

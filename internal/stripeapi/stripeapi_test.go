@@ -203,3 +203,78 @@ func TestErrorKinds(t *testing.T) {
 		t.Fatal("got nil error for a publishable key")
 	}
 }
+
+// Stripe-Should-Retry decides before the status: false stops a retry a 5xx would get,
+// true asks for one a 4xx would not get. A rate limit keeps keysync's own backoff.
+func TestStripeShouldRetry(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		faults   stripesim.Faults
+		requests int   // GET /v1/prices/{id} requests made
+		wantErr  error // nil: the call succeeds
+	}{
+		"500 marked final is not retried": {stripesim.Faults{FinalErrorNext: 1}, 1, stripeapi.ErrUnavailable},
+		"409 marked retry is retried":     {stripesim.Faults{ConflictNext: 1}, 2, nil},
+		"409 still in conflict":           {stripesim.Faults{ConflictNext: 5}, 4, stripeapi.ErrConflict},
+		"500 without the header":          {stripesim.Faults{ErrorNext: 1}, 2, nil},
+		"lock timeout (429, true)":        {stripesim.Faults{LockTimeoutNext: 1}, 2, nil},
+		"rate limit (429, no header)":     {stripesim.Faults{RateLimitNext: 1}, 2, nil},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, stripeapi.Config{Retries: 3})
+			b.sim.SetFaults(tc.faults)
+			_, err := b.client.GetPrice(context.Background(), b.price)
+			if got := b.sim.Requests()["GET /v1/prices/{id}"]; got != tc.requests {
+				t.Errorf("got %d requests, want %d", got, tc.requests)
+			}
+			if (tc.wantErr == nil) != (err == nil) || (tc.wantErr != nil && !errors.Is(err, tc.wantErr)) {
+				t.Errorf("got error %v, want %v", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// A subscription embeds its first 20 items; the rest are read, so that the mapping sees
+// every item, on both the Sync's read and the sweep's listing.
+func TestAllItemsAreRead(t *testing.T) {
+	t.Parallel()
+	b := setup(t, stripeapi.Config{})
+	ctx := context.Background()
+	prod := b.sim.CreateProduct("Add-on", map[string]string{"skm_product_id": "778"})
+	var items []stripesim.ItemParams
+	for range 23 {
+		p, err := b.sim.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		items = append(items, stripesim.ItemParams{Price: p})
+	}
+	res, err := b.sim.Checkout(stripesim.CheckoutParams{Email: "many@example.com", Items: items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := b.sim.Subscription(res.Subscription)
+
+	sub, err := b.client.GetSubscription(ctx, res.Subscription)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(sub.Items.Data); got != 23 || sub.Items.HasMore {
+		t.Fatalf("GetSubscription: got %d items (has_more %v), want all 23", got, sub.Items.HasMore)
+	}
+	for i, it := range sub.Items.Data {
+		if it.ID != want.Items[i].ID || it.Price == nil || it.Price.Product == nil || it.Price.Product.Metadata["skm_product_id"] != "778" {
+			t.Fatalf("item %d: got %+v, want %s with its price's product expanded", i, it, want.Items[i].ID)
+		}
+	}
+	for s, err := range b.client.Subscriptions(ctx) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(s.Items.Data); got != 23 || s.Items.Data[22].ID != want.Items[22].ID {
+			t.Fatalf("Subscriptions: got %d items, want all 23", got)
+		}
+	}
+}

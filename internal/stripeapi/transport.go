@@ -12,9 +12,11 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// transport paces every request through a token bucket and retries rate limits (429)
-// and server errors (5xx) with exponential backoff and jitter. stripe-go sends its own
-// Idempotency-Key on every POST, so a retried write is applied once by Stripe.
+// transport paces every request through a token bucket and retries, with exponential
+// backoff and jitter, rate limits (429), and what Stripe asks it to retry
+// (Stripe-Should-Retry), or without that header server errors (5xx) and requests that
+// got no answer. stripe-go sends its own Idempotency-Key on every POST, so a retried
+// write is applied once by Stripe.
 type transport struct {
 	base    http.RoundTripper
 	limiter *rate.Limiter
@@ -54,8 +56,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			t.observe(route(req), outcome, time.Since(began))
 		}
-		retryable := err != nil || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500
-		if !retryable || attempt >= t.retries || req.Context().Err() != nil {
+		if !shouldRetry(resp, err) || attempt >= t.retries || req.Context().Err() != nil {
 			return resp, err
 		}
 		wait := t.backoff << attempt
@@ -83,6 +84,32 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		case <-timer.C:
 		}
 	}
+}
+
+// shouldRetry decides whether an attempt is worth repeating, as stripe-go's own
+// shouldRetry does but for rate limits. A 429 always is, with keysync's backoff: a
+// rate limit is what the backoff is for (stripe-go gives up on it), and an object
+// lock's 429 asks for a retry anyway. Otherwise Stripe-Should-Retry decides when Stripe
+// sends it: "false" when a retry would fail again or do nothing (a 500 whose request
+// Stripe's idempotency layer already answered), "true" when it would help although the
+// status alone does not say so (a 409 conflict). Without it: no answer at all, or a 5xx.
+func shouldRetry(resp *http.Response, err error) bool {
+	if err != nil {
+		return true
+	}
+	if resp.StatusCode == http.StatusTooManyRequests {
+		return true
+	}
+	if resp.StatusCode < 400 {
+		return false
+	}
+	switch resp.Header.Get("Stripe-Should-Retry") {
+	case "true":
+		return true
+	case "false":
+		return false
+	}
+	return resp.StatusCode >= 500
 }
 
 // route names a request for metrics: the method and the path with ids collapsed.

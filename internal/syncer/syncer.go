@@ -28,6 +28,8 @@ type Stripe interface {
 	GetCustomer(ctx context.Context, id string) (*stripe.Customer, error)
 	GetInvoice(ctx context.Context, id string) (*stripe.Invoice, error)
 	GetCharge(ctx context.Context, id string) (*stripe.Charge, error)
+	GetDispute(ctx context.Context, id string) (*stripe.Dispute, error)
+	GetCheckoutSession(ctx context.Context, id string) (*stripe.CheckoutSession, error)
 	Disputes(ctx context.Context, charge string) ([]*stripe.Dispute, error)
 	SetSubscriptionMetadata(ctx context.Context, subscription, key, value string) error
 }

@@ -1,16 +1,15 @@
 // Package webhook receives Stripe webhooks: it verifies the signature, hands the event
 // to ingest, which stores it and its job durably, and only then acknowledges, so that no
-// event is ever lost.
+// event is ever lost. Events of every Stripe API version are accepted: the worker reads
+// what an event of another version than keysync's is about from the API.
 package webhook
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -29,15 +28,13 @@ type Config struct {
 	// Secrets are the endpoint signing secrets (whsec_...). An event signed with any one
 	// of them is accepted, so a secret can be rotated without downtime.
 	Secrets []string
-	// AcceptAPIVersions lists API versions accepted besides events.StripeAPIVersion: an
-	// escape hatch for an endpoint that cannot be recreated yet.
-	AcceptAPIVersions []string
 	// Tolerance is how old a signature's timestamp may be (default 5 minutes, Stripe's).
 	Tolerance time.Duration
 	// MaxBody caps the request body (default DefaultMaxBody).
 	MaxBody int64
 	// Observe, if set, is told each delivery's event type ("" when unreadable), outcome
-	// and time to answer (for metrics).
+	// (stored, duplicate, ignored: refused by ingest's guard, or a rejection) and time to
+	// answer (for metrics).
 	Observe func(eventType, outcome string, took time.Duration)
 }
 
@@ -71,29 +68,19 @@ func NewHandler(cfg Config, in Ingest, log zerolog.Logger) (*Handler, error) {
 
 // Errors the handler answers with. They are the only texts a sender ever sees.
 var (
-	errTooLarge      = errors.New("request body too large")
-	errUnreadable    = errors.New("request body could not be read")
-	errNotSigned     = errors.New("missing Stripe-Signature header")
-	errBadSignature  = errors.New("no valid signature for this endpoint's secrets")
-	errTooOld        = errors.New("signature timestamp outside the tolerance")
-	errBadHeader     = errors.New("malformed Stripe-Signature header")
-	errNotAnEvent    = errors.New("body is not a Stripe event")
-	errUnavailable   = errors.New("temporarily unable to store the event; retry later")
-	errAPIVersionFmt = "event api_version %q is not supported: keysync reads Stripe API version %s. " +
-		"Create the webhook endpoint with api_version=%s (Dashboard > Developers > Webhooks, or " +
-		"POST /v1/webhook_endpoints with api_version=%s), or list %q in STRIPE_ACCEPT_API_VERSIONS " +
-		"at your own risk: fields keysync needs may be missing in other versions"
+	errTooLarge     = errors.New("request body too large")
+	errUnreadable   = errors.New("request body could not be read")
+	errNotSigned    = errors.New("missing Stripe-Signature header")
+	errBadSignature = errors.New("no valid signature for this endpoint's secrets")
+	errTooOld       = errors.New("signature timestamp outside the tolerance")
+	errBadHeader    = errors.New("malformed Stripe-Signature header")
+	errNotAnEvent   = errors.New("body is not a Stripe event")
+	errUnavailable  = errors.New("temporarily unable to store the event; retry later")
 )
 
-type apiVersionError struct{ got string }
-
-func (e apiVersionError) Error() string {
-	return fmt.Sprintf(errAPIVersionFmt, e.got, events.StripeAPIVersion, events.StripeAPIVersion,
-		events.StripeAPIVersion, e.got)
-}
-
-// envelope is the part of an event that ingest decodes. Decoding the whole event into a
-// map costs a quarter of the throughput for nothing: the worker reads the payload later.
+// envelope is the part of an event that ingest decodes: fields every API version has.
+// Decoding the whole event into a map costs a quarter of the throughput for nothing:
+// the worker reads the payload later.
 type envelope struct {
 	ID         string  `json:"id"`
 	Object     string  `json:"object"`
@@ -101,6 +88,7 @@ type envelope struct {
 	Created    int64   `json:"created"`
 	Livemode   bool    `json:"livemode"`
 	APIVersion *string `json:"api_version"`
+	Account    string  `json:"account"`
 }
 
 // ServeHTTP verifies, stores and acknowledges one webhook delivery.
@@ -116,20 +104,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ev, err := h.parse(w, r)
 	if err != nil {
 		outcome = outcomeOf(err)
-		h.fail(w, r, ev, err)
+		h.fail(w, r, err)
 		return
 	}
 	res, err := h.ingest.Ingest(r.Context(), ev)
 	if err != nil {
 		outcome = "unavailable"
 		h.log.Error().Err(err).Str("event_id", ev.ID).Str("event_type", ev.Type).Msg("webhook not stored; answered 503")
-		h.fail(w, r, ev, errUnavailable)
+		h.fail(w, r, errUnavailable)
 		return
 	}
-	if res.Duplicate {
+	switch {
+	case res.Duplicate:
 		outcome = "duplicate"
+	case res.Refused != nil:
+		// Answered 200 all the same: a non-2xx makes Stripe retry for days and then
+		// disable the endpoint, and no retry would change the answer.
+		outcome = "ignored"
 	}
-	h.log.Debug().Str("event_id", ev.ID).Str("event_type", ev.Type).Bool("duplicate", res.Duplicate).
+	h.log.Debug().Str("event_id", ev.ID).Str("event_type", ev.Type).Bool("duplicate", res.Duplicate).Str("api_version", ev.APIVersion).
 		Dur("took", time.Since(start)).Msg("webhook stored")
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
@@ -165,19 +158,19 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (events.Event, e
 	if err != nil {
 		return ev, errNotAnEvent
 	}
+	// Stored as received, whatever its API version: the worker decides how much of
+	// the payload it may trust (events.Pinned).
 	ev = events.Event{
 		ID:       env.ID,
 		Type:     env.Type,
 		Created:  time.Unix(env.Created, 0).UTC(),
 		Livemode: env.Livemode,
+		Account:  env.Account,
 		Payload:  payload,
 		Source:   events.SourceWebhook,
 	}
 	if env.APIVersion != nil {
 		ev.APIVersion = *env.APIVersion
-	}
-	if ev.APIVersion != events.StripeAPIVersion && !slices.Contains(h.cfg.AcceptAPIVersions, ev.APIVersion) {
-		return ev, apiVersionError{got: ev.APIVersion}
 	}
 	return ev, nil
 }
@@ -207,12 +200,9 @@ func (h *Handler) verify(body []byte, header string) error {
 }
 
 func outcomeOf(err error) string {
-	var versionErr apiVersionError
 	switch {
 	case errors.Is(err, errTooLarge):
 		return "too_large"
-	case errors.As(err, &versionErr):
-		return "wrong_api_version"
 	case errors.Is(err, errNotAnEvent), errors.Is(err, errUnreadable):
 		return "not_an_event"
 	}
@@ -220,9 +210,8 @@ func outcomeOf(err error) string {
 }
 
 // fail maps an error to its status and answers. It is the one place that does.
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, ev events.Event, err error) {
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := http.StatusBadRequest
-	var versionErr apiVersionError
 	switch {
 	case errors.Is(err, errTooLarge):
 		status = http.StatusRequestEntityTooLarge
@@ -233,8 +222,6 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, ev events.Event, 
 		// Never the body, never a secret: only what a person needs to find the sender.
 		h.log.Warn().Str("reason", err.Error()).Str("remote_addr", r.RemoteAddr).
 			Int64("content_length", r.ContentLength).Msg("webhook signature rejected")
-	case errors.As(err, &versionErr):
-		h.log.Warn().Str("event_id", ev.ID).Str("api_version", versionErr.got).Msg("webhook api_version rejected")
 	default:
 		h.log.Warn().Str("reason", err.Error()).Str("remote_addr", r.RemoteAddr).Msg("webhook rejected")
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/pgtest"
@@ -32,6 +33,9 @@ type bundle struct {
 	server   *httptest.Server
 	ingester *ingest.Ingester
 	logs     *syncBuffer
+	mu       sync.Mutex
+	refused  map[string]int // reason -> events ingest's guard refused
+	outcomes map[string]int // outcome -> deliveries
 }
 
 type syncBuffer struct {
@@ -52,8 +56,8 @@ func (s *syncBuffer) String() string {
 }
 
 type options struct {
-	poolURL       string
-	acceptVersion []string
+	poolURL  string
+	livemode bool // the API key's mode
 }
 
 func setup(t *testing.T, opts options) *bundle {
@@ -74,16 +78,19 @@ func setup(t *testing.T, opts options) *bundle {
 	t.Cleanup(pool.Close)
 	logs := &syncBuffer{}
 	log := zerolog.New(logs)
-	ing := ingest.New(jobs.NewTables(pool), ingest.Config{}, log)
-	ing.Start(context.Background())
-	t.Cleanup(ing.Stop)
-	h, err := wh.NewHandler(wh.Config{Secrets: []string{secret1, secret2}, AcceptAPIVersions: opts.acceptVersion}, ing, log)
+	b := &bundle{pool: pool, logs: logs, refused: map[string]int{}, outcomes: map[string]int{}}
+	b.ingester = ingest.New(jobs.NewTables(pool), ingest.Config{Guard: events.Guard{Livemode: opts.livemode},
+		OnRefused: func(reason string) { b.mu.Lock(); b.refused[reason]++; b.mu.Unlock() }}, log)
+	b.ingester.Start(context.Background())
+	t.Cleanup(b.ingester.Stop)
+	h, err := wh.NewHandler(wh.Config{Secrets: []string{secret1, secret2},
+		Observe: func(_, outcome string, _ time.Duration) { b.mu.Lock(); b.outcomes[outcome]++; b.mu.Unlock() }}, b.ingester, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return &bundle{pool: pool, server: srv, ingester: ing, logs: logs}
+	b.server = httptest.NewServer(h)
+	t.Cleanup(b.server.Close)
+	return b
 }
 
 func event(id, typ, apiVersion string) []byte {
@@ -312,26 +319,95 @@ func TestHandledTypeEnqueuesItsJob(t *testing.T) {
 	}
 }
 
-func TestAPIVersion(t *testing.T) {
+// An event of any API version is stored as received, with its version, and gets its
+// job: the worker reads what it is about from the API (syncer.SubscriptionFor).
+func TestAnyAPIVersionIsStoredAsReceived(t *testing.T) {
 	t.Parallel()
 	b := setup(t, options{})
-	body := event("evt_old", "invoice.paid", "2020-08-27")
-	got, resp := b.post(t, body, sign(body, secret1, time.Now(), ""))
-	if got != 400 {
-		t.Fatalf("got %d, want 400", got)
-	}
-	for _, want := range []string{"2020-08-27", "api_version=2023-10-16", "STRIPE_ACCEPT_API_VERSIONS"} {
-		if !strings.Contains(resp, want) {
-			t.Fatalf("got body %s, want it to mention %q", resp, want)
+	basil := []byte(`{"id":"evt_basil","object":"event","api_version":"2025-03-31.basil","created":1700000000,"livemode":false,` +
+		`"pending_webhooks":1,"type":"invoice.paid","data":{"object":{"id":"in_1","object":"invoice",` +
+		`"parent":{"type":"subscription_details","subscription_details":{"subscription":"sub_1"}}}}}`)
+	for _, body := range [][]byte{basil, event("evt_old", "invoice.paid", "2020-08-27")} {
+		if got, resp := b.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 {
+			t.Fatalf("got %d (%s), want 200", got, resp)
 		}
 	}
-	if n := b.events(t); n != 0 {
-		t.Fatalf("got %d rows, want 0", n)
+	var version, parent string
+	err := b.pool.QueryRow(context.Background(), `SELECT api_version, payload->'data'->'object'->'parent'->'subscription_details'->>'subscription'
+		FROM stripe_events WHERE id = 'evt_basil' AND status = 'pending'`).Scan(&version, &parent)
+	if err != nil || version != "2025-03-31.basil" || parent != "sub_1" {
+		t.Fatalf("got api_version %q, parent subscription %q (%v); want the basil event stored as received", version, parent, err)
 	}
+	if n := b.count(t, `SELECT count(*) FROM stripe_events WHERE id = 'evt_old' AND api_version = '2020-08-27'`); n != 1 {
+		t.Fatalf("got %d rows of the 2020-08-27 event, want 1", n)
+	}
+	if n := b.jobs(t); n != 2 {
+		t.Fatalf("got %d jobs, want 2", n)
+	}
+}
 
-	accepting := setup(t, options{acceptVersion: []string{"2020-08-27"}})
-	if got, resp := accepting.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 {
-		t.Fatalf("with STRIPE_ACCEPT_API_VERSIONS: got %d (%s), want 200", got, resp)
+// An event of the other mode than the API key's, or of a connected account, is stored
+// ignored with the reason and answered 200; it gets no job, so it never reaches a Sync.
+// It is counted, and each reason is logged once, not once per event.
+func TestRefusedEvents(t *testing.T) {
+	t.Parallel()
+	withFields := func(id, fields string) []byte {
+		return []byte(strings.Replace(string(event(id, "invoice.paid", "2023-10-16")), `"livemode":false,`, fields, 1))
+	}
+	tests := map[string]struct {
+		keyLive bool
+		body    func(id string) []byte
+		reason  string
+		detail  string
+	}{
+		"live event, test key": {false, func(id string) []byte { return withFields(id, `"livemode":true,`) }, "livemode_mismatch", "live-mode event"},
+		"test event, live key": {true, func(id string) []byte { return withFields(id, `"livemode":false,`) }, "livemode_mismatch", "test-mode event"},
+		"connected account": {false, func(id string) []byte { return withFields(id, `"livemode":false,"account":"acct_1Connected",`) },
+			"connected_account", "acct_1Connected"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, options{livemode: tc.keyLive})
+			for _, id := range []string{"evt_r1", "evt_r2"} {
+				body := tc.body(id)
+				if got, resp := b.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 {
+					t.Fatalf("%s: got %d (%s), want 200", id, got, resp)
+				}
+			}
+			n := b.count(t, `SELECT count(*) FROM stripe_events WHERE status = 'ignored' AND last_error LIKE '%' || $1 || '%'`, tc.detail)
+			if n != 2 {
+				t.Fatalf("got %d events stored ignored with %q in last_error, want 2", n, tc.detail)
+			}
+			if n := b.jobs(t); n != 0 {
+				t.Fatalf("got %d jobs, want 0", n)
+			}
+			b.mu.Lock()
+			refused, ignored := b.refused[tc.reason], b.outcomes["ignored"]
+			b.mu.Unlock()
+			if refused != 2 || ignored != 2 {
+				t.Fatalf("got %d refusals counted for %s and %d deliveries with outcome ignored, want 2 and 2", refused, tc.reason, ignored)
+			}
+			if got := strings.Count(b.logs.String(), `"reason":"`+tc.reason+`"`); got != 1 {
+				t.Fatalf("got %d log lines for %s, want 1:\n%s", got, tc.reason, b.logs)
+			}
+			// A redelivery is a duplicate: neither counted nor logged again.
+			body := tc.body("evt_r1")
+			if got, resp := b.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 || !strings.Contains(resp, "duplicate") {
+				t.Fatalf("redelivery: got %d %s, want a 200 duplicate", got, resp)
+			}
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if b.refused[tc.reason] != 2 {
+				t.Fatalf("redelivery counted: got %d, want 2", b.refused[tc.reason])
+			}
+		})
+	}
+	// A handled event of the key's own mode and account is not refused.
+	b := setup(t, options{})
+	body := event("evt_ok", "invoice.paid", "2023-10-16")
+	if got, _ := b.post(t, body, sign(body, secret1, time.Now(), "")); got != 200 || b.jobs(t) != 1 {
+		t.Fatalf("own mode: got %d and %d jobs, want 200 and 1", got, b.jobs(t))
 	}
 }
 

@@ -26,6 +26,14 @@ type Faults struct {
 	// LockTimeoutNext answers the next N requests with 429 and code lock_timeout: an
 	// object another request holds, which stripe-go retries (Stripe-Should-Retry: true).
 	LockTimeoutNext int
+	// ConflictNext answers the next N requests with 409 and code idempotency_key_in_use:
+	// another request with the same idempotency key is in flight, which Stripe asks to
+	// retry (Stripe-Should-Retry: true) although a 4xx is otherwise final.
+	ConflictNext int
+	// FinalErrorNext answers the next N requests with 500 and Stripe-Should-Retry: false:
+	// a failure a retry would only repeat (an idempotent request whose first answer was
+	// that 500), which Stripe asks not to retry although a 5xx otherwise may be.
+	FinalErrorNext int
 	// Latency is added to every request.
 	Latency time.Duration
 }
@@ -121,7 +129,25 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if locked {
 		s.faults.LockTimeoutNext--
 	}
+	conflict := !rateLimited && !failed && !locked && s.faults.ConflictNext > 0
+	if conflict {
+		s.faults.ConflictNext--
+	}
+	final := !rateLimited && !failed && !locked && !conflict && s.faults.FinalErrorNext > 0
+	if final {
+		s.faults.FinalErrorNext--
+	}
 	switch {
+	case conflict:
+		s.faulted[http.StatusConflict]++
+		writeError(w, &apiError{status: http.StatusConflict, typ: "invalid_request_error", code: "idempotency_key_in_use",
+			message: "There is currently another in-progress request using this Stripe-Idempotency-Key. Please try again later."})
+		return
+	case final:
+		s.faulted[http.StatusInternalServerError]++
+		w.Header().Set("Stripe-Should-Retry", "false")
+		writeError(w, &apiError{status: 500, typ: "api_error", message: "An unknown error occurred"})
+		return
 	case locked:
 		s.faulted[http.StatusTooManyRequests]++
 		writeError(w, &apiError{status: 429, typ: "invalid_request_error", code: "lock_timeout",

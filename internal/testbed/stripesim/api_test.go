@@ -302,6 +302,8 @@ func TestAPIShouldRetry(t *testing.T) {
 		"lock timeout":   {stripesim.Faults{LockTimeoutNext: 1}, "/v1/subscriptions", 429, "lock_timeout", "true"},
 		"rate limit":     {stripesim.Faults{RateLimitNext: 1}, "/v1/subscriptions", 429, "rate_limit", ""},
 		"server error":   {stripesim.Faults{ErrorNext: 1}, "/v1/subscriptions", 500, nil, ""},
+		"conflict":       {stripesim.Faults{ConflictNext: 1}, "/v1/subscriptions", 409, "idempotency_key_in_use", "true"},
+		"final error":    {stripesim.Faults{FinalErrorNext: 1}, "/v1/subscriptions", 500, nil, "false"},
 		"missing object": {stripesim.Faults{}, "/v1/subscriptions/sub_nope", 404, "resource_missing", "false"},
 		"bad parameter":  {stripesim.Faults{}, "/v1/subscriptions?status=bogus", 400, nil, "false"},
 	}

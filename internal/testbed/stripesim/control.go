@@ -355,13 +355,15 @@ func (s *Sim) ControlHandler() http.Handler {
 			RateLimitNext   int     `json:"rate_limit_next"`
 			ErrorNext       int     `json:"error_next"`
 			LockTimeoutNext int     `json:"lock_timeout_next"`
+			ConflictNext    int     `json:"conflict_next"`
+			FinalErrorNext  int     `json:"final_error_next"`
 			Latency         string  `json:"latency"`
 		}
 		if err := decode(b, &p); err != nil {
 			return nil, err
 		}
 		f := Faults{RateLimitRate: p.RateLimitRate, ErrorRate: p.ErrorRate, RateLimitNext: p.RateLimitNext, ErrorNext: p.ErrorNext,
-			LockTimeoutNext: p.LockTimeoutNext}
+			LockTimeoutNext: p.LockTimeoutNext, ConflictNext: p.ConflictNext, FinalErrorNext: p.FinalErrorNext}
 		if p.Latency != "" {
 			d, err := time.ParseDuration(p.Latency)
 			if err != nil {
