@@ -31,16 +31,17 @@ type Stripe interface {
 	SetSubscriptionMetadata(ctx context.Context, subscription, key, value string) error
 }
 
-// Cryptolens is what Sync does to keys.
+// Cryptolens is what Sync does to keys. ExtendLicense, AddFeature and RemoveFeature
+// return the key's new string when an SKGL key changed strings ("" otherwise).
 type Cryptolens interface {
 	CreateKey(ctx context.Context, p cryptolens.CreateKeyParams) (cryptolens.CreatedKey, error)
 	GetKey(ctx context.Context, productID int, key string) (cryptolens.Key, error)
 	GetKeys(ctx context.Context, productID, page int, search string) (cryptolens.KeysPage, error)
-	ExtendLicense(ctx context.Context, productID int, key string, days int) error
+	ExtendLicense(ctx context.Context, productID int, key string, days int) (string, error)
 	BlockKey(ctx context.Context, productID int, key string) (bool, error)
 	UnblockKey(ctx context.Context, productID int, key string) (bool, error)
-	AddFeature(ctx context.Context, productID int, key string, feature int) error
-	RemoveFeature(ctx context.Context, productID int, key string, feature int) error
+	AddFeature(ctx context.Context, productID int, key string, feature int) (string, error)
+	RemoveFeature(ctx context.Context, productID int, key string, feature int) (string, error)
 	MachineLockLimit(ctx context.Context, productID int, key string, machines int) error
 }
 
@@ -405,9 +406,11 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 	key := p.key
 	res := Result{Key: key.Key, Actions: p.actions}
 	for _, a := range p.actions {
-		created, err := r.perform(ctx, p.sub, p.desired, key, a)
-		if created != "" {
-			res.Key, key.Key, key.Exists = created, created, true
+		// Each action names the key by its string as it is now: an SKGL key gets a new
+		// one from a change (see perform).
+		renamed, err := r.perform(ctx, p.sub, p.desired, key, a)
+		if renamed != "" {
+			res.Key, key.Key, key.Exists = renamed, renamed, true
 		}
 		if err != nil {
 			return res, err
@@ -422,7 +425,9 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 	return res, nil
 }
 
-// perform performs one action and audits it. It returns the new key's name for a create.
+// perform performs one action and audits it. It returns the key's new string: the new
+// key's for a create, and an SKGL key's new one when a change gave it one ("" when the
+// string stays).
 func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.Desired, key license.Key, a license.Action) (string, error) {
 	s := r.s
 	product := d.ProductID
@@ -453,7 +458,7 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 		}
 	}
 	start := time.Now()
-	var created string
+	var created, renamed string
 	var msg string
 	var err error
 	switch a.Kind {
@@ -474,7 +479,7 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 			r.row.KeyID = nil
 		}
 	case license.Extend:
-		err = s.crypto.ExtendLicense(ctx, product, key.Key, a.Days)
+		renamed, err = s.crypto.ExtendLicense(ctx, product, key.Key, a.Days)
 	case license.Block:
 		var changed bool
 		if changed, err = s.crypto.BlockKey(ctx, product, key.Key); err == nil && !changed {
@@ -489,9 +494,9 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 			}
 		}
 	case license.AddFeature:
-		err = s.crypto.AddFeature(ctx, product, key.Key, a.Feature)
+		renamed, err = s.crypto.AddFeature(ctx, product, key.Key, a.Feature)
 	case license.RemoveFeature:
-		err = s.crypto.RemoveFeature(ctx, product, key.Key, a.Feature)
+		renamed, err = s.crypto.RemoveFeature(ctx, product, key.Key, a.Feature)
 	case license.MachineLimit:
 		err = s.crypto.MachineLockLimit(ctx, product, key.Key, a.Machines)
 	}
@@ -508,15 +513,38 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 	row.Outcome, row.Message = OutcomeApplied, msg
 	r.audit(row)
 	r.log.Info().Str("action", string(a.Kind)).Str("license_key", row.LicenseKey).Interface("params", row.Params).Msg("key changed")
-	if a.Kind == license.CreateKey {
+	switch {
+	case a.Kind == license.CreateKey:
 		// Record the new key at once: a crash before the end of this Sync must not lead
 		// the next one to create another (the Notes marker would also find it).
 		if err := r.lock.SaveSync(ctx, r.row, r.audits); err != nil {
 			return created, fmt.Errorf("record new key: %w", err)
 		}
 		r.audits = nil
+		return created, nil
+	case renamed != "":
+		return renamed, r.rename(ctx, product, key.Key, renamed, a.Kind)
 	}
-	return created, nil
+	return "", nil
+}
+
+// rename follows an SKGL key to the new string a change gave it: Cryptolens documents
+// that ExtendLicense on an SKGL product changes the key string "if necessary" and
+// answers the new key in message, and the old string names no key any more. keysync
+// records the new string at once (a crash must not leave it looking for the old one),
+// audits the change, and names the new key in Stripe's metadata at the end of the Sync.
+// The customer's copy of the old string goes stale: SKM15 products avoid this.
+func (r *run) rename(ctx context.Context, product int, old, renamed string, by license.ActionKind) error {
+	r.row.LicenseKey, r.row.ProductID = &renamed, &product
+	r.audit(AuditRow{Action: "adopt_key", Outcome: OutcomeApplied, LicenseKey: renamed, ProductID: product,
+		Params: map[string]any{"source": "skgl key change", "old_key": old, "new_key": renamed, "changed_by": string(by)}})
+	r.log.Warn().Str("license_key", renamed).Str("old_license_key", old).Str("action", string(by)).
+		Msg("Cryptolens gave the SKGL key a new string; keysync follows it, the customer's copy is stale")
+	if err := r.lock.SaveSync(ctx, r.row, r.audits); err != nil {
+		return fmt.Errorf("record the key's new string: %w", err)
+	}
+	r.audits = nil
+	return nil
 }
 
 func (r *run) audit(a AuditRow) {
