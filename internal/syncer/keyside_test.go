@@ -2,12 +2,14 @@ package syncer_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/syncer"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
 	"github.com/keysync/keysync/internal/testbed/simtest"
 	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
@@ -30,6 +32,124 @@ func (e *env) auditOf(t *testing.T, sub, action string) []postgres.AuditEntry {
 
 // metadataWrites counts the subscription updates keysync sent to Stripe.
 func (e *env) metadataWrites() int { return e.stripe.Requests()["POST /v1/subscriptions/{id}"] }
+
+// A vendor moving from Cryptolens' hosted Stripe module has live keys that carry no
+// Notes marker: the module recorded each on its subscription's metadata as skm_key_id
+// (the key's id within the product) or skm_key_globalid. keysync adopts that key rather
+// than creating a second one, in the order cryptolens_key, skm_key_id,
+// skm_key_globalid, Notes marker.
+func TestAdoptsHostedModuleKeys(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		// metadata names the entries the subscription carries; "skm_key_id=none" is an
+		// skm_key_id that no key has.
+		metadata []string
+		// want is the entry whose key is adopted.
+		want string
+	}{
+		"skm_key_id":                          {[]string{"skm_key_id"}, "skm_key_id"},
+		"skm_key_globalid, past a full page":  {[]string{"skm_key_globalid"}, "skm_key_globalid"},
+		"cryptolens_key before skm_key_id":    {[]string{"cryptolens_key", "skm_key_id"}, "cryptolens_key"},
+		"skm_key_id before skm_key_globalid":  {[]string{"skm_key_id", "skm_key_globalid"}, "skm_key_id"},
+		"an unknown skm_key_id falls through": {[]string{"skm_key_id=none", "skm_key_globalid"}, "skm_key_globalid"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t)
+			put := func(notes string) cryptolenssim.Key {
+				k, err := e.crypto.PutKey(cryptolenssim.Key{ProductID: product, Expires: t0.Add(20 * 24 * time.Hour),
+					Features: [8]bool{true}, MaxNoOfMachines: 2, Notes: notes})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return k
+			}
+			// Keys the hosted module issued (no marker in their Notes) among more than a
+			// page of others, and one the vendor named by hand.
+			byID := put("Issued by the Stripe module")
+			for range 120 {
+				put("")
+			}
+			byGlobalID, named := put("Issued by the Stripe module"), put("")
+			res, err := e.stripe.Checkout(stripesim.CheckoutParams{Email: "ada@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			put(syncer.Marker(res.Subscription)) // the marker comes last in the order
+			entries := map[string]struct {
+				name, value string
+				key         cryptolenssim.Key
+			}{
+				"cryptolens_key":   {syncer.KeyMetadata, named.Key, named},
+				"skm_key_id":       {"skm_key_id", strconv.FormatInt(byID.ID, 10), byID},
+				"skm_key_globalid": {"skm_key_globalid", strconv.FormatInt(byGlobalID.GlobalID, 10), byGlobalID},
+				"skm_key_id=none":  {"skm_key_id", "999999", cryptolenssim.Key{}},
+			}
+			md := map[string]string{}
+			for _, m := range tc.metadata {
+				md[entries[m].name] = entries[m].value
+			}
+			if err := e.stripe.SetSubscriptionMetadata(res.Subscription, md); err != nil {
+				t.Fatal(err)
+			}
+
+			e.sync(t, res.Subscription)
+			want := entries[tc.want]
+			if got := e.key(t, res.Subscription); got.Key != want.key.Key {
+				t.Fatalf("adopted %s (id %d), want %s (id %d)", got.Key, got.ID, want.key.Key, want.key.ID)
+			}
+			if n := e.crypto.CallCount(cryptolenssim.CreateKey); n != 0 {
+				t.Fatalf("got %d keys created, want none: the subscription has a key", n)
+			}
+			source := "subscription metadata " + want.name
+			if want.name != syncer.KeyMetadata {
+				source += "=" + want.value
+			}
+			adopted := e.auditOf(t, res.Subscription, "adopt_key")
+			if len(adopted) != 1 || adopted[0].Params["source"] != source {
+				t.Fatalf("got adopt_key rows %+v, want one with source %q", adopted, source)
+			}
+			if s, _ := e.stripe.Subscription(res.Subscription); s.Metadata[syncer.KeyMetadata] != want.key.Key {
+				t.Fatalf("cryptolens_key metadata: got %q, want %q", s.Metadata[syncer.KeyMetadata], want.key.Key)
+			}
+			e.wantExpiry(t, res.Subscription, "adopted")
+
+			// The next Sync uses the recorded key: no search, no second adoption.
+			e.crypto.ResetCalls()
+			e.sync(t, res.Subscription)
+			if n := e.crypto.CallCount(cryptolenssim.GetKeys); n != 0 {
+				t.Fatalf("got %d GetKeys calls after adoption, want none", n)
+			}
+		})
+	}
+}
+
+// skm_key_id is the key's id within the product, found with the search the module's
+// docs name ("Id=<skm_key_id>"): one GetKeys call, not a scan of the product.
+func TestHostedKeyIDIsOneSearch(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	for range 200 {
+		_, _ = e.crypto.PutKey(cryptolenssim.Key{ProductID: product, Expires: t0})
+	}
+	k, _ := e.crypto.PutKey(cryptolenssim.Key{ProductID: product, Expires: t0.Add(40 * 24 * time.Hour), Features: [8]bool{true}, MaxNoOfMachines: 2})
+	res, _ := e.stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: e.pro}},
+		SubscriptionMetadata: map[string]string{"skm_key_id": strconv.FormatInt(k.ID, 10)}})
+	e.sync(t, res.Subscription)
+	if got := e.key(t, res.Subscription); got.Key != k.Key {
+		t.Fatalf("adopted %s, want %s", got.Key, k.Key)
+	}
+	var searches []string
+	for _, c := range e.crypto.Calls() {
+		if c.Method == cryptolenssim.GetKeys {
+			searches = append(searches, c.Params.Get("searchquery"))
+		}
+	}
+	if want := "id=" + strconv.FormatInt(k.ID, 10); len(searches) != 1 || searches[0] != want {
+		t.Fatalf("got GetKeys searches %q, want one: %q", searches, want)
+	}
+}
 
 // An SKGL product gives a key a new string when ExtendLicense or a feature change
 // alters it, and answers the new string in message. keysync follows it: the mapping,

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -144,6 +145,16 @@ func MarkedSubscription(word string) (string, bool) { return strings.CutPrefix(w
 // KeyMetadata is the Stripe subscription metadata entry that names the subscription's
 // key: keysync adopts the key it names, and writes it when WriteStripeMetadata is on.
 const KeyMetadata = "cryptolens_key"
+
+// The subscription metadata entries in which Cryptolens' hosted Stripe module records
+// the key it issued (its docs, recurring-payments/managing-customers.md and
+// custom-interface.md): a vendor who switches over keeps the customers' live keys.
+const (
+	// hostedKeyID is the key's id within the product ("search Id=<skm_key_id>").
+	hostedKeyID = "skm_key_id"
+	// hostedKeyGlobalID is the key's GlobalId.
+	hostedKeyGlobalID = "skm_key_globalid"
+)
 
 // run carries one Sync's state: the row it brings up to date and the audit rows it
 // saves with it.
@@ -306,8 +317,10 @@ func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, l
 }
 
 // findKey finds the subscription's key for p: the one keysync recorded (row), else the
-// one the subscription's metadata names, else the one whose Notes carry the marker. A
-// key found the second or third way is to be adopted; none found means none exists.
+// one the subscription's metadata names (cryptolens_key, then the hosted Stripe
+// module's skm_key_id, then its skm_key_globalid), else the one whose Notes carry the
+// marker. A key found any way but the first is to be adopted; none found means none
+// exists.
 func (s *Syncer) findKey(ctx context.Context, p *plan, row SubscriptionRow, log zerolog.Logger) error {
 	product := p.desired.ProductID
 	if row.LicenseKey != nil && row.ProductID != nil && *row.ProductID == product {
@@ -332,6 +345,30 @@ func (s *Syncer) findKey(ctx context.Context, p *plan, row SubscriptionRow, log 
 			return fmt.Errorf("read key from metadata: %w", err)
 		}
 	}
+	for _, find := range []struct {
+		metadata string
+		find     func(ctx context.Context, product int, id int64) (cryptolens.Key, bool, error)
+	}{{hostedKeyID, s.keyByID}, {hostedKeyGlobalID, s.keyByGlobalID}} {
+		value := p.sub.Metadata[find.metadata]
+		if value == "" {
+			continue
+		}
+		id, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
+		if err != nil || id <= 0 {
+			log.Warn().Str("metadata", find.metadata).Str("value", value).Msg("subscription metadata names no key id; ignored")
+			continue
+		}
+		k, ok, err := find.find(ctx, product, id)
+		if err != nil {
+			return fmt.Errorf("find key by %s: %w", find.metadata, err)
+		}
+		if ok {
+			p.adopt(k, fmt.Sprintf("subscription metadata %s=%d", find.metadata, id))
+			return nil
+		}
+		log.Warn().Str("metadata", find.metadata).Int64("id", id).Int("product_id", product).
+			Msg("no key in the product has the id the hosted Stripe module recorded")
+	}
 	marker := Marker(p.sub.ID)
 	page, err := s.crypto.GetKeys(ctx, product, 1, fmt.Sprintf(`notes.contains(%q)`, marker))
 	if err != nil {
@@ -346,6 +383,43 @@ func (s *Syncer) findKey(ctx context.Context, p *plan, row SubscriptionRow, log 
 		}
 	}
 	return nil
+}
+
+// keyByID finds the product's key with the id, as Cryptolens' search language
+// documents it (`id=5`, docs web-interface/linq-search-product.md).
+func (s *Syncer) keyByID(ctx context.Context, product int, id int64) (cryptolens.Key, bool, error) {
+	page, err := s.crypto.GetKeys(ctx, product, 1, fmt.Sprintf("id=%d", id))
+	if err != nil {
+		return cryptolens.Key{}, false, err
+	}
+	for _, k := range page.Keys {
+		if k.ID == id {
+			return k, true, nil
+		}
+	}
+	return cryptolens.Key{}, false, nil
+}
+
+// keyByGlobalID finds the product's key with the GlobalId. Cryptolens documents no
+// search by GlobalId (the search language has no such field), so it pages through all
+// of the product's keys: one GetKeys call per 99 keys, at most the product's page
+// count. That is paid once per subscription: the adopted key is recorded, and named in
+// the subscription's cryptolens_key metadata, so later Syncs never search again.
+func (s *Syncer) keyByGlobalID(ctx context.Context, product int, id int64) (cryptolens.Key, bool, error) {
+	for n := 1; ; n++ {
+		page, err := s.crypto.GetKeys(ctx, product, n, "")
+		if err != nil {
+			return cryptolens.Key{}, false, err
+		}
+		for _, k := range page.Keys {
+			if k.GlobalID == id {
+				return k, true, nil
+			}
+		}
+		if n >= page.PageCount || len(page.Keys) == 0 {
+			return cryptolens.Key{}, false, nil
+		}
+	}
 }
 
 func (p *plan) adopt(k cryptolens.Key, source string) {
