@@ -221,3 +221,38 @@ func TestFollowsSKGLKeyChangesWithoutMetadata(t *testing.T) {
 		t.Fatalf("got %d metadata writes with the write switched off", n)
 	}
 }
+
+// Stripe refuses to change a canceled subscription's metadata (in 2023–24, and by the
+// simulator's default). keysync adopts the key of a subscription canceled before it
+// ever synced, blocks it, and sends no metadata write, then or later.
+func TestNoMetadataWriteToCanceled(t *testing.T) {
+	t.Parallel()
+	tests := map[string]func(e *env, sub string, k cryptolenssim.Key){
+		"key found by its marker": func(e *env, sub string, k cryptolenssim.Key) {
+			e.crypto.EditKey(product, k.Key, func(k *cryptolenssim.Key) { k.Notes = syncer.Marker(sub) })
+		},
+		"hosted module key": func(e *env, sub string, k cryptolenssim.Key) {
+			_ = e.stripe.SetSubscriptionMetadata(sub, map[string]string{"skm_key_id": strconv.FormatInt(k.ID, 10)})
+		},
+	}
+	for name, link := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t)
+			res, _ := e.stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
+			k, _ := e.crypto.PutKey(cryptolenssim.Key{ProductID: product, Expires: t0.Add(35 * 24 * time.Hour), Features: [8]bool{true}, MaxNoOfMachines: 2})
+			link(e, res.Subscription, k)
+			if err := e.stripe.CancelNow(res.Subscription); err != nil {
+				t.Fatal(err)
+			}
+			e.sync(t, res.Subscription)
+			e.sync(t, res.Subscription)
+			if got := e.key(t, res.Subscription); got.Key != k.Key || !got.Block {
+				t.Fatalf("got %+v, want %s adopted and blocked", got, k.Key)
+			}
+			if n := e.metadataWrites(); n != 0 {
+				t.Fatalf("got %d subscription updates sent to Stripe, want none for a canceled subscription", n)
+			}
+		})
+	}
+}

@@ -490,8 +490,14 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 			return res, err
 		}
 	}
-	if key.Exists && s.opts.WriteStripeMetadata && !s.opts.DryRun && p.sub.Metadata[KeyMetadata] != key.Key {
-		// So the vendor sees the key in Stripe, and the mapping survives losing the database.
+
+	// Name the key in Stripe's metadata, so the vendor sees it in Stripe and the mapping
+	// survives losing the database. Stripe refuses to change a canceled subscription's
+	// metadata (it did in 2023–24: "A canceled subscription can only update its
+	// cancellation_details"), and a canceled subscription's key only stays blocked: no
+	// write, so none fails on every Sync either.
+	if key.Exists && s.opts.WriteStripeMetadata && !s.opts.DryRun && p.sub.Metadata[KeyMetadata] != key.Key &&
+		p.sub.Status != stripe.SubscriptionStatusCanceled {
 		if err := s.stripe.SetSubscriptionMetadata(ctx, p.sub.ID, KeyMetadata, key.Key); err != nil {
 			r.log.Warn().Err(err).Str("metadata", KeyMetadata).Msg("could not write the key into the subscription's metadata; next sync retries")
 		}
