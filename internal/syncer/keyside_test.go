@@ -256,3 +256,70 @@ func TestNoMetadataWriteToCanceled(t *testing.T) {
 		})
 	}
 }
+
+// A dispute arrives weeks after its charge, after the next renewal was paid: it blocks
+// the key (KEYSYNC_ON_DISPUTE=block) though the latest charge is clean, and a won
+// dispute lifts keysync's block.
+func TestDisputeOnAnEarlierCharge(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	res, _ := e.stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
+	sub := res.Subscription
+	e.sync(t, sub)
+	e.stripe.Advance(31 * 24 * time.Hour)
+	e.sync(t, sub)
+	if s, _ := e.stripe.Subscription(sub); s.LatestInvoice == res.Invoice {
+		t.Fatal("no renewal invoice")
+	}
+
+	charges := e.stripe.Charges(res.Invoice)
+	if len(charges) != 1 {
+		t.Fatalf("got %d charges on the first invoice, want 1", len(charges))
+	}
+	dispute, err := e.stripe.Dispute(charges[0].ID, "fraudulent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.stripe.Advance(20 * 24 * time.Hour)
+	e.sync(t, sub)
+	if !e.key(t, sub).Block {
+		t.Fatal("a dispute on the previous period's charge did not block the key")
+	}
+
+	if err := e.stripe.CloseDispute(dispute, true); err != nil {
+		t.Fatal(err)
+	}
+	e.sync(t, sub)
+	if e.key(t, sub).Block {
+		t.Fatal("the won dispute did not lift keysync's block")
+	}
+	e.wantExpiry(t, sub, "after the won dispute")
+}
+
+// A refund blocks (KEYSYNC_ON_REFUND=block) only when the latest paid invoice was
+// refunded in full: a refund of an earlier period is not a lapse of this one.
+func TestRefundOfTheLatestInvoiceOnly(t *testing.T) {
+	t.Parallel()
+	e := setup(t, func(o *syncer.Options) { o.Policy.BlockOnDispute, o.Policy.BlockOnRefund = false, true })
+	res, _ := e.stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
+	sub := res.Subscription
+	e.sync(t, sub)
+	e.stripe.Advance(31 * 24 * time.Hour)
+	e.sync(t, sub)
+
+	if _, err := e.stripe.Refund(e.stripe.Charges(res.Invoice)[0].ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	e.sync(t, sub)
+	if e.key(t, sub).Block {
+		t.Fatal("a refund of the previous period blocked the key")
+	}
+	s, _ := e.stripe.Subscription(sub)
+	if _, err := e.stripe.Refund(e.stripe.Charges(s.LatestInvoice)[0].ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	e.sync(t, sub)
+	if !e.key(t, sub).Block {
+		t.Fatal("a full refund of the latest invoice did not block the key")
+	}
+}

@@ -156,6 +156,11 @@ const (
 	hostedKeyGlobalID = "skm_key_globalid"
 )
 
+// disputeWindow is how far back a dispute on the subscription's charges counts: card
+// disputes arrive weeks after the charge, often after the next renewal, and card
+// networks allow them for about 120 days.
+const disputeWindow = 120 * 24 * time.Hour
+
 // run carries one Sync's state: the row it brings up to date and the audit rows it
 // saves with it.
 type run struct {
@@ -288,7 +293,7 @@ func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, l
 		ls.Items = append(ls.Items, item(it))
 	}
 	if s.opts.Policy.BlockOnDispute || s.opts.Policy.BlockOnRefund {
-		if ls.Disputed, ls.RefundedLatest, err = s.chargeState(ctx, paid); err != nil {
+		if ls.Disputed, ls.RefundedLatest, err = s.chargeState(ctx, paid, now); err != nil {
 			return p, err
 		}
 	}
@@ -642,31 +647,43 @@ func (r *run) audit(a AuditRow) {
 	r.audits = append(r.audits, a)
 }
 
-// chargeState reads the latest paid invoice's charge: disputed (a dispute open or lost)
-// and refunded in full.
-func (s *Syncer) chargeState(ctx context.Context, paid []*stripe.Invoice) (disputed, refunded bool, err error) {
-	for _, inv := range paid { // newest first
+// chargeState reads the charges of the subscription's paid invoices (newest first):
+// disputed when a dispute on the latest charge, or on any charge of an invoice of the
+// last 120 days (disputeWindow), is open or was lost; refunded when the latest charge
+// was refunded in full. Disputes arrive weeks after the charge, often after the next
+// renewal has been paid: the latest charge alone would miss them. A won dispute no
+// longer counts, so keysync's block lifts.
+func (s *Syncer) chargeState(ctx context.Context, paid []*stripe.Invoice, now time.Time) (disputed, refunded bool, err error) {
+	since := now.Add(-disputeWindow)
+	latest := true
+	for _, inv := range paid {
 		if inv.Charge == nil || inv.Charge.ID == "" {
-			continue
+			continue // a $0 invoice, or paid out of band
+		}
+		if !latest && (!s.opts.Policy.BlockOnDispute || disputed || time.Unix(inv.Created, 0).Before(since)) {
+			break // nothing left to learn: the list is newest first
 		}
 		ch, err := s.stripe.GetCharge(ctx, inv.Charge.ID)
 		if err != nil {
 			return false, false, fmt.Errorf("read charge: %w", err)
 		}
-		if ch.Disputed {
-			ds, err := s.stripe.Disputes(ctx, ch.ID)
-			if err != nil {
-				return false, false, fmt.Errorf("read disputes: %w", err)
-			}
-			for _, d := range ds {
-				if d.Status != stripe.DisputeStatusWon && d.Status != stripe.DisputeStatusWarningClosed {
-					disputed = true
-				}
+		if latest {
+			refunded, latest = ch.Refunded, false
+		}
+		if !ch.Disputed {
+			continue
+		}
+		ds, err := s.stripe.Disputes(ctx, ch.ID)
+		if err != nil {
+			return false, false, fmt.Errorf("read disputes: %w", err)
+		}
+		for _, d := range ds {
+			if d.Status != stripe.DisputeStatusWon && d.Status != stripe.DisputeStatusWarningClosed {
+				disputed = true
 			}
 		}
-		return disputed, ch.Refunded, nil
 	}
-	return false, false, nil
+	return disputed, refunded, nil
 }
 
 func item(it *stripe.SubscriptionItem) license.Item {
