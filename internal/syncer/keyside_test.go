@@ -2,6 +2,7 @@ package syncer_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -219,6 +220,85 @@ func TestFollowsSKGLKeyChangesWithoutMetadata(t *testing.T) {
 	e.wantExpiry(t, res.Subscription, "renewal")
 	if n := e.metadataWrites(); n != 0 {
 		t.Fatalf("got %d metadata writes with the write switched off", n)
+	}
+}
+
+// Cryptolens may keep dates to the second or as whole days (unverified which). Either
+// way no key is ever short of its target, nor a day past it; with seconds no call is
+// spent finding out beyond the first key created, and extensions cost no extra read.
+func TestWholeOrSecondDays(t *testing.T) {
+	t.Parallel()
+	for name, whole := range map[string]bool{"seconds": false, "whole days": true} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := setupWorld(t, pgtest.Pool(t), simtest.Options{WholeDays: whole})
+			checkout := func() stripesim.CheckoutResult {
+				res, err := e.stripe.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: e.pro}}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res
+			}
+			// gets counts the GetKey calls of one Sync.
+			gets := func(sub string) int {
+				e.crypto.ResetCalls()
+				e.sync(t, sub)
+				return e.crypto.CallCount(cryptolenssim.GetKey)
+			}
+
+			// The first key: whether dates are whole days is found out once.
+			a := checkout()
+			gets(a.Subscription)
+			e.wantExpiry(t, a.Subscription, "first key")
+			wantExtends := 0
+			if whole {
+				wantExtends = 1 // the first key fell short and was extended in the same Sync
+			}
+			if n := e.crypto.AppliedCount(cryptolenssim.ExtendLicense); n != wantExtends {
+				t.Fatalf("first key: got %d extensions, want %d", n, wantExtends)
+			}
+
+			// The next key is counted right at once: no read, no extension.
+			e.stripe.Advance(7 * time.Hour)
+			b := checkout()
+			if n := gets(b.Subscription); n != 0 || e.crypto.CallCount(cryptolenssim.ExtendLicense) != 0 {
+				t.Fatalf("second key: got %d GetKey and %d ExtendLicense calls, want none", n, e.crypto.CallCount(cryptolenssim.ExtendLicense))
+			}
+			e.wantExpiry(t, b.Subscription, "second key")
+
+			// Renewals: one read (the key) and one extension each.
+			for i := range 3 {
+				e.stripe.Advance(31 * 24 * time.Hour)
+				for _, sub := range []string{a.Subscription, b.Subscription} {
+					if n := gets(sub); n != 1 || e.crypto.AppliedCount(cryptolenssim.ExtendLicense) != 1 {
+						t.Fatalf("renewal %d: got %d GetKey and %d extensions, want 1 and 1", i+1, n, e.crypto.AppliedCount(cryptolenssim.ExtendLicense))
+					}
+					e.wantExpiry(t, sub, fmt.Sprintf("renewal %d", i+1))
+				}
+			}
+
+			// A key that expired while the card failed is extended from today, which
+			// with whole days is today's midnight.
+			_ = e.stripe.SetCardDeclines(a.Customer, true)
+			e.pastRenewal(t, a.Subscription)
+			e.sync(t, a.Subscription)
+			e.stripe.Advance(6*24*time.Hour + 5*time.Hour)
+			if k := e.key(t, a.Subscription); !k.Expires.Before(e.stripe.Now()) {
+				t.Fatalf("the key did not lapse: expires %s", k.Expires)
+			}
+			_ = e.stripe.SetCardDeclines(a.Customer, false)
+			s, _ := e.stripe.Subscription(a.Subscription)
+			if err := e.stripe.PayInvoice(s.LatestInvoice); err != nil {
+				t.Fatal(err)
+			}
+			if n := gets(a.Subscription); n != 1 || e.crypto.AppliedCount(cryptolenssim.ExtendLicense) != 1 {
+				t.Fatalf("after the lapse: got %d GetKey and %d extensions, want 1 and 1", n, e.crypto.AppliedCount(cryptolenssim.ExtendLicense))
+			}
+			e.wantExpiry(t, a.Subscription, "after the lapse")
+			if k := e.key(t, a.Subscription); k.Block {
+				t.Fatal("the expiry block stayed after payment")
+			}
+		})
 	}
 }
 

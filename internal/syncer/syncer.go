@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -92,7 +93,21 @@ type Syncer struct {
 	mapping *license.Mapping
 	opts    Options
 	log     zerolog.Logger
+	// days is how Cryptolens keeps dates, as the keys read so far show it (a dayMode):
+	// it decides how a new key's Period is counted.
+	days atomic.Int32
 }
+
+// dayMode is how Cryptolens keeps a key's dates. Whether the real service keeps them
+// to the second or as whole days (midnight) is unverified, so keysync reads it off the
+// keys it sees.
+type dayMode = int32
+
+const (
+	daysUnknown dayMode = iota // no key read yet
+	daysSeconds
+	daysWhole
+)
 
 // Deps are what a Syncer works with; all are required.
 type Deps struct {
@@ -309,9 +324,15 @@ func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, l
 		return p, nil
 	}
 
-	// 3. The key as it is.
+	// 3. The key as it is. Its dates show how Cryptolens keeps dates; a new key's days
+	// are counted the way the keys seen so far showed.
 	if err := s.findKey(ctx, p, row, log); err != nil {
 		return p, err
+	}
+	if p.key.Exists {
+		s.learnDays(p.key)
+	} else {
+		p.key.WholeDays = s.days.Load() == daysWhole
 	}
 
 	// 4. The actions between them. The key was just read from Cryptolens: its clock is
@@ -483,8 +504,9 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 		return Result{Unmapped: true}, nil
 	}
 	key := p.key
-	res := Result{Key: key.Key, Actions: p.actions}
-	for _, a := range p.actions {
+	res := Result{Key: key.Key, Actions: slices.Clone(p.actions)}
+	for i := 0; i < len(res.Actions); i++ {
+		a := res.Actions[i]
 		// Each action names the key by its string as it is now: an SKGL key gets a new
 		// one from a change (see perform).
 		renamed, err := r.perform(ctx, p.sub, p.desired, key, a)
@@ -493,6 +515,13 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 		}
 		if err != nil {
 			return res, err
+		}
+		if a.Kind == license.CreateKey {
+			more, err := r.checkNewKey(ctx, p.desired, key.Key)
+			if err != nil {
+				return res, err
+			}
+			res.Actions = append(res.Actions, more...)
 		}
 	}
 
@@ -510,6 +539,32 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 	return res, nil
 }
 
+// checkNewKey reads a key just created back when the Syncer does not know yet whether
+// Cryptolens keeps dates to the second or as whole days: with whole days, CreateKey
+// counts Period from midnight and the key may fall up to a day short of the target. It
+// learns which from the key and returns the extension that makes up a shortfall, so the
+// key is never short after the Sync. Once a key has shown how dates are kept, new keys'
+// Period is counted that way (license.Key.WholeDays) and no read is needed.
+func (r *run) checkNewKey(ctx context.Context, d license.Desired, key string) ([]license.Action, error) {
+	if r.s.opts.DryRun || r.s.days.Load() != daysUnknown {
+		return nil, nil
+	}
+	k, err := r.s.crypto.GetKey(ctx, d.ProductID, key)
+	if err != nil {
+		return nil, fmt.Errorf("read the new key back: %w", err)
+	}
+	created := toKey(k)
+	r.s.learnDays(created)
+	var out []license.Action
+	for _, a := range license.Actions(d, created, license.State{}, r.now) {
+		if a.Kind == license.Extend {
+			a.Reason = "the new key fell short of the target: Cryptolens keeps whole days"
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
 // perform performs one action and audits it. It returns the key's new string: the new
 // key's for a create, and an SKGL key's new one when a change gave it one ("" when the
 // string stays).
@@ -522,6 +577,9 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 		row.Params = map[string]any{"period": a.Days, "expires": a.NewExpires, "features": a.Features, "machines": a.Machines}
 	case license.Extend:
 		row.Params = map[string]any{"days": a.Days, "old_expires": a.OldExpires, "new_expires": a.NewExpires}
+		if a.Reason != "" {
+			row.Params["reason"] = a.Reason
+		}
 	case license.AddFeature, license.RemoveFeature:
 		row.Params = map[string]any{"feature": a.Feature}
 	case license.MachineLimit:
@@ -697,9 +755,26 @@ func item(it *stripe.SubscriptionItem) license.Item {
 	return out
 }
 
+// toKey is the policy's view of a key read from Cryptolens. A key whose expiry and
+// creation fall at midnight (UTC) shows that Cryptolens keeps whole days.
 func toKey(k cryptolens.Key) license.Key {
-	return license.Key{Exists: true, Key: k.Key, Expires: k.Expires, Blocked: k.Block, Features: k.Features, MaxMachines: k.MaxNoOfMachines}
+	return license.Key{Exists: true, Key: k.Key, Expires: k.Expires, Blocked: k.Block, Features: k.Features,
+		MaxMachines: k.MaxNoOfMachines, WholeDays: atMidnight(k.Expires) && (k.Created.IsZero() || atMidnight(k.Created))}
 }
+
+// learnDays learns from a key read from Cryptolens how it keeps dates (see dayMode),
+// for the keys keysync creates next.
+func (s *Syncer) learnDays(k license.Key) {
+	switch {
+	case k.Expires.IsZero():
+	case k.WholeDays:
+		s.days.Store(daysWhole)
+	default:
+		s.days.Store(daysSeconds)
+	}
+}
+
+func atMidnight(t time.Time) bool { return !t.IsZero() && t.UTC().Truncate(24*time.Hour).Equal(t) }
 
 // SubscriptionFor returns the subscription an event is about (see the package function).
 func (s *Syncer) SubscriptionFor(ctx context.Context, typ string, payload []byte) (string, error) {
