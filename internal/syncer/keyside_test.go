@@ -365,6 +365,10 @@ func TestDisputeOnAnEarlierCharge(t *testing.T) {
 	if !e.key(t, sub).Block {
 		t.Fatal("a dispute on the previous period's charge did not block the key")
 	}
+	// The charges come expanded with the paid invoices: none is read one by one.
+	if n := e.stripe.Requests()["GET /v1/charges/{id}"]; n != 0 {
+		t.Fatalf("got %d charge reads, want none", n)
+	}
 
 	if err := e.stripe.CloseDispute(dispute, true); err != nil {
 		t.Fatal(err)

@@ -710,7 +710,7 @@ func (r *run) audit(a AuditRow) {
 // last 120 days (disputeWindow), is open or was lost; refunded when the latest charge
 // was refunded in full. Disputes arrive weeks after the charge, often after the next
 // renewal has been paid: the latest charge alone would miss them. A won dispute no
-// longer counts, so keysync's block lifts.
+// longer counts, so keysync's block lifts. A charge PaidInvoices did not expand is read.
 func (s *Syncer) chargeState(ctx context.Context, paid []*stripe.Invoice, now time.Time) (disputed, refunded bool, err error) {
 	since := now.Add(-disputeWindow)
 	latest := true
@@ -721,9 +721,12 @@ func (s *Syncer) chargeState(ctx context.Context, paid []*stripe.Invoice, now ti
 		if !latest && (!s.opts.Policy.BlockOnDispute || disputed || time.Unix(inv.Created, 0).Before(since)) {
 			break // nothing left to learn: the list is newest first
 		}
-		ch, err := s.stripe.GetCharge(ctx, inv.Charge.ID)
-		if err != nil {
-			return false, false, fmt.Errorf("read charge: %w", err)
+		ch := inv.Charge
+		if ch.Object != "charge" { // not expanded
+			var err error
+			if ch, err = s.stripe.GetCharge(ctx, inv.Charge.ID); err != nil {
+				return false, false, fmt.Errorf("read charge: %w", err)
+			}
 		}
 		if latest {
 			refunded, latest = ch.Refunded, false
