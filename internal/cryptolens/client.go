@@ -393,14 +393,38 @@ func (c *Client) AllKeys(ctx context.Context, productID int, search string) iter
 
 // ExtendLicense adds days to the key's expiry, or to now when it has expired; negative
 // days shorten it. It is not idempotent: callers compute days from a fresh GetKey.
-func (c *Client) ExtendLicense(ctx context.Context, productID int, key string, days int) error {
+// newKey is the key's new string when the product uses the legacy SKGL algorithm and
+// the change gave the key a new one (Cryptolens answers it in message), "" otherwise:
+// from then on only the new string names the key.
+func (c *Client) ExtendLicense(ctx context.Context, productID int, key string, days int) (newKey string, err error) {
 	v, err := keyParams("ExtendLicense", productID, key)
 	if err != nil {
-		return err
+		return "", err
 	}
 	v.Set("NoOfDays", strconv.Itoa(days))
-	_, err = c.call(ctx, "key", "ExtendLicense", v, nil, false)
-	return err
+	msg, err := c.call(ctx, "key", "ExtendLicense", v, nil, false)
+	if err != nil {
+		return "", err
+	}
+	return changedKey(msg, key), nil
+}
+
+// changedKey reads the new key string a change to an SKGL key answers in message.
+// ExtendLicense documents message as "either null or the new key (if using SKGL)"; for
+// AddFeature and RemoveFeature it is undocumented. Only a message shaped like a key
+// string (letters, digits and dashes) that differs from the old one counts, so that a
+// message of some other kind can never replace a key. It returns "" for no change.
+func changedKey(msg, old string) string {
+	msg = strings.TrimSpace(msg)
+	if msg == "" || msg == old {
+		return ""
+	}
+	for _, r := range msg {
+		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return ""
+		}
+	}
+	return msg
 }
 
 // BlockKey blocks the key. changed is false when it was blocked already ("Not changed").
@@ -425,27 +449,32 @@ func (c *Client) toggle(ctx context.Context, method string, productID int, key s
 	return !strings.EqualFold(strings.TrimSpace(msg), "not changed"), nil
 }
 
-// AddFeature sets feature (1..8) on the key.
-func (c *Client) AddFeature(ctx context.Context, productID int, key string, feature int) error {
+// AddFeature sets feature (1..8) on the key. newKey is the key's new string when an
+// SKGL key changed strings (see ExtendLicense), "" otherwise.
+func (c *Client) AddFeature(ctx context.Context, productID int, key string, feature int) (newKey string, err error) {
 	return c.feature(ctx, "AddFeature", productID, key, feature)
 }
 
-// RemoveFeature clears feature (1..8) on the key.
-func (c *Client) RemoveFeature(ctx context.Context, productID int, key string, feature int) error {
+// RemoveFeature clears feature (1..8) on the key. newKey is the key's new string when an
+// SKGL key changed strings (see ExtendLicense), "" otherwise.
+func (c *Client) RemoveFeature(ctx context.Context, productID int, key string, feature int) (newKey string, err error) {
 	return c.feature(ctx, "RemoveFeature", productID, key, feature)
 }
 
-func (c *Client) feature(ctx context.Context, method string, productID int, key string, feature int) error {
+func (c *Client) feature(ctx context.Context, method string, productID int, key string, feature int) (string, error) {
 	if feature < 1 || feature > 8 {
-		return invalid(method, "Feature must be 1..8")
+		return "", invalid(method, "Feature must be 1..8")
 	}
 	v, err := keyParams(method, productID, key)
 	if err != nil {
-		return err
+		return "", err
 	}
 	v.Set("Feature", strconv.Itoa(feature))
-	_, err = c.call(ctx, "key", method, v, nil, false)
-	return err
+	msg, err := c.call(ctx, "key", method, v, nil, false)
+	if err != nil {
+		return "", err
+	}
+	return changedKey(msg, key), nil
 }
 
 // MachineLockLimit sets how many machines may activate the key (0: unlimited).

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -95,13 +96,13 @@ func TestMethods(t *testing.T) {
 		t.Fatalf("GetKey: got %+v", k)
 	}
 
-	if err := b.client.ExtendLicense(ctx, productID, created.Key, 30); err != nil {
+	if _, err := b.client.ExtendLicense(ctx, productID, created.Key, 30); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.client.AddFeature(ctx, productID, created.Key, 8); err != nil {
+	if _, err := b.client.AddFeature(ctx, productID, created.Key, 8); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.client.RemoveFeature(ctx, productID, created.Key, 1); err != nil {
+	if _, err := b.client.RemoveFeature(ctx, productID, created.Key, 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.client.MachineLockLimit(ctx, productID, created.Key, 10); err != nil {
@@ -167,11 +168,11 @@ func TestErrorClasses(t *testing.T) {
 		}, cryptolens.ErrAuth, false},
 		"lapsed subscription": {func(b *bundle) error {
 			b.sim.SetFaults(cryptolenssim.Faults{NoSubscription: true})
-			return b.client.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1)
+			return errOf(b.client.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1))
 		}, cryptolens.ErrAuth, false},
 		"missing permission": {func(b *bundle) error {
 			c, _ := cryptolens.New(cryptolens.Config{BaseURL: b.srv.URL, Token: "read-only-token", RateLimit: -1})
-			return c.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1)
+			return errOf(c.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1))
 		}, cryptolens.ErrAccessDenied, false},
 		"unknown key": {func(b *bundle) error {
 			_, err := b.client.GetKey(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA")
@@ -186,33 +187,33 @@ func TestErrorClasses(t *testing.T) {
 			return err
 		}, cryptolens.ErrInvalidInput, false},
 		"invalid input caught before sending": {func(b *bundle) error {
-			return b.client.AddFeature(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 9)
+			return errOf(b.client.AddFeature(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 9))
 		}, cryptolens.ErrInvalidInput, false},
 		"5xx": {func(b *bundle) error {
 			b.sim.SetFaults(cryptolenssim.Faults{Down: true})
-			return b.client.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1)
+			return errOf(b.client.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1))
 		}, cryptolens.ErrServer, true},
 		"429": {func(b *bundle) error {
 			b.sim.SetFaults(cryptolenssim.Faults{RateLimitRate: 1})
-			return b.client.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1)
+			return errOf(b.client.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1))
 		}, cryptolens.ErrRateLimited, true},
 		"not JSON": {func(b *bundle) error {
 			b.sim.SetFaults(cryptolenssim.Faults{GarbageRate: 1})
-			return b.client.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1)
+			return errOf(b.client.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1))
 		}, cryptolens.ErrServer, true},
 		"lost answer": {func(b *bundle) error {
 			k, _ := b.sim.PutKey(cryptolenssim.Key{ProductID: productID})
 			b.sim.SetFaults(cryptolenssim.Faults{LostAnswerRate: 1})
-			return b.client.ExtendLicense(ctx, productID, k.Key, 1)
+			return errOf(b.client.ExtendLicense(ctx, productID, k.Key, 1))
 		}, cryptolens.ErrServer, true},
 		"timeout": {func(b *bundle) error {
 			b.sim.SetFaults(cryptolenssim.Faults{Latency: 2 * time.Second})
 			c, _ := cryptolens.New(cryptolens.Config{BaseURL: b.srv.URL, Token: token, RateLimit: -1, Timeout: 50 * time.Millisecond})
-			return c.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1)
+			return errOf(c.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1))
 		}, cryptolens.ErrUnreachable, true},
 		"connection refused": {func(b *bundle) error {
 			c, _ := cryptolens.New(cryptolens.Config{BaseURL: "http://127.0.0.1:1", Token: token, RateLimit: -1})
-			return c.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1)
+			return errOf(c.ExtendLicense(ctx, productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1))
 		}, cryptolens.ErrUnreachable, true},
 	}
 	for name, tc := range tests {
@@ -237,7 +238,7 @@ func TestSomethingWentWrongIsRetryable(t *testing.T) {
 	b.sim.SetFaults(cryptolenssim.Faults{ErrorRate: 1})
 	seen := map[int]bool{}
 	for range 20 { // the simulator answers half 500s, half "Something went wrong" (HTTP 200)
-		err := b.client.ExtendLicense(context.Background(), productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1)
+		_, err := b.client.ExtendLicense(context.Background(), productID, "AAAAA-AAAAA-AAAAA-AAAAA", 1)
 		var e *cryptolens.Error
 		if !errors.As(err, &e) || !cryptolens.IsRetryable(err) || !errors.Is(err, cryptolens.ErrServer) {
 			t.Fatalf("got %v, want a retryable server error", err)
@@ -261,7 +262,7 @@ func TestReadsRetryMutationsDoNot(t *testing.T) {
 	if got := b.sim.CallCount(cryptolenssim.GetKey); got != 4 {
 		t.Fatalf("got %d GetKey calls, want 4 (1 + 3 retries)", got)
 	}
-	if err := b.client.ExtendLicense(ctx, productID, k.Key, 5); !cryptolens.IsRetryable(err) {
+	if _, err := b.client.ExtendLicense(ctx, productID, k.Key, 5); !cryptolens.IsRetryable(err) {
 		t.Fatalf("got %v, want retryable", err)
 	}
 	if got := b.sim.CallCount(cryptolenssim.ExtendLicense); got != 1 {
@@ -318,13 +319,13 @@ func TestTokenNeverLeaks(t *testing.T) {
 		collect(err)
 		_, err = b.client.GetKeys(ctx, productID, 1, "")
 		collect(err)
-		collect(b.client.ExtendLicense(ctx, productID, k.Key, 1))
+		collect(errOf(b.client.ExtendLicense(ctx, productID, k.Key, 1)))
 		_, err = b.client.BlockKey(ctx, productID, k.Key)
 		collect(err)
 		_, err = b.client.UnblockKey(ctx, productID, k.Key)
 		collect(err)
-		collect(b.client.AddFeature(ctx, productID, k.Key, 1))
-		collect(b.client.RemoveFeature(ctx, productID, k.Key, 1))
+		collect(errOf(b.client.AddFeature(ctx, productID, k.Key, 1)))
+		collect(errOf(b.client.RemoveFeature(ctx, productID, k.Key, 1)))
 		collect(b.client.MachineLockLimit(ctx, productID, k.Key, 1))
 		allLogs.WriteString(b.logs.String())
 	}
@@ -391,3 +392,74 @@ func TestNowFollowsCryptolensClock(t *testing.T) {
 		t.Fatalf("clocks agree: Now %s, want this host's", now)
 	}
 }
+
+// An SKGL product answers a change that gives the key a new string with that string in
+// message; an SKM15 product keeps the key and answers no new key. The client returns
+// the new string, and "" when the key stays.
+func TestChangesReturnTheNewSKGLKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const skgl = productID + 1
+	b := setup(t)
+	b.sim.AddProduct(skgl, cryptolenssim.ProductOptions{SKGL: true})
+	changes := map[string]func(product int, key string) (string, error){
+		"ExtendLicense": func(p int, k string) (string, error) { return b.client.ExtendLicense(ctx, p, k, 3) },
+		"AddFeature":    func(p int, k string) (string, error) { return b.client.AddFeature(ctx, p, k, 2) },
+		"RemoveFeature": func(p int, k string) (string, error) { return b.client.RemoveFeature(ctx, p, k, 1) },
+	}
+	for name, change := range changes {
+		t.Run(name, func(t *testing.T) {
+			for _, p := range []int{productID, skgl} {
+				k, _ := b.sim.PutKey(cryptolenssim.Key{ProductID: p, Expires: t0})
+				got, err := change(p, k.Key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, oldExists := b.sim.Key(p, k.Key)
+				_, newExists := b.sim.Key(p, got)
+				switch {
+				case p == productID && (got != "" || !oldExists):
+					t.Fatalf("SKM15: got new key %q (old key exists: %v), want \"\" and the same key", got, oldExists)
+				case p == skgl && (got == "" || got == k.Key || !newExists || oldExists):
+					t.Fatalf("SKGL: got new key %q for %q (exists: %v, old exists: %v), want the key's new string", got, k.Key, newExists, oldExists)
+				}
+			}
+		})
+	}
+}
+
+// Only a message shaped like a key string counts as a new key: ExtendLicense documents
+// message as "either null or the new key (if using SKGL)", and for the feature methods
+// it is undocumented, so anything else must never replace a key.
+func TestChangedKeyMessage(t *testing.T) {
+	t.Parallel()
+	const old = "ABCDE-FGHIJ-KLMNO-PQRST"
+	tests := map[string]struct {
+		message string
+		want    string
+	}{
+		"empty":        {`""`, ""},
+		"null":         {`null`, ""},
+		"the same key": {`"` + old + `"`, ""},
+		"a sentence":   {`"Changed."`, ""},
+		"words":        {`"The key was updated"`, ""},
+		"a new key":    {`"MXNBF-ITLDZ-WXPZQ-AVOGL"`, "MXNBF-ITLDZ-WXPZQ-AVOGL"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			c, err := cryptolens.New(cryptolens.Config{BaseURL: "http://cryptolens.invalid", Token: token, RateLimit: -1,
+				HTTPClient: &http.Client{Transport: answer{200, `{"result":0,"message":` + tc.message + `}`}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.ExtendLicense(context.Background(), productID, old, 1)
+			if err != nil || got != tc.want {
+				t.Fatalf("got %q, %v, want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// errOf drops the new key string a change returns, for tests about its error.
+func errOf(_ string, err error) error { return err }

@@ -52,7 +52,7 @@ func FuzzEnvelope(f *testing.F) {
 			t.Fatal(err)
 		}
 		_, readErr := c.GetKey(context.Background(), productID, "ABCDE-FGHIJ-KLMNO-PQRST")
-		writeErr := c.ExtendLicense(context.Background(), productID, "ABCDE-FGHIJ-KLMNO-PQRST", 30)
+		_, writeErr := c.ExtendLicense(context.Background(), productID, "ABCDE-FGHIJ-KLMNO-PQRST", 30)
 
 		var env struct {
 			Result *int `json:"result"`

@@ -44,7 +44,8 @@ func TestClassify(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			return c.ExtendLicense(context.Background(), 1, "AAAAA-BBBBB-CCCCC-DDDDD", 1)
+			_, err = c.ExtendLicense(context.Background(), 1, "AAAAA-BBBBB-CCCCC-DDDDD", 1)
+			return err
 		}, jobs.Outage},
 		"stripe not found": {func(t *testing.T) error {
 			return stripeErr(t, http.StatusNotFound, "resource_missing")
@@ -110,7 +111,8 @@ func cryptolensErr(t *testing.T, status int, body string) error {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c.ExtendLicense(context.Background(), 1, "AAAAA-BBBBB-CCCCC-DDDDD", 1)
+	_, err = c.ExtendLicense(context.Background(), 1, "AAAAA-BBBBB-CCCCC-DDDDD", 1)
+	return err
 }
 
 // stripeErr is GetCustomer's error when Stripe answers status with an error of code.

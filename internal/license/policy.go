@@ -99,6 +99,11 @@ type Key struct {
 	Blocked     bool
 	Features    [8]bool
 	MaxMachines int
+	// WholeDays says Cryptolens keeps dates as whole days (midnight UTC): CreateKey's
+	// Period and ExtendLicense then count from the start of the day they count from, so
+	// the days are counted from there too, or the key would fall up to a day short. For
+	// a key that does not exist yet it is what the keys seen so far showed.
+	WholeDays bool
 }
 
 // Options are the policy's settings.
@@ -328,8 +333,9 @@ func Actions(d Desired, key Key, st State, now time.Time) []Action {
 		if !d.NeedKey || d.Block {
 			return nil
 		}
-		a := Action{Kind: CreateKey, Days: DaysUntil(now, d.Expires), OldExpires: now}
-		a.NewExpires = now.Add(time.Duration(a.Days) * 24 * time.Hour)
+		from := key.day(now)
+		a := Action{Kind: CreateKey, Days: DaysUntil(from, d.Expires), OldExpires: now}
+		a.NewExpires = from.Add(time.Duration(a.Days) * 24 * time.Hour)
 		for f, on := range d.Features {
 			a.Features[f-1] = on
 		}
@@ -349,6 +355,7 @@ func Actions(d Desired, key Key, st State, now time.Time) []Action {
 	if ref.Before(now) {
 		ref = now // Cryptolens counts from today when the key has expired
 	}
+	ref = key.day(ref)
 	expires := key.Expires // after this Sync
 	if days := DaysUntil(ref, d.Expires); days > 0 {
 		expires = ref.Add(time.Duration(days) * 24 * time.Hour)
@@ -385,6 +392,15 @@ func Actions(d Desired, key Key, st State, now time.Time) []Action {
 		// on a valid key is the vendor's.
 	}
 	return out
+}
+
+// day is the time Cryptolens counts days from when it counts from t: t itself, or the
+// start of t's day (UTC) when it keeps whole days.
+func (k Key) day(t time.Time) time.Time {
+	if k.WholeDays {
+		return t.UTC().Truncate(24 * time.Hour)
+	}
+	return t
 }
 
 // DaysUntil returns ceil((target - from) / 24h), and 0 when target is not after from.

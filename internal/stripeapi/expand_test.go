@@ -70,7 +70,8 @@ func TestExpansionsExistInSpec(t *testing.T) {
 		}
 		return nil
 	}
-	ours := [][2]string{{"subscription", "latest_invoice"}, {"price", "product"}} // the sweep's data.latest_invoice; GetPrice
+	// The sweep's data.latest_invoice; GetPrice; PaidInvoices' data.charge.
+	ours := [][2]string{{"subscription", "latest_invoice"}, {"price", "product"}, {"invoice", "charge"}}
 	for _, p := range subscriptionExpand {
 		ours = append(ours, [2]string{"subscription", *p})
 	}

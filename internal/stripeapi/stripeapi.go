@@ -217,11 +217,14 @@ func (c *Client) Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscripti
 }
 
 // PaidInvoices returns the subscription's paid invoices (including $0 trial invoices
-// and invoices paid out of band), newest first, each with all its lines.
+// and invoices paid out of band), newest first, each with all its lines and its charge
+// expanded: a Sync that blocks on disputes reads the charges of months of invoices, and
+// expanding them costs no request per charge.
 func (c *Client) PaidInvoices(ctx context.Context, subscription string) ([]*stripe.Invoice, error) {
 	p := &stripe.InvoiceListParams{Subscription: stripe.String(subscription), Status: stripe.String("paid")}
 	p.Context = ctx
 	p.Limit = stripe.Int64(100)
+	p.Expand = []*string{stripe.String("data.charge")}
 	var out []*stripe.Invoice
 	it := c.api.Invoices.List(p)
 	for it.Next() {

@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -34,16 +36,17 @@ type Stripe interface {
 	SetSubscriptionMetadata(ctx context.Context, subscription, key, value string) error
 }
 
-// Cryptolens is what Sync does to keys.
+// Cryptolens is what Sync does to keys. ExtendLicense, AddFeature and RemoveFeature
+// return the key's new string when an SKGL key changed strings ("" otherwise).
 type Cryptolens interface {
 	CreateKey(ctx context.Context, p cryptolens.CreateKeyParams) (cryptolens.CreatedKey, error)
 	GetKey(ctx context.Context, productID int, key string) (cryptolens.Key, error)
 	GetKeys(ctx context.Context, productID, page int, search string) (cryptolens.KeysPage, error)
-	ExtendLicense(ctx context.Context, productID int, key string, days int) error
+	ExtendLicense(ctx context.Context, productID int, key string, days int) (string, error)
 	BlockKey(ctx context.Context, productID int, key string) (bool, error)
 	UnblockKey(ctx context.Context, productID int, key string) (bool, error)
-	AddFeature(ctx context.Context, productID int, key string, feature int) error
-	RemoveFeature(ctx context.Context, productID int, key string, feature int) error
+	AddFeature(ctx context.Context, productID int, key string, feature int) (string, error)
+	RemoveFeature(ctx context.Context, productID int, key string, feature int) (string, error)
 	MachineLockLimit(ctx context.Context, productID int, key string, machines int) error
 }
 
@@ -93,7 +96,21 @@ type Syncer struct {
 	mapping *license.Mapping
 	opts    Options
 	log     zerolog.Logger
+	// days is how Cryptolens keeps dates, as the keys read so far show it (a dayMode):
+	// it decides how a new key's Period is counted.
+	days atomic.Int32
 }
+
+// dayMode is how Cryptolens keeps a key's dates. Whether the real service keeps them
+// to the second or as whole days (midnight) is unverified, so keysync reads it off the
+// keys it sees.
+type dayMode = int32
+
+const (
+	daysUnknown dayMode = iota // no key read yet
+	daysSeconds
+	daysWhole
+)
 
 // Deps are what a Syncer works with; all are required.
 type Deps struct {
@@ -140,6 +157,21 @@ func MarkedSubscription(word string) (string, bool) { return strings.CutPrefix(w
 // KeyMetadata is the Stripe subscription metadata entry that names the subscription's
 // key: keysync adopts the key it names, and writes it when WriteStripeMetadata is on.
 const KeyMetadata = "cryptolens_key"
+
+// The subscription metadata entries in which Cryptolens' hosted Stripe module records
+// the key it issued (its docs, recurring-payments/managing-customers.md and
+// custom-interface.md): a vendor who switches over keeps the customers' live keys.
+const (
+	// hostedKeyID is the key's id within the product ("search Id=<skm_key_id>").
+	hostedKeyID = "skm_key_id"
+	// hostedKeyGlobalID is the key's GlobalId.
+	hostedKeyGlobalID = "skm_key_globalid"
+)
+
+// disputeWindow is how far back a dispute on the subscription's charges counts: card
+// disputes arrive weeks after the charge, often after the next renewal, and card
+// networks allow them for about 120 days.
+const disputeWindow = 120 * 24 * time.Hour
 
 // run carries one Sync's state: the row it brings up to date and the audit rows it
 // saves with it.
@@ -276,7 +308,7 @@ func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, l
 		ls.StoredThrough = *row.EntitledThrough
 	}
 	if s.opts.Policy.BlockOnDispute || s.opts.Policy.BlockOnRefund {
-		if ls.Disputed, ls.RefundedLatest, err = s.chargeState(ctx, paid); err != nil {
+		if ls.Disputed, ls.RefundedLatest, err = s.chargeState(ctx, paid, now); err != nil {
 			return p, err
 		}
 	}
@@ -292,11 +324,17 @@ func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, l
 		return p, nil
 	}
 
-	// 3. The key as it is.
+	// 3. The key as it is. Its dates show how Cryptolens keeps dates; a new key's days
+	// are counted the way the keys seen so far showed.
 	if err := s.findKey(ctx, p, row, log); err != nil {
 		return p, err
 	}
 	p.keyRead = true
+	if p.key.Exists {
+		s.learnDays(p.key)
+	} else {
+		p.key.WholeDays = s.days.Load() == daysWhole
+	}
 
 	// 4. The actions between them. The key was just read from Cryptolens: its clock is
 	// known now (see Options.Now).
@@ -309,8 +347,10 @@ func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, l
 }
 
 // findKey finds the subscription's key for p: the one keysync recorded (row), else the
-// one the subscription's metadata names, else the one whose Notes carry the marker. A
-// key found the second or third way is to be adopted; none found means none exists.
+// one the subscription's metadata names (cryptolens_key, then the hosted Stripe
+// module's skm_key_id, then its skm_key_globalid), else the one whose Notes carry the
+// marker. A key found any way but the first is to be adopted; none found means none
+// exists.
 func (s *Syncer) findKey(ctx context.Context, p *plan, row SubscriptionRow, log zerolog.Logger) error {
 	product := p.desired.ProductID
 	if row.LicenseKey != nil && row.ProductID != nil && *row.ProductID == product {
@@ -335,6 +375,30 @@ func (s *Syncer) findKey(ctx context.Context, p *plan, row SubscriptionRow, log 
 			return fmt.Errorf("read key from metadata: %w", err)
 		}
 	}
+	for _, find := range []struct {
+		metadata string
+		find     func(ctx context.Context, product int, id int64) (cryptolens.Key, bool, error)
+	}{{hostedKeyID, s.keyByID}, {hostedKeyGlobalID, s.keyByGlobalID}} {
+		value := p.sub.Metadata[find.metadata]
+		if value == "" {
+			continue
+		}
+		id, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
+		if err != nil || id <= 0 {
+			log.Warn().Str("metadata", find.metadata).Str("value", value).Msg("subscription metadata names no key id; ignored")
+			continue
+		}
+		k, ok, err := find.find(ctx, product, id)
+		if err != nil {
+			return fmt.Errorf("find key by %s: %w", find.metadata, err)
+		}
+		if ok {
+			p.adopt(k, fmt.Sprintf("subscription metadata %s=%d", find.metadata, id))
+			return nil
+		}
+		log.Warn().Str("metadata", find.metadata).Int64("id", id).Int("product_id", product).
+			Msg("no key in the product has the id the hosted Stripe module recorded")
+	}
 	marker := Marker(p.sub.ID)
 	page, err := s.crypto.GetKeys(ctx, product, 1, fmt.Sprintf(`notes.contains(%q)`, marker))
 	if err != nil {
@@ -349,6 +413,43 @@ func (s *Syncer) findKey(ctx context.Context, p *plan, row SubscriptionRow, log 
 		}
 	}
 	return nil
+}
+
+// keyByID finds the product's key with the id, as Cryptolens' search language
+// documents it (`id=5`, docs web-interface/linq-search-product.md).
+func (s *Syncer) keyByID(ctx context.Context, product int, id int64) (cryptolens.Key, bool, error) {
+	page, err := s.crypto.GetKeys(ctx, product, 1, fmt.Sprintf("id=%d", id))
+	if err != nil {
+		return cryptolens.Key{}, false, err
+	}
+	for _, k := range page.Keys {
+		if k.ID == id {
+			return k, true, nil
+		}
+	}
+	return cryptolens.Key{}, false, nil
+}
+
+// keyByGlobalID finds the product's key with the GlobalId. Cryptolens documents no
+// search by GlobalId (the search language has no such field), so it pages through all
+// of the product's keys: one GetKeys call per 99 keys, at most the product's page
+// count. That is paid once per subscription: the adopted key is recorded, and named in
+// the subscription's cryptolens_key metadata, so later Syncs never search again.
+func (s *Syncer) keyByGlobalID(ctx context.Context, product int, id int64) (cryptolens.Key, bool, error) {
+	for n := 1; ; n++ {
+		page, err := s.crypto.GetKeys(ctx, product, n, "")
+		if err != nil {
+			return cryptolens.Key{}, false, err
+		}
+		for _, k := range page.Keys {
+			if k.GlobalID == id {
+				return k, true, nil
+			}
+		}
+		if n >= page.PageCount || len(page.Keys) == 0 {
+			return cryptolens.Key{}, false, nil
+		}
+	}
 }
 
 func (p *plan) adopt(k cryptolens.Key, source string) {
@@ -416,7 +517,7 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 		return Result{Unmapped: true}, nil
 	}
 	key := p.key
-	res := Result{Key: key.Key, Actions: p.actions}
+	res := Result{Key: key.Key, Actions: slices.Clone(p.actions)}
 	if p.newExpiryBlock && len(p.actions) > 0 && !s.opts.DryRun {
 		// Recorded before any call: once the key is extended it no longer looks
 		// expired, so a retry after "extended, then the unblock failed" knows the block
@@ -425,17 +526,33 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 			return res, fmt.Errorf("record expiry block: %w", err)
 		}
 	}
-	for _, a := range p.actions {
-		created, err := r.perform(ctx, p.sub, p.desired, key, a)
-		if created != "" {
-			res.Key, key.Key, key.Exists = created, created, true
+	for i := 0; i < len(res.Actions); i++ {
+		a := res.Actions[i]
+		// Each action names the key by its string as it is now: an SKGL key gets a new
+		// one from a change (see perform).
+		renamed, err := r.perform(ctx, p.sub, p.desired, key, a)
+		if renamed != "" {
+			res.Key, key.Key, key.Exists = renamed, renamed, true
 		}
 		if err != nil {
 			return res, err
 		}
+		if a.Kind == license.CreateKey {
+			more, err := r.checkNewKey(ctx, p.desired, key.Key)
+			if err != nil {
+				return res, err
+			}
+			res.Actions = append(res.Actions, more...)
+		}
 	}
-	if key.Exists && s.opts.WriteStripeMetadata && !s.opts.DryRun && p.sub.Metadata[KeyMetadata] != key.Key {
-		// So the vendor sees the key in Stripe, and the mapping survives losing the database.
+
+	// Name the key in Stripe's metadata, so the vendor sees it in Stripe and the mapping
+	// survives losing the database. Stripe refuses to change a canceled subscription's
+	// metadata (it did in 2023–24: "A canceled subscription can only update its
+	// cancellation_details"), and a canceled subscription's key only stays blocked: no
+	// write, so none fails on every Sync either.
+	if key.Exists && s.opts.WriteStripeMetadata && !s.opts.DryRun && p.sub.Metadata[KeyMetadata] != key.Key &&
+		p.sub.Status != stripe.SubscriptionStatusCanceled {
 		if err := s.stripe.SetSubscriptionMetadata(ctx, p.sub.ID, KeyMetadata, key.Key); err != nil {
 			r.log.Warn().Err(err).Str("metadata", KeyMetadata).Msg("could not write the key into the subscription's metadata; next sync retries")
 		}
@@ -443,7 +560,35 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 	return res, nil
 }
 
-// perform performs one action and audits it. It returns the new key's name for a create.
+// checkNewKey reads a key just created back when the Syncer does not know yet whether
+// Cryptolens keeps dates to the second or as whole days: with whole days, CreateKey
+// counts Period from midnight and the key may fall up to a day short of the target. It
+// learns which from the key and returns the extension that makes up a shortfall, so the
+// key is never short after the Sync. Once a key has shown how dates are kept, new keys'
+// Period is counted that way (license.Key.WholeDays) and no read is needed.
+func (r *run) checkNewKey(ctx context.Context, d license.Desired, key string) ([]license.Action, error) {
+	if r.s.opts.DryRun || r.s.days.Load() != daysUnknown {
+		return nil, nil
+	}
+	k, err := r.s.crypto.GetKey(ctx, d.ProductID, key)
+	if err != nil {
+		return nil, fmt.Errorf("read the new key back: %w", err)
+	}
+	created := toKey(k)
+	r.s.learnDays(created)
+	var out []license.Action
+	for _, a := range license.Actions(d, created, license.State{}, r.now) {
+		if a.Kind == license.Extend {
+			a.Reason = "the new key fell short of the target: Cryptolens keeps whole days"
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// perform performs one action and audits it. It returns the key's new string: the new
+// key's for a create, and an SKGL key's new one when a change gave it one ("" when the
+// string stays).
 func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.Desired, key license.Key, a license.Action) (string, error) {
 	s := r.s
 	product := d.ProductID
@@ -456,6 +601,9 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 	case license.Extend:
 		row.Params = map[string]any{"days": a.Days, "old_expires": a.OldExpires, "new_expires": a.NewExpires,
 			"entitled_through": d.Through, "paid_through": r.row.PaidThrough}
+		if a.Reason != "" {
+			row.Params["reason"] = a.Reason
+		}
 	case license.AddFeature, license.RemoveFeature:
 		row.Params = map[string]any{"feature": a.Feature}
 	case license.MachineLimit:
@@ -477,7 +625,7 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 		}
 	}
 	start := time.Now()
-	var created string
+	var created, renamed string
 	var msg string
 	var err error
 	switch a.Kind {
@@ -498,7 +646,7 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 			r.row.KeyID = nil
 		}
 	case license.Extend:
-		err = s.crypto.ExtendLicense(ctx, product, key.Key, a.Days)
+		renamed, err = s.crypto.ExtendLicense(ctx, product, key.Key, a.Days)
 	case license.Block:
 		var changed bool
 		if changed, err = s.crypto.BlockKey(ctx, product, key.Key); err == nil && !changed {
@@ -513,9 +661,9 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 			}
 		}
 	case license.AddFeature:
-		err = s.crypto.AddFeature(ctx, product, key.Key, a.Feature)
+		renamed, err = s.crypto.AddFeature(ctx, product, key.Key, a.Feature)
 	case license.RemoveFeature:
-		err = s.crypto.RemoveFeature(ctx, product, key.Key, a.Feature)
+		renamed, err = s.crypto.RemoveFeature(ctx, product, key.Key, a.Feature)
 	case license.MachineLimit:
 		err = s.crypto.MachineLockLimit(ctx, product, key.Key, a.Machines)
 	}
@@ -532,15 +680,38 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 	row.Outcome, row.Message = OutcomeApplied, msg
 	r.audit(row)
 	r.log.Info().Str("action", string(a.Kind)).Str("license_key", row.LicenseKey).Interface("params", row.Params).Msg("key changed")
-	if a.Kind == license.CreateKey {
+	switch {
+	case a.Kind == license.CreateKey:
 		// Record the new key at once: a crash before the end of this Sync must not lead
 		// the next one to create another (the Notes marker would also find it).
 		if err := r.lock.SaveSync(ctx, r.row, r.audits); err != nil {
 			return created, fmt.Errorf("record new key: %w", err)
 		}
 		r.audits = nil
+		return created, nil
+	case renamed != "":
+		return renamed, r.rename(ctx, product, key.Key, renamed, a.Kind)
 	}
-	return created, nil
+	return "", nil
+}
+
+// rename follows an SKGL key to the new string a change gave it: Cryptolens documents
+// that ExtendLicense on an SKGL product changes the key string "if necessary" and
+// answers the new key in message, and the old string names no key any more. keysync
+// records the new string at once (a crash must not leave it looking for the old one),
+// audits the change, and names the new key in Stripe's metadata at the end of the Sync.
+// The customer's copy of the old string goes stale: SKM15 products avoid this.
+func (r *run) rename(ctx context.Context, product int, old, renamed string, by license.ActionKind) error {
+	r.row.LicenseKey, r.row.ProductID = &renamed, &product
+	r.audit(AuditRow{Action: "adopt_key", Outcome: OutcomeApplied, LicenseKey: renamed, ProductID: product,
+		Params: map[string]any{"source": "skgl key change", "old_key": old, "new_key": renamed, "changed_by": string(by)}})
+	r.log.Warn().Str("license_key", renamed).Str("old_license_key", old).Str("action", string(by)).
+		Msg("Cryptolens gave the SKGL key a new string; keysync follows it, the customer's copy is stale")
+	if err := r.lock.SaveSync(ctx, r.row, r.audits); err != nil {
+		return fmt.Errorf("record the key's new string: %w", err)
+	}
+	r.audits = nil
+	return nil
 }
 
 func (r *run) audit(a AuditRow) {
@@ -558,36 +729,68 @@ func (r *run) audit(a AuditRow) {
 	r.audits = append(r.audits, a)
 }
 
-// chargeState reads the latest paid invoice's charge: disputed (a dispute open or lost)
-// and refunded in full.
-func (s *Syncer) chargeState(ctx context.Context, paid []*stripe.Invoice) (disputed, refunded bool, err error) {
-	for _, inv := range paid { // newest first
+// chargeState reads the charges of the subscription's paid invoices (newest first):
+// disputed when a dispute on the latest charge, or on any charge of an invoice of the
+// last 120 days (disputeWindow), is open or was lost; refunded when the latest charge
+// was refunded in full. Disputes arrive weeks after the charge, often after the next
+// renewal has been paid: the latest charge alone would miss them. A won dispute no
+// longer counts, so keysync's block lifts. A charge PaidInvoices did not expand is read.
+func (s *Syncer) chargeState(ctx context.Context, paid []*stripe.Invoice, now time.Time) (disputed, refunded bool, err error) {
+	since := now.Add(-disputeWindow)
+	latest := true
+	for _, inv := range paid {
 		if inv.Charge == nil || inv.Charge.ID == "" {
+			continue // a $0 invoice, or paid out of band
+		}
+		if !latest && (!s.opts.Policy.BlockOnDispute || disputed || time.Unix(inv.Created, 0).Before(since)) {
+			break // nothing left to learn: the list is newest first
+		}
+		ch := inv.Charge
+		if ch.Object != "charge" { // not expanded
+			var err error
+			if ch, err = s.stripe.GetCharge(ctx, inv.Charge.ID); err != nil {
+				return false, false, fmt.Errorf("read charge: %w", err)
+			}
+		}
+		if latest {
+			refunded, latest = ch.Refunded, false
+		}
+		if !ch.Disputed {
 			continue
 		}
-		ch, err := s.stripe.GetCharge(ctx, inv.Charge.ID)
+		ds, err := s.stripe.Disputes(ctx, ch.ID)
 		if err != nil {
-			return false, false, fmt.Errorf("read charge: %w", err)
+			return false, false, fmt.Errorf("read disputes: %w", err)
 		}
-		if ch.Disputed {
-			ds, err := s.stripe.Disputes(ctx, ch.ID)
-			if err != nil {
-				return false, false, fmt.Errorf("read disputes: %w", err)
-			}
-			for _, d := range ds {
-				if d.Status != stripe.DisputeStatusWon && d.Status != stripe.DisputeStatusWarningClosed {
-					disputed = true
-				}
+		for _, d := range ds {
+			if d.Status != stripe.DisputeStatusWon && d.Status != stripe.DisputeStatusWarningClosed {
+				disputed = true
 			}
 		}
-		return disputed, ch.Refunded, nil
 	}
-	return false, false, nil
+	return disputed, refunded, nil
 }
 
+// toKey is the policy's view of a key read from Cryptolens. A key whose expiry and
+// creation fall at midnight (UTC) shows that Cryptolens keeps whole days.
 func toKey(k cryptolens.Key) license.Key {
-	return license.Key{Exists: true, Key: k.Key, Expires: k.Expires, Blocked: k.Block, Features: k.Features, MaxMachines: k.MaxNoOfMachines}
+	return license.Key{Exists: true, Key: k.Key, Expires: k.Expires, Blocked: k.Block, Features: k.Features,
+		MaxMachines: k.MaxNoOfMachines, WholeDays: atMidnight(k.Expires) && (k.Created.IsZero() || atMidnight(k.Created))}
 }
+
+// learnDays learns from a key read from Cryptolens how it keeps dates (see dayMode),
+// for the keys keysync creates next.
+func (s *Syncer) learnDays(k license.Key) {
+	switch {
+	case k.Expires.IsZero():
+	case k.WholeDays:
+		s.days.Store(daysWhole)
+	default:
+		s.days.Store(daysSeconds)
+	}
+}
+
+func atMidnight(t time.Time) bool { return !t.IsZero() && t.UTC().Truncate(24*time.Hour).Equal(t) }
 
 // SubscriptionFor returns the subscription an event is about (see the package function).
 func (s *Syncer) SubscriptionFor(ctx context.Context, typ string, payload []byte) (string, error) {

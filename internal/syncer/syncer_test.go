@@ -46,8 +46,16 @@ func setup(t *testing.T, opts ...opt) *env {
 // setupWith builds the env on pool, with wrap (if set) around the Cryptolens simulator.
 func setupWith(t *testing.T, pool *pgxpool.Pool, wrap func(http.Handler) http.Handler, opts ...opt) *env {
 	t.Helper()
+	return setupWorld(t, pool, simtest.Options{WrapCryptolens: wrap}, opts...)
+}
+
+// setupWorld builds the env on pool in a world shaped by wo (its start and "Block
+// Expired Licenses" are the env's).
+func setupWorld(t *testing.T, pool *pgxpool.Pool, wo simtest.Options, opts ...opt) *env {
+	t.Helper()
 	e := &env{store: postgres.NewStore(pool)}
-	w := simtest.New(t, simtest.Options{Start: t0, BlockExpired: true, WrapCryptolens: wrap})
+	wo.Start, wo.BlockExpired = t0, true
+	w := simtest.New(t, wo)
 	e.stripe, e.crypto = w.Stripe, w.Crypto
 	sc, cc := w.Clients(t)
 	prod := e.stripe.CreateProduct("App", map[string]string{"skm_product_id": "1001"})

@@ -531,7 +531,7 @@ func (c *Cluster) tamper(ctx context.Context) (int, error) {
 			changed = true
 		}
 		if i%5 == 0 && k.Features[0] {
-			if err := cl.RemoveFeature(ctx, product, k.Key, 1); err != nil {
+			if _, err := cl.RemoveFeature(ctx, product, k.Key, 1); err != nil {
 				return n, err
 			}
 			changed = true

@@ -291,13 +291,20 @@ func (s *Sim) Customers() []Customer {
 }
 
 // PutKey stores a key as a vendor would create or edit it by hand in the dashboard (no
-// call is logged). A zero ID or GlobalID is assigned; an empty Key is generated.
+// call is logged). A zero ID or GlobalID is assigned; an empty Key is generated. With
+// WithWholeDays its dates are kept as whole days, as every date is.
 func (s *Sim) PutKey(k Key) (Key, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.products[k.ProductID]
 	if !ok {
 		return Key{}, fmt.Errorf("no product %d", k.ProductID)
+	}
+	if !k.Created.IsZero() {
+		k.Created = s.day(k.Created)
+	}
+	if !k.Expires.IsZero() {
+		k.Expires = s.day(k.Expires)
 	}
 	if old, ok := p.byKey[k.Key]; ok && k.Key != "" {
 		k.ID, k.GlobalID = old.ID, old.GlobalID
@@ -377,7 +384,7 @@ func (s *Sim) newKey(p *product, k *Key) {
 		k.Key = s.randomKey()
 	}
 	if k.Created.IsZero() {
-		k.Created = s.clock()
+		k.Created = s.day(s.clock())
 	}
 	p.keys = append(p.keys, k)
 	p.byKey[k.Key] = k

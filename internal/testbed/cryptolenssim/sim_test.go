@@ -302,6 +302,11 @@ func TestWholeDays(t *testing.T) {
 	if k, _ := sim.Key(productID, key); !k.Expires.Equal(midnight.AddDate(0, 0, 32)) {
 		t.Fatalf("after +2 days: got %s, want %s", k.Expires, midnight.AddDate(0, 0, 32))
 	}
+	// A key made by hand in the dashboard keeps whole days too.
+	put, _ := sim.PutKey(cryptolenssim.Key{ProductID: productID, Expires: t0.Add(50 * time.Hour)})
+	if !put.Created.Equal(midnight) || !put.Expires.Equal(midnight.AddDate(0, 0, 2)) {
+		t.Fatalf("PutKey: got created %s expires %s, want %s and 2 days later", put.Created, put.Expires, midnight)
+	}
 }
 
 // An SKGL product changes the key string when ExtendLicense changes the expiry, and

@@ -31,6 +31,10 @@ type Options struct {
 	CryptolensToken string
 	// BlockExpired sets the product's "Block Expired Licenses" option.
 	BlockExpired bool
+	// SKGL makes the product use the legacy SKGL algorithm: changes give keys new strings.
+	SKGL bool
+	// WholeDays makes Cryptolens keep dates as whole days (cryptolenssim.WithWholeDays).
+	WholeDays bool
 	// WrapCryptolens, if set, wraps the Cryptolens simulator's handler (to inject
 	// behaviour around its calls).
 	WrapCryptolens func(http.Handler) http.Handler
@@ -57,8 +61,12 @@ func New(t testing.TB, o Options) *World {
 	w := &World{opts: o}
 	w.Stripe = stripesim.New(stripesim.Options{Start: o.Start, APIKey: o.StripeKey})
 	t.Cleanup(w.Stripe.Close)
-	w.Crypto = cryptolenssim.New(cryptolenssim.WithClock(w.Stripe.Now))
-	w.Crypto.AddProduct(Product, cryptolenssim.ProductOptions{BlockExpired: o.BlockExpired})
+	copts := []cryptolenssim.Option{cryptolenssim.WithClock(w.Stripe.Now)}
+	if o.WholeDays {
+		copts = append(copts, cryptolenssim.WithWholeDays())
+	}
+	w.Crypto = cryptolenssim.New(copts...)
+	w.Crypto.AddProduct(Product, cryptolenssim.ProductOptions{BlockExpired: o.BlockExpired, SKGL: o.SKGL})
 	w.Crypto.AddToken(o.CryptolensToken, cryptolenssim.Token{})
 	var crypto http.Handler = w.Crypto
 	if o.WrapCryptolens != nil {

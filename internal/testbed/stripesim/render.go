@@ -220,6 +220,10 @@ func (s *Sim) renderInvoice(inv *Invoice, exp expansion) obj {
 	if exp.has("subscription") && inv.Subscription != "" {
 		subscription = s.renderSubscription(s.subs[inv.Subscription], nil)
 	}
+	var charge any = nullStr(inv.Charge)
+	if c, ok := s.charges[inv.Charge]; ok && exp.has("charge") {
+		charge = s.renderCharge(c)
+	}
 	var subDetails any
 	if sub, ok := s.subs[inv.Subscription]; ok {
 		subDetails = obj{"metadata": meta(sub.Metadata)}
@@ -231,7 +235,7 @@ func (s *Sim) renderInvoice(inv *Invoice, exp expansion) obj {
 		"amount_shipping": 0, "application": nil, "application_fee_amount": nil, "attempt_count": inv.AttemptCount,
 		"attempted": inv.Attempted, "auto_advance": (inv.Status == "draft" && inv.pause != PauseKeepAsDraft) || inv.Status == "open",
 		"automatic_tax": obj{"enabled": false, "status": nil}, "billing_reason": inv.BillingReason,
-		"charge": nullStr(inv.Charge), "collection_method": collectionMethod(inv.CollectionMethod), "created": inv.Created,
+		"charge": charge, "collection_method": collectionMethod(inv.CollectionMethod), "created": inv.Created,
 		"currency": inv.Currency, "custom_fields": nil, "customer": inv.Customer, "customer_address": nil,
 		"customer_email": nullStr(cust.Email), "customer_name": nullStr(cust.Name), "customer_phone": nil,
 		"customer_shipping": nil, "customer_tax_exempt": "none", "customer_tax_ids": []any{},

@@ -67,7 +67,7 @@ func path(v any, p string) (any, bool) {
 }
 
 // checkBasil checks an object rendered in 2025-03-31.basil against what moved there
-// (research13 §6, stripe-go v82.0.0's structs).
+// (fidelity-research §6, stripe-go v82.0.0's structs).
 func checkBasil(t *testing.T, where string, o map[string]any) {
 	t.Helper()
 	absent := func(fields ...string) {
