@@ -14,11 +14,11 @@ import (
 var (
 	// ErrRetryable matches failures that may succeed later: HTTP 5xx and 429, timeouts,
 	// transport errors, bodies that are not Cryptolens' JSON, and "Something went wrong".
-	// It is keysync's one retryable class (failure.Retryable).
-	ErrRetryable = failure.Retryable
+	// It is keysync's one retryable class (failure.ErrRetryable).
+	ErrRetryable = failure.ErrRetryable
 	// ErrPermanent matches failures that will fail again the same way until someone
-	// changes the configuration or the input (failure.Permanent).
-	ErrPermanent = failure.Permanent
+	// changes the configuration or the input (failure.ErrPermanent).
+	ErrPermanent = failure.ErrPermanent
 
 	// ErrAuth: the token is wrong, or the vendor's Cryptolens subscription has lapsed
 	// ("Unable to authenticate.", "No active subscription found.").

@@ -8,10 +8,10 @@ package failure
 import "errors"
 
 var (
-	// Retryable matches failures that may succeed later.
-	Retryable = errors.New("retryable failure")
-	// Permanent matches failures that will fail again the same way.
-	Permanent = errors.New("permanent failure")
+	// ErrRetryable matches failures that may succeed later.
+	ErrRetryable = errors.New("retryable failure")
+	// ErrPermanent matches failures that will fail again the same way.
+	ErrPermanent = errors.New("permanent failure")
 )
 
 // kind is an error kind that also matches its class, so that the class of a kind is
@@ -26,14 +26,14 @@ func (k *kind) Error() string { return k.text }
 // Is matches the kind's class.
 func (k *kind) Is(target error) bool { return target == k.class }
 
-// NewRetryable returns a new error kind that matches Retryable.
-func NewRetryable(text string) error { return &kind{text: text, class: Retryable} }
+// NewRetryable returns a new error kind that matches ErrRetryable.
+func NewRetryable(text string) error { return &kind{text: text, class: ErrRetryable} }
 
-// NewPermanent returns a new error kind that matches Permanent.
-func NewPermanent(text string) error { return &kind{text: text, class: Permanent} }
+// NewPermanent returns a new error kind that matches ErrPermanent.
+func NewPermanent(text string) error { return &kind{text: text, class: ErrPermanent} }
 
-// IsRetryable reports whether err (or an error it wraps) is of the Retryable class.
-func IsRetryable(err error) bool { return errors.Is(err, Retryable) }
+// IsRetryable reports whether err (or an error it wraps) is of the ErrRetryable class.
+func IsRetryable(err error) bool { return errors.Is(err, ErrRetryable) }
 
-// IsPermanent reports whether err (or an error it wraps) is of the Permanent class.
-func IsPermanent(err error) bool { return errors.Is(err, Permanent) }
+// IsPermanent reports whether err (or an error it wraps) is of the ErrPermanent class.
+func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }

@@ -19,7 +19,7 @@ const (
 	// no answer). Nothing is wrong with the work itself, so an event job snoozes
 	// without using up an attempt, however long the outage lasts.
 	Outage
-	// Permanent: the work will fail again the same way (failure.Permanent: an unknown
+	// Permanent: the work will fail again the same way (failure.ErrPermanent: an unknown
 	// subscription, a wrong key or token, a contradictory mapping). The job stops and
 	// the failure is shown until someone fixes the cause.
 	Permanent

@@ -33,12 +33,12 @@ const DefaultBaseURL = "https://api.stripe.com"
 var (
 	// ErrRetryable matches failures that may succeed later: rate limits, server errors
 	// and no answer, each still failing after the transport's retries.
-	// It is keysync's one retryable class (failure.Retryable).
-	ErrRetryable = failure.Retryable
+	// It is keysync's one retryable class (failure.ErrRetryable).
+	ErrRetryable = failure.ErrRetryable
 	// ErrPermanent matches failures that will fail again the same way until someone
 	// changes the configuration or the input.
-	// (failure.Permanent)
-	ErrPermanent = failure.Permanent
+	// (failure.ErrPermanent)
+	ErrPermanent = failure.ErrPermanent
 
 	// ErrNotFound: no such object (resource_missing).
 	ErrNotFound = failure.NewPermanent("stripe: not found")

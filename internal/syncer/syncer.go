@@ -132,7 +132,7 @@ func New(d Deps, opts Options) *Syncer {
 
 // ErrPermanent marks a failure of the Sync itself that retrying will not fix (an event
 // without a subscription, a contradictory mapping). Like Stripe's and Cryptolens'
-// permanent errors it is of class failure.Permanent, which callers test.
+// permanent errors it is of class failure.ErrPermanent, which callers test.
 var ErrPermanent = failure.NewPermanent("permanent failure")
 
 // Result is what a Sync did.
@@ -186,7 +186,7 @@ type run struct {
 }
 
 // Sync brings the subscription's key to the state the policy wants. It returns an
-// error of class failure.Permanent when a retry cannot help, and another
+// error of class failure.ErrPermanent when a retry cannot help, and another
 // error when it may. A Sync that fails part way records what it did; running it again
 // continues from the key's actual state and never repeats an applied change.
 func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Result, error) {
