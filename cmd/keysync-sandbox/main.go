@@ -104,7 +104,10 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 	control.Handle("/stripe/", http.StripPrefix("/stripe", stripe.ControlHandler()))
 	control.Handle("/cryptolens/", http.StripPrefix("/cryptolens", crypto.ControlHandler()))
 
+	// The addresses are bound first and served only once the environment file is
+	// written: a caller that sees the sandbox answer can read the file at once.
 	var servers []*http.Server
+	var serve []func()
 	listen := func(addr string, h http.Handler) (string, error) {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -112,7 +115,7 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 		}
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		servers = append(servers, srv)
-		go func() { _ = srv.Serve(ln) }()
+		serve = append(serve, func() { go func() { _ = srv.Serve(ln) }() })
 		return "http://" + ln.Addr().String(), nil
 	}
 	defer func() {
@@ -151,9 +154,17 @@ func run(ctx context.Context, args []string, out io.Writer, onReady func(ready))
 		fmt.Fprintf(&env, "%s=%s\n", k, r.Env[k])
 	}
 	if *envFile != "" {
-		if err := os.WriteFile(*envFile, []byte(env.String()), 0o600); err != nil {
+		// Written whole, then renamed into place: a reader never sees half of it.
+		tmp := *envFile + ".tmp"
+		if err := os.WriteFile(tmp, []byte(env.String()), 0o600); err != nil {
 			return err
 		}
+		if err := os.Rename(tmp, *envFile); err != nil {
+			return err
+		}
+	}
+	for _, start := range serve {
+		start()
 	}
 	fmt.Fprintf(out, "keysync sandbox (test credentials; loopback only)\n  Stripe API      %s\n  Cryptolens API  %s\n  control API     %s (/stripe/..., /cryptolens/...)\n",
 		r.Stripe, r.Cryptolens, r.Control)
