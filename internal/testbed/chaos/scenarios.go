@@ -43,7 +43,7 @@ func Scenarios() []Scenario {
 			}},
 		{"stripe-429-sweep", "2 replicas; 600 subscriptions; keys changed behind keysync's back; a sweep (keysync reconcile --once) while Stripe answers bursts of 429",
 			func(ctx context.Context, o Options) (Report, error) { return Stripe429Sweep(ctx, o, 600) }},
-		{"basil-lost-webhooks", "2 replicas; the account and its endpoint on API version 2025-03-31.basil; 30% of webhooks lost for good; 300 subscriptions renewed three times and reseated: the catch-up must bring every lost event",
+		{"basil-lost-webhooks", "2 replicas; the account and its endpoint on API version 2025-03-31.basil; 30% of webhooks lost for good; 300 checkouts and three rounds of seat changes: the catch-up must bring every lost event",
 			func(ctx context.Context, o Options) (Report, error) { return BasilLostWebhooks(ctx, o, 300) }},
 		{"block-expired-faults", "2 replicas; Block Expired Licenses on; half the cards decline at renewal, keys lapse and Cryptolens blocks them; the customers pay while Cryptolens answers 20% errors and loses 10% of answers",
 			func(ctx context.Context, o Options) (Report, error) { return BlockExpiredFaults(ctx, o, 200) }},
@@ -228,6 +228,9 @@ func CryptolensFaults(ctx context.Context, opts Options, subs int, faulty, down 
 // lose `subscription` and charges lose `invoice`), on its webhook endpoint and in the
 // Events API alike, and loses 30% of the webhooks for good: keysync must read each
 // event's object at its own API version and bring every lost event through the catch-up.
+// The changes are checkouts and seat changes within a day: a renewal would move the test
+// clock a month in seconds, past the Events API's 30 days, where keysync rightly stops
+// catching up event by event and sweeps instead.
 func BasilLostWebhooks(ctx context.Context, opts Options, subs int) (Report, error) {
 	r := Report{Scenario: "basil-lost-webhooks"}
 	opts.EventVersion, opts.WebhookDropRate = "2025-03-31.basil", 0.3
@@ -240,10 +243,10 @@ func BasilLostWebhooks(ctx context.Context, opts Options, subs int) (Report, err
 		return r, err
 	}
 	for i := range 3 {
-		if err := c.renew(ctx); err != nil {
+		if err := c.ctl.Advance(ctx, time.Hour); err != nil {
 			return r, err
 		}
-		if err := c.reseat(ctx, 5+i, 2+i); err != nil {
+		if err := c.reseat(ctx, 2+i, 2+i); err != nil {
 			return r, err
 		}
 	}
