@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -35,23 +34,13 @@ func TestServeEventsOfAnyVersionModeAndAccount(t *testing.T) {
 	vars := env(map[string]string{"DATABASE_URL": dbURL, "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
 		"STRIPE_WEBHOOK_SECRETS": secret, "CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL,
 		"KEYSYNC_LISTEN": "127.0.0.1:0", "LOG_FORMAT": "json", "LOG_LEVEL": "warn"})
-	runCtx, cancel := context.WithCancel(ctx)
-	addrCh, done := make(chan string, 1), make(chan error, 1)
-	logs := &lockedBuffer{}
-	go func() { done <- run(runCtx, []string{"serve"}, vars, io.Discard, logs, func(a string) { addrCh <- a }) }()
+	srv := startServe(t, vars)
 	defer func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := srv.stop(); err != nil {
 			t.Error(err)
 		}
 	}()
-	var base string
-	select {
-	case a := <-addrCh:
-		base = "http://" + a
-	case err := <-done:
-		t.Fatalf("serve exited: %v\n%s", err, logs)
-	}
+	base, logs := srv.base, srv.logs
 	pool, err := pgxpool.New(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)

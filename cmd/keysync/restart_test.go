@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -50,17 +48,8 @@ func TestServeNewInstallSweepsAtStart(t *testing.T) {
 	vars := env(map[string]string{"DATABASE_URL": pgtest.URL(t), "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
 		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "KEYSYNC_LISTEN": "127.0.0.1:0",
 		"LOG_FORMAT": "json", "LOG_LEVEL": "warn"})
-	ctx, cancel := context.WithCancel(context.Background())
-	addrCh, done := make(chan string, 1), make(chan error, 1)
-	logs := &lockedBuffer{}
-	go func() { done <- run(ctx, []string{"serve"}, vars, io.Discard, logs, func(a string) { addrCh <- a }) }()
-	var base string
-	select {
-	case a := <-addrCh:
-		base = "http://" + a
-	case err := <-done:
-		t.Fatalf("serve exited: %v\n%s", err, logs)
-	}
+	srv := startServe(t, vars)
+	base := srv.base
 
 	pgtest.WaitFor(t, 30*time.Second, "a key for every live subscription", func() bool {
 		return len(world.Crypto.Keys(simtest.Product)) >= len(want)
@@ -90,8 +79,7 @@ func TestServeNewInstallSweepsAtStart(t *testing.T) {
 	if _, m := get(t, base+"/metrics"); !strings.Contains(m, "keysync_sweep_overdue 0") || !strings.Contains(m, "keysync_last_sweep_age_seconds ") {
 		t.Fatalf("/metrics lacks the sweep's age:\n%s", m)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := srv.stop(); err != nil {
 		t.Fatal(err)
 	}
 }

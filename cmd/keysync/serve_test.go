@@ -53,6 +53,49 @@ func withPassword(raw, pw string) string {
 
 // TestServeLifecycle starts keysync on an empty database, as a first deployment does,
 // and follows one event from webhook to processed, then shuts down on cancellation.
+// serving is a `keysync serve` that a test runs in-process.
+type serving struct {
+	base string        // http://host:port of its listener
+	logs *lockedBuffer // everything it logged
+	// stop cancels serve and returns what it returned, waiting at most 40 s; a second
+	// call returns the same. The test's cleanup calls it too.
+	stop func() error
+}
+
+// startServe runs `keysync serve` with vars until the test ends (or stop), and returns
+// once it listens; it fails t if serve exits or has not started within 30 s.
+func startServe(t *testing.T, vars func(string) string) serving {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrCh, done := make(chan string, 1), make(chan error, 1)
+	logs := &lockedBuffer{}
+	go func() { done <- run(ctx, []string{"serve"}, vars, io.Discard, logs, func(a string) { addrCh <- a }) }()
+	var once sync.Once
+	var stopErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(40 * time.Second):
+				stopErr = errors.New("serve did not stop within 40s")
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	select {
+	case a := <-addrCh:
+		return serving{base: "http://" + a, logs: logs, stop: stop}
+	case err := <-done:
+		cancel()
+		t.Fatalf("serve exited early: %v\n%s", err, logs)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("serve did not start\n%s", logs)
+	}
+	return serving{}
+}
+
 func TestServeLifecycle(t *testing.T) {
 	t.Parallel()
 	dbURL := pgtest.EmptyURL(t)
@@ -83,23 +126,8 @@ func TestServeLifecycle(t *testing.T) {
 	for k, v := range secrets {
 		vars[k] = v
 	}
-	logs := &lockedBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addrCh := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"serve"}, env(vars), io.Discard, logs, func(a string) { addrCh <- a })
-	}()
-	var base string
-	select {
-	case a := <-addrCh:
-		base = "http://" + a
-	case err := <-done:
-		t.Fatalf("serve exited early: %v\n%s", err, logs)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("serve did not start\n%s", logs)
-	}
+	srv := startServe(t, env(vars))
+	base, logs := srv.base, srv.logs
 
 	for path, want := range map[string]string{"/healthz": `"ok"`, "/readyz": `"ready"`, "/metrics": "go_goroutines"} {
 		code, body := get(t, base+path)
@@ -179,14 +207,8 @@ func TestServeLifecycle(t *testing.T) {
 		}
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve returned %v, want nil after a clean shutdown", err)
-		}
-	case <-time.After(40 * time.Second):
-		t.Fatal("serve did not stop")
+	if err := srv.stop(); err != nil {
+		t.Fatalf("serve returned %v, want nil after a clean shutdown", err)
 	}
 
 	out := logs.String()
@@ -323,17 +345,8 @@ func TestServePollingMode(t *testing.T) {
 	vars := env(map[string]string{"DATABASE_URL": pgtest.URL(t), "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
 		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "KEYSYNC_LISTEN": "127.0.0.1:0",
 		"LOG_FORMAT": "json", "LOG_LEVEL": "warn"})
-	ctx, cancel := context.WithCancel(context.Background())
-	addrCh, done := make(chan string, 1), make(chan error, 1)
-	logs := &lockedBuffer{}
-	go func() { done <- run(ctx, []string{"serve"}, vars, io.Discard, logs, func(a string) { addrCh <- a }) }()
-	var base string
-	select {
-	case a := <-addrCh:
-		base = "http://" + a
-	case err := <-done:
-		t.Fatalf("serve exited: %v\n%s", err, logs)
-	}
+	srv := startServe(t, vars)
+	base, logs := srv.base, srv.logs
 	resp, err := http.Post(base+"/webhooks/stripe", "application/json", strings.NewReader("{}"))
 	if err != nil {
 		t.Fatal(err)
@@ -352,8 +365,7 @@ func TestServePollingMode(t *testing.T) {
 	if !strings.Contains(logs.String(), "polling mode") {
 		t.Fatalf("logs do not say polling mode:\n%s", logs)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := srv.stop(); err != nil {
 		t.Fatal(err)
 	}
 }
