@@ -144,9 +144,7 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	// Reconciliation, for what webhooks miss: the sweep compares every subscription with
 	// its key and queues a Sync for each that drifted; the catch-up ingests missed
 	// events and queues a sweep when it has fallen too far behind.
-	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, store, reconcile.SweeperOptions{Mapping: parts.mapping,
-		Policy: parts.policy, Enqueue: jobs.NewEnqueuer(client).EnqueueSyncs, Now: parts.crypto.Now},
-		log.With().Str("component", "sweep").Logger())
+	sweeper := parts.sweeper(store, client, log.With().Str("component", "sweep").Logger())
 	sweeper.OnRun = func(sum reconcile.Summary) {
 		m.SweepDrift.Set(float64(len(sum.Drifted)))
 		m.SweepOrphans.Set(float64(len(sum.Orphans)))

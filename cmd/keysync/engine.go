@@ -6,11 +6,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/cryptolens"
+	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/metrics"
+	"github.com/keysync/keysync/internal/reconcile"
 	"github.com/keysync/keysync/internal/stripeapi"
 )
 
@@ -85,4 +89,11 @@ func newParts(cfg config, log zerolog.Logger, m *metrics.Metrics) (engineParts, 
 	return engineParts{stripe: sc, crypto: cc, mapping: mapping,
 		policy: license.Options{BufferDays: cfg.BufferDays, BlockOnDispute: cfg.BlockOnDispute, BlockOnRefund: cfg.BlockOnRefund,
 			LapseOnPausedCollection: cfg.LapseWhenPaused, TimeLimitedFeature: cfg.TimeLimitedFeature}}, nil
+}
+
+// sweeper is the sweep that serve runs on a schedule and `reconcile --once` runs now: it
+// reads through these parts and queues a Sync for each drift through client.
+func (p engineParts) sweeper(store reconcile.SweepStore, client *river.Client[pgx.Tx], log zerolog.Logger) *reconcile.Sweeper {
+	return reconcile.NewSweeper(p.stripe, p.crypto, store, reconcile.SweeperOptions{Mapping: p.mapping,
+		Policy: p.policy, Enqueue: jobs.NewEnqueuer(client).EnqueueSyncs, Now: p.crypto.Now}, log)
 }

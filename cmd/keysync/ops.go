@@ -16,7 +16,6 @@ import (
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/postgres"
-	"github.com/keysync/keysync/internal/reconcile"
 	"github.com/keysync/keysync/internal/syncer"
 )
 
@@ -214,8 +213,7 @@ func (c *reconcileCmd) run(ctx context.Context, e cmdEnv) error {
 	if err != nil {
 		return err
 	}
-	sweeper := reconcile.NewSweeper(parts.stripe, parts.crypto, postgres.NewStore(pool), reconcile.SweeperOptions{Mapping: parts.mapping,
-		Policy: parts.policy, Enqueue: jobs.NewEnqueuer(client).EnqueueSyncs, Now: parts.crypto.Now}, e.log)
+	sweeper := parts.sweeper(postgres.NewStore(pool), client, e.log)
 
 	fmt.Fprintln(e.stdout, "sweeping: listing every subscription and every key ...")
 	sum, err := sweeper.RunOnce(ctx)

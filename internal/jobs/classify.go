@@ -1,10 +1,7 @@
 package jobs
 
 import (
-	"errors"
-
 	"github.com/keysync/keysync/internal/failure"
-	"github.com/keysync/keysync/internal/postgres"
 )
 
 // Class is what a job does after a failure.
@@ -46,12 +43,11 @@ func Classify(err error) Class {
 		return Permanent
 	case failure.IsRetryable(err):
 		return Outage
-	case errors.Is(err, postgres.ErrUnavailable):
-		// keysync's own database is not an outside service: while it is out River can
-		// neither fetch nor finish jobs, so a long outage uses up no attempts anyway,
-		// and a short one (a failover, a full pool) is retried with backoff.
-		return Retry
 	default:
+		// Anything else, keysync's own database out of reach included
+		// (postgres.ErrUnavailable): it is not an outside service, and while it is out
+		// River can neither fetch nor finish jobs, so a long outage uses up no attempts
+		// anyway and a short one (a failover, a full pool) is retried with backoff.
 		return Retry
 	}
 }
