@@ -57,6 +57,17 @@ func TestEntitledThroughZero(t *testing.T) {
 	if !got.IsZero() {
 		t.Fatalf("got %s, want zero", got)
 	}
+	paid := now.Add(-days(3))
+	for name, s := range map[string]license.Subscription{
+		"send_invoice":      {Status: "active", CollectionMethod: license.SendInvoice},
+		"paused collection": {Status: "active", PausedCollection: true},
+		"metered only":      {Status: "active", Items: []license.Item{{PriceID: "price_usage", Metered: true}}},
+	} {
+		s.PaidThrough = paid
+		if got := license.EntitledThrough(s, license.Options{}); !got.Equal(paid) {
+			t.Errorf("%s with no period end: got %s, want paid-through %s", name, got, paid)
+		}
+	}
 }
 
 // Desire targets entitled-through + buffer: a Net-30 customer's key is valid through the

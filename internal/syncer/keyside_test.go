@@ -399,7 +399,15 @@ func TestRefundOfTheLatestInvoiceOnly(t *testing.T) {
 		t.Fatal("a refund of the previous period blocked the key")
 	}
 	s, _ := e.stripe.Subscription(sub)
-	if _, err := e.stripe.Refund(e.stripe.Charges(s.LatestInvoice)[0].ID, 0); err != nil {
+	latest := e.stripe.Charges(s.LatestInvoice)[0].ID
+	if _, err := e.stripe.Refund(latest, 100); err != nil { // part of it
+		t.Fatal(err)
+	}
+	e.sync(t, sub)
+	if e.key(t, sub).Block {
+		t.Fatal("a partial refund of the latest invoice blocked the key")
+	}
+	if _, err := e.stripe.Refund(latest, 0); err != nil { // the rest
 		t.Fatal(err)
 	}
 	e.sync(t, sub)
