@@ -11,7 +11,7 @@ BENCHTIME   ?= 5s
 AUDIT_ROWS  ?= 10000000
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo sandbox test lint node-deps check-tidy bench chaos fuzz mutate migrate clean
+.PHONY: help build demo sandbox test lint node-deps check-tidy bench chaos fuzz mutate migrate image image-test clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -78,6 +78,16 @@ mutate: ## mutation testing (gremlins): internal/license (fails under 95% effica
 
 migrate: build ## apply migrations to DATABASE_URL
 	./bin/keysync migrate up
+
+# The image needs no registry: the static binary and the CA bundle on an empty base
+# (deploy/image). deploy/Dockerfile is the registry-based build of the same image.
+IMAGE ?= keysync:$(VERSION)
+image: build ## build the keysync image with podman, no registry needed (IMAGE=keysync:<version>)
+	deploy/image/build.sh $(IMAGE)
+
+# Not part of `make test`: it needs root, podman and runc (README: Container image).
+image-test: build ## build the image, run migrate and serve in it non-root and read-only; needs root, podman, runc, curl, jq
+	deploy/image/test.sh
 
 clean: ## remove build and demo output
 	rm -rf bin bench .demo .chaos $(OFFICIAL_CLIENTS)/node_modules
