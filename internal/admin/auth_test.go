@@ -33,9 +33,9 @@ func TestGuardKeepsOnlyDigests(t *testing.T) {
 			t.Fatalf("%s token: got %+v %v", name, who, err)
 		}
 	}
-	for _, tok := range []string{"", admin[:16], admin + " ", strings.ToUpper(admin)} {
+	for name, tok := range map[string]string{"none": "", "a prefix": admin[:16], "the token and a space": admin + " ", "upper case": strings.ToUpper(admin)} {
 		if _, err := g.Authenticate("127.0.0.2:1", tok); !errors.Is(err, ErrUnauthenticated) {
-			t.Fatalf("%q: got %v, want ErrUnauthenticated", tok, err)
+			t.Fatalf("%s: got %v, want ErrUnauthenticated", name, err)
 		}
 	}
 }
