@@ -79,11 +79,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	defer d.db.Close(context.Background())
 
 	d.step("keysync-sandbox: Stripe and Cryptolens simulators on loopback")
-	ports, err := sandbox.FreePorts(4)
+	ports, err := sandbox.FreePorts(5)
 	if err != nil {
 		return err
 	}
-	keysyncAddr := "127.0.0.1:" + ports[3]
+	keysyncAddr, adminAddr := "127.0.0.1:"+ports[3], "127.0.0.1:"+ports[4]
 	envFile := filepath.Join(*workdir, "sandbox.env")
 	sb, err := sandbox.Start(*sandboxBin, filepath.Join(*workdir, "sandbox.log"), nil,
 		"-stripe-addr", "127.0.0.1:"+ports[0], "-cryptolens-addr", "127.0.0.1:"+ports[1], "-control-addr", "127.0.0.1:"+ports[2],
@@ -118,7 +118,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	env = append(env, "DATABASE_URL="+dbURL, "KEYSYNC_LISTEN="+keysyncAddr, "KEYSYNC_PLANS_FILE="+plans, "LOG_FORMAT=json", "LOG_LEVEL=info")
+	env = append(env, "DATABASE_URL="+dbURL, "KEYSYNC_LISTEN="+keysyncAddr, "KEYSYNC_ADMIN_LISTEN="+adminAddr, "KEYSYNC_PLANS_FILE="+plans,
+		"LOG_FORMAT=json", "LOG_LEVEL=info")
 	keysync, err := sandbox.Start(*keysyncBin, filepath.Join(*workdir, "keysync.Log"), env, "serve")
 	if err != nil {
 		return err
@@ -127,7 +128,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := sandbox.WaitHTTP(ctx, "http://"+keysyncAddr+"/readyz", keysync); err != nil {
 		return fmt.Errorf("keysync: %w (log: %s)", err, keysync.Log)
 	}
-	d.say("pid %d on %s, ready (log: %s)", keysync.Pid(), keysyncAddr, keysync.Log)
+	if err := sandbox.WaitHTTP(ctx, "http://"+adminAddr+"/metrics", keysync); err != nil {
+		return fmt.Errorf("keysync's admin listener: %w", err)
+	}
+	d.say("pid %d, webhooks on %s, metrics on http://%s/metrics, ready (log: %s)", keysync.Pid(), keysyncAddr, adminAddr, keysync.Log)
 
 	d.step("A subscription's life (each step: Stripe acts, webhooks arrive, keysync syncs)")
 	var co map[string]any

@@ -57,12 +57,21 @@ type App struct {
 	jobs     *river.Client[pgx.Tx]
 	ingester *ingest.Ingester
 	health   *admin.Health
-	handler  http.Handler
+	handler  http.Handler // the public listener's: webhooks and health
+
+	// The admin listener and its handler (the admin API and metrics); nil when
+	// KEYSYNC_ADMIN_LISTEN is off.
+	adminListener net.Listener
+	adminHandler  http.Handler
 }
+
+// serveAddrs are the addresses serve listens on; Admin is "" when the admin listener
+// is off.
+type serveAddrs struct{ Public, Admin string }
 
 // newApp builds the daemon in dependency order: each step uses only what the steps
 // above it made. It connects to the database and migrates it, binds the listening
-// address and reclaims the jobs a previous process on that address left running;
+// addresses and reclaims the jobs a previous process on that address left running;
 // nothing runs until Run. On error, whatever it opened is closed again.
 func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log}
@@ -112,6 +121,11 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	a.listener, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	if cfg.AdminListen != "" {
+		if a.adminListener, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			return nil, fmt.Errorf("listen on %s (KEYSYNC_ADMIN_LISTEN): %w", cfg.AdminListen, err)
+		}
 	}
 	replica := replicaID(a.listener.Addr())
 	if n, err := tables.ReclaimJobs(ctx, replica); err != nil {
@@ -170,20 +184,29 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 		return err
 	}})
 
-	// Health and metrics are always served: orchestrators probe them.
+	// The public listener serves what Stripe and the orchestrator reach, and nothing
+	// else: the health probes always, the webhooks (below) when configured.
 	a.health = admin.NewHealth(store)
 	a.health.CatchUpLag = catchUp.Lag
 	a.health.LastSweep, a.health.SweepOverdueAfter = store.LastSweep, sweepOverdue(cfg.ReconcileInterval)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", a.health.Healthz)
 	mux.HandleFunc("GET /readyz", a.health.Readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 
-	// The admin API exists only with a token: without one it is off, never open.
-	if api := admin.NewAPI(cfg.AdminToken, store, engine, adminJobs{store: store, client: client}, log.With().Str("component", "admin").Logger()); api != nil {
-		api.Mount(mux)
+	// The admin listener serves the operators and Prometheus: metrics always, the admin
+	// API only with a token (without one it is off, never open).
+	if a.adminListener != nil {
+		adminMux := http.NewServeMux()
+		adminMux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+		guard := admin.NewGuard(admin.GuardConfig{AdminToken: cfg.AdminToken, ReadToken: cfg.AdminReadToken})
+		if api := admin.NewAPI(guard, store, engine, adminJobs{store: store, client: client}, log.With().Str("component", "admin").Logger()); api != nil {
+			api.Mount(adminMux)
+		} else {
+			log.Info().Msg("KEYSYNC_ADMIN_TOKEN is unset: the admin API is off")
+		}
+		a.adminHandler = adminMux
 	} else {
-		log.Info().Msg("KEYSYNC_ADMIN_TOKEN is unset: the admin API is off")
+		log.Info().Msg("KEYSYNC_ADMIN_LISTEN is off: no metrics and no admin API")
 	}
 
 	// The webhook endpoint exists only with a signing secret. Without one keysync runs
@@ -216,13 +239,13 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 // run time, so twice the interval means sweeps are failing or not being scheduled.
 func sweepOverdue(interval time.Duration) time.Duration { return 2 * interval }
 
-// Run starts the ingester, the jobs and the HTTP server, tells onServing (if set) the
-// address it serves on, and blocks until ctx ends or the server fails. Then it shuts
-// down in order: stop accepting webhooks and finish the requests in flight, commit
+// Run starts the ingester, the jobs and the HTTP servers, tells onServing (if set) the
+// addresses they serve on, and blocks until ctx ends or a server fails. Then it shuts
+// down in order: stop accepting webhooks and admin requests and finish those in flight, commit
 // what the ingester holds, let running jobs (and with them the reconciler) finish,
 // cancelling them at the shutdown timeout. It returns the server's error, if any;
 // a shutdown on ctx is not an error.
-func (a *App) Run(ctx context.Context, onServing func(addr string)) error {
+func (a *App) Run(ctx context.Context, onServing func(serveAddrs)) error {
 	// The ingester first: webhooks and the catch-up job both hand it events.
 	a.ingester.Start(ctx)
 	defer a.ingester.Stop()
@@ -243,12 +266,21 @@ func (a *App) Run(ctx context.Context, onServing func(addr string)) error {
 		// Requests must not inherit the signal context: an in-flight webhook finishes.
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(a.listener) }()
-	addr := a.listener.Addr().String()
-	a.log.Info().Str("addr", addr).Str("version", version).Msg("keysync serving")
+	addrs := serveAddrs{Public: a.listener.Addr().String()}
+
+	// The admin listener's server: the same limits and contexts, its own handler.
+	var adminSrv *http.Server
+	if a.adminListener != nil {
+		adminSrv = &http.Server{Handler: a.adminHandler, ReadHeaderTimeout: srv.ReadHeaderTimeout, ReadTimeout: srv.ReadTimeout,
+			WriteTimeout: srv.WriteTimeout, IdleTimeout: srv.IdleTimeout, MaxHeaderBytes: srv.MaxHeaderBytes, BaseContext: srv.BaseContext}
+		go func() { serveErr <- adminSrv.Serve(a.adminListener) }()
+		addrs.Admin = a.adminListener.Addr().String()
+	}
+	a.log.Info().Str("addr", addrs.Public).Str("admin_addr", addrs.Admin).Str("version", version).Msg("keysync serving")
 	if onServing != nil {
-		onServing(addr)
+		onServing(addrs)
 	}
 
 	// Serve until a signal, or until the server fails.
@@ -268,6 +300,11 @@ func (a *App) Run(ctx context.Context, onServing func(addr string)) error {
 	if err := srv.Shutdown(stopCtx); err != nil {
 		a.log.Warn().Err(err).Msg("in-flight requests cut off at the shutdown timeout")
 	}
+	if adminSrv != nil {
+		if err := adminSrv.Shutdown(stopCtx); err != nil {
+			a.log.Warn().Err(err).Msg("in-flight admin requests cut off at the shutdown timeout")
+		}
+	}
 
 	// No webhook arrives any more: commit what the ingester holds.
 	a.ingester.Stop()
@@ -286,12 +323,14 @@ func (a *App) Run(ctx context.Context, onServing func(addr string)) error {
 	return runErr
 }
 
-// Close releases what newApp opened: the listening socket (when Run never served on
-// it) and, last, the database pool. Call it once Run has returned; it is safe to call
+// Close releases what newApp opened: the listening sockets (when Run never served on
+// them) and, last, the database pool. Call it once Run has returned; it is safe to call
 // more than once.
 func (a *App) Close() {
-	if a.listener != nil {
-		_ = a.listener.Close() // already closed when Run served on it
+	for _, ln := range []net.Listener{a.listener, a.adminListener} {
+		if ln != nil {
+			_ = ln.Close() // already closed when Run served on it
+		}
 	}
 	if a.pool != nil {
 		a.pool.Close()
@@ -305,13 +344,14 @@ type adminJobs struct {
 }
 
 // ReplayEvent queues a stored event again; postgres.ErrNotFound (the API answers 404) if
-// keysync never stored it, and a permanent error (422) if it refused it.
+// keysync never stored it, and a permanent error (422) if it may not be replayed
+// (checkReplayable: a type keysync does not act on, or an event it refused).
 func (j adminJobs) ReplayEvent(ctx context.Context, id string) error {
 	ev, err := j.store.GetEvent(ctx, id)
 	if err != nil {
 		return err
 	}
-	if err := checkReplayable(ev); err != nil {
+	if err := checkReplayable(ev.Type, ev.Status); err != nil {
 		return err
 	}
 	return requeue(ctx, j.store, j.client, []events.Event{{ID: ev.ID, Type: ev.Type}})

@@ -28,7 +28,9 @@ type config struct {
 	CryptolensRateLimit  float64
 	CryptolensTimeout    time.Duration
 	Listen               string
+	AdminListen          string // "" when off
 	AdminToken           string
+	AdminReadToken       string
 	BufferDays           int
 	PlansFile            string
 	DryRun               bool
@@ -143,23 +145,23 @@ var settings = []setting{
 		doc: "Longest wait for one Cryptolens request.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.CryptolensTimeout, v, 100*time.Millisecond) }},
 	{name: "KEYSYNC_LISTEN", def: ":8080",
-		doc: "Address the HTTP server listens on (webhooks, health, metrics, the admin API).",
+		doc: "Address of the public listener: Stripe's webhooks (`POST /webhooks/stripe`) and the health probes (`/healthz`, `/readyz`). Nothing else is served on it.",
+		set: func(c *config, v string) error { return hostPort(&c.Listen, v) }},
+	{name: "KEYSYNC_ADMIN_LISTEN", def: "127.0.0.1:8081",
+		doc: "Address of the admin listener: the admin API (`/api/v1/`) and Prometheus' `/metrics`. Loopback by default; open it only to operators and Prometheus (in Kubernetes, `:8081` behind a NetworkPolicy). `off`: no admin listener, so no metrics and no admin API (then no admin token may be set).",
 		set: func(c *config, v string) error {
-			if _, _, err := net.SplitHostPort(v); err != nil {
-				return errors.New("must be host:port or :port")
+			if v == "off" {
+				c.AdminListen = ""
+				return nil
 			}
-			c.Listen = v
-			return nil
+			return hostPort(&c.AdminListen, v)
 		}},
 	{name: "KEYSYNC_ADMIN_TOKEN", secret: true,
-		doc: "Bearer token for the admin API (at least 16 characters). Unset: the admin API is off.",
-		set: func(c *config, v string) error {
-			if len(v) < 16 {
-				return errors.New("must be at least 16 characters")
-			}
-			c.AdminToken = v
-			return nil
-		}},
+		doc: "Bearer token for the admin API (at least 16 characters): every route, including sync, replay and reconcile, which the audit log records as by `api:admin`. Unset, with no read token either: the admin API is off.",
+		set: func(c *config, v string) error { return adminToken(&c.AdminToken, v) }},
+	{name: "KEYSYNC_ADMIN_READ_TOKEN", secret: true,
+		doc: "Bearer token that may only read the admin API (at least 16 characters): subscription status, the audit log, failed events. Sync, replay and reconcile answer it 403.",
+		set: func(c *config, v string) error { return adminToken(&c.AdminReadToken, v) }},
 	{name: "KEYSYNC_BUFFER_DAYS", def: "5",
 		doc: "Days of license beyond the entitled-through date: the end of the paid period, or of the current period when Stripe grants it unpaid (trials, invoiced customers, paused collection, metered prices). 35 days for a 30-day month.",
 		set: func(c *config, v string) error { return intIn(&c.BufferDays, v, 0, 365) }},
@@ -247,6 +249,12 @@ func loadConfig(getenv func(string) string, readFile func(string) ([]byte, error
 			errs = append(errs, err)
 			continue
 		}
+		if s.secret && isPlaceholder(v) {
+			// The deployment files ship placeholders: starting with one would fail
+			// later and less clearly (or, for a token, be guessable).
+			errs = append(errs, fmt.Errorf("%s still holds the deployment files' placeholder (CHANGE-ME): set the real value", s.name))
+			continue
+		}
 		if v == "" {
 			v = s.def
 		}
@@ -260,6 +268,10 @@ func loadConfig(getenv func(string) string, readFile func(string) ([]byte, error
 			errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
 		}
 	}
+
+	// The listeners and tokens are checked together: a token with nowhere to be
+	// served, or one token for both roles, is a mistake.
+	errs = append(errs, checkAdmin(c)...)
 
 	// Two defaults depend on more than one variable or on the process: they are
 	// worked out after the loop.
@@ -276,6 +288,35 @@ func loadConfig(getenv func(string) string, readFile func(string) ([]byte, error
 		}
 	}
 	return c, errors.Join(errs...)
+}
+
+// checkAdmin returns the mistakes in how the admin listener and tokens go together.
+func checkAdmin(c config) []error {
+	var errs []error
+	if c.AdminListen == "" && (c.AdminToken != "" || c.AdminReadToken != "") {
+		errs = append(errs, errors.New("KEYSYNC_ADMIN_LISTEN is off, but an admin token is set: the admin API is served only on the admin listener"))
+	}
+	if c.AdminListen != "" && c.AdminListen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
+		errs = append(errs, errors.New("KEYSYNC_ADMIN_LISTEN must differ from KEYSYNC_LISTEN: the admin API and metrics are never served with the webhooks"))
+	}
+	if c.AdminToken != "" && c.AdminToken == c.AdminReadToken {
+		errs = append(errs, errors.New("KEYSYNC_ADMIN_READ_TOKEN must differ from KEYSYNC_ADMIN_TOKEN"))
+	}
+	return errs
+}
+
+// placeholders are what the deployment files put where a secret goes.
+var placeholders = []string{"CHANGE-ME", "CHANGE_ME", "CHANGEME"}
+
+// isPlaceholder reports whether v still holds a deployment file's placeholder.
+func isPlaceholder(v string) bool {
+	up := strings.ToUpper(v)
+	for _, p := range placeholders {
+		if strings.Contains(up, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // lookup returns a variable's value, reading NAME_FILE for secrets.
@@ -351,6 +392,22 @@ func splitList(v string) []string {
 		}
 	}
 	return out
+}
+
+func hostPort(dst *string, v string) error {
+	if _, _, err := net.SplitHostPort(v); err != nil {
+		return errors.New("must be host:port or :port")
+	}
+	*dst = v
+	return nil
+}
+
+func adminToken(dst *string, v string) error {
+	if len(v) < 16 {
+		return errors.New("must be at least 16 characters")
+	}
+	*dst = v
+	return nil
 }
 
 func intIn(dst *int, v string, lo, hi int) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -28,7 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 	if c.Listen != ":8080" || c.BufferDays != 5 || c.DryRun || c.ReconcileInterval != time.Hour ||
 		c.StripeAPIBase != "https://api.stripe.com" || c.CryptolensAPIBase != "https://api.cryptolens.io" ||
 		c.LogLevel != zerolog.InfoLevel || c.ShutdownTimeout != 30*time.Second ||
-		c.TimeLimitedFeature != 1 || c.LapseWhenPaused {
+		c.TimeLimitedFeature != 1 || c.LapseWhenPaused || c.AdminListen != "127.0.0.1:8081" {
 		t.Fatalf("got %+v, want the documented defaults", c)
 	}
 }
@@ -52,9 +53,19 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		"bad product":        {map[string]string{"CRYPTOLENS_PRODUCT_ID": "abc"}, "CRYPTOLENS_PRODUCT_ID:"},
 		"bad api base":       {map[string]string{"STRIPE_API_BASE": "ftp://x"}, "STRIPE_API_BASE:"},
 		"short admin token":  {map[string]string{"KEYSYNC_ADMIN_TOKEN": "secret-pw"}, "KEYSYNC_ADMIN_TOKEN:"},
-		"missing plans":      {map[string]string{"KEYSYNC_PLANS_FILE": "/nonexistent/plans.yaml"}, "KEYSYNC_PLANS_FILE:"},
-		"no feature 9":       {map[string]string{"CRYPTOLENS_TIME_LIMITED_FEATURE": "9"}, "CRYPTOLENS_TIME_LIMITED_FEATURE:"},
-		"bad paused":         {map[string]string{"KEYSYNC_ON_PAUSED_COLLECTION": "block"}, "KEYSYNC_ON_PAUSED_COLLECTION:"},
+		"short read token":   {map[string]string{"KEYSYNC_ADMIN_READ_TOKEN": "secret-pw"}, "KEYSYNC_ADMIN_READ_TOKEN:"},
+		"bad admin listen":   {map[string]string{"KEYSYNC_ADMIN_LISTEN": "8081"}, "KEYSYNC_ADMIN_LISTEN:"},
+		"admin token, no admin listener": {map[string]string{"KEYSYNC_ADMIN_LISTEN": "off", "KEYSYNC_ADMIN_TOKEN": "secret-pw-0123456789"},
+			"KEYSYNC_ADMIN_LISTEN is off, but an admin token is set"},
+		"read token, no admin listener": {map[string]string{"KEYSYNC_ADMIN_LISTEN": "off", "KEYSYNC_ADMIN_READ_TOKEN": "secret-pw-0123456789"},
+			"KEYSYNC_ADMIN_LISTEN is off, but an admin token is set"},
+		"admin on the public address": {map[string]string{"KEYSYNC_LISTEN": ":8080", "KEYSYNC_ADMIN_LISTEN": ":8080"},
+			"KEYSYNC_ADMIN_LISTEN must differ from KEYSYNC_LISTEN"},
+		"one token for both roles": {map[string]string{"KEYSYNC_ADMIN_TOKEN": "secret-pw-0123456789", "KEYSYNC_ADMIN_READ_TOKEN": "secret-pw-0123456789"},
+			"KEYSYNC_ADMIN_READ_TOKEN must differ"},
+		"missing plans": {map[string]string{"KEYSYNC_PLANS_FILE": "/nonexistent/plans.yaml"}, "KEYSYNC_PLANS_FILE:"},
+		"no feature 9":  {map[string]string{"CRYPTOLENS_TIME_LIMITED_FEATURE": "9"}, "CRYPTOLENS_TIME_LIMITED_FEATURE:"},
+		"bad paused":    {map[string]string{"KEYSYNC_ON_PAUSED_COLLECTION": "block"}, "KEYSYNC_ON_PAUSED_COLLECTION:"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -69,6 +80,66 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 				t.Fatalf("error leaks a secret value: %v", err)
 			}
 		})
+	}
+}
+
+// KEYSYNC_ADMIN_LISTEN=off turns the admin listener off; port 0 on both listeners
+// (each takes a free port) is not the same address twice.
+func TestConfigAdminListener(t *testing.T) {
+	t.Parallel()
+	c, err := loadConfig(env(map[string]string{"DATABASE_URL": validDB, "KEYSYNC_ADMIN_LISTEN": "off"}), noFiles)
+	if err != nil || c.AdminListen != "" {
+		t.Fatalf("off: got %q, %v, want no admin listener", c.AdminListen, err)
+	}
+	c, err = loadConfig(env(map[string]string{"DATABASE_URL": validDB, "KEYSYNC_LISTEN": "127.0.0.1:0", "KEYSYNC_ADMIN_LISTEN": "127.0.0.1:0",
+		"KEYSYNC_ADMIN_READ_TOKEN": "read-token-0123456789"}), noFiles)
+	if err != nil || c.AdminListen != "127.0.0.1:0" || c.AdminReadToken != "read-token-0123456789" {
+		t.Fatalf("port 0 twice: got %+v, %v", c, err)
+	}
+}
+
+// A secret that still holds the deployment files' placeholder stops start-up as a
+// configuration error (exit status 2), naming the variable and never the value: for
+// every secret, set directly or through its _FILE.
+func TestConfigRefusesPlaceholderSecrets(t *testing.T) {
+	t.Parallel()
+	values := map[string]string{ // each valid but for the placeholder
+		"DATABASE_URL":             "postgres://keysync:CHANGE-ME@postgres:5432/keysync?sslmode=require",
+		"STRIPE_WEBHOOK_SECRETS":   "whsec_real0123,whsec_CHANGE-ME",
+		"STRIPE_API_KEY":           "rk_live_CHANGE-ME",
+		"CRYPTOLENS_TOKEN":         "WyI-change-me-token",
+		"KEYSYNC_ADMIN_TOKEN":      "CHANGE-ME-at-least-16-characters",
+		"KEYSYNC_ADMIN_READ_TOKEN": "CHANGE_ME_at_least_16_characters",
+	}
+	for _, s := range settings {
+		if !s.secret {
+			continue
+		}
+		v, ok := values[s.name]
+		if !ok {
+			t.Fatalf("%s is a secret without a placeholder case here", s.name)
+		}
+		withDB := func(vars map[string]string) func(string) string {
+			if _, ok := vars["DATABASE_URL"]; !ok && s.name != "DATABASE_URL" {
+				vars["DATABASE_URL"] = validDB
+			}
+			return env(vars)
+		}
+
+		// Set directly, through the whole command: exit status 2.
+		err := run(t.Context(), []string{"serve"}, withDB(map[string]string{s.name: v}), io.Discard, io.Discard, nil)
+		if !errors.Is(err, errUsage) {
+			t.Errorf("%s: got %v, want a usage error", s.name, err)
+		}
+		// And through its _FILE.
+		_, ferr := loadConfig(withDB(map[string]string{s.name + "_FILE": "/run/secrets/x"}), func(string) ([]byte, error) { return []byte(v + "\n"), nil })
+		for how, err := range map[string]error{"set": err, "from file": ferr} {
+			if err == nil || !strings.Contains(err.Error(), s.name+" still holds the deployment files' placeholder") {
+				t.Errorf("%s %s: got %v, want an error naming it", s.name, how, err)
+			} else if strings.Contains(strings.ToUpper(err.Error()), strings.ToUpper(v)) {
+				t.Errorf("%s %s: the error quotes the value: %v", s.name, how, err)
+			}
+		}
 	}
 }
 

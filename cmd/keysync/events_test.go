@@ -106,7 +106,7 @@ func TestServeEventsOfAnyVersionModeAndAccount(t *testing.T) {
 		keys := world.Crypto.Keys(simtest.Product)
 		return len(keys) == 1 && keys[0].Notes == syncer.Marker(res.Subscription) && keys[0].Features[2]
 	})
-	_, metrics := get(t, base+"/metrics")
+	_, metrics := get(t, srv.admin+"/metrics")
 	for _, want := range []string{
 		`keysync_events_refused_total{reason="connected_account"} 1`,
 		`keysync_events_refused_total{reason="livemode_mismatch"} 1`,

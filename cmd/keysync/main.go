@@ -73,7 +73,7 @@ type cmdEnv struct {
 	log       zerolog.Logger
 	getenv    func(string) string
 	stdout    io.Writer
-	onServing func(addr string)
+	onServing func(serveAddrs)
 }
 
 // commands lists every subcommand, in the order the usage text shows them. It is a
@@ -101,9 +101,9 @@ func commands() []command {
 	}
 }
 
-// run executes one command line. onServing, if set, is told the address serve listens
+// run executes one command line. onServing, if set, is told the addresses serve listens
 // on. Usage and configuration errors wrap errUsage.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, onServing func(addr string)) error {
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, onServing func(serveAddrs)) error {
 	// No command: the usage, on stderr and as an error, so a script that forgot the
 	// command fails.
 	if len(args) == 0 {

@@ -67,13 +67,11 @@ func (c *replayCmd) run(ctx context.Context, e cmdEnv) error {
 	}
 
 	// The events to replay: every stored one since a time, or the one asked for. Only
-	// handled types get a job: the others would be stored and skipped again. Nor does
-	// an event stored as ignored: ingest's guard refused it (another mode than the API
-	// key's, or a connected account), and a replay must not carry it to a key.
+	// the replayable ones get a job (checkReplayable).
 	var handled []events.Event
 	skipped := 0
 	add := func(id, typ, status string) {
-		if events.Handled(typ) && status != string(events.StatusIgnored) {
+		if checkReplayable(typ, status) == nil {
 			handled = append(handled, events.Event{ID: id, Type: typ})
 		} else {
 			skipped++
@@ -151,14 +149,23 @@ func fetchEvent(ctx context.Context, cfg config, log zerolog.Logger, id string) 
 		APIVersion: ev.APIVersion, Account: ev.Account, Payload: payload, Source: events.SourceEventsAPI}, nil
 }
 
-// errRefused is a replay of an event ingest's guard refused: it stays ignored.
-var errRefused = fmt.Errorf("%w: the event was stored as ignored (another mode than the API key's, or a connected account) and is not replayed",
-	syncer.ErrPermanent)
+// Why a stored event is not replayed (both are permanent: the admin API answers 422).
+var (
+	errNotActedOn = fmt.Errorf("%w: keysync does not act on events of this type; a replay would store and skip it again",
+		syncer.ErrPermanent)
+	errRefused = fmt.Errorf("%w: the event was stored as ignored (another mode than the API key's, or a connected account) and is not replayed",
+		syncer.ErrPermanent)
+)
 
-// checkReplayable returns errRefused for a stored event that ingest's guard refused:
-// an event of a handled type stored as ignored. A replay must not carry it to a key.
-func checkReplayable(ev postgres.StoredEvent) error {
-	if events.Handled(ev.Type) && ev.Status == string(events.StatusIgnored) {
+// checkReplayable says whether a stored event of type typ and status may be replayed:
+// errNotActedOn for a type keysync does not act on, errRefused for an event of a
+// handled type stored as ignored (ingest's guard refused it: a replay must not carry
+// it to a key). The CLI and the admin API both decide through it.
+func checkReplayable(typ, status string) error {
+	switch {
+	case !events.Handled(typ):
+		return errNotActedOn
+	case status == string(events.StatusIgnored):
 		return errRefused
 	}
 	return nil

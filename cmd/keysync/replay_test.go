@@ -84,6 +84,25 @@ func TestReplay(t *testing.T) {
 	if !strings.Contains(out, "1 event(s) queued") || !strings.Contains(out, "(1 skipped") {
 		t.Fatalf("replay --since with types: got %q, want invoice.paid queued and invoice.created skipped", out)
 	}
+	// The admin API refuses what the CLI skips: an event of a type keysync does not act
+	// on. Replayed, it would be stored and skipped again.
+	var otherType string
+	for _, e := range stored {
+		if e.Type == "invoice.created" {
+			otherType = e.ID
+		}
+	}
+	before, _ := store.GetEvent(ctx, otherType)
+	client, err := jobs.NewClient(pool, jobs.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (adminJobs{store: store, client: client}).ReplayEvent(ctx, otherType); !errors.Is(err, syncer.ErrPermanent) || jobsFor(otherType) != 0 {
+		t.Fatalf("admin replay of invoice.created: got %v and %d jobs, want a permanent error and none", err, jobsFor(otherType))
+	}
+	if after, _ := store.GetEvent(ctx, otherType); after.Status != before.Status {
+		t.Fatalf("admin replay of invoice.created moved it from %s to %s", before.Status, after.Status)
+	}
 	if out := replayRun(missing.ID); !strings.Contains(out, "fetched it from Stripe") || jobsFor(missing.ID) != 1 {
 		t.Fatalf("replay of an unstored event: got %q and %d jobs", out, jobsFor(missing.ID))
 	}

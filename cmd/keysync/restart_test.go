@@ -76,7 +76,7 @@ func TestServeNewInstallSweepsAtStart(t *testing.T) {
 		var ready map[string]string
 		return json.Unmarshal([]byte(body), &ready) == nil && ready["last_sweep_age"] != "none completed" && ready["sweep_overdue"] == "false"
 	})
-	if _, m := get(t, base+"/metrics"); !strings.Contains(m, "keysync_sweep_overdue 0") || !strings.Contains(m, "keysync_last_sweep_age_seconds ") {
+	if _, m := get(t, srv.admin+"/metrics"); !strings.Contains(m, "keysync_sweep_overdue 0") || !strings.Contains(m, "keysync_last_sweep_age_seconds ") {
 		t.Fatalf("/metrics lacks the sweep's age:\n%s", m)
 	}
 	if err := srv.stop(); err != nil {

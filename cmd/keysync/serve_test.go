@@ -55,21 +55,31 @@ func withPassword(raw, pw string) string {
 // and follows one event from webhook to processed, then shuts down on cancellation.
 // serving is a `keysync serve` that a test runs in-process.
 type serving struct {
-	base string        // http://host:port of its listener
-	logs *lockedBuffer // everything it logged
+	base  string        // http://host:port of its public listener
+	admin string        // http://host:port of its admin listener ("" when off)
+	logs  *lockedBuffer // everything it logged
 	// stop cancels serve and returns what it returned, waiting at most 40 s; a second
 	// call returns the same. The test's cleanup calls it too.
 	stop func() error
 }
 
 // startServe runs `keysync serve` with vars until the test ends (or stop), and returns
-// once it listens; it fails t if serve exits or has not started within 30 s.
+// once it listens; it fails t if serve exits or has not started within 30 s. Both
+// listeners take a free loopback port unless vars names one (or the admin one off).
 func startServe(t *testing.T, vars func(string) string) serving {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	addrCh, done := make(chan string, 1), make(chan error, 1)
+	addrCh, done := make(chan serveAddrs, 1), make(chan error, 1)
 	logs := &lockedBuffer{}
-	go func() { done <- run(ctx, []string{"serve"}, vars, io.Discard, logs, func(a string) { addrCh <- a }) }()
+	getenv := func(k string) string {
+		if v := vars(k); v != "" || (k != "KEYSYNC_LISTEN" && k != "KEYSYNC_ADMIN_LISTEN") {
+			return v
+		}
+		return "127.0.0.1:0"
+	}
+	go func() {
+		done <- run(ctx, []string{"serve"}, getenv, io.Discard, logs, func(a serveAddrs) { addrCh <- a })
+	}()
 	var once sync.Once
 	var stopErr error
 	stop := func() error {
@@ -86,7 +96,11 @@ func startServe(t *testing.T, vars func(string) string) serving {
 	t.Cleanup(func() { _ = stop() })
 	select {
 	case a := <-addrCh:
-		return serving{base: "http://" + a, logs: logs, stop: stop}
+		srv := serving{base: "http://" + a.Public, logs: logs, stop: stop}
+		if a.Admin != "" {
+			srv.admin = "http://" + a.Admin
+		}
+		return srv
 	case err := <-done:
 		cancel()
 		t.Fatalf("serve exited early: %v\n%s", err, logs)
@@ -129,10 +143,10 @@ func TestServeLifecycle(t *testing.T) {
 	srv := startServe(t, env(vars))
 	base, logs := srv.base, srv.logs
 
-	for path, want := range map[string]string{"/healthz": `"ok"`, "/readyz": `"ready"`, "/metrics": "go_goroutines"} {
-		code, body := get(t, base+path)
+	for url, want := range map[string]string{base + "/healthz": `"ok"`, base + "/readyz": `"ready"`, srv.admin + "/metrics": "go_goroutines"} {
+		code, body := get(t, url)
 		if code != 200 || !strings.Contains(body, want) {
-			t.Fatalf("GET %s: got %d %s, want 200 with %s", path, code, body, want)
+			t.Fatalf("GET %s: got %d %s, want 200 with %s", url, code, body, want)
 		}
 	}
 
@@ -181,7 +195,7 @@ func TestServeLifecycle(t *testing.T) {
 		_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM sync_runs WHERE kind = 'catch_up' AND finished_at IS NOT NULL`).Scan(&n)
 		return n > 0
 	})
-	_, metricsText := get(t, base+"/metrics")
+	_, metricsText := get(t, srv.admin+"/metrics")
 	for _, want := range []string{
 		`keysync_webhooks_total{outcome="stored",type="customer.subscription.created"} 1`,
 		`keysync_webhooks_total{outcome="bad_signature",type=""} 1`,

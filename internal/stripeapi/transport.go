@@ -4,6 +4,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -112,13 +113,29 @@ func shouldRetry(resp *http.Response, err error) bool {
 	return resp.StatusCode >= 500
 }
 
-// route names a request for metrics: the method and the path with ids collapsed.
+// route names a request for metrics: the method and the path with every id replaced by
+// {id}, so that the label's values are the paths keysync's code spells out, whatever
+// the ids (a subscription id an operator typed, one an event carried). Stripe's paths
+// alternate a collection and an id after the version (/v1/invoices/in_1/lines); a
+// namespace such as checkout is followed by its collection. The path is split as
+// sent, escaped, so an id that holds a slash stays one segment.
 func route(r *http.Request) string {
-	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
-	for i := 2; i < len(parts); i++ {
-		if strings.Contains(parts[i], "_") {
-			parts[i] = "{id}"
+	parts := strings.Split(strings.Trim(r.URL.EscapedPath(), "/"), "/")
+	version := slices.Index(parts, "v1")
+	if version < 0 {
+		return r.Method + " (other)"
+	}
+	id := false
+	for i := version + 1; i < len(parts); i++ {
+		switch {
+		case id:
+			parts[i], id = "{id}", false
+		case !stripeNamespaces[parts[i]]:
+			id = true
 		}
 	}
-	return r.Method + " /" + strings.Join(parts, "/")
+	return r.Method + " /" + strings.Join(parts[version:], "/")
 }
+
+// stripeNamespaces are the path segments that group collections rather than name one.
+var stripeNamespaces = map[string]bool{"checkout": true, "billing": true, "billing_portal": true, "test_helpers": true}

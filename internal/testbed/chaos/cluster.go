@@ -181,8 +181,9 @@ func NewCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (_
 		return nil, err
 	}
 	// Limits opened for the simulators (which have none); timeouts short, so that a
-	// hung call or a dead replica's job costs seconds, not minutes.
-	c.env = append(c.env, "DATABASE_URL="+opts.DatabaseURL, "KEYSYNC_PLANS_FILE="+plansFile, "KEYSYNC_DB_MAX_CONNS=10",
+	// hung call or a dead replica's job costs seconds, not minutes. Each replica's admin
+	// listener takes a free port: they share a host, and nothing here reads them.
+	c.env = append(c.env, "DATABASE_URL="+opts.DatabaseURL, "KEYSYNC_PLANS_FILE="+plansFile, "KEYSYNC_DB_MAX_CONNS=10", "KEYSYNC_ADMIN_LISTEN=127.0.0.1:0",
 		"CRYPTOLENS_RATE_LIMIT=500", "STRIPE_RATE_LIMIT=100", "CRYPTOLENS_TIMEOUT=1s", "KEYSYNC_JOB_TIMEOUT=10s",
 		"KEYSYNC_CATCHUP_INTERVAL=15s", "KEYSYNC_SHUTDOWN_TIMEOUT=5s", "LOG_FORMAT=json", "LOG_LEVEL=info")
 	c.env = append(c.env, extraEnv...)
