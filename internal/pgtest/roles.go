@@ -92,4 +92,3 @@ func repoFile(path string) (string, error) {
 		dir = parent
 	}
 }
-
