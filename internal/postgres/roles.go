@@ -80,19 +80,23 @@ WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_sch
 ORDER BY c.relname`
 
 // checkRuntimeRole refuses a role that does not exist, and one whose rights already
-// reach past any grant.
+// reach past any grant; and a caller that is not the tables' owner, whose GRANTs
+// Postgres would turn into warnings.
 func checkRuntimeRole(ctx context.Context, tx pgx.Tx, role string) error {
-	var found, super, createRole, ownerMember bool
+	var found, super, createRole, ownerMember, granterOwns bool
 	err := tx.QueryRow(ctx, `
-		SELECT true, r.rolsuper, r.rolcreaterole, pg_has_role(r.oid, c.relowner, 'MEMBER')
+		SELECT true, r.rolsuper, r.rolcreaterole, pg_has_role(r.oid, c.relowner, 'MEMBER'), pg_has_role(c.relowner, 'USAGE')
 		FROM pg_roles r, pg_class c
-		WHERE r.rolname = $1 AND c.oid = to_regclass('audit_log')`, role).Scan(&found, &super, &createRole, &ownerMember)
+		WHERE r.rolname = $1 AND c.oid = to_regclass('audit_log')`, role).Scan(&found, &super, &createRole, &ownerMember, &granterOwns)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("check role %s: %w", role, translate(err))
 	}
 	switch {
 	case !found:
 		return fmt.Errorf("runtime role %s: no such role, or no audit_log to guard (create the role as deploy/postgres/roles.sql does, and migrate first)", role)
+	case !granterOwns:
+		// Postgres would only warn, granting nothing: say so rather than start half-set.
+		return fmt.Errorf("grant to %s: run keysync migrate as the migration role, the owner of the tables", role)
 	case super:
 		return fmt.Errorf("runtime role %s is a superuser: it could rewrite the audit log", role)
 	case createRole:

@@ -173,11 +173,11 @@ func TestGrantRuntimeConcurrently(t *testing.T) {
 }
 
 // A role that could rewrite the audit log whatever it is granted is refused as the
-// runtime role, with the reason.
+// runtime role, with the reason, and so is granting from any role but the owner.
 func TestGrantRuntimeRefusesPowerfulRoles(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	r, migrator, _ := migratedRoles(t)
+	r, migrator, runtime := migratedRoles(t)
 	admin := newPool(t, r.URL)
 	if _, err := admin.Exec(ctx, "ALTER ROLE "+r.Runtime+" CREATEROLE"); err != nil {
 		t.Fatal(err)
@@ -187,6 +187,10 @@ func TestGrantRuntimeRefusesPowerfulRoles(t *testing.T) {
 		"a superuser":               {"postgres", "superuser"},
 		"a role with CREATEROLE":    {r.Runtime, "CREATEROLE"},
 		"no such role":              {"keysync_nobody", "no such role"},
+	}
+	// Granting from a role that owns nothing would grant nothing.
+	if err := postgres.GrantRuntime(ctx, runtime, r.Runtime); err == nil || !strings.Contains(err.Error(), "as the migration role") {
+		t.Fatalf("granting as the runtime role: got %v, want a refusal", err)
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
