@@ -91,17 +91,24 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 		return nil, err
 	}
 
-	// Every replica migrates at start, under Postgres locks so that replicas can start
-	// together; a schema that is not current never serves.
+	// A schema that is not current never serves. With KEYSYNC_MIGRATE (the default)
+	// every replica migrates at start, under Postgres locks so that replicas can start
+	// together. Without it this process runs as the runtime role, which may not
+	// migrate: it only reads the versions, and a migration Job brings them up to date.
 	a.pool, err = postgres.Open(ctx, cfg.DatabaseURL, postgres.PoolConfig{MaxConns: int32(cfg.DBMaxConns)})
 	if err != nil {
 		return nil, err
 	}
-	st, err := postgres.Migrate(ctx, a.pool, slogFor(log, "migrate"))
+	var st postgres.MigrationState
+	if cfg.Migrate {
+		st, err = migrateSchema(ctx, a.pool, cfg, log)
+	} else {
+		st, err = requireCurrentSchema(ctx, a.pool, "KEYSYNC_MIGRATE=false, so run keysync migrate as the migration role first")
+	}
 	if err != nil {
 		return nil, err
 	}
-	log.Info().Str("migrations", st.String()).Msg("database schema current")
+	log.Info().Str("migrations", st.String()).Bool("migrated", cfg.Migrate).Msg("database schema current")
 	store := postgres.NewStore(a.pool)
 	tables := jobs.NewTables(a.pool) // River's tables: ingest, reclaim, job counts
 

@@ -18,6 +18,8 @@ import (
 type config struct {
 	DatabaseURL          string
 	DBMaxConns           int
+	Migrate              bool
+	RuntimeRole          string
 	StripeAPIKey         string
 	StripeAPIBase        string
 	StripeWebhookSecrets []string
@@ -86,6 +88,19 @@ var settings = []setting{
 	{name: "KEYSYNC_DB_MAX_CONNS", def: "20",
 		doc: "Largest number of database connections per replica (webhook ingest, jobs and the admin API share them).",
 		set: func(c *config, v string) error { return intIn(&c.DBMaxConns, v, 2, 1000) }},
+	{name: "KEYSYNC_MIGRATE", def: "true",
+		doc: "`true`: `serve` applies pending migrations at start (one machine, one database role). `false`: `serve` only checks that the schema is current and refuses to start if it is not; `keysync migrate` runs first as the migration role (a Kubernetes Job, the systemd unit's `ExecStartPre=`) and serve runs as the runtime role, which may not migrate (see Database roles).",
+		set: func(c *config, v string) error { return boolean(&c.Migrate, v) }},
+	{name: "KEYSYNC_RUNTIME_ROLE",
+		doc: "Database role that `serve` runs as when it is not the migration role. After migrating, `keysync migrate` (and `serve` with `KEYSYNC_MIGRATE=true`) grants it reading and writing rows and only adding to the audit log, and refuses a role that could rewrite the audit log (see Database roles). Unset: no grants.",
+		set: func(c *config, v string) error {
+			// Postgres cuts names at 63 bytes: a longer one would grant to another role.
+			if len(v) > 63 {
+				return errors.New("must be a role name of at most 63 bytes")
+			}
+			c.RuntimeRole = v
+			return nil
+		}},
 	{name: "STRIPE_WEBHOOK_SECRETS", secret: true,
 		doc: "Comma-separated endpoint signing secrets (`whsec_...`); an event signed with any one is accepted, so secrets rotate without downtime. Unset: no webhook endpoint (polling mode).",
 		set: func(c *config, v string) error {

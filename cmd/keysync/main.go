@@ -80,7 +80,7 @@ type cmdEnv struct {
 // function, not a variable, because help prints the list it belongs to.
 func commands() []command {
 	return []command{
-		{name: "serve", summary: "run the daemon: webhooks, jobs, health (migrates first)",
+		{name: "serve", summary: "run the daemon: webhooks, jobs, health (migrates first,\nunless KEYSYNC_MIGRATE=false)",
 			needsConfig: true, new: func() subcommand { return &serveCmd{} }},
 		{name: "migrate", synopsis: "[up|status]", summary: "apply database migrations (keysync's and River's),\nor show applied and pending ones (status)",
 			needsConfig: true, new: func() subcommand { return &migrateCmd{} }},

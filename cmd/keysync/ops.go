@@ -44,11 +44,7 @@ func openCurrent(ctx context.Context, cfg config) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := postgres.Migrations(ctx, pool)
-	if err == nil && !st.Current() {
-		err = fmt.Errorf("the database schema is not current (%s): run keysync migrate", st)
-	}
-	if err != nil {
+	if _, err := requireCurrentSchema(ctx, pool, "run keysync migrate"); err != nil {
 		pool.Close()
 		return nil, err
 	}

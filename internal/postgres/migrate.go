@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -39,7 +38,9 @@ func (m MigrationState) Current() bool {
 
 // Migrate applies keysync's goose migrations and then River's, and returns the state
 // reached. It is safe when several replicas start at once: goose holds a Postgres
-// session lock and River's migrator runs under an advisory lock of keysync's.
+// session lock and River's migrator runs under an advisory lock of keysync's. The
+// connecting role becomes the owner of what the migrations create: it must be the
+// migration role, never the one serve runs as (see GrantRuntime).
 func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (MigrationState, error) {
 	provider, db, err := newGoose(pool, log)
 	if err != nil {
@@ -52,18 +53,41 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (Migrati
 	if err := migrateRiver(ctx, pool, log); err != nil {
 		return MigrationState{}, err
 	}
-	return migrationState(ctx, provider, pool)
+	return Migrations(ctx, pool)
 }
 
-// Migrations returns the migration state without changing anything.
+// Migrations returns the migration state without changing anything: it only reads
+// (goose's own status would create its version table), so the runtime role, which may
+// create nothing, can check the schema before it serves.
 func Migrations(ctx context.Context, pool *pgxpool.Pool) (MigrationState, error) {
-	provider, db, err := newGoose(pool, nil)
+	st, err := migrationTargets()
 	if err != nil {
-		return MigrationState{}, err
+		return st, err
 	}
-	defer db.Close()
-	return migrationState(ctx, provider, pool)
+
+	// A database nobody migrated has neither version table: nothing is applied.
+	var gooseTable, riverTable bool
+	if err := pool.QueryRow(ctx, versionTablesExist).Scan(&gooseTable, &riverTable); err != nil {
+		return st, fmt.Errorf("migration versions: %w", translate(err))
+	}
+	if gooseTable {
+		if err := pool.QueryRow(ctx, gooseVersion).Scan(&st.GooseCurrent); err != nil {
+			return st, fmt.Errorf("goose versions: %w", translate(err))
+		}
+	}
+	if riverTable {
+		if err := pool.QueryRow(ctx, riverVersion).Scan(&st.RiverCurrent); err != nil {
+			return st, fmt.Errorf("river versions: %w", translate(err))
+		}
+	}
+	return st, nil
 }
+
+const (
+	versionTablesExist = `SELECT to_regclass('goose_db_version') IS NOT NULL, to_regclass('river_migration') IS NOT NULL`
+	gooseVersion       = `SELECT coalesce(max(version_id), 0) FROM goose_db_version WHERE is_applied`
+	riverVersion       = `SELECT coalesce(max(version), 0) FROM river_migration WHERE line = 'main'`
+)
 
 // MigrationSources returns the names of keysync's own migration files, in order.
 func MigrationSources() ([]string, error) {
@@ -122,38 +146,6 @@ func migrateRiver(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) err
 	return nil
 }
 
-func migrationState(ctx context.Context, provider *goose.Provider, pool *pgxpool.Pool) (MigrationState, error) {
-	var st MigrationState
-	cur, target, err := provider.GetVersions(ctx)
-	if err != nil && !errors.Is(err, goose.ErrNoMigrations) {
-		return st, fmt.Errorf("goose versions: %w", translate(err))
-	}
-	st.GooseCurrent, st.GooseTarget = cur, target
-	m, err := newRiverMigrator(pool, nil)
-	if err != nil {
-		return st, err
-	}
-	all := m.AllVersions()
-	if len(all) > 0 {
-		st.RiverTarget = all[len(all)-1].Version
-	}
-	var exists bool
-	if err := pool.QueryRow(ctx, "SELECT to_regclass('river_migration') IS NOT NULL").Scan(&exists); err != nil {
-		return st, fmt.Errorf("river versions: %w", translate(err))
-	}
-	if !exists {
-		return st, nil
-	}
-	existing, err := m.ExistingVersions(ctx)
-	if err != nil {
-		return st, fmt.Errorf("river versions: %w", translate(err))
-	}
-	for _, v := range existing {
-		st.RiverCurrent = max(st.RiverCurrent, v.Version)
-	}
-	return st, nil
-}
-
 // MigrationsCurrent reports whether every migration this binary knows is applied, with
 // a short description of the versions, for /readyz. It costs one query, so probes can
 // call it often.
@@ -163,9 +155,7 @@ func (s *Store) MigrationsCurrent(ctx context.Context) (bool, string, error) {
 		return false, "", err
 	}
 	st := target
-	err = s.pool.QueryRow(ctx, `SELECT
-		(SELECT coalesce(max(version_id), 0) FROM goose_db_version WHERE is_applied),
-		(SELECT coalesce(max(version), 0) FROM river_migration WHERE line = 'main')`).
+	err = s.pool.QueryRow(ctx, "SELECT ("+gooseVersion+"), ("+riverVersion+")").
 		Scan(&st.GooseCurrent, &st.RiverCurrent)
 	if err != nil {
 		return false, "", fmt.Errorf("migration versions: %w", translate(err))
