@@ -158,12 +158,12 @@ func (e *Emailer) SendKey(ctx context.Context, id int64) error {
 	switch out.Status {
 	case EmailPending:
 		audit = nil // tried again: the audit records what became of it
-		log.Warn().Err(sendErr).Msg("the new key's e-mail was not sent; trying again later")
+		log.Warn().Str("error", scrub(sendErr, k.Key)).Msg("the new key's e-mail was not sent; trying again later")
 	case EmailSent:
 		log.Info().Msg("new key e-mailed to the customer")
 	default:
 		audit.Outcome, audit.Message = syncer.OutcomeFailed, out.Error
-		log.Warn().Str("status", out.Status).Str("reason", out.Error).Msg("the new key's e-mail failed; it is not sent again")
+		log.Warn().Str("status", out.Status).Str("reason", strings.ReplaceAll(out.Error, k.Key, "[redacted]")).Msg("the new key's e-mail failed; it is not sent again")
 	}
 	if err := e.store.FinishKeyEmail(ctx, k, out, audit); err != nil {
 		return errors.Join(sendErr, err)
@@ -233,6 +233,14 @@ func (e *Emailer) sendKey(ctx context.Context, k CreatedKey) (KeyEmail, error) {
 	return out, nil
 }
 
+func keysOf(lics []License) []string {
+	out := make([]string, len(lics))
+	for i, l := range lics {
+		out[i] = l.Key
+	}
+	return out
+}
+
 func subscriptionOf(o Owner) string {
 	if o.Kind == OwnerSubscription {
 		return o.ID
@@ -296,7 +304,7 @@ func (e *Emailer) resendTo(ctx context.Context, c *stripe.Customer) (int, error)
 	began := time.Now()
 	err = e.sender.Send(ctx, Mail{To: c.Email, ToName: c.Name, Subject: msg.Subject, Text: msg.Text, HTML: msg.HTML})
 	if err != nil && !failure.IsPermanent(err) {
-		log.Warn().Err(err).Msg("lost-keys e-mail not sent; trying again later")
+		log.Warn().Str("error", scrub(err, keysOf(lics)...)).Msg("lost-keys e-mail not sent; trying again later")
 		return 0, err
 	}
 	rows := make([]syncer.AuditRow, 0, len(lics))
@@ -313,7 +321,7 @@ func (e *Emailer) resendTo(ctx context.Context, c *stripe.Customer) (int, error)
 		return 0, serr
 	}
 	if err != nil {
-		log.Warn().Err(err).Msg("lost-keys e-mail failed")
+		log.Warn().Str("error", scrub(err, keysOf(lics)...)).Msg("lost-keys e-mail failed")
 		return 0, nil
 	}
 	log.Info().Int("keys", len(lics)).Msg("lost-keys e-mail sent")

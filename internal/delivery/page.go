@@ -186,7 +186,7 @@ func (p *Page) answer(ctx context.Context, id string) PageData {
 	case errors.Is(err, stripeapi.ErrNotFound):
 		return PageData{Status: StatusNotFound}
 	case err != nil:
-		p.log.Warn().Err(err).Msg("license page: cannot read the checkout session")
+		p.log.Warn().Str("error", scrub(err, id)).Msg("license page: cannot read the checkout session")
 		return PageData{Status: StatusUnavailable}
 	}
 	status, owner := judge(sess, p.opts.Livemode, p.opts.Now(), p.opts.MaxAge)
@@ -209,21 +209,25 @@ func (p *Page) answer(ctx context.Context, id string) PageData {
 	lics, lerr := p.licenses.Of(ctx, owner)
 	switch {
 	case lerr != nil && failure.IsPermanent(lerr):
-		log.Error().Err(lerr).Msg("license page: cannot read the keys")
+		log.Error().Str("error", scrub(lerr, id)).Msg("license page: cannot read the keys")
 		return PageData{Status: StatusError}
 	case lerr != nil:
-		log.Warn().Err(lerr).Msg("license page: cannot read the keys")
+		log.Warn().Str("error", scrub(lerr, id)).Msg("license page: cannot read the keys")
 		return PageData{Status: StatusUnavailable}
 	case len(lics) > 0:
 		if err != nil {
-			log.Warn().Err(err).Msg("license page: the sync failed; showing the keys as they are")
+			secrets := []string{id}
+			for _, l := range lics {
+				secrets = append(secrets, l.Key)
+			}
+			log.Warn().Str("error", scrub(err, secrets...)).Msg("license page: the sync failed; showing the keys as they are")
 		}
 		return PageData{Status: StatusReady, Licenses: lics, PortalURL: p.opts.PortalURL}
 	case err != nil && failure.IsPermanent(err):
-		log.Error().Err(err).Msg("license page: no key can be made for this checkout")
+		log.Error().Str("error", scrub(err, id)).Msg("license page: no key can be made for this checkout")
 		return PageData{Status: StatusError}
 	case err != nil:
-		log.Warn().Err(err).Msg("license page: the sync failed; the page asks again")
+		log.Warn().Str("error", scrub(err, id)).Msg("license page: the sync failed; the page asks again")
 		return PageData{Status: StatusUnavailable}
 	case synced.Unmapped:
 		return PageData{Status: StatusReady, PortalURL: p.opts.PortalURL}
@@ -329,6 +333,18 @@ func wantsJSON(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// scrub is err's text without the secrets: the session id opens the page, and keys are
+// never logged by the customer side.
+func scrub(err error, secrets ...string) string {
+	text := err.Error()
+	for _, s := range secrets {
+		if s != "" {
+			text = strings.ReplaceAll(text, s, "[redacted]")
+		}
+	}
+	return text
 }
 
 func nonce() string {
