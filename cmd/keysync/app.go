@@ -113,11 +113,13 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	tables := jobs.NewTables(a.pool) // River's tables: ingest, reclaim, job counts
 
 	// The sync engine: every event job, every Sync a sweep queues and every admin sync
-	// goes through it.
+	// goes through it. The customer's side hears of each new key (to e-mail it).
+	customers := &customerSide{cfg: cfg, log: log}
 	engine := syncer.New(syncer.Deps{Stripe: parts.stripe, Cryptolens: parts.crypto, Store: store, Mapping: parts.mapping,
 		Log: log.With().Str("component", "sync").Logger()},
 		syncer.Options{Policy: parts.policy, DryRun: cfg.DryRun, WriteStripeMetadata: cfg.WriteStripeMetadata, Now: parts.crypto.Now,
-			ObserveAction: func(kind string, outcome syncer.Outcome) { m.Actions.WithLabelValues(kind, string(outcome)).Inc() }})
+			ObserveAction: func(kind string, outcome syncer.Outcome) { m.Actions.WithLabelValues(kind, string(outcome)).Inc() },
+			KeyCreated:    customers.keyCreated})
 	log.Info().Int("plans_file_entries", parts.mapping.Entries()).Bool("dry_run", cfg.DryRun).Int("buffer_days", cfg.BufferDays).
 		Dur("reconcile_interval", cfg.ReconcileInterval).Dur("catch_up_interval", cfg.CatchUpInterval).Msg("sync engine ready")
 
@@ -214,6 +216,12 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 		a.adminHandler = adminMux
 	} else {
 		log.Info().Msg("KEYSYNC_ADMIN_LISTEN is off: no metrics and no admin API")
+	}
+
+	// The customer's side, on the public listener: the license page after Checkout
+	// and, with SMTP, the e-mail of new keys and the lost-keys form.
+	if err := customers.mount(mux, workers, client, store, engine, parts); err != nil {
+		return nil, err
 	}
 
 	// The webhook endpoint exists only with a signing secret. Without one keysync runs

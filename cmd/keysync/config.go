@@ -3,7 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	htmltemplate "html/template"
 	"net"
+	netmail "net/mail"
 	"net/url"
 	"os"
 	"strconv"
@@ -12,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
+
+	"github.com/keysync/keysync/internal/delivery"
 )
 
 // config is keysync's configuration, read from the environment (12-factor).
@@ -48,6 +52,16 @@ type config struct {
 	JobTimeout           time.Duration
 	LogLevel             zerolog.Level
 	LogFormat            string
+
+	// The customer's side (package delivery): the license page, the e-mail of keys.
+	LicensePageMaxAge time.Duration
+	LicenseTemplate   *htmltemplate.Template // nil: delivery's own
+	LicenseRateLimit  int
+	PortalURL         string
+	ClientIPHeader    string
+	SMTP              *delivery.SMTPConfig // nil: no e-mail
+	EmailFrom         string
+	EmailTemplates    *delivery.EmailTemplates // nil: delivery's own
 }
 
 // setting is one environment variable: its name, default, whether it is a secret (then
@@ -229,6 +243,57 @@ var settings = []setting{
 	{name: "KEYSYNC_JOB_TIMEOUT", def: "2m",
 		doc: "Longest run of one job (a Sync). A job left running by a replica that died is worked again 30s after this. Sweeps and catch-ups have an hour.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.JobTimeout, v, 5*time.Second) }},
+	{name: "KEYSYNC_LICENSE_PAGE_MAX_AGE", def: "168h", shown: "`168h` (7 days)",
+		doc: "How long after a Checkout its license page (`GET /license?session_id=...`, Checkout's `success_url`) shows the keys; later it answers `410`.",
+		set: func(c *config, v string) error { return durationAtLeast(&c.LicensePageMaxAge, v, time.Minute) }},
+	{name: "KEYSYNC_LICENSE_TEMPLATE",
+		doc: "An `html/template` file that replaces the license page's look (the data it gets: docs/license-page.md). Rendered once for every status at start: a mistake stops start-up.",
+		set: func(c *config, v string) error {
+			t, err := delivery.ParsePageTemplate(v)
+			c.LicenseTemplate = t
+			return err
+		}},
+	{name: "KEYSYNC_LICENSE_RATE_LIMIT", def: "30",
+		doc: "Requests a minute each client may make to the license page (10 at once; its own refreshes take 12). The lost-keys form allows 5 a minute.",
+		set: func(c *config, v string) error { return intIn(&c.LicenseRateLimit, v, 1, 10000) }},
+	{name: "KEYSYNC_PORTAL_URL",
+		doc: "The customer portal's address (for example a Stripe customer portal login link), linked from the license page and the e-mails. Unset: no link.",
+		set: func(c *config, v string) error { return httpURL(&c.PortalURL, v) }},
+	{name: "KEYSYNC_CLIENT_IP_HEADER",
+		doc: "The header in which a proxy or load balancer in front of keysync passes the client's address (such as `X-Forwarded-For`; its last address counts), for the license page's per-client limits. Unset: the connection's address.",
+		set: func(c *config, v string) error {
+			if strings.ContainsAny(v, " :\t") {
+				return errors.New("must be a header name")
+			}
+			c.ClientIPHeader = v
+			return nil
+		}},
+	{name: "KEYSYNC_SMTP_URL", secret: true,
+		doc: "SMTP server for e-mailing keys: `smtp://user:password@host:587` (STARTTLS required; `?tls=opportunistic`, or `?tls=none` for a relay on the same host, to which alone a password goes in plain text) or `smtps://user:password@host:465`. With `KEYSYNC_EMAIL_FROM`, each new key is e-mailed to its Stripe customer once and the lost-keys form (`POST /license/resend`) is on. Unset: no e-mail. Its password is masked when printed.",
+		set: func(c *config, v string) error {
+			sc, err := delivery.ParseSMTPURL(v)
+			if err != nil {
+				return err
+			}
+			c.SMTP = &sc
+			return nil
+		}},
+	{name: "KEYSYNC_EMAIL_FROM",
+		doc: "Sender of the e-mails: `shop@example.com` or `Example Shop <shop@example.com>`. Needed with `KEYSYNC_SMTP_URL`.",
+		set: func(c *config, v string) error {
+			if _, err := netmail.ParseAddress(v); err != nil {
+				return errors.New("must be an e-mail address (shop@example.com or Example Shop <shop@example.com>)")
+			}
+			c.EmailFrom = v
+			return nil
+		}},
+	{name: "KEYSYNC_EMAIL_TEMPLATE_DIR",
+		doc: "A directory of replacements for the e-mail's `subject.txt`, `body.txt` (`text/template`) and `body.html` (`html/template`); a file it lacks keeps keysync's own. Rendered at start: a mistake stops start-up.",
+		set: func(c *config, v string) error {
+			t, err := delivery.ParseEmailTemplates(v)
+			c.EmailTemplates = t
+			return err
+		}},
 	{name: "LOG_LEVEL", def: "info",
 		doc: "`debug`, `info`, `warn` or `error`.",
 		set: func(c *config, v string) error {
@@ -287,6 +352,11 @@ func loadConfig(getenv func(string) string, readFile func(string) ([]byte, error
 	// The listeners and tokens are checked together: a token with nowhere to be
 	// served, or one token for both roles, is a mistake.
 	errs = append(errs, checkAdmin(c)...)
+
+	// E-mail needs a server and a sender: one without the other is a mistake.
+	if (c.SMTP != nil) != (c.EmailFrom != "") {
+		errs = append(errs, errors.New("KEYSYNC_SMTP_URL and KEYSYNC_EMAIL_FROM: set both to e-mail keys, or neither"))
+	}
 
 	// Two defaults depend on more than one variable or on the process: they are
 	// worked out after the loop.
@@ -368,7 +438,7 @@ func logConfig(log zerolog.Logger, getenv func(string) string) {
 			v = s.def
 		case v == "":
 			v = "(unset)"
-		case s.name == "DATABASE_URL" && v != "(from file)":
+		case (s.name == "DATABASE_URL" || s.name == "KEYSYNC_SMTP_URL") && v != "(from file)":
 			v = redactURL(v)
 		case s.secret && v != "(from file)":
 			v = "(set, masked)"

@@ -223,9 +223,10 @@ const maxKeyLength = 255
 var auditEnums = map[string][]string{
 	"action": {string(license.CreateKey), string(license.Extend), string(license.Block), string(license.Unblock),
 		string(license.AddFeature), string(license.RemoveFeature), string(license.MachineLimit), "adopt_key",
-		string(license.SkipUnmapped), "error"},
+		string(license.SkipUnmapped), "error", "email_key"},
 	"outcome": {string(syncer.OutcomeApplied), string(syncer.OutcomeDryRun), string(syncer.OutcomeFailed)},
-	"cause":   {string(syncer.CauseWebhook), string(syncer.CauseSweep), string(syncer.CauseCatchUp), string(syncer.CauseOperator)},
+	"cause": {string(syncer.CauseWebhook), string(syncer.CauseSweep), string(syncer.CauseCatchUp), string(syncer.CauseOperator),
+		string(syncer.CauseCustomer)},
 }
 
 // pathID returns the path's id if it has the shape of what, else a badRequest.

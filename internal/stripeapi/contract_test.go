@@ -97,6 +97,8 @@ func TestContractWithStripeMock(t *testing.T) {
 	check("GetCheckoutSession", err)
 	_, err = c.GetCustomer(ctx, "cus_123")
 	check("GetCustomer", err)
+	_, err = c.CustomersByEmail(ctx, "ada@example.com")
+	check("CustomersByEmail", err)
 	_, err = c.GetProduct(ctx, "prod_123")
 	check("GetProduct", err)
 	_, err = c.GetPrice(ctx, "price_123")

@@ -327,6 +327,22 @@ func (c *Client) GetCustomer(ctx context.Context, id string) (*stripe.Customer, 
 	return cu, c.wrap("get customer", err)
 }
 
+// CustomersByEmail returns the customers whose e-mail address is exactly email
+// (Stripe's filter is case-sensitive), newest first, at most 100: a lost-keys request
+// finds the customer by the address they paid with.
+func (c *Client) CustomersByEmail(ctx context.Context, email string) ([]*stripe.Customer, error) {
+	p := &stripe.CustomerListParams{Email: stripe.String(email)}
+	p.Context = ctx
+	p.Limit = stripe.Int64(100)
+	p.Single = true // one page: an address shared by more customers than that is no customer's
+	var out []*stripe.Customer
+	it := c.api.Customers.List(p)
+	for it.Next() {
+		out = append(out, it.Customer())
+	}
+	return out, c.wrap("list customers", it.Err())
+}
+
 // GetProduct returns a product (its metadata may map it to a Cryptolens product).
 func (c *Client) GetProduct(ctx context.Context, id string) (*stripe.Product, error) {
 	p := &stripe.ProductParams{}

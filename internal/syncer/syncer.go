@@ -71,6 +71,9 @@ const (
 	// CauseOperator is an operator's command or admin API call; the ID names the
 	// operator or the route.
 	CauseOperator CauseKind = "operator"
+	// CauseCustomer is a customer's request: the license page after Checkout (the ID is
+	// the Checkout Session's) or the lost-keys form (the ID is "resend").
+	CauseCustomer CauseKind = "customer"
 )
 
 // Options configure the Syncer.
@@ -86,6 +89,10 @@ type Options struct {
 	Now func() time.Time
 	// ObserveAction, if set, is told each audited action's kind and outcome (for metrics).
 	ObserveAction func(kind string, outcome Outcome)
+	// KeyCreated, if set, is told once a key this Sync created is recorded (its
+	// create_key audit row is committed): new keys are e-mailed from there. It must not
+	// block; the audit row stays the record a crash before the call cannot lose.
+	KeyCreated func(ctx context.Context)
 }
 
 // Syncer runs Syncs. It is safe for concurrent use; Syncs of one subscription queue.
@@ -688,6 +695,9 @@ func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.D
 			return created, fmt.Errorf("record new key: %w", err)
 		}
 		r.audits = nil
+		if s.opts.KeyCreated != nil {
+			s.opts.KeyCreated(ctx)
+		}
 		return created, nil
 	case renamed != "":
 		return renamed, r.rename(ctx, product, key.Key, renamed, a.Kind)

@@ -356,6 +356,8 @@ func (s *Sim) route(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		out = s.renderDispute(d)
+	case res == "customers" && get && id == "":
+		out, err = s.listCustomers(q)
 	case res == "customers" && get && id != "":
 		c, ok := s.customers[id]
 		if !ok {

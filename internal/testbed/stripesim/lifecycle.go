@@ -120,6 +120,9 @@ func (s *Sim) Checkout(p CheckoutParams) (CheckoutResult, error) {
 			sess.PaymentStatus = "no_payment_required"
 		}
 		s.emit("checkout.session.completed", s.renderSession(sess), nil)
+	} else {
+		// The card was declined: the customer is still on Checkout's page.
+		sess.Status, sess.PaymentStatus = "open", "unpaid"
 	}
 	return res, nil
 }
@@ -564,6 +567,11 @@ func (s *Sim) expireIncomplete(sub *Subscription) {
 		inv.Status, inv.VoidedAt = "void", s.unix()
 		s.emitInvoice("invoice.voided", inv)
 	}
+	for _, cs := range s.sessions {
+		if cs.Subscription == sub.ID && cs.Status == "open" {
+			cs.Status = "expired" // no checkout.session.expired event is emitted
+		}
+	}
 	prev := obj{"status": sub.Status}
 	sub.Status, sub.EndedAt = StatusIncompleteExpired, s.unix()
 	// UNCONFIRMED: which event Stripe sends here; an ended subscription gets .deleted.
@@ -621,11 +629,12 @@ func (s *Sim) PayInvoice(invoice string) error {
 		return err
 	}
 	sub := s.subs[inv.Subscription]
+	first := sub.Status == StatusIncomplete // paying makes it active
 	s.pay(sub, inv)
-	if sub.Status == StatusIncomplete && inv.Paid {
+	if first && inv.Paid {
 		for _, cs := range s.sessions {
 			if cs.Subscription == sub.ID && cs.Invoice == "" {
-				cs.Invoice, cs.PaymentStatus = inv.ID, "paid"
+				cs.Invoice, cs.PaymentStatus, cs.Status = inv.ID, "paid", "complete"
 				s.emit("checkout.session.completed", s.renderSession(cs), nil)
 			}
 		}

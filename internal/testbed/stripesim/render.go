@@ -1,6 +1,7 @@
 package stripesim
 
 import (
+	"cmp"
 	"slices"
 	"strconv"
 	"strings"
@@ -368,7 +369,7 @@ func (s *Sim) renderSession(cs *CheckoutSession) obj {
 		"locale": nil, "metadata": meta(cs.Metadata), "mode": "subscription", "payment_intent": nil,
 		"payment_link": nil, "payment_method_collection": "always", "payment_method_types": []any{"card"},
 		"payment_status": cs.PaymentStatus, "recovered_from": nil, "setup_intent": nil, "shipping_address_collection": nil,
-		"shipping_cost": nil, "shipping_details": nil, "shipping_options": []any{}, "status": "complete",
+		"shipping_cost": nil, "shipping_details": nil, "shipping_options": []any{}, "status": cmp.Or(cs.Status, "complete"),
 		"submit_type": nil, "subscription": cs.Subscription, "success_url": "https://example.com/success", "total_details": nil,
 		"ui_mode": "hosted", "url": nil,
 	}

@@ -379,6 +379,9 @@ type CheckoutSession struct {
 	PaymentStatus     string
 	Created           int64
 	Email, Name       string
+	// Status is open while the first payment is outstanding, expired when it never
+	// came, and complete otherwise ("" reads as complete).
+	Status string
 }
 
 // Event is a Stripe event: a snapshot of an object when something happened.
