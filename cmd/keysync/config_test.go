@@ -110,6 +110,7 @@ func TestConfigRefusesPlaceholderSecrets(t *testing.T) {
 		"CRYPTOLENS_TOKEN":         "WyI-change-me-token",
 		"KEYSYNC_ADMIN_TOKEN":      "CHANGE-ME-at-least-16-characters",
 		"KEYSYNC_ADMIN_READ_TOKEN": "CHANGE_ME_at_least_16_characters",
+		"KEYSYNC_SMTP_URL":         "smtp://keysync:CHANGE-ME@mail.example.com:587",
 	}
 	for _, s := range settings {
 		if !s.secret {
