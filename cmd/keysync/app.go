@@ -234,15 +234,7 @@ func (a *App) Run(ctx context.Context, onServing func(addr string)) error {
 	}
 
 	// The HTTP server last, on the address bound in newApp.
-	srv := &http.Server{
-		Handler:           a.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		// Requests must not inherit the signal context: an in-flight webhook finishes.
-		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-	}
+	srv := newHTTPServer(ctx, a.handler)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(a.listener) }()
 	addr := a.listener.Addr().String()

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -72,7 +73,7 @@ type setting struct {
 // (the test fails while the README and this list disagree).
 var settings = []setting{
 	{name: "DATABASE_URL", required: true, secret: true,
-		doc: "PostgreSQL connection URL (its password is masked when printed).",
+		doc: "PostgreSQL connection URL or key/value string (`host=... dbname=...`); only its user, host, port and database are printed.",
 		set: func(c *config, v string) error {
 			if _, err := pgconn.ParseConfig(v); err != nil {
 				// pgx's message can quote the value, password and all.
@@ -313,7 +314,7 @@ func logConfig(log zerolog.Logger, getenv func(string) string) {
 		case v == "":
 			v = "(unset)"
 		case s.name == "DATABASE_URL" && v != "(from file)":
-			v = redactURL(v)
+			v = describeDB(v)
 		case s.secret && v != "(from file)":
 			v = "(set, masked)"
 		}
@@ -322,18 +323,28 @@ func logConfig(log zerolog.Logger, getenv func(string) string) {
 	ev.Msg("configuration")
 }
 
-// redactURL masks a URL's password; an unparseable value is masked whole.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
+// describeDB says what a DATABASE_URL connects to (scheme, user, hosts and ports,
+// database) from its parsed configuration, never from the value itself: a password can
+// sit anywhere in it (the userinfo, ?password= or ?sslpassword=, or password= in a
+// key/value string, which is no URL at all). An unparseable value is masked whole.
+func describeDB(raw string) string {
+	cfg, err := pgconn.ParseConfig(raw)
 	if err != nil {
 		return "(set, masked)"
 	}
-	q := u.Query()
-	if q.Has("password") {
-		q.Set("password", "xxxxx")
-		u.RawQuery = q.Encode()
+	scheme := "postgres"
+	if strings.HasPrefix(raw, "postgresql://") {
+		scheme = "postgresql"
 	}
-	return u.Redacted()
+	// The fallbacks are the other hosts, and each host again with another TLS mode.
+	hosts := []string{net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))}
+	for _, fb := range cfg.Fallbacks {
+		if h := net.JoinHostPort(fb.Host, strconv.Itoa(int(fb.Port))); !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	u := url.URL{Scheme: scheme, User: url.User(cfg.User), Host: strings.Join(hosts, ","), Path: "/" + cfg.Database}
+	return u.String()
 }
 
 func firstSentence(s string) string {
