@@ -66,7 +66,9 @@ type Config struct {
 }
 
 // Ingest is what the handler needs to make an event durable (ingest.Ingester). It
-// returns an error when the event was not stored, and the handler answers 503.
+// returns an error when the event was not stored: the handler answers 400 for
+// events.ErrInvalid and ingest.ErrNotStorable, which no redelivery changes, and 503 for
+// any other.
 type Ingest interface {
 	Ingest(ctx context.Context, ev events.Event) (ingest.Result, error)
 }
