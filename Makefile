@@ -45,7 +45,7 @@ lint: ## gofmt, go vet, staticcheck
 check-tidy: ## fail if go mod tidy would change go.mod or go.sum
 	$(GO) mod tidy -diff
 
-bench: build ## benchmarks beside same-run baselines: ingest, event-to-applied, 100k sweep, start-up and idle RSS, audit (10M rows)
+bench: build ## benchmarks beside same-run baselines: ingest, event-to-applied, 100k sweep, start-up and idle RSS, audit (10M rows), RSS under unauthenticated load
 	$(GO) build -o bin/keysync-bench ./cmd/keysync-bench
 	./bin/keysync-bench -duration $(BENCHTIME) -audit-rows $(AUDIT_ROWS) -dir bench $(BENCH_ARGS)
 

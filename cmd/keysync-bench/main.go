@@ -53,9 +53,11 @@ func main() {
 func run(ctx context.Context) error {
 	duration := flag.Duration("duration", 5*time.Second, "length of each measured run")
 	conc := flag.String("concurrency", "1,16,64", "comma-separated concurrency levels")
-	suite := flag.String("suite", "all", "all, or one of ingest, applied, sweep, process, audit")
-	keysyncBin := flag.String("keysync", "bin/keysync", "the keysync binary (applied, sweep, process)")
-	sandboxBin := flag.String("sandbox", "bin/keysync-sandbox", "the keysync-sandbox binary (applied, process)")
+	suite := flag.String("suite", "all", "all, or one of ingest, applied, sweep, process, audit, abuse")
+	keysyncBin := flag.String("keysync", "bin/keysync", "the keysync binary (applied, sweep, process, abuse)")
+	sandboxBin := flag.String("sandbox", "bin/keysync-sandbox", "the keysync-sandbox binary (applied, process, abuse)")
+	abuseConns := flag.Int("abuse-connections", 150, "connections each load of the abuse suite keeps busy")
+	abuseFor := flag.Duration("abuse-duration", 10*time.Second, "how long each load of the abuse suite runs")
 	rate := flag.Float64("rate", 200, "events per second of the applied suite")
 	appliedFor := flag.Duration("applied-duration", 20*time.Second, "how long the applied suite sends events")
 	sweepSubs := flag.Int("sweep-subscriptions", 100_000, "subscriptions of the sweep suite")
@@ -94,7 +96,7 @@ func run(ctx context.Context) error {
 	fmt.Printf("machine: %d CPUs, %s; Postgres: %s server\n", runtime.NumCPU(), bench.MemTotal(), server.Kind)
 	suites := []string{*suite}
 	if *suite == "all" {
-		suites = []string{"ingest", "applied", "sweep", "process", "audit"}
+		suites = []string{"ingest", "applied", "sweep", "process", "audit", "abuse"}
 	}
 	summary := &bench.Summary{}
 	for _, name := range suites {
@@ -152,6 +154,17 @@ func run(ctx context.Context) error {
 				fmt.Print(bench.AuditTable(*auditRows, qs))
 				err = writeJSON(filepath.Join(*dir, "audit.json"), map[string]any{"benchmark": "audit", "rows": *auditRows, "queries": qs})
 			}
+		case "abuse":
+			err = withDatabase(ctx, server.URL, func(url string) error {
+				r, err := bench.Abuse(ctx, bench.AbuseOptions{Cluster: chaos.Options{KeysyncBin: *keysyncBin, SandboxBin: *sandboxBin,
+					Dir: filepath.Join(*dir, "abuse"), DatabaseURL: url}, Connections: *abuseConns, Duration: *abuseFor, Progress: progress})
+				if err != nil {
+					return err
+				}
+				summary.Abuse = &r
+				fmt.Print(bench.AbuseTable(r))
+				return writeJSON(filepath.Join(*dir, "abuse.json"), r)
+			})
 		default:
 			return fmt.Errorf("unknown suite %q", name)
 		}

@@ -272,15 +272,7 @@ func (a *App) Run(ctx context.Context, onServing func(serveAddrs)) error {
 	}
 
 	// The HTTP server last, on the address bound in newApp.
-	srv := &http.Server{
-		Handler:           a.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		// Requests must not inherit the signal context: an in-flight webhook finishes.
-		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-	}
+	srv := newHTTPServer(ctx, a.handler)
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(a.listener) }()
 	addrs := serveAddrs{Public: a.listener.Addr().String()}
@@ -288,8 +280,7 @@ func (a *App) Run(ctx context.Context, onServing func(serveAddrs)) error {
 	// The admin listener's server: the same limits and contexts, its own handler.
 	var adminSrv *http.Server
 	if a.adminListener != nil {
-		adminSrv = &http.Server{Handler: a.adminHandler, ReadHeaderTimeout: srv.ReadHeaderTimeout, ReadTimeout: srv.ReadTimeout,
-			WriteTimeout: srv.WriteTimeout, IdleTimeout: srv.IdleTimeout, MaxHeaderBytes: srv.MaxHeaderBytes, BaseContext: srv.BaseContext}
+		adminSrv = newHTTPServer(ctx, a.adminHandler)
 		go func() { serveErr <- adminSrv.Serve(a.adminListener) }()
 		addrs.Admin = a.adminListener.Addr().String()
 	}

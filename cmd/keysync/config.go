@@ -8,6 +8,7 @@ import (
 	netmail "net/mail"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -90,7 +91,7 @@ type setting struct {
 // (the test fails while the README and this list disagree).
 var settings = []setting{
 	{name: "DATABASE_URL", required: true, secret: true,
-		doc: "PostgreSQL connection URL (its password is masked when printed).",
+		doc: "PostgreSQL connection URL or key/value string (`host=... dbname=...`); only its user, host, port and database are printed.",
 		set: func(c *config, v string) error {
 			if _, err := pgconn.ParseConfig(v); err != nil {
 				// pgx's message can quote the value, password and all.
@@ -438,8 +439,10 @@ func logConfig(log zerolog.Logger, getenv func(string) string) {
 			v = s.def
 		case v == "":
 			v = "(unset)"
-		case (s.name == "DATABASE_URL" || s.name == "KEYSYNC_SMTP_URL") && v != "(from file)":
-			v = redactURL(v)
+		case s.name == "DATABASE_URL" && v != "(from file)":
+			v = describeDB(v)
+		case s.name == "KEYSYNC_SMTP_URL" && v != "(from file)":
+			v = redactSMTP(v)
 		case s.secret && v != "(from file)":
 			v = "(set, masked)"
 		}
@@ -448,17 +451,44 @@ func logConfig(log zerolog.Logger, getenv func(string) string) {
 	ev.Msg("configuration")
 }
 
-// redactURL masks a URL's password; an unparseable value is masked whole.
-func redactURL(raw string) string {
+// describeDB says what a DATABASE_URL connects to (scheme, user, hosts and ports,
+// database) from its parsed configuration, never from the value itself: a password can
+// sit anywhere in it (the userinfo, ?password= or ?sslpassword=, or password= in a
+// key/value string, which is no URL at all). An unparseable value is masked whole.
+func describeDB(raw string) string {
+	cfg, err := pgconn.ParseConfig(raw)
+	if err != nil {
+		return "(set, masked)"
+	}
+	scheme := "postgres"
+	if strings.HasPrefix(raw, "postgresql://") {
+		scheme = "postgresql"
+	}
+	// The fallbacks are the other hosts, and each host again with another TLS mode.
+	hosts := []string{net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))}
+	for _, fb := range cfg.Fallbacks {
+		if h := net.JoinHostPort(fb.Host, strconv.Itoa(int(fb.Port))); !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	u := url.URL{Scheme: scheme, User: url.User(cfg.User), Host: strings.Join(hosts, ","), Path: "/" + cfg.Database}
+	return u.String()
+}
+
+// redactSMTP shows an SMTP URL's scheme, user, host, port and options with the
+// password masked; a URL that does not parse is only said to be set.
+func redactSMTP(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(set, masked)"
 	}
 	q := u.Query()
-	if q.Has("password") {
-		q.Set("password", "xxxxx")
-		u.RawQuery = q.Encode()
+	for _, k := range []string{"password", "pass"} {
+		if q.Has(k) {
+			q.Set(k, "xxxxx")
+		}
 	}
+	u.RawQuery = q.Encode()
 	return u.Redacted()
 }
 

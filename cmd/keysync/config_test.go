@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -213,6 +214,52 @@ func TestLogConfigMasksSecrets(t *testing.T) {
 	}
 	if n := strings.Count(out, "\n"); n != 1 {
 		t.Fatalf("got %d lines, want the configuration printed once", n)
+	}
+}
+
+// The start-up line shows what DATABASE_URL connects to, never the value: a password
+// can be anywhere in it, and a key/value string is no URL that could be redacted.
+func TestLogConfigNeverPrintsTheDatabasePassword(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		url, want string
+	}{
+		"url":                {validDB, "postgres://keysync@db.internal:5432/keysync"},
+		"key/value":          {"host=db.internal port=5433 user=keysync password=dbpassword-xyz dbname=keysync sslmode=disable", "postgres://keysync@db.internal:5433/keysync"},
+		"key/value, quoted":  {"host=db.internal user=keysync password='dbpassword-xyz and more' dbname=keysync", "postgres://keysync@db.internal:5432/keysync"},
+		"url, ?password=":    {"postgresql://keysync@db.internal/keysync?password=dbpassword-xyz", "postgresql://keysync@db.internal:5432/keysync"},
+		"url, ?sslpassword=": {"postgres://keysync@db.internal:5432/keysync?sslmode=require&sslpassword=dbpassword-xyz", "postgres://keysync@db.internal:5432/keysync"},
+		"two hosts":          {"postgres://keysync:dbpassword-xyz@db1:5432,db2:5433/keysync", "postgres://keysync@db1:5432,db2:5433/keysync"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var buf bytes.Buffer
+			logConfig(zerolog.New(&buf), env(map[string]string{"DATABASE_URL": tc.url}))
+			if out := buf.String(); strings.Contains(out, "dbpassword-xyz") || !strings.Contains(out, `"DATABASE_URL":"`+tc.want+`"`) {
+				t.Fatalf("got %s, want DATABASE_URL shown as %s and no password", out, tc.want)
+			}
+		})
+	}
+}
+
+// Nor does an error say it: neither a value that does not parse nor a server that
+// cannot be reached.
+func TestDatabaseErrorsNeverPrintThePassword(t *testing.T) {
+	t.Parallel()
+	for _, url := range []string{
+		"host=db.internal port=notaport user=keysync password=dbpassword-xyz",
+		"host=127.0.0.1 port=1 user=keysync password=dbpassword-xyz dbname=keysync connect_timeout=1 sslmode=disable",
+		"postgres://keysync@127.0.0.1:1/keysync?password=dbpassword-xyz&sslpassword=dbpassword-xyz&connect_timeout=1",
+	} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), []string{"migrate"}, env(map[string]string{"DATABASE_URL": url, "LOG_FORMAT": "json"}), &stdout, &stderr, nil)
+		if err == nil {
+			t.Fatalf("%s: got no error, want one", url)
+		}
+		if all := err.Error() + stdout.String() + stderr.String(); strings.Contains(all, "dbpassword-xyz") {
+			t.Fatalf("the password leaks: %s", all)
+		}
 	}
 }
 

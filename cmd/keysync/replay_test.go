@@ -181,3 +181,36 @@ func TestReplayKeepsRefusedEventsIgnored(t *testing.T) {
 		t.Fatalf("replay of an unstored connected account's event: got %q; want it fetched and stored ignored, without a job", out)
 	}
 }
+
+// Replay stores an event it fetched from Stripe as the webhook and the catch-up do: a
+// NUL in it, which jsonb refuses, becomes U+FFFD instead of failing the replay.
+func TestReplayCleansAFetchedEvent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.URL(t)
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	world := simtest.New(t, simtest.Options{Start: time.Now()})
+	res, err := world.Stripe.Checkout(stripesim.CheckoutParams{Email: "nul@example.com", Items: []stripesim.ItemParams{{Price: world.Price("App", 1000, "")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := world.Stripe.SetSubscriptionMetadata(res.Subscription, map[string]string{"note": "a\x00b"}); err != nil {
+		t.Fatal(err)
+	}
+	evs := world.Stripe.Events()
+	id := evs[len(evs)-1].ID // the metadata change
+	vars := env(map[string]string{"DATABASE_URL": dbURL, "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
+		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "LOG_LEVEL": "warn", "LOG_FORMAT": "json"})
+	var out bytes.Buffer
+	if err := run(ctx, []string{"replay", id}, vars, &out, io.Discard, nil); err != nil || !strings.Contains(out.String(), "queued it") {
+		t.Fatalf("replay %s: got %q, %v; want it fetched and queued", id, out.String(), err)
+	}
+	var note string
+	if err := pool.QueryRow(ctx, `SELECT payload->'data'->'object'->'metadata'->>'note' FROM stripe_events WHERE id = $1`, id).Scan(&note); err != nil || note != "a\uFFFDb" {
+		t.Fatalf("got note %q (%v), want a\\uFFFDb", note, err)
+	}
+}

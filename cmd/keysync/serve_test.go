@@ -423,3 +423,29 @@ func TestStatusAndSyncCommands(t *testing.T) {
 		t.Fatalf("sync without a subscription: got %v", err)
 	}
 }
+
+// A request header is held to 32 KiB (431 beyond), not net/http's 1 MiB: connections that
+// never finish their headers cannot hold a megabyte each.
+func TestServeBoundsRequestHeaders(t *testing.T) {
+	t.Parallel()
+	world := simtest.New(t, simtest.Options{Start: time.Now()})
+	vars := env(map[string]string{"DATABASE_URL": pgtest.URL(t), "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
+		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "KEYSYNC_LISTEN": "127.0.0.1:0",
+		"STRIPE_WEBHOOK_SECRETS": "whsec_header_test", "LOG_FORMAT": "json", "LOG_LEVEL": "warn"})
+	srv := startServe(t, vars)
+	for size, want := range map[int]int{16 << 10: http.StatusOK, 64 << 10: http.StatusRequestHeaderFieldsTooLarge} {
+		req, err := http.NewRequest(http.MethodGet, srv.base+"/healthz", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("X-Pad", strings.Repeat("a", size))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("header of %d bytes: got %d, want %d", size, resp.StatusCode, want)
+		}
+	}
+}

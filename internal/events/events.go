@@ -5,6 +5,7 @@ package events
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -151,18 +152,94 @@ func (g Guard) Check(ev Event) *Refusal {
 	return nil
 }
 
+// ErrInvalid means an event's envelope is not that of a Stripe event (an id that is no
+// event id, a type or time that no Stripe event has) or its payload is not JSON: it is
+// refused and never stored.
+var ErrInvalid = errors.New("not a valid Stripe event")
+
+// ClockSkew is how far ahead of keysync's clock a Stripe time may be: a signature
+// timestamp further ahead is refused as a replay prepared in advance.
+const ClockSkew = 5 * time.Minute
+
+// The envelope's bounds. Stripe's ids are a prefix and a few dozen characters; its
+// types and API versions a few words. The bounds keep a signed but odd event from
+// filling an index entry or a log line, and are far above anything Stripe sends.
+const (
+	maxIDLen         = 255
+	maxTypeLen       = 128
+	maxAPIVersionLen = 64
+	// maxCreatedAhead is how far in the future an event may have been created. Stripe's
+	// test clocks create events at their frozen time, which a vendor can move ahead by
+	// up to two billing intervals per advance (a guess from Stripe's documentation of
+	// test clocks; not measured); years beyond that are no Stripe event's.
+	maxCreatedAhead = 5 * 365 * 24 * time.Hour
+)
+
+// stripeLaunch is before any Stripe event: Stripe opened to the public in 2011.
+var stripeLaunch = time.Date(2011, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Storable returns ev as keysync stores it: its envelope checked and its payload in a
+// form Postgres' jsonb accepts (StorablePayload). Every path that stores an event
+// (webhook, catch-up, replay) goes through it, in ingest, so that an event stored by one
+// is stored the same by the others. It returns ErrInvalid (wrapped, with the field at
+// fault) for an event that is not a Stripe event.
+func Storable(ev Event, now time.Time) (Event, error) {
+	if err := ev.checkEnvelope(now); err != nil {
+		return Event{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	payload, err := StorablePayload(ev.Payload)
+	if err != nil {
+		return Event{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	ev.Payload = payload
+	return ev, nil
+}
+
+// checkEnvelope checks the fields that are stored in columns of their own.
+func (e Event) checkEnvelope(now time.Time) error {
+	switch {
+	case !strings.HasPrefix(e.ID, "evt_") || len(e.ID) > maxIDLen || !isWord(e.ID, "_"):
+		return fmt.Errorf("id: want evt_ and at most %d letters, digits or underscores", maxIDLen)
+	case e.Type == "" || len(e.Type) > maxTypeLen || !isWord(e.Type, "._") || e.Type != strings.ToLower(e.Type):
+		return fmt.Errorf("type: want at most %d lowercase letters, digits, dots or underscores", maxTypeLen)
+	case len(e.APIVersion) > maxAPIVersionLen || !isWord(e.APIVersion, "-._"):
+		return fmt.Errorf("api_version: want at most %d letters, digits, dashes or dots", maxAPIVersionLen)
+	case e.Account != "" && (!strings.HasPrefix(e.Account, "acct_") || len(e.Account) > maxIDLen || !isWord(e.Account, "_")):
+		return fmt.Errorf("account: want acct_ and at most %d letters, digits or underscores", maxIDLen)
+	case e.Created.Before(stripeLaunch) || e.Created.After(now.Add(maxCreatedAhead)):
+		return fmt.Errorf("created: want a time from %s to %s", stripeLaunch.Format(time.DateOnly), now.Add(maxCreatedAhead).Format(time.DateOnly))
+	}
+	return nil
+}
+
+// isWord reports whether s holds only ASCII letters, digits and the characters of
+// extra.
+func isWord(s, extra string) bool {
+	for i := range len(s) {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(extra, c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
 // nulEscape is how a NUL character appears inside a JSON string.
 var nulEscape = []byte(`\u0000`)
 
 // StorablePayload returns payload in a form Postgres' jsonb accepts. jsonb refuses the
-// NUL character, which is valid JSON and can reach an event through free-text fields
-// such as metadata, and invalid UTF-8. Refusing the event would make Stripe redeliver it
-// for days to no avail, so both become U+FFFD; the worker reads the objects fresh from
-// Stripe anyway. A payload without either is returned as it is, without a copy.
+// NUL character and lone UTF-16 surrogates (a \ud800 with no pair), which are valid JSON
+// and can reach an event through free-text fields such as metadata, and invalid UTF-8.
+// Refusing the event would make Stripe redeliver it for days to no avail, and stall the
+// catch-up on it, so all three become U+FFFD; the worker reads the objects fresh from
+// Stripe anyway. A payload without any is returned as it is, without a copy. It returns
+// an error when payload is not JSON.
 func StorablePayload(payload []byte) ([]byte, error) {
-	if !bytes.Contains(payload, nulEscape) && utf8.Valid(payload) {
+	if !bytes.Contains(payload, nulEscape) && !hasSurrogateEscape(payload) && utf8.Valid(payload) {
 		return payload, nil
 	}
+	// Decoding replaces invalid UTF-8 and lone surrogates with U+FFFD (encoding/json's
+	// documented behaviour); NULs are replaced below.
 	var v any
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber() // keep ids and amounts exactly as sent
@@ -176,6 +253,21 @@ func StorablePayload(payload []byte) ([]byte, error) {
 	return out, nil
 }
 
+// hasSurrogateEscape reports whether payload holds a \uD800-\uDFFF escape. A valid pair
+// (an escaped emoji) is reported too: it goes the slow way and is stored as UTF-8, which
+// is the same text.
+func hasSurrogateEscape(payload []byte) bool {
+	for rest := payload; ; {
+		i := bytes.Index(rest, []byte(`\u`))
+		if i < 0 || i+4 > len(rest) {
+			return false
+		}
+		if hi, next := rest[i+2], rest[i+3]; (hi == 'd' || hi == 'D') && strings.IndexByte("89abcdefABCDEF", next) >= 0 {
+			return true
+		}
+		rest = rest[i+2:]
+	}
+}
 func replaceNUL(v any) any {
 	switch t := v.(type) {
 	case string:

@@ -1,7 +1,10 @@
 package events_test
 
 import (
+	"errors"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/keysync/keysync/internal/events"
 )
@@ -16,6 +19,12 @@ func TestStorablePayload(t *testing.T) {
 		"nul in a key":      {`{"k\u0000":[1,"\u0000"]}`, `{"k` + "\uFFFD" + `":[1,"` + "\uFFFD" + `"]}`},
 		"invalid utf-8":     {"{\"a\":\"x\xday\"}", `{"a":"x` + "\uFFFD" + `y"}`},
 		"escaped backslash": {`{"a":"\\u0000"}`, `{"a":"\\u0000"}`},
+		// jsonb refuses a lone surrogate (22P02) as it refuses a NUL (22P05).
+		"lone high surrogate":  {`{"a":"x\ud800y","n":1.50}`, `{"a":"x` + "\uFFFD" + `y","n":1.50}`},
+		"lone low surrogate":   {`{"a":"\uDC00"}`, `{"a":"` + "\uFFFD" + `"}`},
+		"surrogate in a key":   {`{"\ud800":1}`, `{"` + "\uFFFD" + `":1}`},
+		"valid pair":           {`{"a":"\ud83d\ude00"}`, `{"a":"` + "\U0001F600" + `"}`},
+		"escaped backslash, u": {`{"a":"\\ud800"}`, `{"a":"\\ud800"}`},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -25,6 +34,55 @@ func TestStorablePayload(t *testing.T) {
 			}
 			if string(got) != tc.want {
 				t.Fatalf("got %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestStorable(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	valid := events.Event{ID: "evt_1NvQ2x2eZvKYlo2C0aBcDeFg", Type: "customer.subscription.updated", Created: now.Add(-time.Hour),
+		APIVersion: "2025-03-31.basil", Payload: []byte(`{"id":"evt_1","note":"a\u0000b"}`)}
+	tests := map[string]struct {
+		change func(*events.Event)
+		field  string // the field the error names; "" for a valid event
+	}{
+		"valid":                      {func(*events.Event) {}, ""},
+		"connected account":          {func(e *events.Event) { e.Account = "acct_1Abc" }, ""},
+		"no api version":             {func(e *events.Event) { e.APIVersion = "" }, ""},
+		"test clock, a year ahead":   {func(e *events.Event) { e.Created = now.AddDate(1, 0, 0) }, ""},
+		"not an event id":            {func(e *events.Event) { e.ID = "cus_1" }, "id"},
+		"id too long":                {func(e *events.Event) { e.ID = "evt_" + strings.Repeat("a", 252) }, "id"},
+		"id with a quote":            {func(e *events.Event) { e.ID = `evt_1"` }, "id"},
+		"empty type":                 {func(e *events.Event) { e.Type = "" }, "type"},
+		"type too long":              {func(e *events.Event) { e.Type = strings.Repeat("a.", 65) }, "type"},
+		"type with a space":          {func(e *events.Event) { e.Type = "invoice paid" }, "type"},
+		"type in capitals":           {func(e *events.Event) { e.Type = "INVOICE.PAID" }, "type"},
+		"api version with a newline": {func(e *events.Event) { e.APIVersion = "2023-10-16\n" }, "api_version"},
+		"account without acct_":      {func(e *events.Event) { e.Account = "cus_1" }, "account"},
+		"created before Stripe":      {func(e *events.Event) { e.Created = time.Date(2010, 12, 31, 0, 0, 0, 0, time.UTC) }, "created"},
+		"created at zero":            {func(e *events.Event) { e.Created = time.Unix(0, 0) }, "created"},
+		"created far ahead":          {func(e *events.Event) { e.Created = now.AddDate(6, 0, 0) }, "created"},
+		"payload not JSON":           {func(e *events.Event) { e.Payload = []byte("{\"a\":\"\\u0000") }, "payload"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ev := valid
+			tc.change(&ev)
+			got, err := events.Storable(ev, now)
+			if tc.field == "" {
+				if err != nil {
+					t.Fatalf("got %v, want the event stored", err)
+				}
+				if want := `{"id":"evt_1","note":"a` + "\uFFFD" + `b"}`; string(got.Payload) != want || got.ID != ev.ID {
+					t.Fatalf("got %s (%s), want %s: the payload made storable", got.Payload, got.ID, want)
+				}
+				return
+			}
+			if !errors.Is(err, events.ErrInvalid) || !strings.Contains(err.Error(), tc.field+":") {
+				t.Fatalf("got %v, want ErrInvalid naming %s", err, tc.field)
 			}
 		})
 	}

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +20,10 @@ import (
 // ErrStopped is returned by Ingest once the ingester is stopping: the caller answers
 // 503 and the sender retries against a replica that is up.
 var ErrStopped = errors.New("ingester stopped")
+
+// ErrNotStorable is returned by Ingest for an event that the database refused for its
+// data or its size: no retry can store it. The other events of its batch are stored.
+var ErrNotStorable = errors.New("the database refused the event")
 
 // Store persists events with their jobs: new events, and a job for each new one of a
 // handled type, atomically (jobs.Tables.IngestEvents).
@@ -43,6 +46,8 @@ type Config struct {
 	// OnRefused, if set, is told the reason of each new event the guard refused (for
 	// metrics).
 	OnRefused func(reason string)
+	// Now is the clock that events' times are checked against (nil: time.Now).
+	Now func() time.Time
 }
 
 // Ingester stores events durably with their jobs. Events that arrive while a batch is
@@ -97,6 +102,9 @@ func New(store Store, cfg Config, log zerolog.Logger) *Ingester {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return &Ingester{
 		store: store,
 		log:   log,
@@ -131,11 +139,19 @@ func (in *Ingester) Stop() {
 
 // Ingest stores ev and, when it is new, of a handled type and not refused by the guard,
 // its job, in one batch statement, and returns once that statement has committed or
-// failed. It returns ErrStopped after Stop, and the store's error
-// (postgres.ErrUnavailable when the database is out of reach) when nothing was
-// committed.
+// failed. It returns events.ErrInvalid (wrapped) for an event that is not a Stripe
+// event, ErrNotStorable (wrapped) for one the database refused, ErrStopped after Stop,
+// and the store's error (postgres.ErrUnavailable when the database is out of reach)
+// when nothing was committed.
 func (in *Ingester) Ingest(ctx context.Context, ev events.Event) (Result, error) {
-	// The guard first: a refused event is stored all the same (ignored, with its
+	// Every path stores events through here, so every one checks and cleans them the
+	// same way: a NUL that one path let through would stall it on that event forever.
+	ev, err := events.Storable(ev, in.cfg.Now())
+	if err != nil {
+		return Result{}, err
+	}
+
+	// The guard next: a refused event is stored all the same (ignored, with its
 	// reason) so that it is answered 200 and an operator can see it.
 	ev.Refused = in.cfg.Guard.Check(ev)
 	res, err := in.enqueue(ctx, ev)
@@ -215,18 +231,18 @@ func (in *Ingester) commit(ctx context.Context, batch []*request) {
 		}
 	}
 	results, err := in.write(ctx, unique)
-	if err != nil && len(unique) > 1 && rejectedData(err) {
+	if err != nil && rejectedData(err) && len(unique) > 1 {
 		// One bad event (say, a payload Postgres cannot store) must not cost the
 		// others their delivery: write them one by one to isolate it.
 		in.log.Warn().Err(err).Int("batch", len(unique)).Msg("batch insert failed; retrying events one by one")
-		results, err = make([]Result, len(unique)), nil
+		results = make([]Result, len(unique))
 		perErr := make([]error, len(unique))
 		for i, req := range unique {
 			var r []Result
-			r, perErr[i] = in.write(ctx, []*request{req})
-			if perErr[i] == nil {
+			if r, perErr[i] = in.write(ctx, []*request{req}); perErr[i] == nil {
 				results[i] = r[0]
 			}
+			perErr[i] = notStorable(perErr[i])
 		}
 		in.answer(batch, first, results, perErr)
 		return
@@ -235,10 +251,19 @@ func (in *Ingester) commit(ctx context.Context, batch []*request) {
 	if err != nil {
 		errs = make([]error, len(unique))
 		for i := range errs {
-			errs[i] = err
+			errs[i] = notStorable(err)
 		}
 	}
 	in.answer(batch, first, results, errs)
+}
+
+// notStorable marks err as ErrNotStorable when the database refused the data itself: an
+// event alone in its statement was the reason.
+func notStorable(err error) error {
+	if err != nil && rejectedData(err) {
+		return fmt.Errorf("%w: %w", ErrNotStorable, err)
+	}
+	return err
 }
 
 func (in *Ingester) answer(batch []*request, first map[string]int, results []Result, errs []error) {
@@ -260,11 +285,19 @@ func (in *Ingester) answer(batch []*request, first map[string]int, results []Res
 }
 
 // rejectedData reports whether Postgres refused the data itself (SQLSTATE class 22, data
-// exception, or 23, integrity violation), as opposed to being out of reach: only then can
-// one event be the reason a batch failed.
+// exception; 23, integrity violation; or 54, program limit exceeded: a value too large
+// for a jsonb or an index entry), as opposed to being out of reach: only then can one
+// event be the reason a batch failed.
 func rejectedData(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23"))
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code[:2] {
+	case "22", "23", "54":
+		return true
+	}
+	return false
 }
 
 // write stores one batch, with jobs for the new handled events, in one statement.

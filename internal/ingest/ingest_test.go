@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/pgtest"
+	"github.com/keysync/keysync/internal/postgres"
 )
 
 // countingStore counts batch statements, to show that queued events share one.
@@ -98,26 +100,96 @@ func TestWaitingEventsCommitTogether(t *testing.T) {
 	}
 }
 
+// An event the database refuses, for its data (SQLSTATE class 22) or its size (54),
+// costs only itself its delivery: the others of its batch are stored, and it is answered
+// ErrNotStorable, alone in its batch or not.
 func TestPoisonEventDoesNotFailItsBatch(t *testing.T) {
 	t.Parallel()
+	tests := map[string]struct {
+		poison events.Event
+		// direct hands the event to a committer as it is, past Storable's checks, as
+		// an event they let through would reach it.
+		direct bool
+	}{
+		// Valid JSON that jsonb refuses: 22003, numeric value out of range.
+		"data": {poison: testEvent("evt_poison", `{"id":"evt_poison","n":1e1000000}`)},
+		// An id too large for its index entry: 54000, program limit exceeded.
+		"size": {poison: testEvent("evt_"+randomWord(8000), `{}`), direct: true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ing, store := newTestIngester(t, 1)
+			ingest := func(ev events.Event) (Result, error) { return ing.Ingest(context.Background(), ev) }
+			if tc.direct {
+				ingest = func(ev events.Event) (Result, error) { return ing.enqueue(context.Background(), ev) }
+			}
+			evs := []events.Event{testEvent("evt_ok1", `{"id":"evt_ok1"}`), tc.poison, testEvent("evt_ok2", `{"id":"evt_ok2"}`)}
+			errs := make([]error, len(evs))
+			var wg sync.WaitGroup
+			for i, ev := range evs {
+				wg.Go(func() { _, errs[i] = ingest(ev) })
+			}
+			pgtest.WaitFor(t, 5*time.Second, "events to queue", func() bool { return len(ing.queue) == len(evs) })
+			ing.Start(context.Background())
+			wg.Wait()
+			if errs[0] != nil || errs[2] != nil {
+				t.Fatalf("good events: got %v and %v, want both stored", errs[0], errs[2])
+			}
+			if !errors.Is(errs[1], ErrNotStorable) {
+				t.Fatalf("poison event: got %v, want ErrNotStorable", errs[1])
+			}
+			var rows int
+			_ = store.pool.QueryRow(context.Background(), `SELECT count(*) FROM stripe_events`).Scan(&rows)
+			if rows != 2 {
+				t.Fatalf("got %d rows, want 2", rows)
+			}
+
+			// Alone in its batch, it is refused the same way, and is no outage.
+			if _, err := ingest(tc.poison); !errors.Is(err, ErrNotStorable) || errors.Is(err, postgres.ErrUnavailable) {
+				t.Fatalf("poison event alone: got %v, want ErrNotStorable", err)
+			}
+		})
+	}
+}
+
+// randomWord returns n random letters: random, so that Postgres cannot compress them
+// into a smaller index entry.
+func randomWord(n int) string {
+	const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = letters[rand.IntN(len(letters))]
+	}
+	return string(b)
+}
+
+// Every event is checked and cleaned on its way in, whichever path it came by: a NUL
+// or a lone surrogate, which jsonb refuses, becomes U+FFFD, and an envelope that is no
+// Stripe event's is refused before the database sees it.
+func TestIngestCleansAndChecks(t *testing.T) {
+	t.Parallel()
 	ing, store := newTestIngester(t, 1)
-	evs := []events.Event{
-		testEvent("evt_ok1", `{"id":"evt_ok1"}`),
-		// Valid JSON that jsonb refuses: the batch fails, then the events go one by one.
-		testEvent("evt_poison", `{"id":"evt_poison","x":"\u0000"}`),
-		testEvent("evt_ok2", `{"id":"evt_ok2"}`),
+	ing.Start(context.Background())
+	ctx := context.Background()
+	for id, payload := range map[string]string{"evt_nul": `{"note":"a\u0000b"}`, "evt_surrogate": `{"note":"a\ud800b"}`} {
+		if _, err := ing.Ingest(ctx, testEvent(id, payload)); err != nil {
+			t.Fatalf("%s: got %v, want it stored", id, err)
+		}
+		var note string
+		if err := store.pool.QueryRow(ctx, `SELECT payload->>'note' FROM stripe_events WHERE id = $1`, id).Scan(&note); err != nil || note != "a\uFFFDb" {
+			t.Fatalf("%s: got note %q (%v), want a\uFFFDb", id, note, err)
+		}
 	}
-	_, errs := queueThenStart(t, ing, evs)
-	if errs[0] != nil || errs[2] != nil {
-		t.Fatalf("good events: got %v and %v, want both stored", errs[0], errs[2])
-	}
-	if errs[1] == nil {
-		t.Fatal("poison event: got nil error, want the store's refusal")
+	bad := testEvent("evt_future", `{}`)
+	bad.Created = time.Now().AddDate(50, 0, 0)
+	if _, err := ing.Ingest(ctx, bad); !errors.Is(err, events.ErrInvalid) {
+		t.Fatalf("got %v, want events.ErrInvalid", err)
 	}
 	var rows int
-	_ = store.pool.QueryRow(context.Background(), `SELECT count(*) FROM stripe_events`).Scan(&rows)
-	if rows != 2 {
-		t.Fatalf("got %d rows, want 2", rows)
+	_ = store.pool.QueryRow(ctx, `SELECT count(*) FROM stripe_events`).Scan(&rows)
+	if rows != 2 || store.batches != 2 {
+		t.Fatalf("got %d rows in %d batches, want 2 and 2: the invalid event never reaches the database", rows, store.batches)
 	}
 }
 

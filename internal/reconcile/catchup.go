@@ -84,6 +84,11 @@ type CatchUpSummary struct {
 	// Skipped is true when another catch-up was running (on any replica): this one did
 	// nothing, and the cursor was not touched.
 	Skipped bool
+	// Refused counts the listed events that ingest refused for good: no Stripe event's
+	// envelope, or data the database cannot store. They are logged and passed over, so
+	// that one of them cannot hold the cursor back forever; the sweep repairs what they
+	// were about.
+	Refused int
 }
 
 // Lag returns the cursor's age at the last run.
@@ -133,7 +138,7 @@ func (c *CatchUp) RunOnce(ctx context.Context) (CatchUpSummary, error) {
 		}
 		err = c.catchUp(ctx, &sum, now)
 	}
-	rs := postgres.RunSummary{Scanned: sum.Listed, Drifted: sum.Inserted, Cursor: strconv.FormatInt(sum.Cursor.Unix(), 10)}
+	rs := postgres.RunSummary{Scanned: sum.Listed, Drifted: sum.Inserted, Failed: sum.Refused, Cursor: strconv.FormatInt(sum.Cursor.Unix(), 10)}
 	if err != nil {
 		rs.Error, rs.Cursor = err.Error(), ""
 	}
@@ -143,7 +148,7 @@ func (c *CatchUp) RunOnce(ctx context.Context) (CatchUpSummary, error) {
 	if err == nil {
 		c.lag.Store(int64(now.Sub(sum.Cursor) / time.Second))
 	}
-	c.log.Info().Int("listed", sum.Listed).Int("inserted", sum.Inserted).Time("cursor", sum.Cursor).Msg("catch-up finished")
+	c.log.Info().Int("listed", sum.Listed).Int("inserted", sum.Inserted).Int("refused", sum.Refused).Time("cursor", sum.Cursor).Msg("catch-up finished")
 	return sum, err
 }
 
@@ -164,7 +169,15 @@ func (c *CatchUp) catchUp(ctx context.Context, sum *CatchUpSummary, now time.Tim
 		}
 		res, err := c.ingest.Ingest(ctx, events.Event{ID: ev.ID, Type: string(ev.Type), Created: time.Unix(ev.Created, 0).UTC(),
 			Livemode: ev.Livemode, APIVersion: ev.APIVersion, Account: ev.Account, Payload: payload, Source: events.SourceEventsAPI})
-		if err != nil {
+		switch {
+		case errors.Is(err, events.ErrInvalid), errors.Is(err, ingest.ErrNotStorable):
+			// Listing it again would be refused again: stopping here would stall the
+			// catch-up on this event for good.
+			sum.Refused++
+			c.log.Error().Err(err).Str("event_id", ev.ID).Str("event_type", string(ev.Type)).
+				Msg("catch-up passed over an event that cannot be stored; the sweep repairs what it was about")
+			continue
+		case err != nil:
 			return fmt.Errorf("ingest %s: %w", ev.ID, err)
 		}
 		if !res.Duplicate {

@@ -42,6 +42,13 @@ type harness struct {
 
 func newHarness(t *testing.T, dropRate float64) *harness {
 	t.Helper()
+	return newHarnessAt(t, dropRate, time.Time{})
+}
+
+// newHarnessAt is newHarness with the simulators' clock starting at start (zero: the
+// simulator's default).
+func newHarnessAt(t *testing.T, dropRate float64, start time.Time) *harness {
+	t.Helper()
 	ctx := context.Background()
 	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
 	if err != nil {
@@ -54,7 +61,7 @@ func newHarness(t *testing.T, dropRate float64) *harness {
 	}
 	t.Cleanup(pool.Close)
 	h := &harness{pool: pool, store: postgres.NewStore(pool)}
-	h.w = simtest.New(t, simtest.Options{})
+	h.w = simtest.New(t, simtest.Options{Start: start})
 	sc, cc := h.w.Clients(t)
 	mapping := license.NewMapping(0)
 	policy := license.Options{BufferDays: 5}

@@ -10,6 +10,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -19,9 +22,27 @@ import (
 	"github.com/keysync/keysync/internal/ingest"
 )
 
-// DefaultMaxBody is the largest webhook body accepted. Stripe's events are a few KB;
-// anything near this is not from Stripe.
+// DefaultMaxBody is the largest webhook body accepted. Stripe's events are a few KB to
+// a few tens of KB; mozilla/fxa saw some over 52 KB and set 1 MB (mozilla/fxa#8861,
+// 2021). Stripe documents no largest event, and its documented limits allow events far
+// above 256 KiB: by the 2023-10-16 OpenAPI spec (stripe-mock v0.183.0), a subscription
+// embeds up to 20 items, each with its price and plan, and each of these 60 objects may
+// carry 50 metadata pairs of up to 40 + 500 characters, about 1.8 MB in a
+// customer.subscription.updated event. So the limit stays at 1 MiB rather than 256 KiB,
+// and memory is bounded by DefaultBodyBudget instead. An event larger than this is
+// answered 413 and reaches keysync through the catch-up (the Events API).
 const DefaultMaxBody = 1 << 20
+
+// DefaultBodyBudget bounds the bytes of the webhook bodies held at once, from the start
+// of their reading to the answer. A delivery that would pass it is answered 503 with
+// Retry-After at once, before its body is read: a flood of large bodies costs at most
+// this much memory, and Stripe retries the deliveries it turned away.
+const DefaultBodyBudget = 16 << 20
+
+// minCharge is what each delivery takes from the budget however small its body: what a
+// request costs beside its body (its goroutine, its buffers, the decoded envelope). It
+// also bounds the deliveries being worked at once (DefaultBodyBudget / minCharge = 256).
+const minCharge = 64 << 10
 
 // Config configures the Handler.
 type Config struct {
@@ -32,14 +53,22 @@ type Config struct {
 	Tolerance time.Duration
 	// MaxBody caps the request body (default DefaultMaxBody).
 	MaxBody int64
+	// BodyBudget bounds the bytes of the bodies held at once (default
+	// DefaultBodyBudget); it is at least MaxBody.
+	BodyBudget int64
+	// Now is the clock signature timestamps are checked against (nil: time.Now).
+	Now func() time.Time
 	// Observe, if set, is told each delivery's event type ("" when unreadable), outcome
-	// (stored, duplicate, ignored: refused by ingest's guard, or a rejection) and time to
-	// answer (for metrics).
+	// (stored, duplicate, ignored: refused by ingest's guard; or a rejection:
+	// bad_signature, too_large, not_an_event, not_storable, busy, unavailable) and time
+	// to answer (for metrics).
 	Observe func(eventType, outcome string, took time.Duration)
 }
 
 // Ingest is what the handler needs to make an event durable (ingest.Ingester). It
-// returns an error when the event was not stored, and the handler answers 503.
+// returns an error when the event was not stored: the handler answers 400 for
+// events.ErrInvalid and ingest.ErrNotStorable, which no redelivery changes, and 503 for
+// any other.
 type Ingest interface {
 	Ingest(ctx context.Context, ev events.Event) (ingest.Result, error)
 }
@@ -49,6 +78,14 @@ type Handler struct {
 	cfg    Config
 	ingest Ingest
 	log    zerolog.Logger
+	// budget is what is left of cfg.BodyBudget.
+	budget struct {
+		sync.Mutex
+		left int64
+	}
+	// warn samples the rejection warnings: a flood of bad requests costs one line per
+	// second per reason, not one per request.
+	warn *sampler
 }
 
 // NewHandler returns a Handler. It returns an error when no secret is configured: a
@@ -63,7 +100,16 @@ func NewHandler(cfg Config, in Ingest, log zerolog.Logger) (*Handler, error) {
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = DefaultMaxBody
 	}
-	return &Handler{cfg: cfg, ingest: in, log: log}, nil
+	if cfg.BodyBudget <= 0 {
+		cfg.BodyBudget = DefaultBodyBudget
+	}
+	cfg.BodyBudget = max(cfg.BodyBudget, cfg.MaxBody)
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	h := &Handler{cfg: cfg, ingest: in, log: log, warn: newSampler(time.Second, cfg.Now)}
+	h.budget.left = cfg.BodyBudget
+	return h, nil
 }
 
 // Errors the handler answers with. They are the only texts a sender ever sees.
@@ -73,8 +119,11 @@ var (
 	errNotSigned    = errors.New("missing Stripe-Signature header")
 	errBadSignature = errors.New("no valid signature for this endpoint's secrets")
 	errTooOld       = errors.New("signature timestamp outside the tolerance")
+	errFuture       = errors.New("signature timestamp in the future")
 	errBadHeader    = errors.New("malformed Stripe-Signature header")
 	errNotAnEvent   = errors.New("body is not a Stripe event")
+	errNotStorable  = errors.New("the event cannot be stored")
+	errBusy         = errors.New("too many deliveries at once; retry later")
 	errUnavailable  = errors.New("temporarily unable to store the event; retry later")
 )
 
@@ -101,14 +150,52 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.cfg.Observe(ev.Type, outcome, time.Since(start))
 		}
 	}()
-	ev, err := h.parse(w, r)
+
+	// What can be refused without reading the body is refused first: a sender without
+	// a fresh, well-formed signature header costs no memory.
+	sig := r.Header.Get("Stripe-Signature")
+	if err := h.checkHeader(sig); err != nil {
+		outcome = outcomeOf(err)
+		h.fail(w, r, err)
+		return
+	}
+	if r.ContentLength > h.cfg.MaxBody {
+		outcome = outcomeOf(errTooLarge)
+		h.fail(w, r, errTooLarge)
+		return
+	}
+
+	// The body is held until the answer: it takes its share of the budget for as long.
+	release, ok := h.reserve(r.ContentLength)
+	if !ok {
+		outcome = "busy"
+		h.fail(w, r, errBusy)
+		return
+	}
+	defer release()
+
+	ev, err := h.parse(w, r, sig)
 	if err != nil {
 		outcome = outcomeOf(err)
 		h.fail(w, r, err)
 		return
 	}
 	res, err := h.ingest.Ingest(r.Context(), ev)
-	if err != nil {
+	switch {
+	case errors.Is(err, events.ErrInvalid):
+		// Signed, yet no Stripe event: the signer's mistake, which no retry mends.
+		outcome = outcomeOf(errNotAnEvent)
+		h.log.Error().Err(err).Msg("signed webhook is not a valid Stripe event; answered 400")
+		h.fail(w, r, errNotAnEvent)
+		return
+	case errors.Is(err, ingest.ErrNotStorable):
+		// A real event the database refuses: a redelivery would be refused too. The
+		// catch-up lists it again and skips it; the sweep repairs what it was about.
+		outcome = "not_storable"
+		h.log.Error().Err(err).Str("event_id", ev.ID).Str("event_type", ev.Type).Msg("webhook event refused by the database; answered 400")
+		h.fail(w, r, errNotStorable)
+		return
+	case err != nil:
 		outcome = "unavailable"
 		h.log.Error().Err(err).Str("event_id", ev.ID).Str("event_type", ev.Type).Msg("webhook not stored; answered 503")
 		h.fail(w, r, errUnavailable)
@@ -133,40 +220,95 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, `{"received":true}`)
 }
 
-// parse reads, verifies and decodes the request. It returns one of the handler's errors.
-func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (events.Event, error) {
-	var ev events.Event
-	if r.ContentLength > h.cfg.MaxBody {
-		return ev, errTooLarge
+// checkHeader checks the Stripe-Signature header as far as it can without the body: it
+// is there, well formed (one timestamp, at least one v1 signature), and its timestamp is
+// within the tolerance and not ahead of keysync's clock by more than events.ClockSkew.
+// A timestamp from the future would let a captured delivery be replayed until then.
+func (h *Handler) checkHeader(header string) error {
+	if header == "" {
+		return errNotSigned
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBody))
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return ev, errTooLarge
+	var at int64
+	stamps, signatures := 0, 0
+	for _, part := range strings.Split(header, ",") {
+		key, value, _ := strings.Cut(part, "=")
+		if strings.Count(part, "=") != 1 {
+			return errBadHeader // as stripe-go's parser, which verify runs later
 		}
-		return ev, errUnreadable
+		switch key {
+		case "t":
+			n, err := strconv.ParseInt(value, 10, 64)
+			if err != nil {
+				return errBadHeader
+			}
+			at, stamps = n, stamps+1
+		case "v1":
+			signatures++
+		}
 	}
-	if err := h.verify(body, r.Header.Get("Stripe-Signature")); err != nil {
+	switch {
+	case stamps != 1:
+		return errBadHeader
+	case signatures == 0:
+		return errBadSignature // only other schemes (v0), which keysync does not accept
+	}
+	now := h.cfg.Now().Unix()
+	switch {
+	case at < now-int64(h.cfg.Tolerance/time.Second):
+		return errTooOld
+	case at > now+int64(events.ClockSkew/time.Second):
+		return errFuture
+	}
+	return nil
+}
+
+// reserve takes a body's share of the budget: its declared length, or the largest
+// body when it declares none, and at least minCharge. It returns false, taking nothing,
+// when the budget cannot spare it; release gives the share back.
+func (h *Handler) reserve(contentLength int64) (release func(), ok bool) {
+	n := contentLength
+	if n < 0 {
+		n = h.cfg.MaxBody
+	}
+	n = max(n, minCharge)
+	h.budget.Lock()
+	defer h.budget.Unlock()
+	if h.budget.left < n {
+		return nil, false
+	}
+	h.budget.left -= n
+	return func() {
+		h.budget.Lock()
+		h.budget.left += n
+		h.budget.Unlock()
+	}, true
+}
+
+// parse reads, verifies and decodes the request whose signature header is sig. It
+// returns one of the handler's errors.
+func (h *Handler) parse(w http.ResponseWriter, r *http.Request, sig string) (events.Event, error) {
+	var ev events.Event
+	body, err := h.read(w, r)
+	if err != nil {
+		return ev, err
+	}
+	if err := h.verify(body, sig); err != nil {
 		return ev, err
 	}
 	var env envelope
 	if err := json.Unmarshal(body, &env); err != nil || env.ID == "" || env.Type == "" || env.Object != "event" {
 		return ev, errNotAnEvent
 	}
-	payload, err := events.StorablePayload(body)
-	if err != nil {
-		return ev, errNotAnEvent
-	}
 	// Stored as received, whatever its API version: the worker decides how much of
-	// the payload it may trust (events.Pinned).
+	// the payload it may trust (events.Pinned). Ingest checks the envelope and makes
+	// the payload storable, as for every other path.
 	ev = events.Event{
 		ID:       env.ID,
 		Type:     env.Type,
 		Created:  time.Unix(env.Created, 0).UTC(),
 		Livemode: env.Livemode,
 		Account:  env.Account,
-		Payload:  payload,
+		Payload:  body,
 		Source:   events.SourceWebhook,
 	}
 	if env.APIVersion != nil {
@@ -175,28 +317,37 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (events.Event, e
 	return ev, nil
 }
 
-// verify checks the signature against every configured secret; any one may match.
-func (h *Handler) verify(body []byte, header string) error {
-	if header == "" {
-		return errNotSigned
+// read reads the body, at most MaxBody bytes. A body of declared length is read into a
+// buffer of that length, so that memory is what the budget counted.
+func (h *Handler) read(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	limited := http.MaxBytesReader(w, r.Body, h.cfg.MaxBody)
+	var body []byte
+	var err error
+	if r.ContentLength >= 0 {
+		body = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(limited, body)
+	} else {
+		body, err = io.ReadAll(limited)
 	}
-	var last error
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, errTooLarge
+		}
+		return nil, errUnreadable
+	}
+	return body, nil
+}
+
+// verify checks the signature against every configured secret; any one may match. The
+// timestamp was checked before the body was read (checkHeader).
+func (h *Handler) verify(body []byte, header string) error {
 	for _, secret := range h.cfg.Secrets {
-		last = webhook.ValidatePayloadWithTolerance(body, header, secret, h.cfg.Tolerance)
-		if last == nil {
+		if webhook.ValidatePayloadIgnoringTolerance(body, header, secret) == nil {
 			return nil
 		}
 	}
-	switch {
-	case errors.Is(last, webhook.ErrTooOld):
-		return errTooOld
-	case errors.Is(last, webhook.ErrInvalidHeader):
-		return errBadHeader
-	case errors.Is(last, webhook.ErrNotSigned):
-		return errNotSigned
-	default:
-		return errBadSignature
-	}
+	return errBadSignature
 }
 
 func outcomeOf(err error) string {
@@ -215,18 +366,35 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, errTooLarge):
 		status = http.StatusRequestEntityTooLarge
-	case errors.Is(err, errUnavailable):
+		h.warnSampled(r, err, "webhook rejected")
+	case errors.Is(err, errUnavailable), errors.Is(err, errBusy):
 		status = http.StatusServiceUnavailable
 		w.Header().Set("Retry-After", "5")
-	case errors.Is(err, errNotSigned), errors.Is(err, errBadSignature), errors.Is(err, errTooOld), errors.Is(err, errBadHeader):
-		// Never the body, never a secret: only what a person needs to find the sender.
-		h.log.Warn().Str("reason", err.Error()).Str("remote_addr", r.RemoteAddr).
-			Int64("content_length", r.ContentLength).Msg("webhook signature rejected")
+		if errors.Is(err, errBusy) {
+			h.warnSampled(r, err, "webhook turned away: body budget spent")
+		}
+	case errors.Is(err, errNotSigned), errors.Is(err, errBadSignature), errors.Is(err, errTooOld), errors.Is(err, errFuture),
+		errors.Is(err, errBadHeader):
+		h.warnSampled(r, err, "webhook signature rejected")
+	case errors.Is(err, errNotStorable):
+		// logged by the caller, with the event's id
 	default:
-		h.log.Warn().Str("reason", err.Error()).Str("remote_addr", r.RemoteAddr).Msg("webhook rejected")
+		h.warnSampled(r, err, "webhook rejected")
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	msg, _ := json.Marshal(map[string]string{"error": err.Error()})
 	_, _ = w.Write(msg)
+}
+
+// warnSampled logs a rejection, at most once a second for each reason, with how many of
+// the same reason were not logged since the last line. Never the body, never a secret:
+// only what a person needs to find the sender.
+func (h *Handler) warnSampled(r *http.Request, err error, msg string) {
+	ok, suppressed := h.warn.allow(err.Error())
+	if !ok {
+		return
+	}
+	h.log.Warn().Str("reason", err.Error()).Str("remote_addr", r.RemoteAddr).Int64("content_length", r.ContentLength).
+		Int("suppressed", suppressed).Msg(msg)
 }

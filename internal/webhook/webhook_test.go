@@ -5,10 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +33,7 @@ const (
 type bundle struct {
 	pool     *pgxpool.Pool
 	server   *httptest.Server
+	handler  *wh.Handler
 	ingester *ingest.Ingester
 	logs     *syncBuffer
 	mu       sync.Mutex
@@ -58,6 +61,7 @@ func (s *syncBuffer) String() string {
 type options struct {
 	poolURL  string
 	livemode bool // the API key's mode
+	config   func(*wh.Config)
 }
 
 func setup(t *testing.T, opts options) *bundle {
@@ -83,11 +87,16 @@ func setup(t *testing.T, opts options) *bundle {
 		OnRefused: func(reason string) { b.mu.Lock(); b.refused[reason]++; b.mu.Unlock() }}, log)
 	b.ingester.Start(context.Background())
 	t.Cleanup(b.ingester.Stop)
-	h, err := wh.NewHandler(wh.Config{Secrets: []string{secret1, secret2},
-		Observe: func(_, outcome string, _ time.Duration) { b.mu.Lock(); b.outcomes[outcome]++; b.mu.Unlock() }}, b.ingester, log)
+	hc := wh.Config{Secrets: []string{secret1, secret2},
+		Observe: func(_, outcome string, _ time.Duration) { b.mu.Lock(); b.outcomes[outcome]++; b.mu.Unlock() }}
+	if opts.config != nil {
+		opts.config(&hc)
+	}
+	h, err := wh.NewHandler(hc, b.ingester, log)
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.handler = h
 	b.server = httptest.NewServer(h)
 	t.Cleanup(b.server.Close)
 	return b
@@ -431,5 +440,194 @@ func TestStoppedIngesterAnswers503(t *testing.T) {
 	body := event("evt_late", "invoice.paid", "2023-10-16")
 	if got, _ := b.post(t, body, sign(body, secret1, time.Now(), "")); got != http.StatusServiceUnavailable {
 		t.Fatalf("got %d, want 503", got)
+	}
+}
+
+// trackedBody records whether the handler read any of the body.
+type trackedBody struct {
+	r    io.Reader
+	read atomic.Bool
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	b.read.Store(true)
+	return b.r.Read(p)
+}
+
+// What the Stripe-Signature header alone shows to be wrong is refused before a byte of
+// the body is read: a sender without a fresh, well-formed header costs no memory. A
+// timestamp more than 5 minutes ahead is refused too, although its signature is valid:
+// the delivery could be replayed until then.
+func TestSignatureHeaderCheckedBeforeBody(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{})
+	now := time.Now()
+	body := event("evt_hdr", "invoice.paid", "2023-10-16")
+	tests := map[string]struct {
+		header string
+		want   int
+		read   bool
+	}{
+		"missing":                {"", 400, false},
+		"no timestamp":           {"v1=00ff", 400, false},
+		"timestamp not a number": {"t=soon,v1=00ff", 400, false},
+		"two timestamps":         {fmt.Sprintf("t=%d,t=%d,v1=00ff", now.Unix(), now.Unix()), 400, false},
+		"only v0":                {sign(body, secret1, now, "v0"), 400, false},
+		"10 min old":             {sign(body, secret1, now.Add(-10*time.Minute), ""), 400, false},
+		"6 min ahead, valid":     {sign(body, secret1, now.Add(6*time.Minute), ""), 400, false},
+		"a year ahead":           {fmt.Sprintf("t=%d,v1=00ff", now.AddDate(1, 0, 0).Unix()), 400, false},
+		// Within the skew: read, verified and stored.
+		"4 min ahead, valid": {sign(body, secret1, now.Add(4*time.Minute), ""), 200, true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			tracked := &trackedBody{r: bytes.NewReader(body)}
+			req := httptest.NewRequest(http.MethodPost, "/webhooks/stripe", tracked)
+			if tc.header != "" {
+				req.Header.Set("Stripe-Signature", tc.header)
+			}
+			w := httptest.NewRecorder()
+			b.handler.ServeHTTP(w, req)
+			if w.Code != tc.want || tracked.read.Load() != tc.read {
+				t.Fatalf("got status %d (%s), body read %v; want %d, read %v", w.Code, w.Body, tracked.read.Load(), tc.want, tc.read)
+			}
+		})
+	}
+	if n := b.events(t); n != 1 {
+		t.Fatalf("got %d events stored, want 1", n)
+	}
+}
+
+// The bodies held at once are bounded: a delivery that would pass the budget is
+// answered 503 with Retry-After, without waiting and without reading its body, and
+// deliveries are taken again once the budget is free.
+func TestBodyBudget(t *testing.T) {
+	t.Parallel()
+	b := setup(t, options{config: func(c *wh.Config) { c.BodyBudget = wh.DefaultMaxBody }})
+
+	// A sender declares the largest body and sends none of it: it holds the whole
+	// budget while the handler waits for the body.
+	conn, err := net.Dial("tcp", b.server.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST / HTTP/1.1\r\nHost: x\r\nStripe-Signature: t=%d,v1=00ff\r\nContent-Length: %d\r\n\r\n", time.Now().Unix(), wh.DefaultMaxBody)
+
+	probe := []byte(`{}`)
+	pgtest.WaitFor(t, 10*time.Second, "the held body to take the budget", func() bool {
+		got, _ := b.post(t, probe, sign(probe, secret1, time.Now(), ""))
+		return got == http.StatusServiceUnavailable
+	})
+	body := event("evt_budget", "invoice.paid", "2023-10-16")
+	tracked := &trackedBody{r: bytes.NewReader(body)}
+	req := httptest.NewRequest(http.MethodPost, "/webhooks/stripe", tracked)
+	req.Header.Set("Stripe-Signature", sign(body, secret1, time.Now(), ""))
+	w := httptest.NewRecorder()
+	b.handler.ServeHTTP(w, req)
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" || tracked.read.Load() {
+		t.Fatalf("budget spent: got %d, Retry-After %q, body read %v; want 503 with Retry-After, unread", w.Code, w.Header().Get("Retry-After"), tracked.read.Load())
+	}
+	b.mu.Lock()
+	busy := b.outcomes["busy"]
+	b.mu.Unlock()
+	if busy < 2 {
+		t.Fatalf("got %d deliveries with outcome busy, want at least 2", busy)
+	}
+
+	// The sender gives up: its share comes back, and Stripe's retry is stored.
+	conn.Close()
+	pgtest.WaitFor(t, 10*time.Second, "the budget to come back", func() bool {
+		got, _ := b.post(t, body, sign(body, secret1, time.Now(), ""))
+		return got == http.StatusOK
+	})
+	if n := b.events(t); n != 1 {
+		t.Fatalf("got %d events stored, want 1", n)
+	}
+}
+
+// A flood of bad requests is logged at most once a second for each reason, and the
+// next line says how many were left out.
+func TestRejectionWarningsAreSampled(t *testing.T) {
+	t.Parallel()
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	b := setup(t, options{config: func(c *wh.Config) { c.Now = now }})
+	body := event("evt_flood", "invoice.paid", "2023-10-16")
+	send := func(n int, header func() string) {
+		for range n {
+			if got, resp := b.post(t, body, header()); got != 400 {
+				t.Fatalf("got %d (%s), want 400", got, resp)
+			}
+		}
+	}
+	unsigned := func() string { return "" }
+	forged := func() string { return sign(body, "whsec_forged", now(), "") }
+	send(5, unsigned)
+	send(3, forged)
+	if got := strings.Count(b.logs.String(), `"level":"warn"`); got != 2 {
+		t.Fatalf("got %d warn lines for 8 rejections of 2 reasons within a second, want 2:\n%s", got, b.logs)
+	}
+	clock.Add(int64(time.Second))
+	send(1, unsigned)
+	logs := b.logs.String()
+	lines := strings.Split(strings.TrimSpace(logs), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[2], `"suppressed":4`) || !strings.Contains(lines[2], "missing Stripe-Signature") {
+		t.Fatalf("got %d lines, the last %q; want 3, the last counting the 4 unsigned ones left out", len(lines), lines[len(lines)-1])
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.outcomes["bad_signature"] != 9 {
+		t.Fatalf("got %d deliveries counted bad_signature, want 9: sampling thins the log, not the metrics", b.outcomes["bad_signature"])
+	}
+}
+
+// Signed events that are odd: what Postgres cannot store as sent is cleaned, what is no
+// Stripe event is refused (400, nothing stored), and what the database refuses is
+// answered 400, not 503: no redelivery would change it.
+func TestSignedButOddEvents(t *testing.T) {
+	t.Parallel()
+	withEnvelope := func(id, typ, created string) []byte {
+		return fmt.Appendf(nil, `{"id":%s,"object":"event","api_version":"2023-10-16","created":%s,"livemode":false,"type":%s,"data":{"object":{"id":"in_1","object":"invoice"}}}`,
+			id, created, typ)
+	}
+	tests := map[string]struct {
+		body  []byte
+		want  int
+		note  string // the stored data.object.note; "" when nothing is stored
+		error string // in the answer, when refused
+	}{
+		"lone surrogate": {[]byte(`{"id":"evt_s","object":"event","api_version":"2023-10-16","created":1700000000,"livemode":false,"type":"invoice.paid",` +
+			`"data":{"object":{"id":"in_1","object":"invoice","note":"a\ud800b"}}}`), 200, "a\uFFFDb", ""},
+		"nul": {[]byte(`{"id":"evt_n","object":"event","api_version":"2023-10-16","created":1700000000,"livemode":false,"type":"invoice.paid",` +
+			`"data":{"object":{"id":"in_1","object":"invoice","note":"a\u0000b"}}}`), 200, "a\uFFFDb", ""},
+		"created in 5138":   {withEnvelope(`"evt_c"`, `"invoice.paid"`, "99999999999"), 400, "", "not a Stripe event"},
+		"created in 1970":   {withEnvelope(`"evt_c"`, `"invoice.paid"`, "0"), 400, "", "not a Stripe event"},
+		"not an event id":   {withEnvelope(`"cus_1"`, `"invoice.paid"`, "1700000000"), 400, "", "not a Stripe event"},
+		"id of 300 letters": {withEnvelope(`"evt_`+strings.Repeat("a", 296)+`"`, `"invoice.paid"`, "1700000000"), 400, "", "not a Stripe event"},
+		"type with a quote": {withEnvelope(`"evt_t"`, `"invoice.paid\""`, "1700000000"), 400, "", "not a Stripe event"},
+		"number jsonb cannot hold": {[]byte(`{"id":"evt_x","object":"event","api_version":"2023-10-16","created":1700000000,"livemode":false,"type":"invoice.paid",` +
+			`"data":{"object":{"id":"in_1","object":"invoice","amount":1e1000000}}}`), 400, "", "cannot be stored"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, options{})
+			got, resp := b.post(t, tc.body, sign(tc.body, secret1, time.Now(), ""))
+			if got != tc.want || !strings.Contains(resp, tc.error) {
+				t.Fatalf("got %d (%s), want %d with %q", got, resp, tc.want, tc.error)
+			}
+			if tc.note == "" {
+				if n := b.events(t); n != 0 {
+					t.Fatalf("got %d events stored, want 0", n)
+				}
+				return
+			}
+			var note string
+			if err := b.pool.QueryRow(context.Background(), `SELECT payload->'data'->'object'->>'note' FROM stripe_events`).Scan(&note); err != nil || note != tc.note {
+				t.Fatalf("got note %q (%v), want %q", note, err, tc.note)
+			}
+		})
 	}
 }

@@ -52,7 +52,7 @@ func Process(ctx context.Context, opts ProcessOptions) (ProcessResult, error) {
 		return res, err
 	}
 	defer db.Close()
-	measure := func(name string, bin string, args []string, idle func() error) (ms, rss float64, err error) {
+	measure := func(name string, bin string, args []string, idle func(since time.Time) error) (ms, rss float64, err error) {
 		var starts, rsss []float64
 		for i := range opts.Runs {
 			ports, err := sandbox.FreePorts(1)
@@ -68,11 +68,11 @@ func Process(ctx context.Context, opts ProcessOptions) (ProcessResult, error) {
 			err = sandbox.WaitHTTP(ctx, "http://"+addr+"/readyz", p)
 			took := time.Since(t0)
 			if err == nil && idle != nil {
-				err = idle()
+				err = idle(t0)
 			}
 			var r float64
 			if err == nil {
-				r, err = rssMB(p.Pid())
+				r, err = procStatusMB(p.Pid(), "VmRSS")
 			}
 			if stopErr := p.Stop(30 * time.Second); err == nil && stopErr != nil {
 				err = fmt.Errorf("%s did not stop cleanly: %v", name, stopErr)
@@ -84,22 +84,7 @@ func Process(ctx context.Context, opts ProcessOptions) (ProcessResult, error) {
 		}
 		return percentile(starts, 0.5), percentile(rsss, 0.5), nil
 	}
-	// keysync is idle once the jobs it queues at start (catch-up, prune) are done.
-	idle := func() error {
-		deadline := time.Now().Add(time.Minute)
-		for time.Now().Before(deadline) {
-			var open, done int
-			if err := db.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state NOT IN ('completed', 'discarded', 'cancelled')),
-				count(*) FILTER (WHERE state = 'completed') FROM river_job WHERE kind IN ('catch_up', 'prune_events')`).Scan(&open, &done); err != nil {
-				return err
-			}
-			if open == 0 && done > 0 {
-				return nil
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		return fmt.Errorf("keysync's start-up jobs did not finish within a minute")
-	}
+	idle := func(since time.Time) error { return waitStartupJobs(ctx, db, since) }
 	if res.StartToReadyMs, res.IdleRSSMB, err = measure("keysync", opts.Cluster.KeysyncBin, []string{"serve"}, idle); err != nil {
 		return res, err
 	}
@@ -115,19 +100,40 @@ func Process(ctx context.Context, opts ProcessOptions) (ProcessResult, error) {
 	return res, nil
 }
 
-// rssMB reads a process's resident set size from /proc.
-func rssMB(pid int) (float64, error) {
+// waitStartupJobs returns once the jobs keysync queues at start (catch-up, prune), those
+// created since its start, are done: keysync is idle then. Each start queues its own, so
+// the jobs of an earlier process on the same database do not count.
+func waitStartupJobs(ctx context.Context, db *pgxpool.Pool, since time.Time) error {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		var open, done int
+		if err := db.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state NOT IN ('completed', 'discarded', 'cancelled')),
+			count(*) FILTER (WHERE state = 'completed') FROM river_job WHERE kind IN ('catch_up', 'prune_events') AND created_at >= $1`,
+			since).Scan(&open, &done); err != nil {
+			return err
+		}
+		if open == 0 && done > 0 {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("keysync's start-up jobs did not finish within a minute")
+}
+
+// procStatusMB reads a size field of a process's /proc status (VmRSS, the resident set
+// size; VmHWM, its peak) in MB.
+func procStatusMB(pid int, field string) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
 			return float64(kb) / 1024, err
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	return 0, fmt.Errorf("no %s for pid %d", field, pid)
 }
 
 // MinimalService is the baseline process of the start-up benchmark: the least a

@@ -14,6 +14,7 @@ type Summary struct {
 	Process   *ProcessResult `json:"process,omitempty"`
 	Audit     []AuditQuery   `json:"audit,omitempty"`
 	AuditRows int            `json:"audit_rows,omitempty"`
+	Abuse     *AbuseResult   `json:"abuse,omitempty"`
 }
 
 // Table renders one line per figure: keysync's, its baseline from the same run, the
@@ -77,6 +78,11 @@ func (s *Summary) Table() string {
 	for _, q := range s.Audit {
 		if q.Filter != "baseline" {
 			line(fmt.Sprintf("audit by %s p99, %dM rows (vs by id)", q.Filter, s.AuditRows/1_000_000), q.P99ms, base.P99ms, "ms", "< 50 ms")
+		}
+	}
+	if a := s.Abuse; a != nil {
+		for _, l := range a.Loads {
+			line(fmt.Sprintf("%s: peak RSS (vs idle)", l.Load), l.PeakRSSMB, l.IdleRSSMB, "MB", "")
 		}
 	}
 	return b.String()
