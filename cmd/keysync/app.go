@@ -186,6 +186,12 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 		log.Info().Msg("KEYSYNC_ADMIN_TOKEN is unset: the admin API is off")
 	}
 
+	// The operator console (and River UI under it), behind the same token.
+	if err := mountConsole(ctx, mux, cfg, consoleParts{store: store, engine: engine, client: client, tables: tables, stripe: parts.stripe,
+		metrics: m}, log); err != nil {
+		return nil, err
+	}
+
 	// The webhook endpoint exists only with a signing secret. Without one keysync runs
 	// in polling mode: the catch-up is its only source of events.
 	if len(cfg.StripeWebhookSecrets) > 0 {

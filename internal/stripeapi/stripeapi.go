@@ -327,6 +327,24 @@ func (c *Client) GetCustomer(ctx context.Context, id string) (*stripe.Customer, 
 	return cu, c.wrap("get customer", err)
 }
 
+// CustomersByEmail returns the ids of the customers whose e-mail is email (Stripe
+// compares it case-sensitively), at most 10: the operator console's search by e-mail.
+func (c *Client) CustomersByEmail(ctx context.Context, email string) ([]string, error) {
+	p := &stripe.CustomerListParams{Email: stripe.String(email)}
+	p.Context = ctx
+	p.Limit = stripe.Int64(10)
+	p.Single = true // one page: a search shows the first ten
+	var out []string
+	it := c.api.Customers.List(p)
+	for it.Next() {
+		out = append(out, it.Customer().ID)
+	}
+	if err := it.Err(); err != nil {
+		return nil, c.wrap("list customers", err)
+	}
+	return out, nil
+}
+
 // GetProduct returns a product (its metadata may map it to a Cryptolens product).
 func (c *Client) GetProduct(ctx context.Context, id string) (*stripe.Product, error) {
 	p := &stripe.ProductParams{}
