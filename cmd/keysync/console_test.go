@@ -172,11 +172,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	defer pool.Close()
 	store := postgres.NewStore(pool)
 	var key string
-	pgtest.WaitFor(t, 20*time.Second, "keysync to make the key and work every event", func() bool {
-		var pending int
+	pgtest.WaitFor(t, 20*time.Second, "keysync to make the key and work every event the catch-up stored", func() bool {
+		var pending, caughtUp int
 		_ = pool.QueryRow(ctx, `SELECT coalesce((SELECT license_key FROM subscriptions WHERE id = $1), ''),
-			(SELECT count(*) FROM stripe_events WHERE status = 'pending')`, co.Subscription).Scan(&key, &pending)
-		return key != "" && pending == 0
+			(SELECT count(*) FROM stripe_events WHERE status = 'pending'),
+			(SELECT count(*) FROM sync_runs WHERE kind = 'catch_up' AND status = 'succeeded')`, co.Subscription).Scan(&key, &pending, &caughtUp)
+		return key != "" && pending == 0 && caughtUp > 0
 	})
 
 	// An event that failed for good earlier, to replay.
