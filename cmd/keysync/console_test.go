@@ -334,13 +334,13 @@ func TestConsoleInBrowser(t *testing.T) {
 			tb.shotScreen("14-phone-subscription-audit")
 		}
 	}
-	tb.do("desktop width", chromedp.ResetViewport())
+	tb.do("desktop width", chromedp.EmulateViewport(1280, 900))
 
 	// 9. Log out: the console is closed again.
 	tb.load("log out", chromedp.Click(chromedp.CSS(`form.who button`)))
 	tb.see("the login form after logout", "Logged out.", "Admin token")
+	tb.shot("16-logged-out")
 	tb.load("open a page after logout", chromedp.Navigate(base+"audit"))
 	tb.see("the login form again", "Admin token")
-	tb.shot("16-logged-out")
 	t.Logf("browser part took %s; screenshots in %s", time.Since(start).Round(time.Millisecond), screenshotDir)
 }
