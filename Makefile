@@ -21,8 +21,8 @@ build: ## build bin/keysync, bin/keysync-sandbox and bin/keysync-demo (static bi
 	$(BUILD) -o bin/keysync-sandbox ./cmd/keysync-sandbox
 	$(BUILD) -o bin/keysync-demo ./cmd/keysync-demo
 
-demo: build ## run keysync against local Postgres and show what it does
-	./bin/keysync-demo -keysync bin/keysync
+demo: build ## run keysync against local Postgres and show what it does (KEEP=1: keep it running for the console)
+	./bin/keysync-demo -keysync bin/keysync $(if $(KEEP),-keep)
 
 sandbox: build ## run the Stripe and Cryptolens simulators on loopback (prints keysync's environment)
 	./bin/keysync-sandbox $(SANDBOX_ARGS)

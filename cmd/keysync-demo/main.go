@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -50,6 +52,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	sandboxBin := fs.String("sandbox", "bin/keysync-sandbox", "the keysync-sandbox binary")
 	workdir := fs.String("dir", ".demo", "where the demo writes logs and the plans file")
 	database := fs.String("database", "keysync_demo", "database the demo creates (on a local or throwaway server)")
+	keep := fs.Bool("keep", false, "keep keysync and the sandbox running at the end, to look at the console, until interrupted (make demo KEEP=1)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -118,8 +121,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// A fresh admin token for the console, in a file only this user can read.
+	tokenFile, token, err := adminToken(*workdir)
+	if err != nil {
+		return err
+	}
 	env = append(env, "DATABASE_URL="+dbURL, "KEYSYNC_LISTEN="+keysyncAddr, "KEYSYNC_ADMIN_LISTEN="+adminAddr, "KEYSYNC_PLANS_FILE="+plans,
-		"LOG_FORMAT=json", "LOG_LEVEL=info")
+		"LOG_FORMAT=json", "LOG_LEVEL=info", "KEYSYNC_ADMIN_TOKEN="+token)
 	keysync, err := sandbox.Start(*keysyncBin, filepath.Join(*workdir, "keysync.Log"), env, "serve")
 	if err != nil {
 		return err
@@ -132,6 +140,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("keysync's admin listener: %w", err)
 	}
 	d.say("pid %d, webhooks on %s, metrics on http://%s/metrics, ready (log: %s)", keysync.Pid(), keysyncAddr, adminAddr, keysync.Log)
+	consoleURL := "http://" + adminAddr + "/console/"
+	d.say("console %s (log in with the token in %s)", consoleURL, tokenFile)
 
 	d.step("A subscription's life (each step: Stripe acts, webhooks arrive, keysync syncs)")
 	var co map[string]any
@@ -207,6 +217,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 
+	// KEEP=1: a person looks at the console after the lifecycle; a signal ends it.
+	if *keep {
+		d.step("Keep running (KEEP=1)")
+		d.say("the console: %s (log in with the token in %s)", consoleURL, tokenFile)
+		d.say("keysync and the sandbox keep running; Ctrl-C stops them")
+		<-ctx.Done()
+	}
+
 	d.step("Stop")
 	if err := keysync.Stop(time.Minute); err != nil {
 		return fmt.Errorf("keysync: %w (log: %s)", err, keysync.Log)
@@ -216,6 +234,20 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	d.say("keysync and the sandbox stopped cleanly")
 	return nil
+}
+
+// adminToken writes a random admin token to dir/admin-token (readable by this user
+// only) and returns the file and the token.
+func adminToken(dir string) (string, string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", "", err
+	}
+	token, file := hex.EncodeToString(b), filepath.Join(dir, "admin-token")
+	if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+		return "", "", err
+	}
+	return file, token, nil
 }
 
 func (d *demo) step(s string)               { fmt.Fprintf(d.out, "\n== %s\n", s) }

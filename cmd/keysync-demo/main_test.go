@@ -5,11 +5,18 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -38,9 +45,35 @@ func TestDemo(t *testing.T) {
 			c.Close(context.Background())
 		}
 	})
-	var out bytes.Buffer
-	err := run(context.Background(), []string{"-keysync", bin, "-sandbox", sandbox, "-dir", dir, "-database", database}, &out)
-	if err != nil {
+	// With -keep (make demo KEEP=1) the demo keeps keysync running after the lifecycle,
+	// with the console open to the token it wrote, until it is interrupted.
+	ctx, interrupt := context.WithCancel(context.Background())
+	defer interrupt()
+	out := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-keysync", bin, "-sandbox", sandbox, "-dir", dir, "-database", database, "-keep"}, out)
+	}()
+	consoleURL := regexp.MustCompile(`console (http://\S+/console/)`)
+	pgtest.WaitFor(t, 4*time.Minute, "the demo to keep running", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("demo ended before keeping keysync running: %v\n%s\nkeysync log:\n%s", err, out.String(), readFile(filepath.Join(dir, "keysync.log")))
+		default:
+		}
+		return strings.Contains(out.String(), "Keep running (KEEP=1)")
+	})
+	m := consoleURL.FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("the demo does not print the console's URL:\n%s", out.String())
+	}
+	token, err := os.ReadFile(filepath.Join(dir, "admin-token"))
+	if fi, _ := os.Stat(filepath.Join(dir, "admin-token")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin token file: %v, %v; want one readable by its owner only", err, fi)
+	}
+	checkConsole(t, m[1], strings.TrimSpace(string(token)))
+	interrupt()
+	if err := <-done; err != nil {
 		t.Fatalf("demo: %v\n%s\nkeysync log:\n%s", err, out.String(), readFile(filepath.Join(dir, "keysync.log")))
 	}
 	got := out.String()
@@ -57,6 +90,50 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(got, "FAILED") {
 		t.Fatalf("a step failed:\n%s", got)
 	}
+}
+
+// checkConsole logs into the console at base with token and reads its overview.
+func checkConsole(t *testing.T, base, token string) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	resp, err := c.Get(base + "login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(page)
+	if csrf == nil {
+		t.Fatalf("the console's login page has no form:\n%s", page)
+	}
+	resp, err = c.PostForm(base+"login", url.Values{"csrf": {string(csrf[1])}, "token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(page), "Is keysync healthy?") {
+		t.Fatalf("console login with the demo's token: got %d:\n%s", resp.StatusCode, page)
+	}
+}
+
+// syncBuffer is a bytes.Buffer that the demo writes while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func readFile(p string) string {

@@ -211,7 +211,12 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 		if api := admin.NewAPI(guard, store, engine, adminJobs{store: store, client: client}, log.With().Str("component", "admin").Logger()); api != nil {
 			api.Mount(adminMux)
 		} else {
-			log.Info().Msg("KEYSYNC_ADMIN_TOKEN is unset: the admin API is off")
+			log.Info().Msg("KEYSYNC_ADMIN_TOKEN is unset: the admin API and the console are off")
+		}
+		// The operator console (and River UI under it), behind the same tokens.
+		if err := mountConsole(ctx, adminMux, cfg, consoleParts{store: store, engine: engine, client: client, tables: tables,
+			stripe: parts.stripe, metrics: m, guard: guard}, log); err != nil {
+			return nil, err
 		}
 		a.adminHandler = adminMux
 	} else {

@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -47,7 +44,7 @@ func (c *auditCmd) args(rest []string) error {
 		return fmt.Errorf("audit takes flags only, got %q (keysync audit --help lists them)", rest[0])
 	}
 	var err error
-	if c.filter.Since, err = parseSince(c.since, c.now); err != nil {
+	if c.filter.Since, err = postgres.ParseSince(c.since, c.now); err != nil {
 		return fmt.Errorf("audit --since: %w", err)
 	}
 	if c.until != "" {
@@ -77,7 +74,7 @@ func (c *auditCmd) run(ctx context.Context, e cmdEnv) error {
 	case "json":
 		return writeAuditJSON(e.stdout, rows)
 	case "csv":
-		return writeAuditCSV(e.stdout, rows)
+		return postgres.WriteAuditCSV(e.stdout, rows)
 	}
 	if err := writeAuditTable(e.stdout, rows); err != nil {
 		return err
@@ -100,19 +97,6 @@ func writeAuditJSON(w io.Writer, rows []postgres.AuditRecord) error {
 	return enc.Encode(rows)
 }
 
-// writeAuditCSV writes rows with a header line, params as JSON in one column.
-func writeAuditCSV(w io.Writer, rows []postgres.AuditRecord) error {
-	cw := csv.NewWriter(w)
-	_ = cw.Write([]string{"id", "at", "subscription_id", "customer_id", "license_key", "action", "outcome", "cause", "cause_id", "params", "message"})
-	for _, r := range rows {
-		params, _ := json.Marshal(r.Params)
-		_ = cw.Write([]string{strconv.FormatInt(r.ID, 10), r.At.UTC().Format(time.RFC3339), deref(r.SubscriptionID), deref(r.CustomerID),
-			deref(r.LicenseKey), r.Action, r.Outcome, r.Cause, deref(r.CauseID), string(params), deref(r.Message)})
-	}
-	cw.Flush()
-	return cw.Error()
-}
-
 // writeAuditTable writes rows as aligned columns for a terminal.
 func writeAuditTable(w io.Writer, rows []postgres.AuditRecord) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
@@ -127,26 +111,6 @@ func writeAuditTable(w io.Writer, rows []postgres.AuditRecord) error {
 			deref(r.SubscriptionID), deref(r.LicenseKey), r.Cause, deref(r.CauseID), detail)
 	}
 	return tw.Flush()
-}
-
-// parseSince reads "24h", "7d", "90m" (back from now) or an RFC 3339 time; "" is no bound.
-func parseSince(v string, now time.Time) (time.Time, error) {
-	if v == "" {
-		return time.Time{}, nil
-	}
-	if t, err := time.Parse(time.RFC3339, v); err == nil {
-		return t, nil
-	}
-	if days, ok := strings.CutSuffix(v, "d"); ok {
-		if n, err := strconv.Atoi(days); err == nil && n >= 0 {
-			return now.AddDate(0, 0, -n), nil
-		}
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		return time.Time{}, fmt.Errorf("%q is neither a duration (24h, 7d) nor an RFC 3339 time", v)
-	}
-	return now.Add(-d), nil
 }
 
 func deref[T any](p *T) string {

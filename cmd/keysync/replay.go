@@ -45,7 +45,7 @@ func (c *replayCmd) args(rest []string) error {
 		return nil
 	}
 	var err error
-	if c.from, err = parseSince(c.since, c.now); err != nil {
+	if c.from, err = postgres.ParseSince(c.since, c.now); err != nil {
 		return fmt.Errorf("replay --since: %w", err)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
@@ -114,6 +115,18 @@ func NewGuard(cfg GuardConfig) *Guard {
 		return nil
 	}
 	return g
+}
+
+// SessionKey derives a key for signing sessions (the operator console's cookies) from
+// the tokens' digests: every replica with the same tokens accepts the others'
+// sessions, and changing a token ends every session signed under the old one.
+func (g *Guard) SessionKey() []byte {
+	m := hmac.New(sha256.New, []byte("keysync console session key v1"))
+	for _, c := range g.creds {
+		m.Write(c.digest[:])
+		m.Write([]byte{byte(c.who.Access)})
+	}
+	return m.Sum(nil)
 }
 
 // Authenticate returns who presented token from client (an address, host:port or host).

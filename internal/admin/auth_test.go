@@ -103,3 +103,29 @@ func TestGuardBoundsItsClients(t *testing.T) {
 		t.Fatal("IPv6 clients must be keyed by their /64")
 	}
 }
+
+// The console signs its sessions with a key derived from the tokens: the same tokens
+// give every replica the same key; another token, or the same token with other rights,
+// gives another key, so changing a token ends the sessions signed under it.
+func TestGuardSessionKeyFollowsTheTokens(t *testing.T) {
+	t.Parallel()
+	key := func(admin, read string) string {
+		return string(NewGuard(GuardConfig{AdminToken: admin, ReadToken: read}).SessionKey())
+	}
+	a := key("full-0123456789abcdef", "")
+	if a != key("full-0123456789abcdef", "") {
+		t.Fatal("the same tokens gave two session keys")
+	}
+	for name, other := range map[string]string{
+		"another admin token":         key("full-0123456789abcdeX", ""),
+		"a read token added":          key("full-0123456789abcdef", "read-0123456789abcdef"),
+		"the token as the read token": key("", "full-0123456789abcdef"),
+	} {
+		if other == a {
+			t.Errorf("%s: same session key", name)
+		}
+	}
+	if len(a) < 32 {
+		t.Fatalf("session key of %d bytes", len(a))
+	}
+}

@@ -1,6 +1,7 @@
 package stripesim
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -438,6 +439,31 @@ func page(ids []string, q url.Values) (lo, hi int, hasMore bool, e *apiError) {
 
 var subscriptionStatuses = []string{StatusActive, StatusCanceled, StatusIncomplete, StatusIncompleteExpired,
 	StatusPastDue, StatusPaused, StatusTrialing, StatusUnpaid, "all", "ended"}
+
+// listCustomers lists customers newest first; email filters on the exact, case-sensitive
+// address (the spec's email parameter).
+func (s *Sim) listCustomers(q url.Values) (any, *apiError) {
+	var custs []*Customer
+	for _, c := range s.customers {
+		if email := q.Get("email"); email == "" || c.Email == email {
+			custs = append(custs, c)
+		}
+	}
+	slices.SortFunc(custs, func(a, b *Customer) int { return cmp.Or(cmp.Compare(b.Created, a.Created), cmp.Compare(b.ID, a.ID)) })
+	ids := make([]string, len(custs))
+	for i, c := range custs {
+		ids[i] = c.ID
+	}
+	lo, hi, more, err := page(ids, q)
+	if err != nil {
+		return nil, err
+	}
+	data := make([]any, 0, hi-lo)
+	for _, c := range custs[lo:hi] {
+		data = append(data, s.renderCustomer(c))
+	}
+	return list("/v1/customers", data, more), nil
+}
 
 func (s *Sim) listSubscriptions(q url.Values) (any, *apiError) {
 	status := q.Get("status")
