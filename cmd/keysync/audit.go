@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/syncer"
 )
 
 // auditCmd prints audit rows, newest first, filtered, as a table, JSON or CSV. It
@@ -29,6 +30,7 @@ type auditCmd struct {
 func (c *auditCmd) flags(fs *flag.FlagSet) {
 	f := &c.filter
 	fs.StringVar(&f.Subscription, "subscription", "", "a Stripe subscription id")
+	fs.StringVar(&f.Purchase, "purchase", "", "a one-time purchase: a Checkout Session (cs_...) or an invoice (in_...) id")
 	fs.StringVar(&f.Customer, "customer", "", "a Stripe customer id")
 	fs.StringVar(&f.LicenseKey, "key", "", "a license key")
 	fs.StringVar(&f.Action, "action", "", "create_key, extend, block, unblock, add_feature, remove_feature, machine_limit, adopt_key, skip_unmapped, error")
@@ -54,6 +56,9 @@ func (c *auditCmd) args(rest []string) error {
 		if c.filter.Until, err = time.Parse(time.RFC3339, c.until); err != nil {
 			return errors.New("audit --until: want an RFC 3339 time")
 		}
+	}
+	if p := c.filter.Purchase; p != "" && !syncer.IsPurchase(p) {
+		return fmt.Errorf("audit --purchase: %q is no purchase id (cs_... or in_...)", p)
 	}
 	if c.format != "table" && c.format != "json" && c.format != "csv" {
 		return errors.New("audit --format takes table, json or csv")
@@ -103,11 +108,12 @@ func writeAuditJSON(w io.Writer, rows []postgres.AuditRecord) error {
 // writeAuditCSV writes rows with a header line, params as JSON in one column.
 func writeAuditCSV(w io.Writer, rows []postgres.AuditRecord) error {
 	cw := csv.NewWriter(w)
-	_ = cw.Write([]string{"id", "at", "subscription_id", "customer_id", "license_key", "action", "outcome", "cause", "cause_id", "params", "message"})
+	_ = cw.Write([]string{"id", "at", "subscription_id", "customer_id", "license_key", "action", "outcome", "cause", "cause_id", "params", "message",
+		"purchase_id"})
 	for _, r := range rows {
 		params, _ := json.Marshal(r.Params)
 		_ = cw.Write([]string{strconv.FormatInt(r.ID, 10), r.At.UTC().Format(time.RFC3339), deref(r.SubscriptionID), deref(r.CustomerID),
-			deref(r.LicenseKey), r.Action, r.Outcome, r.Cause, deref(r.CauseID), string(params), deref(r.Message)})
+			deref(r.LicenseKey), r.Action, r.Outcome, r.Cause, deref(r.CauseID), string(params), deref(r.Message), deref(r.PurchaseID)})
 	}
 	cw.Flush()
 	return cw.Error()
@@ -116,15 +122,20 @@ func writeAuditCSV(w io.Writer, rows []postgres.AuditRecord) error {
 // writeAuditTable writes rows as aligned columns for a terminal.
 func writeAuditTable(w io.Writer, rows []postgres.AuditRecord) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAT (UTC)\tACTION\tOUTCOME\tSUBSCRIPTION\tKEY\tCAUSE\tDETAILS")
+	// A row is about a subscription or a purchase: one column shows whichever.
+	fmt.Fprintln(tw, "ID\tAT (UTC)\tACTION\tOUTCOME\tSUBSCRIPTION/PURCHASE\tKEY\tCAUSE\tDETAILS")
 	for _, r := range rows {
 		params, _ := json.Marshal(r.Params)
 		detail := string(params)
 		if m := deref(r.Message); m != "" {
 			detail += " " + m
 		}
+		subject := deref(r.SubscriptionID)
+		if subject == "" {
+			subject = deref(r.PurchaseID)
+		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s %s\t%s\n", r.ID, r.At.UTC().Format("2006-01-02 15:04:05"), r.Action, r.Outcome,
-			deref(r.SubscriptionID), deref(r.LicenseKey), r.Cause, deref(r.CauseID), detail)
+			subject, deref(r.LicenseKey), r.Cause, deref(r.CauseID), detail)
 	}
 	return tw.Flush()
 }

@@ -83,14 +83,7 @@ func saveSync(ctx context.Context, q querier, row syncer.SubscriptionRow, audits
 			return fmt.Errorf("save subscription: %w", translate(err))
 		}
 		b := &pgx.Batch{}
-		for _, a := range audits {
-			params := a.Params
-			if params == nil {
-				params = map[string]any{}
-			}
-			b.Queue(insertAudit, a.SubscriptionID, a.CustomerID, a.ProductID, a.LicenseKey, a.Action, params, string(a.Outcome),
-				string(a.Cause), a.CauseID, a.Message, float64(a.Duration.Microseconds())/1000)
-		}
+		queueAudits(b, audits)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("save audit: %w", translate(err))
 		}

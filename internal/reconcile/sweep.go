@@ -1,6 +1,7 @@
 // Package reconcile finds what webhooks missed: a periodic sweep compares every
 // subscription in Stripe with every key in Cryptolens and enqueues a Sync for each one
-// that drifted; a catch-up reads the Events API for events that never arrived.
+// that drifted, and one for each recent one-time purchase keysync has not settled; a
+// catch-up reads the Events API for events that never arrived.
 package reconcile
 
 import (
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"iter"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +36,8 @@ type SweepStripe interface {
 	Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscription, error]
 	GetProduct(ctx context.Context, id string) (*stripe.Product, error)
 	CompleteLines(ctx context.Context, inv *stripe.Invoice) error
+	CompleteSessions(ctx context.Context, since time.Time) iter.Seq2[*stripe.CheckoutSession, error]
+	PaidInvoicesSince(ctx context.Context, since time.Time) iter.Seq2[*stripe.Invoice, error]
 }
 
 // SweepCryptolens is what the sweep reads from Cryptolens.
@@ -47,10 +51,13 @@ type SweepStore interface {
 	FinishRun(ctx context.Context, id int64, sum postgres.RunSummary) error
 	SubscriptionIndex(ctx context.Context) (map[string]postgres.SubscriptionBrief, error)
 	TryLockRun(ctx context.Context, kind string) (*postgres.RunLock, bool, error)
+	SweepCursor(ctx context.Context) (time.Time, bool, error)
+	PurchaseIndex(ctx context.Context, since time.Time) (map[string]postgres.PurchaseBrief, error)
 }
 
-// Enqueue schedules Syncs of the drifted subscriptions, caused by sweep run runID.
-type Enqueue func(ctx context.Context, subscriptions []string, runID int64) error
+// Enqueue schedules Syncs of the drifted subscriptions and purchases (syncer.IsPurchase
+// tells them apart), caused by sweep run runID.
+type Enqueue func(ctx context.Context, ids []string, runID int64) error
 
 // Sweeper runs sweeps.
 type Sweeper struct {
@@ -93,18 +100,40 @@ type Summary struct {
 	// nothing.
 	Skipped bool
 	RunID   int64
-	Scanned int
-	Drifted []Drift
-	Orphans []string
-	Failed  int
-	Took    time.Duration
+	// Scanned counts subscriptions; Purchases the one-time purchases of the window.
+	Scanned   int
+	Purchases int
+	Drifted   []Drift
+	Orphans   []string
+	Failed    int
+	Took      time.Duration
+	// Cursor is how far this sweep looked for purchases (Stripe's creation time): the
+	// next one lists from a day before it.
+	Cursor time.Time
 }
 
-// Drift is one subscription whose key is not what the policy wants.
+// Drift is one subscription whose key is not what the policy wants, or one purchase
+// keysync has not settled (Purchase set instead).
 type Drift struct {
 	Subscription string
+	Purchase     string
 	Reason       string
 }
+
+// ID is the drifted subscription's or purchase's id.
+func (d Drift) ID() string {
+	if d.Purchase != "" {
+		return d.Purchase
+	}
+	return d.Subscription
+}
+
+// purchaseLag is how far before the cursor a sweep lists purchases: a Checkout Session
+// completes up to 24 hours after it was created (its expires_at is at most 24 hours
+// after creation; stripe-go v76 CheckoutSessionParams.ExpiresAt), and an invoice is
+// listed when paid within a day of its creation (later payments come by webhook and the
+// catch-up).
+const purchaseLag = 24 * time.Hour
 
 // pending is what a sweep keeps of one subscription until the keys are read: a few
 // dozen bytes, so that a sweep of 100,000 subscriptions stays well under 150 MB.
@@ -213,9 +242,11 @@ func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 	sum := Summary{RunID: runID}
 	err = s.sweep(ctx, &sum)
 	sum.Took = time.Since(start)
-	rs := postgres.RunSummary{Scanned: sum.Scanned, Drifted: len(sum.Drifted), Failed: sum.Failed, Orphans: len(sum.Orphans)}
+	rs := postgres.RunSummary{Scanned: sum.Scanned + sum.Purchases, Drifted: len(sum.Drifted), Failed: sum.Failed, Orphans: len(sum.Orphans)}
 	if err != nil {
 		rs.Error = err.Error()
+	} else {
+		rs.Cursor = strconv.FormatInt(sum.Cursor.Unix(), 10)
 	}
 	if ferr := s.store.FinishRun(ctx, runID, rs); ferr != nil {
 		err = errors.Join(err, ferr)
@@ -227,12 +258,16 @@ func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 	if s.OnRun != nil {
 		s.OnRun(sum)
 	}
-	ev.Int64("run_id", runID).Int("scanned", sum.Scanned).Int("drifted", len(sum.Drifted)).Int("orphans", len(sum.Orphans)).
+	ev.Int64("run_id", runID).Int("scanned", sum.Scanned).Int("purchases", sum.Purchases).Int("drifted", len(sum.Drifted)).Int("orphans", len(sum.Orphans)).
 		Int("failed", sum.Failed).Dur("took", sum.Took).Msg("sweep finished")
 	return sum, err
 }
 
 func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
+	// One-time purchases first: their window ends where the sweep starts.
+	if err := s.sweepPurchases(ctx, sum); err != nil {
+		return err
+	}
 	rows, err := s.store.SubscriptionIndex(ctx)
 	if err != nil {
 		return err
@@ -314,7 +349,7 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 			keys = append(keys, briefKey(k))
 			byKey[k.Key] = i
 			for _, word := range strings.Fields(k.Notes) {
-				if sub, ok := syncer.MarkedSubscription(word); ok {
+				if sub, ok := syncer.MarkedSubscription(word); ok && !syncer.IsPurchase(sub) {
 					byMarker[strings.Clone(sub)] = i
 					if _, ok := inStripe[sub]; !ok {
 						sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (notes name %s, which Stripe does not have)", k.Key, sub))
@@ -378,10 +413,83 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 	}
 	ids := make([]string, len(sum.Drifted))
 	for i, d := range sum.Drifted {
-		ids[i] = d.Subscription
+		ids[i] = d.ID()
 	}
 	if err := s.enqueue(ctx, ids, sum.RunID); err != nil {
 		return fmt.Errorf("enqueue syncs: %w", err)
 	}
+	return nil
+}
+
+// sweepPurchases finds the one-time purchases keysync has not settled: every complete
+// Checkout Session in payment mode and every paid invoice of no subscription that
+// Stripe created since a day before the stored cursor, unless keysync's last Sync of it
+// succeeded with its payment settled; and every purchase keysync recorded unsettled (an
+// asynchronous payment, an open invoice, a failed Sync), whenever it was made. Each is
+// a Drift. The cursor moves to the sweep's start.
+func (s *Sweeper) sweepPurchases(ctx context.Context, sum *Summary) error {
+	now := s.now().UTC()
+	cursor, ok, err := s.store.SweepCursor(ctx)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		cursor = now // the first sweep looks one day back
+	}
+	since := cursor.Add(-purchaseLag)
+	known, err := s.store.PurchaseIndex(ctx, since)
+	if err != nil {
+		return err
+	}
+	// A session's post-payment invoice is part of the session's purchase.
+	ofSession := map[string]bool{}
+	for _, b := range known {
+		if b.InvoiceID != "" {
+			ofSession[b.InvoiceID] = true
+		}
+	}
+	seen := map[string]bool{}
+	drift := func(id, reason string) {
+		if !seen[id] {
+			seen[id] = true
+			sum.Drifted = append(sum.Drifted, Drift{Purchase: id, Reason: reason})
+		}
+	}
+	judge := func(id string) {
+		sum.Purchases++
+		switch b, ok := known[id]; {
+		case !ok:
+			drift(id, "purchase not recorded")
+		case !b.Settled():
+			drift(id, "purchase not settled")
+		}
+	}
+	for sess, err := range s.stripe.CompleteSessions(ctx, since) {
+		if err != nil {
+			return fmt.Errorf("list checkout sessions: %w", err)
+		}
+		if sess.Mode == stripe.CheckoutSessionModePayment { // a subscription's is swept with it
+			judge(sess.ID)
+		}
+	}
+	for inv, err := range s.stripe.PaidInvoicesSince(ctx, since) {
+		if err != nil {
+			return fmt.Errorf("list paid invoices: %w", err)
+		}
+		if inv.Subscription == nil && !ofSession[inv.ID] {
+			judge(inv.ID)
+		}
+	}
+	ids := make([]string, 0, len(known))
+	for id, b := range known {
+		if !b.Settled() {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		drift(id, "purchase not settled")
+	}
+	sum.Cursor = now
 	return nil
 }
