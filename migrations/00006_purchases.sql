@@ -1,5 +1,7 @@
 -- One-time purchases (DESIGN §2.1): a Checkout Session in payment mode, or an invoice
--- that belongs to no subscription, buys one perpetual key per Cryptolens product.
+-- that belongs to no subscription, buys one perpetual key per Cryptolens product. And
+-- bundles (DESIGN §2): a subscription whose items map to several Cryptolens products
+-- has one key per product.
 
 -- +goose Up
 CREATE TABLE purchases (
@@ -41,6 +43,22 @@ CREATE TABLE purchase_keys (
 -- One key belongs to one purchase: a second claim on it is a bug to surface.
 CREATE UNIQUE INDEX purchase_keys_key ON purchase_keys (product_id, license_key);
 
+-- A bundle's keys other than the one its subscriptions row names (the first it had),
+-- one per Cryptolens product. Losing the mapping (a truncated subscriptions table)
+-- loses them too: the keys' Notes markers bring them back.
+CREATE TABLE subscription_keys (
+    subscription_id    text        NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    product_id         integer     NOT NULL,
+    license_key        text        NOT NULL,
+    key_id             bigint,
+    blocked_by_keysync boolean     NOT NULL DEFAULT false, -- recorded before BlockKey is called
+    expiry_block_seen  boolean     NOT NULL DEFAULT false, -- recorded before any Cryptolens call
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (subscription_id, product_id)
+);
+CREATE UNIQUE INDEX subscription_keys_key ON subscription_keys (product_id, license_key);
+
 -- An audit row is about a subscription or about a purchase.
 ALTER TABLE audit_log ADD COLUMN purchase_id text;
 CREATE INDEX audit_log_purchase ON audit_log (purchase_id, at DESC) WHERE purchase_id IS NOT NULL;
@@ -74,5 +92,6 @@ FROM audit_log a
 WHERE a.action IN ('create_key', 'extend') AND a.outcome = 'applied';
 DROP INDEX audit_log_purchase;
 ALTER TABLE audit_log DROP COLUMN purchase_id;
+DROP TABLE subscription_keys;
 DROP TABLE purchase_keys;
 DROP TABLE purchases;

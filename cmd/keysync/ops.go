@@ -171,6 +171,9 @@ func (c *statusCmd) run(ctx context.Context, e cmdEnv) error {
 	fmt.Fprintf(w, "Stripe\tstatus %s, paid through %s, entitled through %s\n", p.Status, day(p.PaidThrough), day(p.EntitledThrough))
 	if p.Found {
 		fmt.Fprintf(w, "keysync\tkey %s, blocked by keysync %v, last synced %s\n", deref(p.Row.LicenseKey), p.Row.BlockedByKeysync, day(derefTime(p.Row.LastSyncedAt)))
+		for _, k := range p.Row.Bundle {
+			fmt.Fprintf(w, "\tbundle: key %s (product %d), blocked by keysync %v\n", deref(k.LicenseKey), k.ProductID, k.BlockedByKeysync)
+		}
 	} else {
 		fmt.Fprintf(w, "keysync\tno mapping row yet\n")
 	}

@@ -458,3 +458,36 @@ func TestStatusSyncAndAuditOfAPurchase(t *testing.T) {
 		t.Fatalf("audit --purchase sub_1: got %v, want a usage error", err)
 	}
 }
+
+// status shows every key of a bundle: one block per Cryptolens product.
+func TestStatusOfABundle(t *testing.T) {
+	t.Parallel()
+	world := simtest.New(t, simtest.Options{})
+	world.Crypto.AddProduct(2002, cryptolenssim.ProductOptions{})
+	pro := world.Price("App", 1000, `{"F2":true}`)
+	addonProduct := world.Stripe.CreateProduct("Add-on", map[string]string{"skm_product_id": "2002"})
+	addon, _ := world.Stripe.CreatePrice(stripesim.PriceParams{Product: addonProduct, UnitAmount: 500, Metadata: map[string]string{"skm": `{"F5":true}`}})
+	res, _ := world.Stripe.Checkout(stripesim.CheckoutParams{Email: "b@example.com", Items: []stripesim.ItemParams{{Price: pro}, {Price: addon}}})
+	vars := env(map[string]string{"DATABASE_URL": pgtest.URL(t), "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
+		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "LOG_LEVEL": "warn", "LOG_FORMAT": "json"})
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"sync", res.Subscription}, vars, &out, io.Discard, nil); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := run(t.Context(), []string{"status", res.Subscription}, vars, &out, io.Discard, nil); err != nil {
+		t.Fatal(err)
+	}
+	a, b := world.Crypto.Keys(simtest.Product), world.Crypto.Keys(2002)
+	if len(a) != 1 || len(b) != 1 {
+		t.Fatalf("got %d and %d keys, want one in each product", len(a), len(b))
+	}
+	for _, want := range []string{a[0].Key, "bundle: key " + b[0].Key + " (product 2002)", "product 1001, expires", "product 2002, expires"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("status lacks %q:\n%s", want, out.String())
+		}
+	}
+	if n := strings.Count(out.String(), "would change nothing"); n != 2 {
+		t.Fatalf("status: got %d verdicts, want one per key:\n%s", n, out.String())
+	}
+}

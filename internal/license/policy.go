@@ -5,7 +5,6 @@
 package license
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -154,10 +153,6 @@ type Desired struct {
 	Perpetual bool
 }
 
-// ErrMixedProducts means a subscription's items map to different Cryptolens products:
-// one subscription has one key.
-var ErrMixedProducts = errors.New("items map to different Cryptolens products")
-
 // productGroup is what the items that map to one Cryptolens product ask for together.
 type productGroup struct {
 	d        Desired
@@ -213,52 +208,56 @@ func groupByProduct(items []Item, m *Mapping, buffer int, perpetual bool) ([]*pr
 	return out, nil
 }
 
-// Desire computes the license sub is entitled to. It returns an error when the
+// Desire computes the licenses sub is entitled to: one key per Cryptolens product its
+// items map to (a bundle's items map to several), in the order the products first
+// appear among the items, each with the features and machines of its own items;
+// nothing for an unmapped subscription. Every key follows the subscription's status and
+// entitled-through date, with its own plans' buffer. It returns an error when the
 // mapping cannot be read or is contradictory for this subscription; those are not
 // fixed by retrying.
-func Desire(sub Subscription, m *Mapping, o Options) (Desired, error) {
+func Desire(sub Subscription, m *Mapping, o Options) ([]Desired, error) {
 	groups, err := groupByProduct(sub.Items, m, o.BufferDays, false)
 	if err != nil {
-		return Desired{}, err
+		return nil, err
 	}
-	switch len(groups) {
-	case 0:
-		return Desired{Features: map[int]bool{}}, nil
-	case 1:
-	default:
-		return Desired{}, fmt.Errorf("%w: %d and %d", ErrMixedProducts, groups[0].d.ProductID, groups[1].d.ProductID)
+	if len(groups) == 0 {
+		return nil, nil
 	}
-	g := groups[0]
-	d := g.d
-	if f := o.TimeLimitedFeature; f >= 1 && f <= 8 {
-		// Cryptolens enforces expiry only on time-limited keys: without this feature a
-		// subscription key would be perpetual.
-		d.Features[f] = true
-	}
-	d.Through = EntitledThrough(sub, o)
-	switch sub.Status {
-	case StatusIncomplete:
-		// The first payment is pending: no key yet.
-	case StatusTrialing, StatusActive, StatusPastDue:
-		// past_due: the key keeps its entitled-through + buffer and is not extended
-		// further; it lapses at the end of the buffer unless the invoice gets paid.
-		d.NeedKey = true
-		if !d.Through.IsZero() {
-			d.Expires = d.Through.AddDate(0, 0, g.buffer)
+	through := EntitledThrough(sub, o)
+	out := make([]Desired, 0, len(groups))
+	for _, g := range groups {
+		d := g.d
+		if f := o.TimeLimitedFeature; f >= 1 && f <= 8 {
+			// Cryptolens enforces expiry only on time-limited keys: without this feature a
+			// subscription key would be perpetual.
+			d.Features[f] = true
 		}
-	case StatusUnpaid, StatusCanceled, StatusIncompleteExpired, StatusPaused:
-		d.Block, d.Reason = true, "subscription "+sub.Status
-	default:
-		return Desired{}, fmt.Errorf("unknown subscription status %q", sub.Status)
+		d.Through = through
+		switch sub.Status {
+		case StatusIncomplete:
+			// The first payment is pending: no key yet.
+		case StatusTrialing, StatusActive, StatusPastDue:
+			// past_due: the key keeps its entitled-through + buffer and is not extended
+			// further; it lapses at the end of the buffer unless the invoice gets paid.
+			d.NeedKey = true
+			if !d.Through.IsZero() {
+				d.Expires = d.Through.AddDate(0, 0, g.buffer)
+			}
+		case StatusUnpaid, StatusCanceled, StatusIncompleteExpired, StatusPaused:
+			d.Block, d.Reason = true, "subscription "+sub.Status
+		default:
+			return nil, fmt.Errorf("unknown subscription status %q", sub.Status)
+		}
+		switch {
+		case d.Block:
+		case o.BlockOnDispute && sub.Disputed:
+			d.Block, d.Reason = true, "payment disputed"
+		case o.BlockOnRefund && sub.RefundedLatest:
+			d.Block, d.Reason = true, "latest invoice refunded"
+		}
+		out = append(out, d)
 	}
-	switch {
-	case d.Block:
-	case o.BlockOnDispute && sub.Disputed:
-		d.Block, d.Reason = true, "payment disputed"
-	case o.BlockOnRefund && sub.RefundedLatest:
-		d.Block, d.Reason = true, "latest invoice refunded"
-	}
-	return d, nil
+	return out, nil
 }
 
 // Purchase is the Stripe side of a one-time purchase, read fresh: a Checkout Session in

@@ -113,3 +113,36 @@ func TestPurchaseIndex(t *testing.T) {
 		t.Errorf("got %+v, want the session's invoice", idx["cs_recent_paid"])
 	}
 }
+
+// A bundle's other keys round-trip with its subscription's row: SaveSync records
+// exactly the row's bundle, and SubscriptionKeys lists the row's key first.
+func TestBundleRows(t *testing.T) {
+	t.Parallel()
+	store := postgres.NewStore(pgtest.Pool(t))
+	ctx := context.Background()
+	product := 1001
+	row := syncer.SubscriptionRow{ID: "sub_b", CustomerID: "cus_b", Status: "active", ProductID: &product, LicenseKey: strp("FIRST"),
+		Bundle: []syncer.KeyRow{{ProductID: 2002, LicenseKey: strp("SECOND"), ExpiryBlockSeen: true}, {ProductID: 3003, LicenseKey: strp("THIRD"), BlockedByKeysync: true}}}
+	if err := store.SaveSync(ctx, row, nil); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := store.SubscriptionKeys(ctx, row.ID)
+	if err != nil || len(keys) != 3 || *keys[0].LicenseKey != "FIRST" || !keys[1].ExpiryBlockSeen || !keys[2].BlockedByKeysync {
+		t.Fatalf("got %+v, %v, want the row's key, then the bundle's", keys, err)
+	}
+	row.Bundle = row.Bundle[1:] // product 2002 left the subscription
+	if err := store.SaveSync(ctx, row, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := store.GetSubscription(ctx, row.ID)
+	if err != nil || len(got.Bundle) != 1 || got.Bundle[0].ProductID != 3003 {
+		t.Fatalf("got %+v, %v, want 3003's key alone in the bundle", got.Bundle, err)
+	}
+	idx, err := store.SubscriptionIndex(ctx)
+	if k, ok := idx[row.ID].Key(3003); err != nil || !ok || k.LicenseKey != "THIRD" || len(idx[row.ID].Keys()) != 2 {
+		t.Fatalf("index: got %+v, %v", idx[row.ID], err)
+	}
+	if keys, err := store.SubscriptionKeys(ctx, "sub_none"); err != nil || len(keys) != 0 {
+		t.Fatalf("an unknown subscription: got %+v, %v, want none", keys, err)
+	}
+}

@@ -138,12 +138,21 @@ const purchaseLag = 24 * time.Hour
 // pending is what a sweep keeps of one subscription until the keys are read: a few
 // dozen bytes, so that a sweep of 100,000 subscriptions stays well under 150 MB.
 type pending struct {
-	id          string
+	id string
+	// desired is the wish for the first product's key, more for a bundle's others.
 	desired     desire
+	more        []desire
 	metaKey     string
 	mapped      bool
 	linesUnread bool
 	err         string
+}
+
+// markerKey names a key by its Notes marker's id and its product: a bundle's keys all
+// carry their subscription's marker, each in its own product.
+type markerKey struct {
+	id      string
+	product int32
 }
 
 // desire is a license.Desired without what drift detection does not read (sources,
@@ -196,6 +205,7 @@ func (p desire) unpack() license.Desired {
 type keyBrief struct {
 	key      string
 	expires  int64 // UnixNano
+	product  int32
 	machines int32
 	features uint8
 	block    bool
@@ -280,8 +290,8 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 		products[p] = true
 	}
 	for _, b := range rows {
-		if b.ProductID != 0 {
-			products[b.ProductID] = true
+		for _, k := range b.Keys() {
+			products[k.ProductID] = true
 		}
 	}
 	for sub, err := range s.stripe.Subscriptions(ctx) {
@@ -325,12 +335,16 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 			}
 			ls.Items[i].ProductMetadata = md
 		}
-		d, err := license.Desire(ls, s.mapping, s.policy)
-		switch {
-		case err != nil:
+		ds, err := license.Desire(ls, s.mapping, s.policy)
+		if err != nil {
 			p.err = err.Error()
-		case d.Mapped:
-			p.desired, p.mapped = packDesire(d), true
+		}
+		for i, d := range ds {
+			if i == 0 {
+				p.desired, p.mapped = packDesire(d), true
+			} else {
+				p.more = append(p.more, packDesire(d))
+			}
 			products[d.ProductID] = true
 		}
 		subs = append(subs, p)
@@ -339,18 +353,20 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 	// Every key of every product in play, indexed by name and by Notes marker.
 	var keys []keyBrief
 	byKey := map[string]int32{}
-	byMarker := map[string]int32{}
+	byMarker := map[markerKey]int32{}
 	for product := range products {
 		for k, err := range s.crypto.AllKeys(ctx, product, "") {
 			if err != nil {
 				return fmt.Errorf("list keys of product %d: %w", product, err)
 			}
 			i := int32(len(keys))
-			keys = append(keys, briefKey(k))
+			b := briefKey(k)
+			b.product = int32(product)
+			keys = append(keys, b)
 			byKey[k.Key] = i
 			for _, word := range strings.Fields(k.Notes) {
 				if sub, ok := syncer.MarkedSubscription(word); ok && !syncer.IsPurchase(sub) {
-					byMarker[strings.Clone(sub)] = i
+					byMarker[markerKey{strings.Clone(sub), int32(product)}] = i
 					if _, ok := inStripe[sub]; !ok {
 						sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (notes name %s, which Stripe does not have)", k.Key, sub))
 					}
@@ -359,8 +375,11 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 		}
 	}
 	for sub, b := range rows {
-		if _, ok := inStripe[sub]; b.LicenseKey != "" && !ok {
-			sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (mapped to %s, which Stripe does not have)", b.LicenseKey, sub))
+		if _, ok := inStripe[sub]; ok {
+			continue
+		}
+		for _, k := range b.Keys() {
+			sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (mapped to %s, which Stripe does not have)", k.LicenseKey, sub))
 		}
 	}
 	slices.Sort(sum.Orphans)
@@ -380,29 +399,17 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 				reason = "unmapped, not yet recorded"
 			}
 		default:
-			i, found := byKey[row.LicenseKey]
-			if !found && p.metaKey != "" {
-				i, found = byKey[p.metaKey]
-			}
-			if !found {
-				i, found = byMarker[p.id]
-			}
-			key := license.Key{}
-			if found {
-				key = keys[i].license()
-			}
-			st := license.State{BlockedByKeysync: row.BlockedByKeysync, ExpiryBlockSeen: row.ExpiryBlockSeen}
-			acts := license.Actions(p.desired.unpack(), key, st, now)
-			switch {
-			case len(acts) > 0:
-				kinds := make([]string, len(acts))
-				for i, a := range acts {
-					kinds[i] = string(a.Kind)
+			// Each product's key, judged alone: a bundle drifts when any of its keys does.
+			var reasons []string
+			for _, want := range append([]desire{p.desired}, p.more...) {
+				if r := judgeKey(p, want, row, hasRow, keys, byKey, byMarker, now); r != "" {
+					if len(p.more) > 0 {
+						r = fmt.Sprintf("product %d: %s", want.product, r)
+					}
+					reasons = append(reasons, r)
 				}
-				reason = strings.Join(kinds, ", ")
-			case found && (!hasRow || row.LicenseKey != key.Key):
-				reason = "missing mapping row"
 			}
+			reason = strings.Join(reasons, "; ")
 		}
 		if reason != "" {
 			sum.Drifted = append(sum.Drifted, Drift{Subscription: p.id, Reason: reason})
@@ -492,4 +499,40 @@ func (s *Sweeper) sweepPurchases(ctx context.Context, sum *Summary) error {
 	}
 	sum.Cursor = now
 	return nil
+}
+
+// judgeKey returns why the key of one product of p is not what want says ("" when it
+// is): the actions a Sync would take, or a key that exists without its mapping row. The
+// key is the one keysync recorded for the product, else the one the subscription's
+// cryptolens_key metadata names, else the one in the product whose Notes carry the
+// subscription's marker.
+func judgeKey(p pending, want desire, row postgres.SubscriptionBrief, hasRow bool, keys []keyBrief, byKey map[string]int32,
+	byMarker map[markerKey]int32, now time.Time) string {
+	rec, recorded := row.Key(int(want.product))
+	i, found := byKey[rec.LicenseKey]
+	found = found && recorded && keys[i].product == want.product
+	if !found && p.metaKey != "" {
+		i, found = byKey[p.metaKey]
+		found = found && keys[i].product == want.product
+	}
+	if !found {
+		i, found = byMarker[markerKey{p.id, want.product}]
+	}
+	key := license.Key{}
+	if found {
+		key = keys[i].license()
+	}
+	st := license.State{BlockedByKeysync: rec.BlockedByKeysync, ExpiryBlockSeen: rec.ExpiryBlockSeen}
+	acts := license.Actions(want.unpack(), key, st, now)
+	switch {
+	case len(acts) > 0:
+		kinds := make([]string, len(acts))
+		for i, a := range acts {
+			kinds[i] = string(a.Kind)
+		}
+		return strings.Join(kinds, ", ")
+	case found && (!hasRow || !recorded || rec.LicenseKey != key.Key):
+		return "missing mapping row"
+	}
+	return ""
 }

@@ -80,6 +80,11 @@ type SubscriptionRow struct {
 	UnmappedAt *time.Time
 	// LastError is the last permanent failure (nil after a successful Sync).
 	LastError *string
+
+	// Bundle are the keys of a bundle's other Cryptolens products (its items map to
+	// several; DESIGN §2, bundles): the fields above name the key of one product, the
+	// first the subscription had.
+	Bundle []KeyRow `db:"-"`
 }
 
 // PurchaseRow is keysync's row for a one-time purchase (a Checkout Session in payment
@@ -107,8 +112,8 @@ type PurchaseRow struct {
 	Keys []KeyRow `db:"-"`
 }
 
-// KeyRow is what keysync records of one key of a purchase (or of a subscription's
-// bundle): the Cryptolens product it lives in, its name, and whose its block is.
+// KeyRow is what keysync records of one key of a purchase or of a subscription's bundle:
+// the Cryptolens product it lives in, its name, and whose its block is.
 type KeyRow struct {
 	ProductID  int
 	LicenseKey *string

@@ -248,11 +248,8 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 		return Result{}, err
 	}
 	sr := &subscriptionRun{row: row, primary: primaryRecord(row)}
-	r := &run{s: s, cause: cause, subscription: subscription, customer: row.CustomerID,
+	r := &run{s: s, cause: cause, subscription: subscription, customer: row.CustomerID, recs: subscriptionRecords(sr.primary, row),
 		log: s.log.With().Str("subscription_id", subscription).Str("cause", string(cause.Kind)).Str("cause_id", cause.ID).Logger()}
-	if sr.primary != nil {
-		r.recs = append(r.recs, sr.primary)
-	}
 	r.save = func(ctx context.Context, audits []AuditRow) error {
 		return lock.SaveSync(ctx, sr.fold(r), audits)
 	}
@@ -296,7 +293,7 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 }
 
 // subscriptionRun is a subscription's part of a run: its row, and the record of the key
-// the row names (its primary key).
+// the row names (its primary key); a bundle's other keys are in the row's Bundle.
 type subscriptionRun struct {
 	run *run
 	row SubscriptionRow
@@ -315,12 +312,30 @@ func primaryRecord(row SubscriptionRow) *KeyRow {
 		BlockedByKeysync: row.BlockedByKeysync, ExpiryBlockSeen: row.ExpiryBlockSeen}
 }
 
+// subscriptionRecords are the records of a subscription's keys: the one its row names
+// (primary, nil for none) first, then its bundle's others.
+func subscriptionRecords(primary *KeyRow, row SubscriptionRow) []*KeyRow {
+	var out []*KeyRow
+	if primary != nil {
+		out = append(out, primary)
+	}
+	for _, k := range row.Bundle {
+		if primary == nil || k.ProductID != primary.ProductID {
+			out = append(out, &k)
+		}
+	}
+	return out
+}
+
 // fold returns the row with the run's key records in it. The row names the key of the
-// product it named before while the policy still wants that product; else the first
-// wanted product's key, once one exists (until then it keeps naming the old key).
+// product it named before while the policy still wants that product (a key that exists
+// today for a subscription is kept as its first); else the first wanted product's key,
+// once one exists (until then it keeps naming the old key). The keys of the other wanted
+// products are its bundle; a key of a product no longer wanted is no longer recorded
+// (its Notes marker still finds it), as a single key of a changed product was not.
 func (sr *subscriptionRun) fold(r *run) SubscriptionRow {
 	row := sr.row
-	if !slices.ContainsFunc(sr.products, func(p int) bool { return sr.primary != nil && sr.primary.ProductID == p }) {
+	if sr.products != nil && !slices.ContainsFunc(sr.products, func(p int) bool { return sr.primary != nil && sr.primary.ProductID == p }) {
 		for _, p := range sr.products {
 			if rec := findRecord(r.recs, p); rec != nil && rec.LicenseKey != nil {
 				sr.primary = rec
@@ -332,6 +347,15 @@ func (sr *subscriptionRun) fold(r *run) SubscriptionRow {
 		product := rec.ProductID
 		row.ProductID, row.LicenseKey, row.KeyID = &product, rec.LicenseKey, rec.KeyID
 		row.BlockedByKeysync, row.ExpiryBlockSeen = rec.BlockedByKeysync, rec.ExpiryBlockSeen
+	}
+	if sr.products == nil {
+		return row // nothing decided: the bundle stays as stored
+	}
+	row.Bundle = nil
+	for _, p := range sr.products {
+		if rec := findRecord(r.recs, p); rec != nil && rec != sr.primary && rec.LicenseKey != nil {
+			row.Bundle = append(row.Bundle, *rec)
+		}
 	}
 	return row
 }
@@ -419,19 +443,17 @@ func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, recs *[]*KeyRow,
 	}
 	p.sub, p.stripe = sub, ls
 
-	// 2. The policy's wish. A subscription that maps to no plan has no key to find.
-	desired, err := license.Desire(ls, s.mapping, s.opts.Policy)
-	if err != nil {
+	// 2. The policy's wish: a key per Cryptolens product the items map to (a bundle has
+	// several). A subscription that maps to no plan has no key to find.
+	if p.desired, err = license.Desire(ls, s.mapping, s.opts.Policy); err != nil {
 		return p, fmt.Errorf("%w: plan mapping: %v", ErrPermanent, err)
-	}
-	if desired.Mapped {
-		p.desired = []license.Desired{desired}
 	}
 	p.decided = true
 
 	// 3. Each key as it is, and the actions that bring it to the wish. The hosted
 	// Stripe module's metadata names the key of the product the row names, or of the
-	// first wanted product when the row names none.
+	// first wanted product when the row names none: the module issued one key a
+	// subscription, and its key ids are per product.
 	o := s.subscriptionOwner(sub)
 	for i, d := range p.desired {
 		kp := &keyPlan{desired: d, rec: recordFor(recs, d.ProductID)}
@@ -665,10 +687,7 @@ func (s *Syncer) Preview(ctx context.Context, subscription string) (Preview, err
 	if err != nil {
 		return Preview{}, err
 	}
-	var recs []*KeyRow
-	if rec := primaryRecord(row); rec != nil {
-		recs = append(recs, rec)
-	}
+	recs := subscriptionRecords(primaryRecord(row), row)
 	p, err := s.plan(ctx, row, &recs, now, s.log.With().Str("subscription_id", subscription).Logger())
 	if err != nil {
 		return Preview{Row: row, Found: found}, err
