@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keysync/keysync/internal/postgres"
+	"github.com/keysync/keysync/internal/syncer"
 )
 
 // auditCmd prints audit rows, newest first, filtered, as a table, JSON or CSV. It
@@ -26,6 +27,7 @@ type auditCmd struct {
 func (c *auditCmd) flags(fs *flag.FlagSet) {
 	f := &c.filter
 	fs.StringVar(&f.Subscription, "subscription", "", "a Stripe subscription id")
+	fs.StringVar(&f.Purchase, "purchase", "", "a one-time purchase: a Checkout Session (cs_...) or an invoice (in_...) id")
 	fs.StringVar(&f.Customer, "customer", "", "a Stripe customer id")
 	fs.StringVar(&f.LicenseKey, "key", "", "a license key")
 	fs.StringVar(&f.Action, "action", "", "create_key, extend, block, unblock, add_feature, remove_feature, machine_limit, adopt_key, skip_unmapped, email_key, error")
@@ -51,6 +53,9 @@ func (c *auditCmd) args(rest []string) error {
 		if c.filter.Until, err = time.Parse(time.RFC3339, c.until); err != nil {
 			return errors.New("audit --until: want an RFC 3339 time")
 		}
+	}
+	if p := c.filter.Purchase; p != "" && !syncer.IsPurchase(p) {
+		return fmt.Errorf("audit --purchase: %q is no purchase id (cs_... or in_...)", p)
 	}
 	if c.format != "table" && c.format != "json" && c.format != "csv" {
 		return errors.New("audit --format takes table, json or csv")
@@ -100,15 +105,20 @@ func writeAuditJSON(w io.Writer, rows []postgres.AuditRecord) error {
 // writeAuditTable writes rows as aligned columns for a terminal.
 func writeAuditTable(w io.Writer, rows []postgres.AuditRecord) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAT (UTC)\tACTION\tOUTCOME\tSUBSCRIPTION\tKEY\tCAUSE\tDETAILS")
+	// A row is about a subscription or a purchase: one column shows whichever.
+	fmt.Fprintln(tw, "ID\tAT (UTC)\tACTION\tOUTCOME\tSUBSCRIPTION/PURCHASE\tKEY\tCAUSE\tDETAILS")
 	for _, r := range rows {
 		params, _ := json.Marshal(r.Params)
 		detail := string(params)
 		if m := deref(r.Message); m != "" {
 			detail += " " + m
 		}
+		subject := deref(r.SubscriptionID)
+		if subject == "" {
+			subject = deref(r.PurchaseID)
+		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s %s\t%s\n", r.ID, r.At.UTC().Format("2006-01-02 15:04:05"), r.Action, r.Outcome,
-			deref(r.SubscriptionID), deref(r.LicenseKey), r.Cause, deref(r.CauseID), detail)
+			subject, deref(r.LicenseKey), r.Cause, deref(r.CauseID), detail)
 	}
 	return tw.Flush()
 }

@@ -128,7 +128,7 @@ var settings = []setting{
 			return nil
 		}},
 	{name: "STRIPE_API_KEY", secret: true, shown: "(required to serve)",
-		doc: "Stripe secret or restricted key (`sk_...`/`rk_...`). Needs read access to subscriptions, invoices, charges, disputes, customers, products, prices and events, and write access to subscriptions (metadata).",
+		doc: "Stripe secret or restricted key (`sk_...`/`rk_...`). Needs read access to subscriptions, invoices, charges, disputes, customers, products, prices, Checkout Sessions and events, and write access to subscriptions (metadata).",
 		set: func(c *config, v string) error {
 			if !strings.HasPrefix(v, "sk_") && !strings.HasPrefix(v, "rk_") {
 				return errors.New("must be a Stripe secret (sk_...) or restricted (rk_...) key")
@@ -208,10 +208,10 @@ var settings = []setting{
 		doc: "Write `cryptolens_key` into the subscription's Stripe metadata after a key is created or adopted.",
 		set: func(c *config, v string) error { return boolean(&c.WriteStripeMetadata, v) }},
 	{name: "KEYSYNC_ON_DISPUTE", def: "block",
-		doc: "`block`: block the key while a dispute on the latest paid invoice's charge is open or lost (a won dispute lifts it). `ignore`: leave it.",
+		doc: "`block`: block the key while a dispute on a charge of the subscription's paid invoices of the last 120 days, or on a one-time purchase's payment, is open or lost (a won dispute lifts it). `ignore`: leave it.",
 		set: func(c *config, v string) error { return blockOrIgnore(&c.BlockOnDispute, v) }},
 	{name: "KEYSYNC_ON_REFUND", def: "ignore",
-		doc: "`block`: block the key when the latest paid invoice was refunded in full. `ignore`: leave it.",
+		doc: "`block`: block the key when the subscription's latest paid invoice, or the one-time purchase, was refunded in full. `ignore`: leave it.",
 		set: func(c *config, v string) error { return blockOrIgnore(&c.BlockOnRefund, v) }},
 	{name: "KEYSYNC_ON_PAUSED_COLLECTION", def: "keep",
 		doc: "`keep`: while a subscription's payment collection is paused (`pause_collection`), its key runs through the current period, as Stripe says the customer keeps access. `lapse`: the key runs out at paid-through + buffer days.",

@@ -10,9 +10,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 	"github.com/rs/zerolog"
+	"github.com/stripe/stripe-go/v76"
 
 	"github.com/keysync/keysync/internal/delivery"
 	"github.com/keysync/keysync/internal/jobs"
+	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/stripeapi"
 	"github.com/keysync/keysync/internal/syncer"
@@ -86,12 +88,10 @@ func (d deliverySyncer) SyncSubscription(ctx context.Context, id string, cause s
 	return delivery.Synced{Unmapped: res.Unmapped}, err
 }
 
-// SyncPurchase will sync a one-time purchase.
-//
-// MERGE(issue 15, purchases): call the engine's purchase Sync here (engine.SyncPurchase
-// with the Checkout Session's id) and return its Unmapped.
-func (deliverySyncer) SyncPurchase(context.Context, string, syncer.Cause) (delivery.Synced, error) {
-	return delivery.Synced{}, delivery.ErrNotSupported
+// SyncPurchase syncs a one-time purchase (the page's Checkout Session in payment mode).
+func (d deliverySyncer) SyncPurchase(ctx context.Context, id string, cause syncer.Cause) (delivery.Synced, error) {
+	res, err := d.engine.SyncPurchase(ctx, id, cause)
+	return delivery.Synced{Unmapped: res.Unmapped}, err
 }
 
 // deliveryKeys reads the keys keysync recorded, for the license page and the e-mails.
@@ -100,33 +100,26 @@ type deliveryKeys struct {
 	names *productNames
 }
 
-// OwnerKeys returns a subscription's keys, named after the Stripe products sold.
-//
-// MERGE(issue 15, purchases): read a purchase's keys from the purchases table
-// (Perpetual: true) and a bundle subscription's keys, one per Cryptolens product.
+// OwnerKeys returns the keys of a subscription (one per Cryptolens product for a
+// bundle) or of a purchase (perpetual), named after the Stripe products sold.
 func (k deliveryKeys) OwnerKeys(ctx context.Context, o delivery.Owner) ([]delivery.KeyRef, error) {
-	if o.Kind != delivery.OwnerSubscription {
-		return nil, delivery.ErrNotSupported
-	}
-	refs, err := k.store.SubscriptionKeys(ctx, o.ID)
+	refs, err := k.store.OwnerKeyRefs(ctx, o)
 	if err != nil || len(refs) == 0 {
 		return refs, err
 	}
-	k.names.learn(ctx, o.ID)
+	k.names.learn(ctx, o)
 	return k.names.name(refs), nil
 }
 
-// CustomerKeys returns the keys of a customer's subscriptions.
-//
-// MERGE(issue 15, purchases): add the keys of the customer's purchases.
+// CustomerKeys returns the keys of a customer's subscriptions and purchases.
 func (k deliveryKeys) CustomerKeys(ctx context.Context, customer string) ([]delivery.KeyRef, error) {
-	refs, err := k.store.CustomerSubscriptionKeys(ctx, customer)
+	refs, err := k.store.CustomerKeyRefs(ctx, customer)
 	if err != nil {
 		return nil, err
 	}
 	for _, r := range refs {
 		if !k.names.known(r.ProductID) {
-			k.names.learn(ctx, r.Owner.ID)
+			k.names.learn(ctx, r.Owner)
 		}
 	}
 	return k.names.name(refs), nil
@@ -150,20 +143,59 @@ func (n *productNames) known(product int) bool {
 	return ok
 }
 
-// learn reads a subscription's items and names the Cryptolens products they map to.
-func (n *productNames) learn(ctx context.Context, subscription string) {
-	sub, err := n.parts.stripe.GetSubscription(ctx, subscription)
-	if err != nil || sub.Items == nil {
-		return
+// learn reads what a subscription or a purchase sold and names the Cryptolens products
+// its items map to.
+func (n *productNames) learn(ctx context.Context, o delivery.Owner) {
+	type sold struct {
+		item license.Item
+		name string
+	}
+	var items []sold
+	add := func(it license.Item, p *stripe.Product) {
+		if p != nil && p.Name != "" {
+			items = append(items, sold{it, p.Name})
+		}
+	}
+	switch {
+	case o.Kind == delivery.OwnerSubscription:
+		sub, err := n.parts.stripe.GetSubscription(ctx, o.ID)
+		if err != nil || sub.Items == nil {
+			return
+		}
+		for _, it := range sub.Items.Data {
+			if it.Price != nil {
+				add(stripeapi.Item(it), it.Price.Product)
+			}
+		}
+	case strings.HasPrefix(o.ID, "cs_"):
+		lines, err := n.parts.stripe.SessionLineItems(ctx, o.ID)
+		if err != nil {
+			return
+		}
+		for _, l := range lines {
+			if l.Price != nil {
+				add(stripeapi.PriceItem(l.Price, l.Quantity), l.Price.Product)
+			}
+		}
+	default: // an invoice of no subscription
+		inv, err := n.parts.stripe.PurchaseInvoice(ctx, o.ID)
+		if err != nil || inv.Lines == nil {
+			return
+		}
+		for _, l := range inv.Lines.Data {
+			if l.Price != nil {
+				add(stripeapi.PriceItem(l.Price, l.Quantity), l.Price.Product)
+			}
+		}
 	}
 	names := map[int][]string{}
-	for _, it := range sub.Items.Data {
-		plan, ok, err := n.parts.mapping.Resolve(stripeapi.Item(it))
-		if err != nil || !ok || it.Price == nil || it.Price.Product == nil || it.Price.Product.Name == "" {
+	for _, s := range items {
+		plan, ok, err := n.parts.mapping.Resolve(s.item)
+		if err != nil || !ok {
 			continue
 		}
-		if !slices.Contains(names[plan.ProductID], it.Price.Product.Name) {
-			names[plan.ProductID] = append(names[plan.ProductID], it.Price.Product.Name)
+		if !slices.Contains(names[plan.ProductID], s.name) {
+			names[plan.ProductID] = append(names[plan.ProductID], s.name)
 		}
 	}
 	n.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os/user"
 	"strings"
 	"text/tabwriter"
@@ -62,7 +63,8 @@ func operatorName() string {
 // syncCmd runs one Sync now, as the operator, and prints what it did.
 type syncCmd struct {
 	dryRun bool
-	sub    string
+	// id is a subscription (sub_...) or a one-time purchase (cs_..., in_...).
+	id string
 }
 
 func (c *syncCmd) flags(fs *flag.FlagSet) {
@@ -70,12 +72,15 @@ func (c *syncCmd) flags(fs *flag.FlagSet) {
 }
 
 func (c *syncCmd) args(rest []string) error {
-	if len(rest) != 1 || !strings.HasPrefix(rest[0], "sub_") {
-		return errors.New("sync takes one subscription id (sub_...) and optionally --dry-run")
+	if len(rest) != 1 || !syncable(rest[0]) {
+		return errors.New("sync takes one subscription id (sub_...) or purchase id (cs_..., in_...) and optionally --dry-run")
 	}
-	c.sub = rest[0]
+	c.id = rest[0]
 	return nil
 }
+
+// syncable says id names what keysync syncs: a subscription or a one-time purchase.
+func syncable(id string) bool { return strings.HasPrefix(id, "sub_") || syncer.IsPurchase(id) }
 
 func (c *syncCmd) run(ctx context.Context, e cmdEnv) error {
 	dryRun := c.dryRun || e.cfg.DryRun
@@ -86,7 +91,12 @@ func (c *syncCmd) run(ctx context.Context, e cmdEnv) error {
 	defer done()
 
 	// The audit log names the operator, as it names the event or sweep for other Syncs.
-	res, err := s.Sync(ctx, c.sub, syncer.Cause{Kind: syncer.CauseOperator, ID: operatorName()})
+	cause := syncer.Cause{Kind: syncer.CauseOperator, ID: operatorName()}
+	sync := s.Sync
+	if syncer.IsPurchase(c.id) {
+		sync = s.SyncPurchase
+	}
+	res, err := sync(ctx, c.id, cause)
 	if err != nil {
 		return err
 	}
@@ -95,13 +105,19 @@ func (c *syncCmd) run(ctx context.Context, e cmdEnv) error {
 	if dryRun {
 		mode = "dry run: nothing sent"
 	}
+	keys := make([]string, len(res.Keys))
+	for i, k := range res.Keys {
+		keys[i] = k.Key
+	}
 	switch {
 	case res.Unmapped:
-		fmt.Fprintf(e.stdout, "%s maps to no plan: no license\n", c.sub)
+		fmt.Fprintf(e.stdout, "%s maps to no plan: no license\n", c.id)
+	case len(res.Keys) == 0 && res.Status != "":
+		fmt.Fprintf(e.stdout, "%s: %s, no key yet\n", c.id, res.Status)
 	case len(res.Actions) == 0:
-		fmt.Fprintf(e.stdout, "%s: key %s already as the policy wants; nothing to do\n", c.sub, res.Key)
+		fmt.Fprintf(e.stdout, "%s: key %s already as the policy wants; nothing to do\n", c.id, strings.Join(keys, ", "))
 	default:
-		fmt.Fprintf(e.stdout, "%s: key %s, %d action(s) (%s):\n", c.sub, res.Key, len(res.Actions), mode)
+		fmt.Fprintf(e.stdout, "%s: key %s, %d action(s) (%s):\n", c.id, strings.Join(keys, ", "), len(res.Actions), mode)
 		for _, a := range res.Actions {
 			fmt.Fprintf(e.stdout, "  %s\n", describe(a))
 		}
@@ -109,18 +125,19 @@ func (c *syncCmd) run(ctx context.Context, e cmdEnv) error {
 	return nil
 }
 
-// statusCmd prints Stripe's view, keysync's row, the key, the desired state and what a
+// statusCmd prints Stripe's view, keysync's row, the keys, the desired state and what a
 // Sync would do now, side by side. It changes nothing.
 type statusCmd struct {
 	noFlags
-	sub string
+	// id is a subscription (sub_...) or a one-time purchase (cs_..., in_...).
+	id string
 }
 
 func (c *statusCmd) args(rest []string) error {
-	if len(rest) != 1 || !strings.HasPrefix(rest[0], "sub_") {
-		return errors.New("status takes one subscription id (sub_...)")
+	if len(rest) != 1 || !syncable(rest[0]) {
+		return errors.New("status takes one subscription id (sub_...) or purchase id (cs_..., in_...)")
 	}
-	c.sub = rest[0]
+	c.id = rest[0]
 	return nil
 }
 
@@ -131,50 +148,105 @@ func (c *statusCmd) run(ctx context.Context, e cmdEnv) error {
 		return err
 	}
 	defer done()
-	p, err := s.Preview(ctx, c.sub)
+	w := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+	if syncer.IsPurchase(c.id) {
+		p, err := s.PreviewPurchase(ctx, c.id)
+		if err != nil {
+			return err
+		}
+		printPurchaseStatus(w, c.id, p)
+		return w.Flush()
+	}
+	p, err := s.Preview(ctx, c.id)
 	if err != nil {
 		return err
 	}
 
 	// One row per source, in the order a Sync reads them, then the verdict.
-	day := func(t time.Time) string {
-		if t.IsZero() {
-			return "-"
-		}
-		return t.UTC().Format("2006-01-02 15:04")
-	}
-	w := tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "subscription\t%s\n", c.sub)
+	fmt.Fprintf(w, "subscription\t%s\n", c.id)
 	fmt.Fprintf(w, "Stripe\tstatus %s, paid through %s, entitled through %s\n", p.Status, day(p.PaidThrough), day(p.EntitledThrough))
 	if p.Found {
 		fmt.Fprintf(w, "keysync\tkey %s, blocked by keysync %v, last synced %s\n", deref(p.Row.LicenseKey), p.Row.BlockedByKeysync, day(derefTime(p.Row.LastSyncedAt)))
+		for _, k := range p.Row.Bundle {
+			fmt.Fprintf(w, "\tbundle: key %s (product %d), blocked by keysync %v\n", deref(k.LicenseKey), k.ProductID, k.BlockedByKeysync)
+		}
 	} else {
 		fmt.Fprintf(w, "keysync\tno mapping row yet\n")
 	}
-	if p.Key.Exists {
-		fmt.Fprintf(w, "Cryptolens\tkey %s expires %s, blocked %v, features %s, machines %d\n", p.Key.Key, day(p.Key.Expires), p.Key.Blocked, features(p.Key.Features), p.Key.MaxMachines)
-	} else {
-		fmt.Fprintf(w, "Cryptolens\tno key\n")
-	}
-	switch {
-	case !p.Desired.Mapped:
-		fmt.Fprintf(w, "policy\tunmapped: no license\n")
-	case p.Desired.Block:
-		fmt.Fprintf(w, "policy\tblocked (%s)\n", p.Desired.Reason)
-	default:
-		fmt.Fprintf(w, "policy\tproduct %d, expires %s, features %s, machines %s\n", p.Desired.ProductID, day(p.Desired.Expires), desiredFeatures(p.Desired), machines(p.Desired.Machines))
-	}
-	if len(p.Actions) == 0 {
-		fmt.Fprintf(w, "a sync now\twould change nothing\n")
-	}
-	for i, a := range p.Actions {
-		label := ""
-		if i == 0 {
-			label = "a sync now"
-		}
-		fmt.Fprintf(w, "%s\t%s\n", label, describe(a))
-	}
+	printKeys(w, p.Keys)
 	return w.Flush()
+}
+
+// day prints a time to the minute, "-" for none.
+func day(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04")
+}
+
+// printKeys prints, per key, the key as Cryptolens has it, the policy's wish and what a
+// Sync would do now; no key at all is an unmapped subscription or purchase.
+func printKeys(w io.Writer, keys []syncer.KeyPreview) {
+	if len(keys) == 0 {
+		fmt.Fprintf(w, "policy\tunmapped: no license\n")
+		fmt.Fprintf(w, "a sync now\twould change nothing\n")
+		return
+	}
+	for _, k := range keys {
+		if k.Key.Exists {
+			fmt.Fprintf(w, "Cryptolens\tkey %s expires %s, blocked %v, features %s, machines %d\n", k.Key.Key, day(k.Key.Expires), k.Key.Blocked, features(k.Key.Features), k.Key.MaxMachines)
+		} else {
+			fmt.Fprintf(w, "Cryptolens\tno key in product %d\n", k.Desired.ProductID)
+		}
+		expires := day(k.Desired.Expires)
+		if k.Desired.Perpetual {
+			expires = "never (perpetual)"
+		}
+		switch {
+		case k.Desired.Block:
+			fmt.Fprintf(w, "policy\tproduct %d, blocked (%s)\n", k.Desired.ProductID, k.Desired.Reason)
+		case !k.Desired.NeedKey && !k.Key.Exists:
+			fmt.Fprintf(w, "policy\tproduct %d, no key yet\n", k.Desired.ProductID)
+		default:
+			fmt.Fprintf(w, "policy\tproduct %d, expires %s, features %s, machines %s\n", k.Desired.ProductID, expires, desiredFeatures(k.Desired), machines(k.Desired.Machines))
+		}
+		if len(k.Actions) == 0 {
+			fmt.Fprintf(w, "a sync now\twould change nothing\n")
+		}
+		for i, a := range k.Actions {
+			label := ""
+			if i == 0 {
+				label = "a sync now"
+			}
+			fmt.Fprintf(w, "%s\t%s\n", label, describe(a))
+		}
+	}
+}
+
+// printPurchaseStatus prints a one-time purchase's status: Stripe's, keysync's row, and
+// per key what printKeys prints.
+func printPurchaseStatus(w io.Writer, id string, p syncer.PurchasePreview) {
+	fmt.Fprintf(w, "purchase\t%s\n", id)
+	if p.Session != "" {
+		fmt.Fprintf(w, "Stripe\tthe post-payment invoice of Checkout Session %s: see keysync status %s\n", p.Session, p.Session)
+		return
+	}
+	fmt.Fprintf(w, "Stripe\tpayment %s\n", p.Status)
+	if p.Found {
+		keys := make([]string, len(p.Row.Keys))
+		for i, k := range p.Row.Keys {
+			keys[i] = fmt.Sprintf("%s (product %d, blocked by keysync %v)", deref(k.LicenseKey), k.ProductID, k.BlockedByKeysync)
+		}
+		if len(keys) == 0 {
+			keys = []string{"none"}
+		}
+		fmt.Fprintf(w, "keysync\tstatus %s, refunded %v, disputed %v, keys %s, last synced %s\n", p.Row.Status, p.Row.Refunded, p.Row.Disputed,
+			strings.Join(keys, "; "), day(derefTime(p.Row.LastSyncedAt)))
+	} else {
+		fmt.Fprintf(w, "keysync\tno purchase row yet\n")
+	}
+	printKeys(w, p.Keys)
 }
 
 // reconcileCmd runs one sweep now and prints its summary. The Syncs it queues are
@@ -222,10 +294,10 @@ func (c *reconcileCmd) run(ctx context.Context, e cmdEnv) error {
 		fmt.Fprintln(e.stdout, "another sweep is running (keysync serve's periodic sweep, or another reconcile): nothing done")
 		return nil
 	}
-	fmt.Fprintf(e.stdout, "sweep run %d: %d subscriptions scanned in %s, %d drifted, %d orphan keys\n",
-		sum.RunID, sum.Scanned, sum.Took.Round(time.Millisecond), len(sum.Drifted), len(sum.Orphans))
+	fmt.Fprintf(e.stdout, "sweep run %d: %d subscriptions scanned (and %d one-time purchases) in %s, %d drifted, %d orphan keys\n",
+		sum.RunID, sum.Scanned, sum.Purchases, sum.Took.Round(time.Millisecond), len(sum.Drifted), len(sum.Orphans))
 	for _, d := range sum.Drifted {
-		fmt.Fprintf(e.stdout, "  drift   %s: %s\n", d.Subscription, d.Reason)
+		fmt.Fprintf(e.stdout, "  drift   %s: %s\n", d.ID(), d.Reason)
 	}
 	for _, o := range sum.Orphans {
 		fmt.Fprintf(e.stdout, "  orphan  %s (left alone)\n", o)

@@ -449,3 +449,85 @@ func TestServeBoundsRequestHeaders(t *testing.T) {
 		}
 	}
 }
+
+// status, sync and audit take a one-time purchase's id (a Checkout Session or an
+// invoice) as they take a subscription's.
+func TestStatusSyncAndAuditOfAPurchase(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.URL(t)
+	world := simtest.New(t, simtest.Options{})
+	prod := world.Stripe.CreateProduct("Lifetime", map[string]string{"skm_product_id": "1001"})
+	price, _ := world.Stripe.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 19900, OneTime: true,
+		Metadata: map[string]string{"skm": `{"F2":true,"MaxNoOfMachines":3}`}})
+	res, _ := world.Stripe.CheckoutPayment(stripesim.PaymentParams{Email: "s@example.com", Items: []stripesim.ItemParams{{Price: price}}})
+	vars := env(map[string]string{"DATABASE_URL": dbURL, "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
+		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "LOG_LEVEL": "warn", "LOG_FORMAT": "json"})
+	cmd := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(t.Context(), args, vars, &out, io.Discard, nil); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		return out.String()
+	}
+	status := cmd("status", res.Session)
+	for _, want := range []string{"purchase", res.Session, "payment paid", "no purchase row yet", "no key in product 1001",
+		"never (perpetual)", "features F2,", "machines 3", "create_key"} {
+		if !strings.Contains(status, want) {
+			t.Fatalf("status lacks %q:\n%s", want, status)
+		}
+	}
+	if out := cmd("sync", res.Session); !strings.Contains(out, "create_key") || len(world.Crypto.Keys(simtest.Product)) != 1 {
+		t.Fatalf("sync: got %q and %d keys", out, len(world.Crypto.Keys(simtest.Product)))
+	}
+	key := world.Crypto.Keys(simtest.Product)[0]
+	if key.Features != [8]bool{1: true} || key.Notes != syncer.Marker(res.Session) {
+		t.Fatalf("got key %+v, want F2 alone (F1, the time-limited feature, off) and the session's marker", key)
+	}
+	if out := cmd("status", res.Session); !strings.Contains(out, "would change nothing") || !strings.Contains(out, key.Key) {
+		t.Fatalf("status after the sync:\n%s", out)
+	}
+	out := cmd("audit", "--purchase", res.Session)
+	if !strings.Contains(out, "create_key") || !strings.Contains(out, res.Session) || !strings.Contains(out, key.Key) {
+		t.Fatalf("audit --purchase: want the create_key naming the purchase and key:\n%s", out)
+	}
+	if out := cmd("audit", "--subscription", res.Session); strings.Contains(out, "create_key") {
+		t.Fatalf("audit --subscription of a purchase id: got rows\n%s", out)
+	}
+	if err := run(t.Context(), []string{"audit", "--purchase", "sub_1"}, vars, io.Discard, io.Discard, nil); !errors.Is(err, errUsage) {
+		t.Fatalf("audit --purchase sub_1: got %v, want a usage error", err)
+	}
+}
+
+// status shows every key of a bundle: one block per Cryptolens product.
+func TestStatusOfABundle(t *testing.T) {
+	t.Parallel()
+	world := simtest.New(t, simtest.Options{})
+	world.Crypto.AddProduct(2002, cryptolenssim.ProductOptions{})
+	pro := world.Price("App", 1000, `{"F2":true}`)
+	addonProduct := world.Stripe.CreateProduct("Add-on", map[string]string{"skm_product_id": "2002"})
+	addon, _ := world.Stripe.CreatePrice(stripesim.PriceParams{Product: addonProduct, UnitAmount: 500, Metadata: map[string]string{"skm": `{"F5":true}`}})
+	res, _ := world.Stripe.Checkout(stripesim.CheckoutParams{Email: "b@example.com", Items: []stripesim.ItemParams{{Price: pro}, {Price: addon}}})
+	vars := env(map[string]string{"DATABASE_URL": pgtest.URL(t), "STRIPE_API_KEY": simtest.StripeKey, "STRIPE_API_BASE": world.StripeURL,
+		"CRYPTOLENS_TOKEN": simtest.CryptolensToken, "CRYPTOLENS_API_BASE": world.CryptolensURL, "LOG_LEVEL": "warn", "LOG_FORMAT": "json"})
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"sync", res.Subscription}, vars, &out, io.Discard, nil); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := run(t.Context(), []string{"status", res.Subscription}, vars, &out, io.Discard, nil); err != nil {
+		t.Fatal(err)
+	}
+	a, b := world.Crypto.Keys(simtest.Product), world.Crypto.Keys(2002)
+	if len(a) != 1 || len(b) != 1 {
+		t.Fatalf("got %d and %d keys, want one in each product", len(a), len(b))
+	}
+	for _, want := range []string{a[0].Key, "bundle: key " + b[0].Key + " (product 2002)", "product 1001, expires", "product 2002, expires"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("status lacks %q:\n%s", want, out.String())
+		}
+	}
+	if n := strings.Count(out.String(), "would change nothing"); n != 2 {
+		t.Fatalf("status: got %d verdicts, want one per key:\n%s", n, out.String())
+	}
+}

@@ -152,7 +152,8 @@ func (e *Emailer) SendKey(ctx context.Context, id int64) error {
 
 	began := time.Now()
 	out, sendErr := e.sendKey(ctx, k)
-	audit := &syncer.AuditRow{SubscriptionID: subscriptionOf(k.Owner), CustomerID: k.CustomerID, ProductID: k.ProductID,
+	audit := &syncer.AuditRow{SubscriptionID: ownerID(k.Owner, OwnerSubscription), PurchaseID: ownerID(k.Owner, OwnerPurchase),
+		CustomerID: k.CustomerID, ProductID: k.ProductID,
 		LicenseKey: k.Key, Action: "email_key", Outcome: syncer.OutcomeApplied, Cause: k.Cause, CauseID: k.CauseID,
 		Params: map[string]any{"to": out.Recipient, "message_id": out.MessageID, "reason": "new key"}, Duration: time.Since(began)}
 	switch out.Status {
@@ -241,8 +242,10 @@ func keysOf(lics []License) []string {
 	return out
 }
 
-func subscriptionOf(o Owner) string {
-	if o.Kind == OwnerSubscription {
+// ownerID is o's id when o is of kind, else "": an audit row names a subscription or a
+// purchase.
+func ownerID(o Owner, kind OwnerKind) string {
+	if o.Kind == kind {
 		return o.ID
 	}
 	return ""

@@ -119,11 +119,11 @@ func (k keys) OwnerKeys(ctx context.Context, o delivery.Owner) ([]delivery.KeyRe
 	if o.Kind != delivery.OwnerSubscription {
 		return nil, delivery.ErrNotSupported
 	}
-	return k.store.SubscriptionKeys(ctx, o.ID)
+	return k.store.OwnerKeyRefs(ctx, o)
 }
 
 func (k keys) CustomerKeys(ctx context.Context, customer string) ([]delivery.KeyRef, error) {
-	return k.store.CustomerSubscriptionKeys(ctx, customer)
+	return k.store.CustomerKeyRefs(ctx, customer)
 }
 
 // engine runs the page's Syncs on the sync engine, as serve does.

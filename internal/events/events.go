@@ -59,9 +59,13 @@ var handled = map[string]bool{
 	"invoice.payment_succeeded":     true,
 	"invoice.payment_failed":        true,
 	"checkout.session.completed":    true,
-	"charge.refunded":               true,
-	"charge.dispute.created":        true,
-	"charge.dispute.closed":         true,
+	// A one-time purchase paid by a delayed payment method settles after the session
+	// completed (DESIGN §2.1).
+	"checkout.session.async_payment_succeeded": true,
+	"checkout.session.async_payment_failed":    true,
+	"charge.refunded":                          true,
+	"charge.dispute.created":                   true,
+	"charge.dispute.closed":                    true,
 }
 
 // Handled reports whether keysync acts on events of type t.

@@ -39,11 +39,16 @@ func (e *Enqueuer) EnqueueEventsTx(ctx context.Context, tx pgx.Tx, evs []events.
 	return nil
 }
 
-// EnqueueSyncs inserts one SyncArgs job per subscription, caused by sweep run runID.
-func (e *Enqueuer) EnqueueSyncs(ctx context.Context, subscriptions []string, runID int64) error {
-	params := make([]river.InsertManyParams, len(subscriptions))
-	for i, s := range subscriptions {
-		params[i] = river.InsertManyParams{Args: SyncArgs{Subscription: s, Cause: syncer.CauseSweep, CauseID: fmt.Sprint(runID), RunID: runID}}
+// EnqueueSyncs inserts one SyncArgs job per subscription or purchase (syncer.IsPurchase
+// tells them apart), caused by sweep run runID.
+func (e *Enqueuer) EnqueueSyncs(ctx context.Context, ids []string, runID int64) error {
+	params := make([]river.InsertManyParams, len(ids))
+	for i, id := range ids {
+		args := SyncArgs{Subscription: id, Cause: syncer.CauseSweep, CauseID: fmt.Sprint(runID), RunID: runID}
+		if syncer.IsPurchase(id) {
+			args.Subscription, args.Purchase = "", id
+		}
+		params[i] = river.InsertManyParams{Args: args}
 	}
 	if _, err := e.client.InsertMany(ctx, params); err != nil {
 		return fmt.Errorf("enqueue syncs: %w", err)

@@ -47,12 +47,13 @@ type EventStore interface {
 
 // Engine is the sync engine as the worker uses it.
 type Engine interface {
-	SubscriptionFor(ctx context.Context, typ string, payload []byte) (string, error)
+	TargetFor(ctx context.Context, typ string, payload []byte) (syncer.Target, error)
 	Sync(ctx context.Context, subscription string, cause syncer.Cause) (syncer.Result, error)
+	SyncPurchase(ctx context.Context, purchase string, cause syncer.Cause) (syncer.Result, error)
 }
 
-// EventWorker processes a stored event: it finds the subscription the event is about
-// and syncs it. A permanent failure marks the event failed with its error (it stays
+// EventWorker processes a stored event: it finds the subscription or one-time purchase
+// the event is about and syncs it. A permanent failure marks the event failed with its error (it stays
 // visible; replay it once fixed). An outage of Stripe or Cryptolens (5xx, 429, timeouts)
 // snoozes the job: it is tried again within a minute and does not use up an attempt,
 // however long the outage lasts. Any other failure is retried with backoff.
@@ -77,17 +78,22 @@ func (w *EventWorker) Work(ctx context.Context, job *river.Job[EventArgs]) error
 	if err != nil {
 		return fmt.Errorf("event %s: %w", id, err)
 	}
-	sub, err := w.Engine.SubscriptionFor(ctx, typ, payload)
-	if err == nil && sub != "" {
+	target, err := w.Engine.TargetFor(ctx, typ, payload)
+	if err == nil {
 		cause := syncer.Cause{Kind: syncer.CauseWebhook, ID: id}
 		if source == string(events.SourceEventsAPI) {
 			cause.Kind = syncer.CauseCatchUp
 		}
-		_, err = w.Engine.Sync(ctx, sub, cause)
+		switch {
+		case target.Subscription != "":
+			_, err = w.Engine.Sync(ctx, target.Subscription, cause)
+		case target.Purchase != "":
+			_, err = w.Engine.SyncPurchase(ctx, target.Purchase, cause)
+		}
 	}
 	switch {
 	case err == nil:
-		if w.Applied != nil && sub != "" {
+		if w.Applied != nil && target != (syncer.Target{}) {
 			w.Applied(time.Since(job.CreatedAt))
 		}
 		return w.Store.MarkEventProcessed(ctx, id)

@@ -9,12 +9,14 @@ import (
 	"github.com/keysync/keysync/internal/syncer"
 )
 
-// SyncArgs is the job that syncs one subscription outside the event path (a sweep's
-// drift, an operator's request).
+// SyncArgs is the job that syncs one subscription, or one one-time purchase, outside the
+// event path (a sweep's drift, an operator's request).
 type SyncArgs struct {
-	Subscription string           `json:"subscription"`
-	Cause        syncer.CauseKind `json:"cause"`
-	CauseID      string           `json:"cause_id,omitempty"`
+	Subscription string `json:"subscription,omitempty"`
+	// Purchase is a purchase to sync instead (a Checkout Session or an invoice).
+	Purchase string           `json:"purchase,omitempty"`
+	Cause    syncer.CauseKind `json:"cause"`
+	CauseID  string           `json:"cause_id,omitempty"`
 	// RunID is the sweep run that found the drift (0: none).
 	RunID int64 `json:"run_id,omitempty"`
 }
@@ -39,15 +41,24 @@ type SyncWorker struct {
 	Runs   RunCounter
 }
 
-// Work syncs the subscription; permanent failures are counted on the run, not retried.
+// Work syncs the subscription or purchase; permanent failures are counted on the run,
+// not retried.
 func (w *SyncWorker) Work(ctx context.Context, job *river.Job[SyncArgs]) error {
-	_, err := w.Engine.Sync(ctx, job.Args.Subscription, syncer.Cause{Kind: job.Args.Cause, ID: job.Args.CauseID})
+	cause := syncer.Cause{Kind: job.Args.Cause, ID: job.Args.CauseID}
+	id := job.Args.Subscription
+	var err error
+	if job.Args.Purchase != "" {
+		id = job.Args.Purchase
+		_, err = w.Engine.SyncPurchase(ctx, id, cause)
+	} else {
+		_, err = w.Engine.Sync(ctx, id, cause)
+	}
 	final := err == nil || Classify(err) == Permanent || job.Attempt >= job.MaxAttempts
 	if final && job.Args.RunID != 0 {
 		_ = w.Runs.CountRunResult(ctx, job.Args.RunID, err == nil)
 	}
 	if err != nil && !final {
-		return fmt.Errorf("sync %s: %w", job.Args.Subscription, err)
+		return fmt.Errorf("sync %s: %w", id, err)
 	}
 	return nil
 }

@@ -13,7 +13,7 @@ import (
 func TestWholeDays(t *testing.T) {
 	t.Parallel()
 	m := plansFile(t)
-	d, _ := license.Desire(sub(license.StatusActive, now.Add(days(30))), m, license.Options{BufferDays: 5})
+	d, _ := desire(sub(license.StatusActive, now.Add(days(30))), m, license.Options{BufferDays: 5})
 	target := d.Expires // 12:00 UTC
 	midnight := func(t time.Time) time.Time { return t.Truncate(24 * time.Hour) }
 	tests := map[string]struct {

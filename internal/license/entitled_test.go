@@ -77,7 +77,7 @@ func TestDesireUsesEntitledThrough(t *testing.T) {
 	periodEnd := now.Add(days(30))
 	s := sub("active", time.Time{})
 	s.CollectionMethod, s.CurrentPeriodEnd = license.SendInvoice, periodEnd
-	d, err := license.Desire(s, plansFile(t), license.Options{BufferDays: 5})
+	d, err := desire(s, plansFile(t), license.Options{BufferDays: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestTimeLimitedFeatureAlwaysOn(t *testing.T) {
 	}
 	s := sub("active", now.Add(days(10)), license.Item{PriceID: "price_x", Quantity: 1})
 	for feature, want := range map[int]map[int]bool{1: {1: true, 3: true}, 2: {2: true, 3: true}, 8: {3: true, 8: true}, 0: {3: true}} {
-		d, err := license.Desire(s, m, license.Options{BufferDays: 5, TimeLimitedFeature: feature})
+		d, err := desire(s, m, license.Options{BufferDays: 5, TimeLimitedFeature: feature})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +146,7 @@ func TestPlanMayNotTurnOffTimeLimited(t *testing.T) {
 	if err := m.RequireTimeLimited(1); err != nil {
 		t.Fatalf("a plans file that omits F1 in one entry: got %v, want no error", err)
 	}
-	d, err := license.Desire(sub("active", now.Add(days(3)), license.Item{PriceID: "price_b", Quantity: 1}), m,
+	d, err := desire(sub("active", now.Add(days(3)), license.Item{PriceID: "price_b", Quantity: 1}), m,
 		license.Options{BufferDays: 5, TimeLimitedFeature: 1})
 	if err != nil || !d.Features[1] || !d.Features[2] {
 		t.Fatalf("price_b: got features %v (%v), want F1 and F2 on", d.Features, err)
@@ -204,7 +204,7 @@ func TestExpiryBlocks(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			d, err := license.Desire(sub(tc.status, tc.paidThrough), m, license.Options{BufferDays: 5})
+			d, err := desire(sub(tc.status, tc.paidThrough), m, license.Options{BufferDays: 5})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,6 +23,9 @@ type Plan struct {
 	Machines *MachineRule
 	// BufferDays overrides the global buffer; nil keeps it.
 	BufferDays *int
+	// Perpetual says the plan sells a perpetual key for a one-time payment (plans-file
+	// perpetual: true): its key never expires, and it maps no subscription's item.
+	Perpetual bool
 	// Source says where the mapping came from, for audits and errors.
 	Source string
 }
@@ -40,6 +45,8 @@ type Item struct {
 	ProductMetadata map[string]string
 	// Metered is true for a metered price (recurring.usage_type=metered).
 	Metered bool
+	// OneTime is true for a price of type one_time: it sells a perpetual key.
+	OneTime bool
 }
 
 // Mapping resolves Stripe prices to plans. Precedence, most specific first:
@@ -66,15 +73,28 @@ type Mapping struct {
 	timeLimited int
 }
 
-// RequireTimeLimited makes feature (1..8) one that no plan may turn off: Cryptolens
-// enforces expiry only on keys whose time-limited feature is on, so a subscription key
-// without it never expires. Plans-file features are lists of features turned on, so an
+// RequireTimeLimited makes feature (1..8) the one that marks a key as time-limited: no
+// subscription plan may turn it off (Cryptolens enforces expiry only on keys whose
+// time-limited feature is on, so a subscription key without it never expires), and no
+// perpetual plan may turn it on (the key of a one-time purchase must never expire).
+// Plans-file features of an ordinary entry are lists of features turned on, so such an
 // entry cannot turn it off (Desire turns it on whatever the entry lists); "skm" metadata
 // can, and Resolve refuses it. 0 requires nothing. It returns an error for a feature
-// outside 0..8.
+// outside 0..8, and for a perpetual plans-file entry that lists the feature.
 func (m *Mapping) RequireTimeLimited(feature int) error {
 	if feature < 0 || feature > 8 {
 		return fmt.Errorf("time-limited feature %d: want 0 (none) or 1..8", feature)
+	}
+	plans := slices.Collect(maps.Values(m.byPrice))
+	plans = append(plans, slices.Collect(maps.Values(m.byProduct))...)
+	if m.catchAll != nil {
+		plans = append(plans, *m.catchAll)
+	}
+	slices.SortFunc(plans, func(a, b Plan) int { return strings.Compare(a.Source, b.Source) })
+	for _, p := range plans {
+		if p.Perpetual && p.Features[feature] {
+			return fmt.Errorf("%s: a perpetual plan lists F%d, the time-limited feature: the key of a one-time purchase has it off", p.Source, feature)
+		}
 	}
 	m.timeLimited = feature
 	return nil
@@ -111,8 +131,12 @@ func (m *Mapping) Resolve(it Item) (Plan, bool, error) {
 		}
 		p.Source = "price " + it.PriceID + " metadata skm"
 		if f := m.timeLimited; f > 0 {
-			if on, named := p.Features[f]; named && !on {
+			on, named := p.Features[f]
+			switch {
+			case named && !on && !it.OneTime:
 				return Plan{}, false, fmt.Errorf("price %s: metadata skm turns off F%d, the time-limited feature: a subscription key without it never expires", it.PriceID, f)
+			case on && it.OneTime:
+				return Plan{}, false, fmt.Errorf("price %s: metadata skm turns on F%d, the time-limited feature: the key of a one-time purchase is perpetual", it.PriceID, f)
 			}
 		}
 		return p, true, nil
@@ -198,6 +222,7 @@ func parseSKM(raw string, defaultProduct int) (Plan, error) {
 //	    machines: 2               # a fixed machine limit, and/or
 //	    machines_per_seat: 1      # this many machines per unit of quantity
 //	    buffer_days: 7            # overrides KEYSYNC_BUFFER_DAYS for this plan
+//	    perpetual: true           # a one-time price's perpetual key (no expiry, no buffer)
 func ParsePlans(name string, data []byte, defaultProductID int) (*Mapping, error) {
 	m := NewMapping(defaultProductID)
 	var doc yaml.Node
@@ -289,9 +314,16 @@ func ParsePlans(name string, data []byte, defaultProductID int) (*Mapping, error
 					return nil, at(v, "buffer_days must be a whole number from 0 to 365")
 				}
 				p.BufferDays = &n
+			case "perpetual":
+				if err := v.Decode(&p.Perpetual); err != nil {
+					return nil, at(v, "perpetual must be true or false")
+				}
 			default:
-				return nil, at(k, "unknown setting %q (price, product, default, cryptolens_product, features, machines, machines_per_seat, buffer_days)", k.Value)
+				return nil, at(k, "unknown setting %q (price, product, default, cryptolens_product, features, machines, machines_per_seat, buffer_days, perpetual)", k.Value)
 			}
+		}
+		if p.Perpetual && p.BufferDays != nil {
+			return nil, at(entry, "a perpetual plan never expires: buffer_days means nothing to it")
 		}
 		keys := 0
 		for _, set := range []bool{price != "", product != "", isDefault} {

@@ -5,9 +5,9 @@
 package license
 
 import (
-	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"time"
 )
@@ -147,78 +147,164 @@ type Desired struct {
 	Machines *int
 	// Sources are the mappings used, for the audit.
 	Sources []string
+	// Perpetual says the key is a one-time purchase's: its time-limited feature is off,
+	// it has no expiry to reach and is never extended, and a block on it that is not
+	// keysync's is never taken for an expiry block.
+	Perpetual bool
 }
 
-// ErrMixedProducts means a subscription's items map to different Cryptolens products:
-// one subscription has one key.
-var ErrMixedProducts = errors.New("items map to different Cryptolens products")
+// productGroup is what the items that map to one Cryptolens product ask for together.
+type productGroup struct {
+	d        Desired
+	buffer   int
+	machines int
+	// managesMachines says some plan of the group sets a machine limit.
+	managesMachines bool
+}
 
-// Desire computes the license sub is entitled to. It returns an error when the
-// mapping cannot be read or is contradictory for this subscription; those are not
-// fixed by retrying.
-func Desire(sub Subscription, m *Mapping, o Options) (Desired, error) {
-	d := Desired{Features: map[int]bool{}}
-	buffer := o.BufferDays
-	machines, managesMachines := 0, false
-	for _, it := range sub.Items {
+// groupByProduct resolves items and gathers the mapped ones by Cryptolens product, in
+// the order the products first appear: a product's features are the union over its
+// items, its machine limit the sum of its items' limits (fixed + per seat × quantity),
+// its buffer the largest any of its plans asks for (at least buffer). A perpetual plan
+// maps no subscription's item (perpetual false): that is an error, as is metadata that
+// cannot be read.
+func groupByProduct(items []Item, m *Mapping, buffer int, perpetual bool) ([]*productGroup, error) {
+	var out []*productGroup
+	for _, it := range items {
 		p, ok, err := m.Resolve(it)
 		if err != nil {
-			return Desired{}, err
+			return nil, err
 		}
 		if !ok {
 			continue
 		}
-		if d.Mapped && p.ProductID != d.ProductID {
-			return Desired{}, fmt.Errorf("%w: %d and %d", ErrMixedProducts, d.ProductID, p.ProductID)
+		if p.Perpetual && !perpetual {
+			return nil, fmt.Errorf("%s is a perpetual plan, for one-time prices: it cannot license subscription price %s", p.Source, it.PriceID)
 		}
-		d.Mapped, d.ProductID = true, p.ProductID
-		d.Sources = append(d.Sources, p.Source)
+		i := slices.IndexFunc(out, func(g *productGroup) bool { return g.d.ProductID == p.ProductID })
+		if i < 0 {
+			out = append(out, &productGroup{d: Desired{Mapped: true, ProductID: p.ProductID, Features: map[int]bool{}}, buffer: buffer})
+			i = len(out) - 1
+		}
+		g := out[i]
+		g.d.Sources = append(g.d.Sources, p.Source)
 		for f, on := range p.Features {
-			d.Features[f] = d.Features[f] || on // the union over items
+			g.d.Features[f] = g.d.Features[f] || on // the union over items
 		}
 		if p.Machines != nil {
-			managesMachines = true
-			machines += p.Machines.Fixed + p.Machines.PerSeat*int(max(it.Quantity, 1))
+			g.managesMachines = true
+			g.machines += p.Machines.Fixed + p.Machines.PerSeat*int(max(it.Quantity, 1))
 		}
-		if p.BufferDays != nil && *p.BufferDays > buffer {
-			buffer = *p.BufferDays
+		if p.BufferDays != nil && *p.BufferDays > g.buffer {
+			g.buffer = *p.BufferDays
 		}
 	}
-	if !d.Mapped {
-		return d, nil
-	}
-	if managesMachines {
-		d.Machines = &machines
-	}
-	if f := o.TimeLimitedFeature; f >= 1 && f <= 8 {
-		// Cryptolens enforces expiry only on time-limited keys: without this feature a
-		// subscription key would be perpetual.
-		d.Features[f] = true
-	}
-	d.Through = EntitledThrough(sub, o)
-	switch sub.Status {
-	case StatusIncomplete:
-		// The first payment is pending: no key yet.
-	case StatusTrialing, StatusActive, StatusPastDue:
-		// past_due: the key keeps its entitled-through + buffer and is not extended
-		// further; it lapses at the end of the buffer unless the invoice gets paid.
-		d.NeedKey = true
-		if !d.Through.IsZero() {
-			d.Expires = d.Through.AddDate(0, 0, buffer)
+	for _, g := range out {
+		if g.managesMachines {
+			machines := g.machines
+			g.d.Machines = &machines
 		}
-	case StatusUnpaid, StatusCanceled, StatusIncompleteExpired, StatusPaused:
-		d.Block, d.Reason = true, "subscription "+sub.Status
-	default:
-		return Desired{}, fmt.Errorf("unknown subscription status %q", sub.Status)
 	}
-	switch {
-	case d.Block:
-	case o.BlockOnDispute && sub.Disputed:
-		d.Block, d.Reason = true, "payment disputed"
-	case o.BlockOnRefund && sub.RefundedLatest:
-		d.Block, d.Reason = true, "latest invoice refunded"
+	return out, nil
+}
+
+// Desire computes the licenses sub is entitled to: one key per Cryptolens product its
+// items map to (a bundle's items map to several), in the order the products first
+// appear among the items, each with the features and machines of its own items;
+// nothing for an unmapped subscription. Every key follows the subscription's status and
+// entitled-through date, with its own plans' buffer. It returns an error when the
+// mapping cannot be read or is contradictory for this subscription; those are not
+// fixed by retrying.
+func Desire(sub Subscription, m *Mapping, o Options) ([]Desired, error) {
+	groups, err := groupByProduct(sub.Items, m, o.BufferDays, false)
+	if err != nil {
+		return nil, err
 	}
-	return d, nil
+	if len(groups) == 0 {
+		return nil, nil
+	}
+	through := EntitledThrough(sub, o)
+	out := make([]Desired, 0, len(groups))
+	for _, g := range groups {
+		d := g.d
+		if f := o.TimeLimitedFeature; f >= 1 && f <= 8 {
+			// Cryptolens enforces expiry only on time-limited keys: without this feature a
+			// subscription key would be perpetual.
+			d.Features[f] = true
+		}
+		d.Through = through
+		switch sub.Status {
+		case StatusIncomplete:
+			// The first payment is pending: no key yet.
+		case StatusTrialing, StatusActive, StatusPastDue:
+			// past_due: the key keeps its entitled-through + buffer and is not extended
+			// further; it lapses at the end of the buffer unless the invoice gets paid.
+			d.NeedKey = true
+			if !d.Through.IsZero() {
+				d.Expires = d.Through.AddDate(0, 0, g.buffer)
+			}
+		case StatusUnpaid, StatusCanceled, StatusIncompleteExpired, StatusPaused:
+			d.Block, d.Reason = true, "subscription "+sub.Status
+		default:
+			return nil, fmt.Errorf("unknown subscription status %q", sub.Status)
+		}
+		switch {
+		case d.Block:
+		case o.BlockOnDispute && sub.Disputed:
+			d.Block, d.Reason = true, "payment disputed"
+		case o.BlockOnRefund && sub.RefundedLatest:
+			d.Block, d.Reason = true, "latest invoice refunded"
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// Purchase is the Stripe side of a one-time purchase, read fresh: a Checkout Session in
+// payment mode (Payment Links are Checkout too), or an invoice that belongs to no
+// subscription.
+type Purchase struct {
+	ID         string
+	CustomerID string
+	// Paid says the payment succeeded: Checkout's payment_status paid (or
+	// no_payment_required, a purchase made free by a discount), or the invoice paid.
+	// An asynchronous payment still processing is not paid yet.
+	Paid  bool
+	Items []Item
+	// Refunded says the payment was refunded in full.
+	Refunded bool
+	// Disputed says a dispute on the payment is open or was lost.
+	Disputed bool
+}
+
+// DesirePurchase computes the keys a one-time purchase is entitled to: one perpetual key
+// per Cryptolens product its items map to, each with the union of its items' features
+// and the sum of their machine limits (per seat × quantity), and the time-limited
+// feature off (Cryptolens then never lets it expire; it is never extended). An unpaid
+// purchase gets no key yet; a full refund (o.BlockOnRefund) or an open or lost dispute
+// (o.BlockOnDispute) blocks the keys. No item mapped: nil. It returns an error when the
+// mapping cannot be read.
+func DesirePurchase(p Purchase, m *Mapping, o Options) ([]Desired, error) {
+	groups, err := groupByProduct(p.Items, m, 0, true)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Desired, 0, len(groups))
+	for _, g := range groups {
+		d := g.d
+		d.Perpetual, d.NeedKey = true, p.Paid
+		if f := o.TimeLimitedFeature; f >= 1 && f <= 8 {
+			d.Features[f] = false // managed, and off: the key must never expire
+		}
+		switch {
+		case o.BlockOnDispute && p.Disputed:
+			d.Block, d.Reason = true, "payment disputed"
+		case o.BlockOnRefund && p.Refunded:
+			d.Block, d.Reason = true, "purchase refunded"
+		}
+		out = append(out, d)
+	}
+	return out, nil
 }
 
 // EntitledThrough returns the date the customer is entitled to: the latest of what is
@@ -384,12 +470,13 @@ func Actions(d Desired, key Key, st State, now time.Time) []Action {
 		switch {
 		case st.BlockedByKeysync:
 			out = append(out, Action{Kind: Unblock, Reason: "keysync's block lifted: subscription in good standing"})
-		case ExpiryBlocked(key, st, now) && expires.After(now):
+		case !d.Perpetual && ExpiryBlocked(key, st, now) && expires.After(now):
 			out = append(out, Action{Kind: Unblock, Reason: "expiry block lifted: the key had expired and the subscription is paid"})
 		}
 		// Otherwise the block stays: a key that stays expired would be blocked again by
 		// Cryptolens within the hour (a past_due customer whose key lapsed), and a block
-		// on a valid key is the vendor's.
+		// on a valid key, or on a perpetual key (Cryptolens never blocks one for expiry),
+		// is the vendor's.
 	}
 	return out
 }

@@ -1,8 +1,8 @@
 package license_test
 
 import (
+	"fmt"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -32,6 +32,21 @@ plans:
 		t.Fatal(err)
 	}
 	return m
+}
+
+// desire is license.Desire for a subscription of one Cryptolens product: its one wish,
+// or an unmapped one for a subscription nothing maps.
+func desire(s license.Subscription, m *license.Mapping, o license.Options) (license.Desired, error) {
+	ds, err := license.Desire(s, m, o)
+	switch {
+	case err != nil:
+		return license.Desired{}, err
+	case len(ds) == 0:
+		return license.Desired{Features: map[int]bool{}}, nil
+	case len(ds) > 1:
+		return license.Desired{}, fmt.Errorf("got %d products, want one", len(ds))
+	}
+	return ds[0], nil
 }
 
 func sub(status string, paidThrough time.Time, items ...license.Item) license.Subscription {
@@ -94,7 +109,7 @@ func TestStatusTimesKeyState(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			d, err := license.Desire(sub(tc.status, pt), m, license.Options{BufferDays: 5})
+			d, err := desire(sub(tc.status, pt), m, license.Options{BufferDays: 5})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,7 +142,7 @@ func TestNoDrift(t *testing.T) {
 	for renewal := range 24 {
 		periodEnd = periodEnd.AddDate(0, 1, 0)
 		clock = periodEnd.AddDate(0, -1, 0).Add(time.Hour) // the renewal is paid an hour into the period
-		d, _ := license.Desire(sub(license.StatusActive, periodEnd), m, license.Options{BufferDays: 5})
+		d, _ := desire(sub(license.StatusActive, periodEnd), m, license.Options{BufferDays: 5})
 		for range 3 { // a redelivered event syncs again
 			for _, a := range license.Actions(d, key, license.State{}, clock) {
 				if a.Kind == license.Extend {
@@ -145,7 +160,7 @@ func TestRenewalAfterExpiry(t *testing.T) {
 	t.Parallel()
 	m := plansFile(t)
 	key := license.Key{Exists: true, Key: "K", Expires: now.Add(-days(10)), Features: [8]bool{true}, MaxMachines: 1}
-	d, _ := license.Desire(sub(license.StatusActive, now.Add(days(30))), m, license.Options{BufferDays: 5})
+	d, _ := desire(sub(license.StatusActive, now.Add(days(30))), m, license.Options{BufferDays: 5})
 	acts := license.Actions(d, key, license.State{}, now)
 	// Cryptolens adds to today for an expired key: 35 days, not 45.
 	if len(acts) != 1 || acts[0].Days != 35 || !acts[0].NewExpires.Equal(now.Add(days(35))) {
@@ -157,7 +172,7 @@ func TestManualExtensionIsRespected(t *testing.T) {
 	t.Parallel()
 	m := plansFile(t)
 	key := license.Key{Exists: true, Key: "K", Expires: now.Add(days(400)), Features: [8]bool{true}, MaxMachines: 1}
-	d, _ := license.Desire(sub(license.StatusActive, now.Add(days(30))), m, license.Options{BufferDays: 5})
+	d, _ := desire(sub(license.StatusActive, now.Add(days(30))), m, license.Options{BufferDays: 5})
 	if acts := license.Actions(d, key, license.State{}, now); len(acts) != 0 {
 		t.Fatalf("got %+v, want nothing: keysync never shortens a key", acts)
 	}
@@ -168,7 +183,7 @@ func TestFeaturesAndSeats(t *testing.T) {
 	m := plansFile(t)
 	basicKey := license.Key{Exists: true, Key: "K", Expires: now.Add(days(35)), Features: [8]bool{true, false, false, false, false, false, false, true}, MaxMachines: 1}
 	pro := license.Item{PriceID: "price_pro", ProductID: "prod_x", Quantity: 3}
-	d, _ := license.Desire(sub(license.StatusActive, now.Add(days(30)), pro), m, license.Options{BufferDays: 5})
+	d, _ := desire(sub(license.StatusActive, now.Add(days(30)), pro), m, license.Options{BufferDays: 5})
 	got := license.Actions(d, basicKey, license.State{}, now)
 	want := []license.Action{{Kind: license.AddFeature, Feature: 3}, {Kind: license.MachineLimit, Machines: 6}}
 	if !reflect.DeepEqual(got, want) {
@@ -177,7 +192,7 @@ func TestFeaturesAndSeats(t *testing.T) {
 	// Back down to basic: F3 is managed (another plan of the product turns it on), so it goes.
 	proKey := basicKey
 	proKey.Features[2], proKey.MaxMachines = true, 6
-	d, _ = license.Desire(sub(license.StatusActive, now.Add(days(30))), m, license.Options{BufferDays: 5})
+	d, _ = desire(sub(license.StatusActive, now.Add(days(30))), m, license.Options{BufferDays: 5})
 	got = license.Actions(d, proKey, license.State{}, now)
 	want = []license.Action{{Kind: license.RemoveFeature, Feature: 3}, {Kind: license.MachineLimit, Machines: 1}}
 	if !reflect.DeepEqual(got, want) {
@@ -185,7 +200,7 @@ func TestFeaturesAndSeats(t *testing.T) {
 	}
 	// Two items: features are the union, limits add up, the longer buffer wins.
 	team := license.Item{PriceID: "price_t", ProductID: "prod_team", Quantity: 1}
-	d, _ = license.Desire(sub(license.StatusActive, now, pro, team), m, license.Options{BufferDays: 5})
+	d, _ = desire(sub(license.StatusActive, now, pro, team), m, license.Options{BufferDays: 5})
 	if !d.Features[1] || !d.Features[2] || !d.Features[3] || *d.Machines != 11 || !d.Expires.Equal(now.Add(days(10))) {
 		t.Fatalf("got %+v", d)
 	}
@@ -194,7 +209,7 @@ func TestFeaturesAndSeats(t *testing.T) {
 func TestUnmapped(t *testing.T) {
 	t.Parallel()
 	m := plansFile(t)
-	d, err := license.Desire(sub(license.StatusActive, now, license.Item{PriceID: "price_tshirt", ProductID: "prod_merch"}), m, license.Options{})
+	d, err := desire(sub(license.StatusActive, now, license.Item{PriceID: "price_tshirt", ProductID: "prod_merch"}), m, license.Options{})
 	if err != nil || d.Mapped {
 		t.Fatalf("got %+v, %v", d, err)
 	}
@@ -212,19 +227,57 @@ func TestDisputeAndRefundPolicy(t *testing.T) {
 		o     license.Options
 		block bool
 	}{{license.Options{}, false}, {license.Options{BlockOnDispute: true}, true}, {license.Options{BlockOnRefund: true}, true}} {
-		d, _ := license.Desire(s, m, tc.o)
+		d, _ := desire(s, m, tc.o)
 		if d.Block != tc.block {
 			t.Errorf("options %+v: got block=%v, want %v", tc.o, d.Block, tc.block)
 		}
 	}
 }
 
-func TestMixedProducts(t *testing.T) {
+// A bundle, a subscription whose items map to different Cryptolens products, is
+// entitled to one key per product: each with its own items' features and machines (and
+// the time-limited feature), its own plans' buffer, and the subscription's status and
+// entitled-through date; in the order the products first appear.
+func TestBundles(t *testing.T) {
 	t.Parallel()
-	m, _ := license.ParsePlans("p.yaml", []byte("plans:\n  - price: price_a\n    cryptolens_product: 1\n  - price: price_b\n    cryptolens_product: 2\n"), 0)
-	_, err := license.Desire(sub(license.StatusActive, now, license.Item{PriceID: "price_a"}, license.Item{PriceID: "price_b"}), m, license.Options{})
-	if err == nil || !strings.Contains(err.Error(), "different Cryptolens products") {
-		t.Fatalf("got %v", err)
+	m, err := license.ParsePlans("p.yaml", []byte(`plans:
+  - price: price_a
+    cryptolens_product: 2
+    features: [2]
+    machines_per_seat: 1
+  - price: price_b
+    cryptolens_product: 1
+    features: [3]
+    machines: 4
+    buffer_days: 9
+  - price: price_c
+    cryptolens_product: 2
+    features: [4]
+    machines: 1
+`), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items := []license.Item{{PriceID: "price_a", Quantity: 3}, {PriceID: "price_b", Quantity: 1}, {PriceID: "price_c", Quantity: 1}}
+	ds, err := license.Desire(sub(license.StatusActive, now.Add(days(20)), items...), m, license.Options{BufferDays: 5, TimeLimitedFeature: 1})
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("got %+v, %v, want two products", ds, err)
+	}
+	machines2, machines1 := 3*1+1, 4 // one a seat × 3 and one fixed; four fixed
+	want := []license.Desired{
+		{Mapped: true, ProductID: 2, NeedKey: true, Expires: now.Add(days(25)), Through: now.Add(days(20)),
+			Features: map[int]bool{1: true, 2: true, 4: true}, Machines: &machines2, Sources: []string{"p.yaml:2", "p.yaml:11"}},
+		{Mapped: true, ProductID: 1, NeedKey: true, Expires: now.Add(days(29)), Through: now.Add(days(20)),
+			Features: map[int]bool{1: true, 3: true}, Machines: &machines1, Sources: []string{"p.yaml:6"}},
+	}
+	if !reflect.DeepEqual(ds, want) {
+		t.Fatalf("got  %+v\nwant %+v", ds, want)
+	}
+	ds, _ = license.Desire(sub(license.StatusCanceled, now.Add(days(20)), items...), m, license.Options{BufferDays: 5})
+	for _, d := range ds {
+		if !d.Block || d.Reason != "subscription canceled" {
+			t.Fatalf("canceled: got %+v, want every key blocked", d)
+		}
 	}
 }
 
@@ -263,7 +316,7 @@ plans:
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			d, err := license.Desire(sub(license.StatusActive, now.Add(days(20)), tc.items...), m, license.Options{BufferDays: 5})
+			d, err := desire(sub(license.StatusActive, now.Add(days(20)), tc.items...), m, license.Options{BufferDays: 5})
 			if err != nil {
 				t.Fatal(err)
 			}

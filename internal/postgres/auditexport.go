@@ -38,11 +38,12 @@ func ParseSince(v string, now time.Time) (time.Time, error) {
 // returns the writer's error.
 func WriteAuditCSV(w io.Writer, rows []AuditRecord) error {
 	cw := csv.NewWriter(w)
-	_ = cw.Write([]string{"id", "at", "subscription_id", "customer_id", "license_key", "action", "outcome", "cause", "cause_id", "params", "message"})
+	_ = cw.Write([]string{"id", "at", "subscription_id", "customer_id", "license_key", "action", "outcome", "cause", "cause_id", "params", "message",
+		"purchase_id"})
 	for _, r := range rows {
 		params, _ := json.Marshal(r.Params)
 		_ = cw.Write([]string{strconv.FormatInt(r.ID, 10), r.At.UTC().Format(time.RFC3339), str(r.SubscriptionID), str(r.CustomerID),
-			str(r.LicenseKey), r.Action, r.Outcome, r.Cause, str(r.CauseID), string(params), str(r.Message)})
+			str(r.LicenseKey), r.Action, r.Outcome, r.Cause, str(r.CauseID), string(params), str(r.Message), str(r.PurchaseID)})
 	}
 	cw.Flush()
 	return cw.Error()

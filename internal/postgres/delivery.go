@@ -14,25 +14,44 @@ import (
 // The queries of key delivery (package delivery): the keys of a subscription or a
 // customer, and the e-mail of new keys, whose outbox is the audit log's create_key rows.
 
-const subscriptionKeys = `
-SELECT id, product_id, license_key FROM subscriptions
-WHERE id = $1 AND license_key IS NOT NULL AND product_id IS NOT NULL`
+// The keys a customer is shown or sent: a subscription's (the one its row names, then a
+// bundle's others), a purchase's (perpetual), and all of a customer's. Blocked keys are
+// included; the page says so, and the lost-keys e-mail leaves them out.
+const (
+	subscriptionKeyRefs = `
+SELECT 's' AS kind, id, product_id, license_key, created_at AS since FROM subscriptions
+WHERE id = $1 AND license_key IS NOT NULL AND product_id IS NOT NULL
+UNION ALL
+SELECT 's', subscription_id, product_id, license_key, created_at FROM subscription_keys WHERE subscription_id = $1
+ORDER BY since, product_id`
+	purchaseKeyRefs = `
+SELECT 'p' AS kind, purchase_id, product_id, license_key, created_at AS since FROM purchase_keys WHERE purchase_id = $1
+ORDER BY since, product_id`
+	customerKeyRefs = `
+SELECT 's' AS kind, s.id, s.product_id, s.license_key, s.created_at AS since FROM subscriptions s
+WHERE s.customer_id = $1 AND s.license_key IS NOT NULL AND s.product_id IS NOT NULL
+UNION ALL
+SELECT 's', k.subscription_id, k.product_id, k.license_key, k.created_at FROM subscription_keys k
+JOIN subscriptions s ON s.id = k.subscription_id WHERE s.customer_id = $1
+UNION ALL
+SELECT 'p', k.purchase_id, k.product_id, k.license_key, k.created_at FROM purchase_keys k
+JOIN purchases p ON p.id = k.purchase_id WHERE p.customer_id = $1
+ORDER BY since, product_id`
+)
 
-// SubscriptionKeys returns the keys keysync recorded for a subscription (none yet:
-// empty).
-func (s *Store) SubscriptionKeys(ctx context.Context, subscription string) ([]delivery.KeyRef, error) {
-	return s.keyRefs(ctx, subscriptionKeys, subscription)
+// OwnerKeyRefs returns the keys keysync recorded for a subscription (a bundle's too)
+// or a purchase (none yet: empty).
+func (s *Store) OwnerKeyRefs(ctx context.Context, o delivery.Owner) ([]delivery.KeyRef, error) {
+	if o.Kind == delivery.OwnerPurchase {
+		return s.keyRefs(ctx, purchaseKeyRefs, o.ID)
+	}
+	return s.keyRefs(ctx, subscriptionKeyRefs, o.ID)
 }
 
-const customerSubscriptionKeys = `
-SELECT id, product_id, license_key FROM subscriptions
-WHERE customer_id = $1 AND license_key IS NOT NULL AND product_id IS NOT NULL
-ORDER BY created_at, id`
-
-// CustomerSubscriptionKeys returns the keys of every subscription of a Stripe
-// customer, oldest subscription first.
-func (s *Store) CustomerSubscriptionKeys(ctx context.Context, customer string) ([]delivery.KeyRef, error) {
-	return s.keyRefs(ctx, customerSubscriptionKeys, customer)
+// CustomerKeyRefs returns the keys of every subscription and purchase of a Stripe
+// customer, oldest first.
+func (s *Store) CustomerKeyRefs(ctx context.Context, customer string) ([]delivery.KeyRef, error) {
+	return s.keyRefs(ctx, customerKeyRefs, customer)
 }
 
 func (s *Store) keyRefs(ctx context.Context, q, arg string) ([]delivery.KeyRef, error) {
@@ -41,8 +60,14 @@ func (s *Store) keyRefs(ctx context.Context, q, arg string) ([]delivery.KeyRef, 
 		return nil, fmt.Errorf("read keys: %w", translate(err))
 	}
 	refs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (delivery.KeyRef, error) {
-		ref := delivery.KeyRef{Owner: delivery.Owner{Kind: delivery.OwnerSubscription}}
-		err := r.Scan(&ref.Owner.ID, &ref.ProductID, &ref.Key)
+		var ref delivery.KeyRef
+		var kind string
+		var since time.Time
+		err := r.Scan(&kind, &ref.Owner.ID, &ref.ProductID, &ref.Key, &since)
+		ref.Owner.Kind, ref.Perpetual = delivery.OwnerSubscription, false
+		if kind == "p" {
+			ref.Owner.Kind, ref.Perpetual = delivery.OwnerPurchase, true
+		}
 		return ref, err
 	})
 	if err != nil {
@@ -77,20 +102,24 @@ func (s *Store) KeysToEmail(ctx context.Context, window time.Duration, limit int
 }
 
 const createdKey = `
-SELECT id, product_id, license_key, coalesce(customer_id, ''), coalesce(subscription_id, ''), cause, coalesce(cause_id, '')
+SELECT id, product_id, license_key, coalesce(customer_id, ''), coalesce(subscription_id, ''), coalesce(purchase_id, ''), cause,
+    coalesce(cause_id, '')
 FROM audit_log
 WHERE id = $1 AND action = 'create_key' AND outcome = 'applied' AND license_key IS NOT NULL AND product_id IS NOT NULL`
 
 // CreatedKey returns an applied create_key audit row, or ErrNotFound (wrapped).
 func (s *Store) CreatedKey(ctx context.Context, id int64) (delivery.CreatedKey, error) {
 	var k delivery.CreatedKey
-	var sub string
-	err := s.pool.QueryRow(ctx, createdKey, id).Scan(&k.AuditID, &k.ProductID, &k.Key, &k.CustomerID, &sub, &k.Cause, &k.CauseID)
+	var sub, purchase string
+	err := s.pool.QueryRow(ctx, createdKey, id).Scan(&k.AuditID, &k.ProductID, &k.Key, &k.CustomerID, &sub, &purchase, &k.Cause, &k.CauseID)
 	if err != nil {
 		return delivery.CreatedKey{}, fmt.Errorf("created key: %w", translate(err))
 	}
-	if sub != "" {
+	switch {
+	case sub != "":
 		k.Owner = delivery.Owner{Kind: delivery.OwnerSubscription, ID: sub}
+	case purchase != "":
+		k.Owner = delivery.Owner{Kind: delivery.OwnerPurchase, ID: purchase}
 	}
 	return k, nil
 }
@@ -151,8 +180,9 @@ func (s *Store) SaveAudit(ctx context.Context, rows []syncer.AuditRow) error {
 // insertDeliveryAudit is insertAudit for rows that may name no subscription (a
 // purchase's key, the lost-keys form).
 const insertDeliveryAudit = `
-INSERT INTO audit_log (subscription_id, customer_id, product_id, license_key, action, params, outcome, cause, cause_id, message, duration_ms)
-VALUES (NULLIF($1, ''), NULLIF($2, ''), NULLIF($3, 0), NULLIF($4, ''), $5, $6, $7, $8, NULLIF($9, ''), NULLIF($10, ''), $11)`
+INSERT INTO audit_log (subscription_id, customer_id, product_id, license_key, action, params, outcome, cause, cause_id, message, duration_ms,
+    purchase_id)
+VALUES (NULLIF($1, ''), NULLIF($2, ''), NULLIF($3, 0), NULLIF($4, ''), $5, $6, $7, $8, NULLIF($9, ''), NULLIF($10, ''), $11, NULLIF($12, ''))`
 
 func insertAudits(ctx context.Context, tx pgx.Tx, audits []syncer.AuditRow) error {
 	b := &pgx.Batch{}
@@ -162,7 +192,7 @@ func insertAudits(ctx context.Context, tx pgx.Tx, audits []syncer.AuditRow) erro
 			params = map[string]any{}
 		}
 		b.Queue(insertDeliveryAudit, a.SubscriptionID, a.CustomerID, a.ProductID, a.LicenseKey, a.Action, params, string(a.Outcome),
-			string(a.Cause), a.CauseID, a.Message, float64(a.Duration.Microseconds())/1000)
+			string(a.Cause), a.CauseID, a.Message, float64(a.Duration.Microseconds())/1000, a.PurchaseID)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("save audit: %w", translate(err))

@@ -12,11 +12,13 @@ import (
 
 // The store serves Sync: these fail to compile if it stops doing so.
 var (
-	_ syncer.Store = (*Store)(nil)
-	_ syncer.Lock  = (*SubscriptionLock)(nil)
+	_ syncer.Store        = (*Store)(nil)
+	_ syncer.Lock         = (*SubscriptionLock)(nil)
+	_ syncer.PurchaseLock = (*PurchaseLock)(nil)
 )
 
-// syncLockSpace namespaces the per-subscription advisory locks.
+// syncLockSpace namespaces the per-subscription (and per-purchase) advisory locks: the
+// ids never collide (sub_, cs_, in_).
 const syncLockSpace int32 = 0x6b73 // "ks"
 
 // runLockSpace namespaces the locks that keep one sweep, and one catch-up, running at a
@@ -85,24 +87,50 @@ type SubscriptionLock struct{ *advisoryLock }
 // then holds its lock (a *SubscriptionLock) until Release. It returns ErrUnavailable (wrapped) when the
 // database cannot be reached, and the context's error when ctx ends first.
 //
-// It polls with pg_try_advisory_lock and holds no connection while it waits: waiters
-// blocked inside pg_advisory_lock would hold every pooled connection and starve the
-// lock's holder of the one it needs to finish.
+// It polls and holds no connection while it waits (see waitLock).
 func (s *Store) LockSubscription(ctx context.Context, id string) (syncer.Lock, error) {
+	l, err := s.waitLock(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("lock subscription: %w", err)
+	}
+	return &SubscriptionLock{l}, nil
+}
+
+// PurchaseLock is held while one SyncPurchase runs; the Sync does its database work on
+// the lock's connection (see purchases.go). Release frees it. It implements
+// syncer.PurchaseLock.
+type PurchaseLock struct {
+	*advisoryLock
+}
+
+// LockPurchase waits until no other Sync of the purchase runs on any replica, then
+// holds its lock (a *PurchaseLock) until Release, as LockSubscription does.
+func (s *Store) LockPurchase(ctx context.Context, id string) (syncer.PurchaseLock, error) {
+	l, err := s.waitLock(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("lock purchase: %w", err)
+	}
+	return &PurchaseLock{l}, nil
+}
+
+// waitLock waits for the Sync lock of id. It polls with pg_try_advisory_lock and holds
+// no connection while it waits: waiters blocked inside pg_advisory_lock would hold every
+// pooled connection and starve the lock's holder of the one it needs to finish.
+func (s *Store) waitLock(ctx context.Context, id string) (*advisoryLock, error) {
 	wait := 5 * time.Millisecond
 	for {
 		l, ok, err := s.tryLock(ctx, syncLockSpace, id)
 		if err != nil {
-			return nil, fmt.Errorf("lock subscription: %w", err)
+			return nil, err
 		}
 		if ok {
-			return &SubscriptionLock{l}, nil
+			return l, nil
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("lock subscription: %w", ctx.Err())
+			return nil, ctx.Err()
 		case <-t.C:
 		}
 		wait = min(wait*2, 500*time.Millisecond)

@@ -57,18 +57,29 @@ func (s *Store) CountRunResult(ctx context.Context, id int64, ok bool) error {
 // CatchUpCursor returns the position of the last successful catch-up, and false when
 // there was none.
 func (s *Store) CatchUpCursor(ctx context.Context) (time.Time, bool, error) {
+	return s.runCursor(ctx, "catch_up")
+}
+
+// SweepCursor returns how far the last successful sweep looked for one-time purchases
+// (Stripe's creation time), and false when no sweep has.
+func (s *Store) SweepCursor(ctx context.Context) (time.Time, bool, error) {
+	return s.runCursor(ctx, "sweep")
+}
+
+// runCursor returns the cursor of the last successful run of kind that recorded one.
+func (s *Store) runCursor(ctx context.Context, kind string) (time.Time, bool, error) {
 	var cursor string
-	err := s.pool.QueryRow(ctx, `SELECT cursor FROM sync_runs WHERE kind = 'catch_up' AND status = 'succeeded' AND cursor IS NOT NULL
-		ORDER BY id DESC LIMIT 1`).Scan(&cursor)
+	err := s.pool.QueryRow(ctx, `SELECT cursor FROM sync_runs WHERE kind = $1 AND status = 'succeeded' AND cursor IS NOT NULL
+		ORDER BY id DESC LIMIT 1`, kind).Scan(&cursor)
 	if err = translate(err); errors.Is(err, ErrNotFound) {
 		return time.Time{}, false, nil
 	}
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("catch-up cursor: %w", err)
+		return time.Time{}, false, fmt.Errorf("%s cursor: %w", kind, err)
 	}
 	n, err := strconv.ParseInt(cursor, 10, 64)
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("catch-up cursor %q: %w", cursor, err)
+		return time.Time{}, false, fmt.Errorf("%s cursor %q: %w", kind, cursor, err)
 	}
 	return time.Unix(n, 0).UTC(), true, nil
 }

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -44,7 +45,33 @@ func getSubscriptionRow(ctx context.Context, q querier, id string) (syncer.Subsc
 	if err != nil {
 		return syncer.SubscriptionRow{}, fmt.Errorf("get subscription: %w", translate(err))
 	}
+	if row.Bundle, err = getKeys(ctx, q, getBundleKeys, id); err != nil {
+		return syncer.SubscriptionRow{}, err
+	}
 	return row, nil
+}
+
+const getBundleKeys = `
+SELECT product_id, license_key, key_id, blocked_by_keysync, expiry_block_seen
+FROM subscription_keys WHERE subscription_id = $1 ORDER BY created_at, product_id`
+
+// SubscriptionKeys returns a subscription's keys, one per Cryptolens product: the one
+// its row names first, then a bundle's others (none: no key yet, or keysync does not
+// know the subscription).
+func (s *Store) SubscriptionKeys(ctx context.Context, id string) ([]syncer.KeyRow, error) {
+	row, err := getSubscriptionRow(ctx, s.pool, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	var out []syncer.KeyRow
+	if row.ProductID != nil && row.LicenseKey != nil {
+		out = append(out, syncer.KeyRow{ProductID: *row.ProductID, LicenseKey: row.LicenseKey, KeyID: row.KeyID,
+			BlockedByKeysync: row.BlockedByKeysync, ExpiryBlockSeen: row.ExpiryBlockSeen})
+	}
+	return append(out, row.Bundle...), nil
 }
 
 const upsertSubscription = `
@@ -63,11 +90,19 @@ ON CONFLICT (id) DO UPDATE SET
     last_synced_at = EXCLUDED.last_synced_at, unmapped_at = EXCLUDED.unmapped_at,
     last_error = EXCLUDED.last_error, updated_at = now()`
 
-// SaveSync writes the subscription's row and its audit rows in one transaction, so the
-// audit never tells a story the mapping does not, or the reverse.
+// SaveSync writes the subscription's row, its bundle's keys (exactly row.Bundle: a key
+// of a product not there is no longer recorded) and its audit rows in one transaction,
+// so the audit never tells a story the mapping does not, or the reverse.
 func (s *Store) SaveSync(ctx context.Context, row syncer.SubscriptionRow, audits []syncer.AuditRow) error {
 	return saveSync(ctx, s.pool, row, audits)
 }
+
+const upsertBundleKey = `
+INSERT INTO subscription_keys (subscription_id, product_id, license_key, key_id, blocked_by_keysync, expiry_block_seen)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (subscription_id, product_id) DO UPDATE SET
+    license_key = EXCLUDED.license_key, key_id = EXCLUDED.key_id, blocked_by_keysync = EXCLUDED.blocked_by_keysync,
+    expiry_block_seen = EXCLUDED.expiry_block_seen, updated_at = now()`
 
 // SaveSync is Store.SaveSync on the lock's own connection.
 func (l *SubscriptionLock) SaveSync(ctx context.Context, row syncer.SubscriptionRow, audits []syncer.AuditRow) error {
@@ -83,14 +118,15 @@ func saveSync(ctx context.Context, q querier, row syncer.SubscriptionRow, audits
 			return fmt.Errorf("save subscription: %w", translate(err))
 		}
 		b := &pgx.Batch{}
-		for _, a := range audits {
-			params := a.Params
-			if params == nil {
-				params = map[string]any{}
-			}
-			b.Queue(insertAudit, a.SubscriptionID, a.CustomerID, a.ProductID, a.LicenseKey, a.Action, params, string(a.Outcome),
-				string(a.Cause), a.CauseID, a.Message, float64(a.Duration.Microseconds())/1000)
+		products := make([]int32, len(row.Bundle))
+		for i, k := range row.Bundle {
+			products[i] = int32(k.ProductID)
 		}
+		b.Queue(`DELETE FROM subscription_keys WHERE subscription_id = $1 AND product_id <> ALL($2)`, row.ID, products)
+		for _, k := range row.Bundle {
+			b.Queue(upsertBundleKey, row.ID, k.ProductID, k.LicenseKey, k.KeyID, k.BlockedByKeysync, k.ExpiryBlockSeen)
+		}
+		queueAudits(b, audits)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("save audit: %w", translate(err))
 		}

@@ -239,7 +239,8 @@ func TestSweepRebuildsLostMapping(t *testing.T) {
 	h.play(t, func() { h.idle(t) })
 	before := mapping(t, h.pool)
 	creates := h.w.Crypto.AppliedCount(cryptolenssim.CreateKey)
-	if _, err := h.pool.Exec(ctx, "TRUNCATE subscriptions"); err != nil {
+	// CASCADE: a bundle's other keys (subscription_keys) are lost with the mapping.
+	if _, err := h.pool.Exec(ctx, "TRUNCATE subscriptions CASCADE"); err != nil {
 		t.Fatal(err)
 	}
 	sum, err := h.sweeper.RunOnce(ctx)

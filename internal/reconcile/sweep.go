@@ -1,6 +1,7 @@
 // Package reconcile finds what webhooks missed: a periodic sweep compares every
 // subscription in Stripe with every key in Cryptolens and enqueues a Sync for each one
-// that drifted; a catch-up reads the Events API for events that never arrived.
+// that drifted, and one for each recent one-time purchase keysync has not settled; a
+// catch-up reads the Events API for events that never arrived.
 package reconcile
 
 import (
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"iter"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +36,8 @@ type SweepStripe interface {
 	Subscriptions(ctx context.Context) iter.Seq2[*stripe.Subscription, error]
 	GetProduct(ctx context.Context, id string) (*stripe.Product, error)
 	CompleteLines(ctx context.Context, inv *stripe.Invoice) error
+	CompleteSessions(ctx context.Context, since time.Time) iter.Seq2[*stripe.CheckoutSession, error]
+	PaidInvoicesSince(ctx context.Context, since time.Time) iter.Seq2[*stripe.Invoice, error]
 }
 
 // SweepCryptolens is what the sweep reads from Cryptolens.
@@ -47,10 +51,13 @@ type SweepStore interface {
 	FinishRun(ctx context.Context, id int64, sum postgres.RunSummary) error
 	SubscriptionIndex(ctx context.Context) (map[string]postgres.SubscriptionBrief, error)
 	TryLockRun(ctx context.Context, kind string) (*postgres.RunLock, bool, error)
+	SweepCursor(ctx context.Context) (time.Time, bool, error)
+	PurchaseIndex(ctx context.Context, since time.Time) (map[string]postgres.PurchaseBrief, error)
 }
 
-// Enqueue schedules Syncs of the drifted subscriptions, caused by sweep run runID.
-type Enqueue func(ctx context.Context, subscriptions []string, runID int64) error
+// Enqueue schedules Syncs of the drifted subscriptions and purchases (syncer.IsPurchase
+// tells them apart), caused by sweep run runID.
+type Enqueue func(ctx context.Context, ids []string, runID int64) error
 
 // Sweeper runs sweeps.
 type Sweeper struct {
@@ -93,28 +100,59 @@ type Summary struct {
 	// nothing.
 	Skipped bool
 	RunID   int64
-	Scanned int
-	Drifted []Drift
-	Orphans []string
-	Failed  int
-	Took    time.Duration
+	// Scanned counts subscriptions; Purchases the one-time purchases of the window.
+	Scanned   int
+	Purchases int
+	Drifted   []Drift
+	Orphans   []string
+	Failed    int
+	Took      time.Duration
+	// Cursor is how far this sweep looked for purchases (Stripe's creation time): the
+	// next one lists from a day before it.
+	Cursor time.Time
 }
 
-// Drift is one subscription whose key is not what the policy wants.
+// Drift is one subscription whose key is not what the policy wants, or one purchase
+// keysync has not settled (Purchase set instead).
 type Drift struct {
 	Subscription string
+	Purchase     string
 	Reason       string
 }
+
+// ID is the drifted subscription's or purchase's id.
+func (d Drift) ID() string {
+	if d.Purchase != "" {
+		return d.Purchase
+	}
+	return d.Subscription
+}
+
+// purchaseLag is how far before the cursor a sweep lists purchases: a Checkout Session
+// completes up to 24 hours after it was created (its expires_at is at most 24 hours
+// after creation; stripe-go v76 CheckoutSessionParams.ExpiresAt), and an invoice is
+// listed when paid within a day of its creation (later payments come by webhook and the
+// catch-up).
+const purchaseLag = 24 * time.Hour
 
 // pending is what a sweep keeps of one subscription until the keys are read: a few
 // dozen bytes, so that a sweep of 100,000 subscriptions stays well under 150 MB.
 type pending struct {
-	id          string
+	id string
+	// desired is the wish for the first product's key, more for a bundle's others.
 	desired     desire
+	more        []desire
 	metaKey     string
 	mapped      bool
 	linesUnread bool
 	err         string
+}
+
+// markerKey names a key by its Notes marker's id and its product: a bundle's keys all
+// carry their subscription's marker, each in its own product.
+type markerKey struct {
+	id      string
+	product int32
 }
 
 // desire is a license.Desired without what drift detection does not read (sources,
@@ -167,6 +205,7 @@ func (p desire) unpack() license.Desired {
 type keyBrief struct {
 	key      string
 	expires  int64 // UnixNano
+	product  int32
 	machines int32
 	features uint8
 	block    bool
@@ -213,9 +252,11 @@ func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 	sum := Summary{RunID: runID}
 	err = s.sweep(ctx, &sum)
 	sum.Took = time.Since(start)
-	rs := postgres.RunSummary{Scanned: sum.Scanned, Drifted: len(sum.Drifted), Failed: sum.Failed, Orphans: len(sum.Orphans)}
+	rs := postgres.RunSummary{Scanned: sum.Scanned + sum.Purchases, Drifted: len(sum.Drifted), Failed: sum.Failed, Orphans: len(sum.Orphans)}
 	if err != nil {
 		rs.Error = err.Error()
+	} else {
+		rs.Cursor = strconv.FormatInt(sum.Cursor.Unix(), 10)
 	}
 	if ferr := s.store.FinishRun(ctx, runID, rs); ferr != nil {
 		err = errors.Join(err, ferr)
@@ -227,12 +268,16 @@ func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 	if s.OnRun != nil {
 		s.OnRun(sum)
 	}
-	ev.Int64("run_id", runID).Int("scanned", sum.Scanned).Int("drifted", len(sum.Drifted)).Int("orphans", len(sum.Orphans)).
+	ev.Int64("run_id", runID).Int("scanned", sum.Scanned).Int("purchases", sum.Purchases).Int("drifted", len(sum.Drifted)).Int("orphans", len(sum.Orphans)).
 		Int("failed", sum.Failed).Dur("took", sum.Took).Msg("sweep finished")
 	return sum, err
 }
 
 func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
+	// One-time purchases first: their window ends where the sweep starts.
+	if err := s.sweepPurchases(ctx, sum); err != nil {
+		return err
+	}
 	rows, err := s.store.SubscriptionIndex(ctx)
 	if err != nil {
 		return err
@@ -245,8 +290,8 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 		products[p] = true
 	}
 	for _, b := range rows {
-		if b.ProductID != 0 {
-			products[b.ProductID] = true
+		for _, k := range b.Keys() {
+			products[k.ProductID] = true
 		}
 	}
 	for sub, err := range s.stripe.Subscriptions(ctx) {
@@ -290,12 +335,16 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 			}
 			ls.Items[i].ProductMetadata = md
 		}
-		d, err := license.Desire(ls, s.mapping, s.policy)
-		switch {
-		case err != nil:
+		ds, err := license.Desire(ls, s.mapping, s.policy)
+		if err != nil {
 			p.err = err.Error()
-		case d.Mapped:
-			p.desired, p.mapped = packDesire(d), true
+		}
+		for i, d := range ds {
+			if i == 0 {
+				p.desired, p.mapped = packDesire(d), true
+			} else {
+				p.more = append(p.more, packDesire(d))
+			}
 			products[d.ProductID] = true
 		}
 		subs = append(subs, p)
@@ -304,18 +353,20 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 	// Every key of every product in play, indexed by name and by Notes marker.
 	var keys []keyBrief
 	byKey := map[string]int32{}
-	byMarker := map[string]int32{}
+	byMarker := map[markerKey]int32{}
 	for product := range products {
 		for k, err := range s.crypto.AllKeys(ctx, product, "") {
 			if err != nil {
 				return fmt.Errorf("list keys of product %d: %w", product, err)
 			}
 			i := int32(len(keys))
-			keys = append(keys, briefKey(k))
+			b := briefKey(k)
+			b.product = int32(product)
+			keys = append(keys, b)
 			byKey[k.Key] = i
 			for _, word := range strings.Fields(k.Notes) {
-				if sub, ok := syncer.MarkedSubscription(word); ok {
-					byMarker[strings.Clone(sub)] = i
+				if sub, ok := syncer.MarkedSubscription(word); ok && !syncer.IsPurchase(sub) {
+					byMarker[markerKey{strings.Clone(sub), int32(product)}] = i
 					if _, ok := inStripe[sub]; !ok {
 						sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (notes name %s, which Stripe does not have)", k.Key, sub))
 					}
@@ -324,8 +375,11 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 		}
 	}
 	for sub, b := range rows {
-		if _, ok := inStripe[sub]; b.LicenseKey != "" && !ok {
-			sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (mapped to %s, which Stripe does not have)", b.LicenseKey, sub))
+		if _, ok := inStripe[sub]; ok {
+			continue
+		}
+		for _, k := range b.Keys() {
+			sum.Orphans = append(sum.Orphans, fmt.Sprintf("%s (mapped to %s, which Stripe does not have)", k.LicenseKey, sub))
 		}
 	}
 	slices.Sort(sum.Orphans)
@@ -345,29 +399,17 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 				reason = "unmapped, not yet recorded"
 			}
 		default:
-			i, found := byKey[row.LicenseKey]
-			if !found && p.metaKey != "" {
-				i, found = byKey[p.metaKey]
-			}
-			if !found {
-				i, found = byMarker[p.id]
-			}
-			key := license.Key{}
-			if found {
-				key = keys[i].license()
-			}
-			st := license.State{BlockedByKeysync: row.BlockedByKeysync, ExpiryBlockSeen: row.ExpiryBlockSeen}
-			acts := license.Actions(p.desired.unpack(), key, st, now)
-			switch {
-			case len(acts) > 0:
-				kinds := make([]string, len(acts))
-				for i, a := range acts {
-					kinds[i] = string(a.Kind)
+			// Each product's key, judged alone: a bundle drifts when any of its keys does.
+			var reasons []string
+			for _, want := range append([]desire{p.desired}, p.more...) {
+				if r := judgeKey(p, want, row, hasRow, keys, byKey, byMarker, now); r != "" {
+					if len(p.more) > 0 {
+						r = fmt.Sprintf("product %d: %s", want.product, r)
+					}
+					reasons = append(reasons, r)
 				}
-				reason = strings.Join(kinds, ", ")
-			case found && (!hasRow || row.LicenseKey != key.Key):
-				reason = "missing mapping row"
 			}
+			reason = strings.Join(reasons, "; ")
 		}
 		if reason != "" {
 			sum.Drifted = append(sum.Drifted, Drift{Subscription: p.id, Reason: reason})
@@ -378,10 +420,119 @@ func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
 	}
 	ids := make([]string, len(sum.Drifted))
 	for i, d := range sum.Drifted {
-		ids[i] = d.Subscription
+		ids[i] = d.ID()
 	}
 	if err := s.enqueue(ctx, ids, sum.RunID); err != nil {
 		return fmt.Errorf("enqueue syncs: %w", err)
 	}
 	return nil
+}
+
+// sweepPurchases finds the one-time purchases keysync has not settled: every complete
+// Checkout Session in payment mode and every paid invoice of no subscription that
+// Stripe created since a day before the stored cursor, unless keysync's last Sync of it
+// succeeded with its payment settled; and every purchase keysync recorded unsettled (an
+// asynchronous payment, an open invoice, a failed Sync), whenever it was made. Each is
+// a Drift. The cursor moves to the sweep's start.
+func (s *Sweeper) sweepPurchases(ctx context.Context, sum *Summary) error {
+	now := s.now().UTC()
+	cursor, ok, err := s.store.SweepCursor(ctx)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		cursor = now // the first sweep looks one day back
+	}
+	since := cursor.Add(-purchaseLag)
+	known, err := s.store.PurchaseIndex(ctx, since)
+	if err != nil {
+		return err
+	}
+	// A session's post-payment invoice is part of the session's purchase.
+	ofSession := map[string]bool{}
+	for _, b := range known {
+		if b.InvoiceID != "" {
+			ofSession[b.InvoiceID] = true
+		}
+	}
+	seen := map[string]bool{}
+	drift := func(id, reason string) {
+		if !seen[id] {
+			seen[id] = true
+			sum.Drifted = append(sum.Drifted, Drift{Purchase: id, Reason: reason})
+		}
+	}
+	judge := func(id string) {
+		sum.Purchases++
+		switch b, ok := known[id]; {
+		case !ok:
+			drift(id, "purchase not recorded")
+		case !b.Settled():
+			drift(id, "purchase not settled")
+		}
+	}
+	for sess, err := range s.stripe.CompleteSessions(ctx, since) {
+		if err != nil {
+			return fmt.Errorf("list checkout sessions: %w", err)
+		}
+		if sess.Mode == stripe.CheckoutSessionModePayment { // a subscription's is swept with it
+			judge(sess.ID)
+		}
+	}
+	for inv, err := range s.stripe.PaidInvoicesSince(ctx, since) {
+		if err != nil {
+			return fmt.Errorf("list paid invoices: %w", err)
+		}
+		if inv.Subscription == nil && !ofSession[inv.ID] {
+			judge(inv.ID)
+		}
+	}
+	ids := make([]string, 0, len(known))
+	for id, b := range known {
+		if !b.Settled() {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		drift(id, "purchase not settled")
+	}
+	sum.Cursor = now
+	return nil
+}
+
+// judgeKey returns why the key of one product of p is not what want says ("" when it
+// is): the actions a Sync would take, or a key that exists without its mapping row. The
+// key is the one keysync recorded for the product, else the one the subscription's
+// cryptolens_key metadata names, else the one in the product whose Notes carry the
+// subscription's marker.
+func judgeKey(p pending, want desire, row postgres.SubscriptionBrief, hasRow bool, keys []keyBrief, byKey map[string]int32,
+	byMarker map[markerKey]int32, now time.Time) string {
+	rec, recorded := row.Key(int(want.product))
+	i, found := byKey[rec.LicenseKey]
+	found = found && recorded && keys[i].product == want.product
+	if !found && p.metaKey != "" {
+		i, found = byKey[p.metaKey]
+		found = found && keys[i].product == want.product
+	}
+	if !found {
+		i, found = byMarker[markerKey{p.id, want.product}]
+	}
+	key := license.Key{}
+	if found {
+		key = keys[i].license()
+	}
+	st := license.State{BlockedByKeysync: rec.BlockedByKeysync, ExpiryBlockSeen: rec.ExpiryBlockSeen}
+	acts := license.Actions(want.unpack(), key, st, now)
+	switch {
+	case len(acts) > 0:
+		kinds := make([]string, len(acts))
+		for i, a := range acts {
+			kinds[i] = string(a.Kind)
+		}
+		return strings.Join(kinds, ", ")
+	case found && (!hasRow || !recorded || rec.LicenseKey != key.Key):
+		return "missing mapping row"
+	}
+	return ""
 }

@@ -108,6 +108,22 @@ func TestContractWithStripeMock(t *testing.T) {
 	_, err = c.Events(ctx, time.Now().Add(-24*time.Hour), []string{"invoice.paid", "customer.subscription.updated"})
 	check("Events", err)
 	check("SetSubscriptionMetadata", c.SetSubscriptionMetadata(ctx, "sub_123", "cryptolens_key", "AAAAA-BBBBB-CCCCC-DDDDD"))
+	_, err = c.SessionLineItems(ctx, "cs_test_123")
+	check("SessionLineItems", err)
+	_, err = c.PurchaseInvoice(ctx, "in_123")
+	check("PurchaseInvoice", err)
+	_, err = c.PaymentCharges(ctx, "pi_123")
+	check("PaymentCharges", err)
+	_, err = c.PaymentSession(ctx, "pi_123")
+	check("PaymentSession", err)
+	_, err = c.InvoiceSession(ctx, "cus_123", "in_123")
+	check("InvoiceSession", err)
+	for _, err := range c.CompleteSessions(ctx, time.Now().Add(-24*time.Hour)) {
+		check("CompleteSessions", err)
+	}
+	for _, err := range c.PaidInvoicesSince(ctx, time.Now().Add(-24*time.Hour)) {
+		check("PaidInvoicesSince", err)
+	}
 
 	// The contract would pass vacuously if stripe-mock accepted anything: show that it
 	// refuses a parameter 2023-10-16 does not know. (It does not check expansions;

@@ -78,6 +78,13 @@ func TestExpansionsExistInSpec(t *testing.T) {
 	for _, p := range itemsExpand { // a list of subscription items
 		ours = append(ours, [2]string{"subscription_item", strings.TrimPrefix(*p, "data.")})
 	}
+	// A purchase's invoice, and its lines and a session's line items as lists.
+	for _, p := range purchaseInvoiceExpand {
+		ours = append(ours, [2]string{"invoice", *p})
+	}
+	for _, p := range purchaseLinesExpand {
+		ours = append(ours, [2]string{"line_item", strings.TrimPrefix(*p, "data.")}, [2]string{"item", strings.TrimPrefix(*p, "data.")})
+	}
 	for _, o := range ours {
 		if err := check(o[0], o[1]); err != nil {
 			t.Error(err)

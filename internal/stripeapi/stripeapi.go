@@ -246,12 +246,18 @@ func (c *Client) PaidInvoices(ctx context.Context, subscription string) ([]*stri
 // prorations before the subscription line that says what was paid for. It does
 // nothing for an invoice whose lines are all there.
 func (c *Client) CompleteLines(ctx context.Context, inv *stripe.Invoice) error {
+	return c.completeLines(ctx, inv, nil)
+}
+
+// completeLines is CompleteLines with the read lines' references expanded as expand says.
+func (c *Client) completeLines(ctx context.Context, inv *stripe.Invoice, expand []*string) error {
 	if inv == nil || inv.Lines == nil || !inv.Lines.HasMore {
 		return nil
 	}
 	p := &stripe.InvoiceListLinesParams{Invoice: stripe.String(inv.ID)}
 	p.Context = ctx
 	p.Limit = stripe.Int64(100)
+	p.Expand = expand
 	var all []*stripe.InvoiceLineItem
 	it := c.api.Invoices.ListLines(p)
 	for it.Next() {

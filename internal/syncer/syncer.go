@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -34,6 +33,13 @@ type Stripe interface {
 	GetCheckoutSession(ctx context.Context, id string) (*stripe.CheckoutSession, error)
 	Disputes(ctx context.Context, charge string) ([]*stripe.Dispute, error)
 	SetSubscriptionMetadata(ctx context.Context, subscription, key, value string) error
+
+	// One-time purchases' reads (purchase.go).
+	SessionLineItems(ctx context.Context, session string) ([]*stripe.LineItem, error)
+	PurchaseInvoice(ctx context.Context, id string) (*stripe.Invoice, error)
+	PaymentCharges(ctx context.Context, paymentIntent string) ([]*stripe.Charge, error)
+	PaymentSession(ctx context.Context, paymentIntent string) (*stripe.CheckoutSession, error)
+	InvoiceSession(ctx context.Context, customer, invoice string) (string, error)
 }
 
 // Cryptolens is what Sync does to keys. ExtendLicense, AddFeature and RemoveFeature
@@ -144,10 +150,23 @@ var ErrPermanent = failure.NewPermanent("permanent failure")
 
 // Result is what a Sync did.
 type Result struct {
-	Key     string
+	// Key is the first key's name (of the first Cryptolens product the items map to);
+	// Keys are all of them, one per product. A key the Sync did not create or find is
+	// not there.
+	Key  string
+	Keys []ProductKey
+	// Actions are every key's actions, in the order they were taken.
 	Actions []license.Action
-	// Unmapped is true when the subscription maps to no plan.
+	// Unmapped is true when the subscription (or purchase) maps to no plan.
 	Unmapped bool
+	// Status is a purchase's payment status after SyncPurchase (PurchaseRow.Status).
+	Status string
+}
+
+// ProductKey names a key: the Cryptolens product it lives in, and its string.
+type ProductKey struct {
+	ProductID int
+	Key       string
 }
 
 // markerPrefix begins the Notes marker of a key.
@@ -180,16 +199,42 @@ const (
 // networks allow them for about 120 days.
 const disputeWindow = 120 * 24 * time.Hour
 
-// run carries one Sync's state: the row it brings up to date and the audit rows it
-// saves with it.
+// run carries one Sync's state: the audit rows it saves with the owner's row, keysync's
+// records of the owner's keys, and how to save them.
 type run struct {
-	s      *Syncer
-	lock   Lock
-	cause  Cause
-	row    SubscriptionRow
+	s     *Syncer
+	cause Cause
+	// subscription or purchase is the owner the audit rows name; customer is its
+	// Stripe customer.
+	subscription, purchase, customer string
+	// recs are keysync's records of the owner's keys, one per Cryptolens product.
+	recs []*KeyRow
+	// paidThrough is the subscription's, for the audit of a new or extended key.
+	paidThrough *time.Time
+	// save writes the owner's row, its key records and audits in one transaction.
+	save   func(ctx context.Context, audits []AuditRow) error
 	audits []AuditRow
 	now    time.Time
 	log    zerolog.Logger
+}
+
+// audit adds an audit row, naming the run's owner and cause; a row that names no key
+// names the owner's first.
+func (r *run) audit(a AuditRow) {
+	if r.s.opts.ObserveAction != nil {
+		r.s.opts.ObserveAction(a.Action, a.Outcome)
+	}
+	a.SubscriptionID, a.PurchaseID, a.CustomerID = r.subscription, r.purchase, r.customer
+	if a.LicenseKey == "" {
+		for _, rec := range r.recs {
+			if rec.LicenseKey != nil {
+				a.LicenseKey, a.ProductID = *rec.LicenseKey, rec.ProductID
+				break
+			}
+		}
+	}
+	a.Cause, a.CauseID = r.cause.Kind, r.cause.ID
+	r.audits = append(r.audits, a)
 }
 
 // Sync brings the subscription's key to the state the policy wants. It returns an
@@ -209,31 +254,36 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 	if err != nil {
 		return Result{}, err
 	}
-	r := &run{s: s, lock: lock, cause: cause, row: row,
+	sr := &subscriptionRun{row: row, primary: primaryRecord(row)}
+	r := &run{s: s, cause: cause, subscription: subscription, customer: row.CustomerID, recs: subscriptionRecords(sr.primary, row),
 		log: s.log.With().Str("subscription_id", subscription).Str("cause", string(cause.Kind)).Str("cause_id", cause.ID).Logger()}
+	r.save = func(ctx context.Context, audits []AuditRow) error {
+		return lock.SaveSync(ctx, sr.fold(r), audits)
+	}
+	sr.run = r
 
 	// 2. Plan. What the plan read is kept even when planning failed part way, so that
 	// a failed Sync still records Stripe's view of the subscription.
-	p, err := s.plan(ctx, row, now, r.log)
+	p, err := s.plan(ctx, row, &r.recs, now, r.log)
 	r.now = p.now
-	r.learn(p)
+	sr.learn(p)
 
 	// 3. Apply the plan.
 	var res Result
 	if err == nil {
-		res, err = r.apply(ctx, p)
+		res, err = sr.apply(ctx, p)
 	}
 
 	// 4. Record the outcome: a permanent failure is shown on the row and audited; any
 	// success clears the last one.
 	if err != nil && failure.IsPermanent(err) {
 		msg := err.Error()
-		r.row.LastError = &msg
+		sr.row.LastError = &msg
 		r.audit(AuditRow{Action: "error", Outcome: OutcomeFailed, Message: msg})
 	} else if err == nil {
-		r.row.LastError = nil
+		sr.row.LastError = nil
 	}
-	if r.row.CustomerID == "" {
+	if sr.row.CustomerID == "" {
 		// Never read from Stripe (the subscription does not exist there): keep no row.
 		return res, err
 	}
@@ -241,12 +291,90 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 		// "Last synced" means the key was brought to the policy's state; a failed
 		// attempt is recorded in the audit and last_error instead.
 		synced := r.now
-		r.row.LastSyncedAt = &synced
+		sr.row.LastSyncedAt = &synced
 	}
-	if saveErr := lock.SaveSync(ctx, r.row, r.audits); saveErr != nil {
+	if saveErr := r.save(ctx, r.audits); saveErr != nil {
 		return res, errors.Join(err, saveErr)
 	}
 	return res, err
+}
+
+// subscriptionRun is a subscription's part of a run: its row, and the record of the key
+// the row names (its primary key); a bundle's other keys are in the row's Bundle.
+type subscriptionRun struct {
+	run *run
+	row SubscriptionRow
+	// primary is the record of the key the row names (nil: none).
+	primary *KeyRow
+	// products are the products the policy wants keys in, once decided.
+	products []int
+}
+
+// primaryRecord is the record of the key a subscription's row names, nil for none.
+func primaryRecord(row SubscriptionRow) *KeyRow {
+	if row.ProductID == nil {
+		return nil
+	}
+	return &KeyRow{ProductID: *row.ProductID, LicenseKey: row.LicenseKey, KeyID: row.KeyID,
+		BlockedByKeysync: row.BlockedByKeysync, ExpiryBlockSeen: row.ExpiryBlockSeen}
+}
+
+// subscriptionRecords are the records of a subscription's keys: the one its row names
+// (primary, nil for none) first, then its bundle's others.
+func subscriptionRecords(primary *KeyRow, row SubscriptionRow) []*KeyRow {
+	var out []*KeyRow
+	if primary != nil {
+		out = append(out, primary)
+	}
+	for _, k := range row.Bundle {
+		if primary == nil || k.ProductID != primary.ProductID {
+			out = append(out, &k)
+		}
+	}
+	return out
+}
+
+// fold returns the row with the run's key records in it. The row names the key of the
+// product it named before while the policy still wants that product (a key that exists
+// today for a subscription is kept as its first); else the first wanted product's key,
+// once one exists (until then it keeps naming the old key). The keys of the other wanted
+// products are its bundle; a key of a product no longer wanted is no longer recorded
+// (its Notes marker still finds it), as a single key of a changed product was not.
+func (sr *subscriptionRun) fold(r *run) SubscriptionRow {
+	row := sr.row
+	if sr.products != nil && !slices.ContainsFunc(sr.products, func(p int) bool { return sr.primary != nil && sr.primary.ProductID == p }) {
+		for _, p := range sr.products {
+			if rec := findRecord(r.recs, p); rec != nil && rec.LicenseKey != nil {
+				sr.primary = rec
+				break
+			}
+		}
+	}
+	if rec := sr.primary; rec != nil {
+		product := rec.ProductID
+		row.ProductID, row.LicenseKey, row.KeyID = &product, rec.LicenseKey, rec.KeyID
+		row.BlockedByKeysync, row.ExpiryBlockSeen = rec.BlockedByKeysync, rec.ExpiryBlockSeen
+	}
+	if sr.products == nil {
+		return row // nothing decided: the bundle stays as stored
+	}
+	row.Bundle = nil
+	for _, p := range sr.products {
+		if rec := findRecord(r.recs, p); rec != nil && rec != sr.primary && rec.LicenseKey != nil {
+			row.Bundle = append(row.Bundle, *rec)
+		}
+	}
+	return row
+}
+
+// findRecord returns the record of product's key among recs, nil for none.
+func findRecord(recs []*KeyRow, product int) *KeyRow {
+	for _, r := range recs {
+		if r.ProductID == product {
+			return r
+		}
+	}
+	return nil
 }
 
 // readRow returns keysync's row for the locked subscription and whether one was
@@ -263,38 +391,39 @@ func readRow(ctx context.Context, lock Lock, subscription string) (SubscriptionR
 }
 
 // plan is what a Sync found and decided before changing anything: Stripe's view of the
-// subscription, the policy's wish, the key as it is, and the actions between them. A
-// plan that failed part way holds what was read before the failure.
+// subscription, the policy's wish, and per key the key as it is and the actions between
+// them. A plan that failed part way holds what was read before the failure.
 type plan struct {
-	// now is the clock the plan counted with: Cryptolens' once the key was read.
+	// now is the clock the plan counted with: Cryptolens' once a key was read.
 	now time.Time
 	// sub and stripe are Stripe's view; sub is nil until all of it was read.
 	sub    *stripe.Subscription
 	stripe license.Subscription
-	// desired is the policy's wish, once decided.
-	desired license.Desired
+	// desired is the policy's wish, once decided (decided true): nothing for an
+	// unmapped subscription.
+	desired []license.Desired
 	decided bool
-	// key is the subscription's key as Cryptolens has it (Exists false: none).
-	key license.Key
-	// forget says the key keysync recorded no longer exists in Cryptolens.
-	forget bool
-	// keyRead says the key was looked for and key is what Cryptolens has (a plan that
-	// failed before may not judge the key).
-	keyRead bool
-	// expiryBlocked says the key carries Cryptolens' expiry block (license.ExpiryBlocked);
-	// newExpiryBlock that keysync's row does not record it yet.
-	expiryBlocked, newExpiryBlock bool
-	// adopted is a key keysync had not recorded, found the way adoptedFrom says.
-	adopted     *cryptolens.Key
-	adoptedFrom string
-	actions     []license.Action
+	// keys are the keys the policy wants, one per product, as far as planned.
+	keys []*keyPlan
+}
+
+// subscriptionOwner is the subscription as the key machinery sees it.
+func (s *Syncer) subscriptionOwner(sub *stripe.Subscription) owner {
+	o := owner{id: sub.ID, metadata: sub.Metadata, customer: s.customerOf("")}
+	if sub.Customer != nil {
+		o.customer = s.customerOf(sub.Customer.ID)
+	}
+	if o.metadata == nil {
+		o.metadata = map[string]string{}
+	}
+	return o
 }
 
 // plan reads the subscription from Stripe and its key from Cryptolens and asks the
-// policy what to do. It writes nothing anywhere: row is keysync's row as stored, now
-// the time the Sync began. It returns the plan as far as it got, and the error that
-// stopped it.
-func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, log zerolog.Logger) (*plan, error) {
+// policy what to do. It writes nothing anywhere: row is keysync's row as stored, recs
+// its key records (a record is added for a product it has none for), now the time the
+// Sync began. It returns the plan as far as it got, and the error that stopped it.
+func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, recs *[]*KeyRow, now time.Time, log zerolog.Logger) (*plan, error) {
 	p := &plan{now: now}
 
 	// 1. Stripe's view: the subscription, its paid invoices, and (when the policy
@@ -321,198 +450,75 @@ func (s *Syncer) plan(ctx context.Context, row SubscriptionRow, now time.Time, l
 	}
 	p.sub, p.stripe = sub, ls
 
-	// 2. The policy's wish. A subscription that maps to no plan has no key to find.
-	desired, err := license.Desire(ls, s.mapping, s.opts.Policy)
-	if err != nil {
+	// 2. The policy's wish: a key per Cryptolens product the items map to (a bundle has
+	// several). A subscription that maps to no plan has no key to find.
+	if p.desired, err = license.Desire(ls, s.mapping, s.opts.Policy); err != nil {
 		return p, fmt.Errorf("%w: plan mapping: %v", ErrPermanent, err)
 	}
-	p.desired, p.decided = desired, true
-	if !desired.Mapped {
-		return p, nil
-	}
+	p.decided = true
 
-	// 3. The key as it is. Its dates show how Cryptolens keeps dates; a new key's days
-	// are counted the way the keys seen so far showed.
-	if err := s.findKey(ctx, p, row, log); err != nil {
-		return p, err
+	// 3. Each key as it is, and the actions that bring it to the wish. The hosted
+	// Stripe module's metadata names the key of the product the row names, or of the
+	// first wanted product when the row names none: the module issued one key a
+	// subscription, and its key ids are per product.
+	o := s.subscriptionOwner(sub)
+	for i, d := range p.desired {
+		kp := &keyPlan{desired: d, rec: recordFor(recs, d.ProductID)}
+		kp.primary = (row.ProductID == nil && i == 0) || (row.ProductID != nil && *row.ProductID == d.ProductID)
+		p.keys = append(p.keys, kp)
+		if p.now, err = s.planKey(ctx, kp, o, log); err != nil {
+			return p, err
+		}
 	}
-	p.keyRead = true
-	if p.key.Exists {
-		s.learnDays(p.key)
-	} else {
-		p.key.WholeDays = s.days.Load() == daysWhole
-	}
-
-	// 4. The actions between them. The key was just read from Cryptolens: its clock is
-	// known now (see Options.Now).
-	p.now = s.opts.Now().UTC()
-	st := license.State{BlockedByKeysync: row.BlockedByKeysync, ExpiryBlockSeen: row.ExpiryBlockSeen}
-	p.expiryBlocked = license.ExpiryBlocked(p.key, st, p.now)
-	p.newExpiryBlock = p.expiryBlocked && !row.ExpiryBlockSeen
-	p.actions = license.Actions(desired, p.key, st, p.now)
 	return p, nil
 }
 
-// findKey finds the subscription's key for p: the one keysync recorded (row), else the
-// one the subscription's metadata names (cryptolens_key, then the hosted Stripe
-// module's skm_key_id, then its skm_key_globalid), else the one whose Notes carry the
-// marker. A key found any way but the first is to be adopted; none found means none
-// exists.
-func (s *Syncer) findKey(ctx context.Context, p *plan, row SubscriptionRow, log zerolog.Logger) error {
-	product := p.desired.ProductID
-	if row.LicenseKey != nil && row.ProductID != nil && *row.ProductID == product {
-		k, err := s.crypto.GetKey(ctx, product, *row.LicenseKey)
-		if err == nil {
-			p.key = toKey(k)
-			return nil
-		}
-		if !errors.Is(err, cryptolens.ErrKeyNotFound) {
-			return fmt.Errorf("read key: %w", err)
-		}
-		log.Warn().Str("license_key", *row.LicenseKey).Msg("recorded key no longer exists in Cryptolens")
-		p.forget = true
-	}
-	if name := p.sub.Metadata[KeyMetadata]; name != "" {
-		k, err := s.crypto.GetKey(ctx, product, name)
-		switch {
-		case err == nil:
-			p.adopt(k, "subscription metadata "+KeyMetadata)
-			return nil
-		case !errors.Is(err, cryptolens.ErrKeyNotFound):
-			return fmt.Errorf("read key from metadata: %w", err)
-		}
-	}
-	for _, find := range []struct {
-		metadata string
-		find     func(ctx context.Context, product int, id int64) (cryptolens.Key, bool, error)
-	}{{hostedKeyID, s.keyByID}, {hostedKeyGlobalID, s.keyByGlobalID}} {
-		value := p.sub.Metadata[find.metadata]
-		if value == "" {
-			continue
-		}
-		id, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
-		if err != nil || id <= 0 {
-			log.Warn().Str("metadata", find.metadata).Str("value", value).Msg("subscription metadata names no key id; ignored")
-			continue
-		}
-		k, ok, err := find.find(ctx, product, id)
-		if err != nil {
-			return fmt.Errorf("find key by %s: %w", find.metadata, err)
-		}
-		if ok {
-			p.adopt(k, fmt.Sprintf("subscription metadata %s=%d", find.metadata, id))
-			return nil
-		}
-		log.Warn().Str("metadata", find.metadata).Int64("id", id).Int("product_id", product).
-			Msg("no key in the product has the id the hosted Stripe module recorded")
-	}
-	marker := Marker(p.sub.ID)
-	page, err := s.crypto.GetKeys(ctx, product, 1, fmt.Sprintf(`notes.contains(%q)`, marker))
-	if err != nil {
-		return fmt.Errorf("search key by marker: %w", err)
-	}
-	for _, k := range page.Keys {
-		// contains() also matches longer ids (sub_1 in sub_12): the marker must be a
-		// whole word of the notes.
-		if slices.Contains(strings.Fields(k.Notes), marker) {
-			p.adopt(k, "notes marker "+marker)
-			return nil
-		}
-	}
-	return nil
-}
-
-// keyByID finds the product's key with the id, as Cryptolens' search language
-// documents it (`id=5`, docs web-interface/linq-search-product.md).
-func (s *Syncer) keyByID(ctx context.Context, product int, id int64) (cryptolens.Key, bool, error) {
-	page, err := s.crypto.GetKeys(ctx, product, 1, fmt.Sprintf("id=%d", id))
-	if err != nil {
-		return cryptolens.Key{}, false, err
-	}
-	for _, k := range page.Keys {
-		if k.ID == id {
-			return k, true, nil
-		}
-	}
-	return cryptolens.Key{}, false, nil
-}
-
-// keyByGlobalID finds the product's key with the GlobalId. Cryptolens documents no
-// search by GlobalId (the search language has no such field), so it pages through all
-// of the product's keys: one GetKeys call per 99 keys, at most the product's page
-// count. That is paid once per subscription: the adopted key is recorded, and named in
-// the subscription's cryptolens_key metadata, so later Syncs never search again.
-func (s *Syncer) keyByGlobalID(ctx context.Context, product int, id int64) (cryptolens.Key, bool, error) {
-	for n := 1; ; n++ {
-		page, err := s.crypto.GetKeys(ctx, product, n, "")
-		if err != nil {
-			return cryptolens.Key{}, false, err
-		}
-		for _, k := range page.Keys {
-			if k.GlobalID == id {
-				return k, true, nil
-			}
-		}
-		if n >= page.PageCount || len(page.Keys) == 0 {
-			return cryptolens.Key{}, false, nil
-		}
-	}
-}
-
-func (p *plan) adopt(k cryptolens.Key, source string) {
-	p.key, p.adopted, p.adoptedFrom = toKey(k), &k, source
-}
-
-// learn folds what the plan read into the row: Stripe's view, the policy's expiry, and
-// the key as found (an adopted key is audited). It changes nothing outside keysync's
-// own row.
-func (r *run) learn(p *plan) {
+// learn folds what the plan read into the row and the key records: Stripe's view, the
+// policy's expiry, and each key as found (an adopted key is audited). It changes
+// nothing outside keysync's own rows.
+func (sr *subscriptionRun) learn(p *plan) {
 	if p.sub == nil {
 		return
 	}
-	r.row.CustomerID, r.row.Status = p.stripe.CustomerID, p.stripe.Status
+	r := sr.run
+	sr.row.CustomerID, sr.row.Status = p.stripe.CustomerID, p.stripe.Status
+	r.customer = sr.row.CustomerID
 	if !p.stripe.PaidThrough.IsZero() {
 		pt := p.stripe.PaidThrough
-		r.row.PaidThrough = &pt
+		sr.row.PaidThrough = &pt
 	}
-	if !p.decided || !p.desired.Mapped {
+	r.paidThrough = sr.row.PaidThrough
+	if !p.decided || len(p.desired) == 0 {
 		return // an unmapped subscription is recorded by apply, once
 	}
-	r.row.UnmappedAt = nil
-	if !p.desired.Through.IsZero() {
-		et := p.desired.Through
-		r.row.EntitledThrough = &et
+	sr.row.UnmappedAt = nil
+	for _, d := range p.desired {
+		sr.products = append(sr.products, d.ProductID)
 	}
-	if !p.desired.Expires.IsZero() {
-		de := p.desired.Expires
-		r.row.DesiredExpires = &de
+	// The expiry's basis is the subscription's: every product's key follows it.
+	d := p.desired[0]
+	if !d.Through.IsZero() {
+		et := d.Through
+		sr.row.EntitledThrough = &et
 	}
-	if p.keyRead {
-		// Seen now, or seen before and not lifted yet; a key seen unblocked (or with
-		// keysync's own block) clears it.
-		r.row.ExpiryBlockSeen = p.expiryBlocked
+	if !d.Expires.IsZero() {
+		de := d.Expires
+		sr.row.DesiredExpires = &de
 	}
-	if p.forget {
-		r.row.LicenseKey, r.row.KeyID = nil, nil
-	}
-	if k := p.adopted; k != nil {
-		product := p.desired.ProductID
-		r.row.LicenseKey, r.row.ProductID = &k.Key, &product
-		id := k.ID
-		r.row.KeyID = &id
-		r.audit(AuditRow{Action: "adopt_key", Outcome: OutcomeApplied, LicenseKey: k.Key, ProductID: product,
-			Params: map[string]any{"source": p.adoptedFrom, "expires": k.Expires}})
+	for _, kp := range p.keys {
+		r.learnKey(kp)
 	}
 }
 
 // apply carries out the plan: it records an unmapped subscription (once), or performs
-// the plan's actions in order and then names the key in Stripe's metadata.
-func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
+// each key's actions in order and then names the key in Stripe's metadata.
+func (sr *subscriptionRun) apply(ctx context.Context, p *plan) (Result, error) {
+	r := sr.run
 	s := r.s
-	if !p.desired.Mapped {
-		if r.row.UnmappedAt == nil {
+	if len(p.desired) == 0 {
+		if sr.row.UnmappedAt == nil {
 			at := r.now
-			r.row.UnmappedAt = &at
+			sr.row.UnmappedAt = &at
 			prices := make([]string, 0, len(p.stripe.Items))
 			for _, it := range p.stripe.Items {
 				prices = append(prices, it.PriceID)
@@ -523,34 +529,9 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 		}
 		return Result{Unmapped: true}, nil
 	}
-	key := p.key
-	res := Result{Key: key.Key, Actions: slices.Clone(p.actions)}
-	if p.newExpiryBlock && len(p.actions) > 0 && !s.opts.DryRun {
-		// Recorded before any call: once the key is extended it no longer looks
-		// expired, so a retry after "extended, then the unblock failed" knows the block
-		// is Cryptolens' expiry block only from this row.
-		if err := r.lock.SaveSync(ctx, r.row, nil); err != nil {
-			return res, fmt.Errorf("record expiry block: %w", err)
-		}
-	}
-	for i := 0; i < len(res.Actions); i++ {
-		a := res.Actions[i]
-		// Each action names the key by its string as it is now: an SKGL key gets a new
-		// one from a change (see perform).
-		renamed, err := r.perform(ctx, p.sub, p.desired, key, a)
-		if renamed != "" {
-			res.Key, key.Key, key.Exists = renamed, renamed, true
-		}
-		if err != nil {
-			return res, err
-		}
-		if a.Kind == license.CreateKey {
-			more, err := r.checkNewKey(ctx, p.desired, key.Key)
-			if err != nil {
-				return res, err
-			}
-			res.Actions = append(res.Actions, more...)
-		}
+	res, err := r.applyKeys(ctx, p.keys, s.subscriptionOwner(p.sub))
+	if err != nil {
+		return res, err
 	}
 
 	// Name the key in Stripe's metadata, so the vendor sees it in Stripe and the mapping
@@ -558,185 +539,36 @@ func (r *run) apply(ctx context.Context, p *plan) (Result, error) {
 	// metadata (it did in 2023–24: "A canceled subscription can only update its
 	// cancellation_details"), and a canceled subscription's key only stays blocked: no
 	// write, so none fails on every Sync either.
-	if key.Exists && s.opts.WriteStripeMetadata && !s.opts.DryRun && p.sub.Metadata[KeyMetadata] != key.Key &&
+	name := ""
+	if row := sr.fold(r); row.LicenseKey != nil {
+		name = *row.LicenseKey
+	}
+	if name != "" && s.opts.WriteStripeMetadata && !s.opts.DryRun && p.sub.Metadata[KeyMetadata] != name &&
 		p.sub.Status != stripe.SubscriptionStatusCanceled {
-		if err := s.stripe.SetSubscriptionMetadata(ctx, p.sub.ID, KeyMetadata, key.Key); err != nil {
+		if err := s.stripe.SetSubscriptionMetadata(ctx, p.sub.ID, KeyMetadata, name); err != nil {
 			r.log.Warn().Err(err).Str("metadata", KeyMetadata).Msg("could not write the key into the subscription's metadata; next sync retries")
 		}
 	}
 	return res, nil
 }
 
-// checkNewKey reads a key just created back when the Syncer does not know yet whether
-// Cryptolens keeps dates to the second or as whole days: with whole days, CreateKey
-// counts Period from midnight and the key may fall up to a day short of the target. It
-// learns which from the key and returns the extension that makes up a shortfall, so the
-// key is never short after the Sync. Once a key has shown how dates are kept, new keys'
-// Period is counted that way (license.Key.WholeDays) and no read is needed.
-func (r *run) checkNewKey(ctx context.Context, d license.Desired, key string) ([]license.Action, error) {
-	if r.s.opts.DryRun || r.s.days.Load() != daysUnknown {
-		return nil, nil
-	}
-	k, err := r.s.crypto.GetKey(ctx, d.ProductID, key)
-	if err != nil {
-		return nil, fmt.Errorf("read the new key back: %w", err)
-	}
-	created := toKey(k)
-	r.s.learnDays(created)
-	var out []license.Action
-	for _, a := range license.Actions(d, created, license.State{}, r.now) {
-		if a.Kind == license.Extend {
-			a.Reason = "the new key fell short of the target: Cryptolens keeps whole days"
-			out = append(out, a)
-		}
-	}
-	return out, nil
-}
-
-// perform performs one action and audits it. It returns the key's new string: the new
-// key's for a create, and an SKGL key's new one when a change gave it one ("" when the
-// string stays).
-func (r *run) perform(ctx context.Context, sub *stripe.Subscription, d license.Desired, key license.Key, a license.Action) (string, error) {
-	s := r.s
-	product := d.ProductID
-	row := AuditRow{Action: string(a.Kind), LicenseKey: key.Key, ProductID: product, Params: map[string]any{}}
-	switch a.Kind {
-	case license.CreateKey:
-		// The expiry's basis (entitled-through) and, beside it, what is paid.
-		row.Params = map[string]any{"period": a.Days, "expires": a.NewExpires, "features": a.Features, "machines": a.Machines,
-			"entitled_through": d.Through, "paid_through": r.row.PaidThrough}
-	case license.Extend:
-		row.Params = map[string]any{"days": a.Days, "old_expires": a.OldExpires, "new_expires": a.NewExpires,
-			"entitled_through": d.Through, "paid_through": r.row.PaidThrough}
-		if a.Reason != "" {
-			row.Params["reason"] = a.Reason
-		}
-	case license.AddFeature, license.RemoveFeature:
-		row.Params = map[string]any{"feature": a.Feature}
-	case license.MachineLimit:
-		row.Params = map[string]any{"machines": a.Machines, "old_machines": key.MaxMachines}
-	case license.Block, license.Unblock:
-		row.Params = map[string]any{"reason": a.Reason}
-	}
-	if s.opts.DryRun {
-		row.Outcome = OutcomeDryRun
-		r.audit(row)
-		return "", nil
-	}
-	if a.Kind == license.Block && !r.row.BlockedByKeysync {
-		// The intent is recorded before the call: if BlockKey succeeds and its answer is
-		// lost, keysync still knows the block is its own and can lift it later.
-		r.row.BlockedByKeysync = true
-		if err := r.lock.SaveSync(ctx, r.row, nil); err != nil {
-			return "", fmt.Errorf("record block intent: %w", err)
-		}
-	}
-	start := time.Now()
-	var created, renamed string
-	var msg string
-	var err error
-	switch a.Kind {
-	case license.CreateKey:
-		p := cryptolens.CreateKeyParams{ProductID: product, Period: a.Days, Features: a.Features, Notes: Marker(sub.ID), MaxNoOfMachines: a.Machines}
-		if sub.Customer != nil {
-			if c, cerr := s.stripe.GetCustomer(ctx, sub.Customer.ID); cerr == nil && c.Email != "" {
-				p.AddOrUseExistingCustomer, p.Name, p.Email = true, c.Name, c.Email
-			} else if cerr != nil && !errors.Is(cerr, stripeapi.ErrNotFound) {
-				return "", fmt.Errorf("read customer: %w", cerr)
+// applyKeys performs the actions of every key in turn and returns what they did.
+func (r *run) applyKeys(ctx context.Context, keys []*keyPlan, o owner) (Result, error) {
+	var res Result
+	for _, kp := range keys {
+		name, actions, err := r.applyKey(ctx, kp, o)
+		res.Actions = append(res.Actions, actions...)
+		if name != "" {
+			res.Keys = append(res.Keys, ProductKey{ProductID: kp.desired.ProductID, Key: name})
+			if res.Key == "" {
+				res.Key = name
 			}
 		}
-		var k cryptolens.CreatedKey
-		if k, err = s.crypto.CreateKey(ctx, p); err == nil {
-			created = k.Key
-			row.LicenseKey = k.Key
-			r.row.LicenseKey, r.row.ProductID = &created, &product
-			r.row.KeyID = nil
+		if err != nil {
+			return res, err
 		}
-	case license.Extend:
-		renamed, err = s.crypto.ExtendLicense(ctx, product, key.Key, a.Days)
-	case license.Block:
-		var changed bool
-		if changed, err = s.crypto.BlockKey(ctx, product, key.Key); err == nil && !changed {
-			msg = "Not changed"
-		}
-	case license.Unblock:
-		var changed bool
-		if changed, err = s.crypto.UnblockKey(ctx, product, key.Key); err == nil {
-			r.row.BlockedByKeysync, r.row.ExpiryBlockSeen = false, false
-			if !changed {
-				msg = "Not changed"
-			}
-		}
-	case license.AddFeature:
-		renamed, err = s.crypto.AddFeature(ctx, product, key.Key, a.Feature)
-	case license.RemoveFeature:
-		renamed, err = s.crypto.RemoveFeature(ctx, product, key.Key, a.Feature)
-	case license.MachineLimit:
-		err = s.crypto.MachineLockLimit(ctx, product, key.Key, a.Machines)
 	}
-	row.Duration = time.Since(start)
-	if err != nil {
-		row.Outcome, row.Message = OutcomeFailed, err.Error()
-		r.audit(row)
-		if a.Kind == license.Block && failure.IsPermanent(err) {
-			r.row.BlockedByKeysync = false // the block certainly did not happen
-		}
-		r.log.Warn().Err(err).Str("action", string(a.Kind)).Str("license_key", key.Key).Msg("action failed")
-		return created, fmt.Errorf("%s: %w", a.Kind, err)
-	}
-	row.Outcome, row.Message = OutcomeApplied, msg
-	r.audit(row)
-	r.log.Info().Str("action", string(a.Kind)).Str("license_key", row.LicenseKey).Interface("params", row.Params).Msg("key changed")
-	switch {
-	case a.Kind == license.CreateKey:
-		// Record the new key at once: a crash before the end of this Sync must not lead
-		// the next one to create another (the Notes marker would also find it).
-		if err := r.lock.SaveSync(ctx, r.row, r.audits); err != nil {
-			return created, fmt.Errorf("record new key: %w", err)
-		}
-		r.audits = nil
-		if s.opts.KeyCreated != nil {
-			s.opts.KeyCreated(ctx)
-		}
-		return created, nil
-	case renamed != "":
-		return renamed, r.rename(ctx, product, key.Key, renamed, a.Kind)
-	}
-	return "", nil
-}
-
-// rename follows an SKGL key to the new string a change gave it: Cryptolens documents
-// that ExtendLicense on an SKGL product changes the key string "if necessary" and
-// answers the new key in message, and the old string names no key any more. keysync
-// records the new string at once (a crash must not leave it looking for the old one),
-// audits the change, and names the new key in Stripe's metadata at the end of the Sync.
-// The customer's copy of the old string goes stale: SKM15 products avoid this.
-func (r *run) rename(ctx context.Context, product int, old, renamed string, by license.ActionKind) error {
-	r.row.LicenseKey, r.row.ProductID = &renamed, &product
-	r.audit(AuditRow{Action: "adopt_key", Outcome: OutcomeApplied, LicenseKey: renamed, ProductID: product,
-		Params: map[string]any{"source": "skgl key change", "old_key": old, "new_key": renamed, "changed_by": string(by)}})
-	r.log.Warn().Str("license_key", renamed).Str("old_license_key", old).Str("action", string(by)).
-		Msg("Cryptolens gave the SKGL key a new string; keysync follows it, the customer's copy is stale")
-	if err := r.lock.SaveSync(ctx, r.row, r.audits); err != nil {
-		return fmt.Errorf("record the key's new string: %w", err)
-	}
-	r.audits = nil
-	return nil
-}
-
-func (r *run) audit(a AuditRow) {
-	if r.s.opts.ObserveAction != nil {
-		r.s.opts.ObserveAction(a.Action, a.Outcome)
-	}
-	a.SubscriptionID, a.CustomerID = r.row.ID, r.row.CustomerID
-	if a.LicenseKey == "" && r.row.LicenseKey != nil {
-		a.LicenseKey = *r.row.LicenseKey
-	}
-	if a.ProductID == 0 && r.row.ProductID != nil {
-		a.ProductID = *r.row.ProductID
-	}
-	a.Cause, a.CauseID = r.cause.Kind, r.cause.ID
-	r.audits = append(r.audits, a)
+	return res, nil
 }
 
 // chargeState reads the charges of the subscription's paid invoices (newest first):
@@ -807,6 +639,12 @@ func (s *Syncer) SubscriptionFor(ctx context.Context, typ string, payload []byte
 	return SubscriptionFor(ctx, s.stripe, typ, payload)
 }
 
+// TargetFor returns the subscription or purchase an event is about (see the package
+// function).
+func (s *Syncer) TargetFor(ctx context.Context, typ string, payload []byte) (Target, error) {
+	return TargetFor(ctx, s.stripe, typ, payload)
+}
+
 // Preview is what a Sync would see and do now.
 type Preview struct {
 	// Row is keysync's mapping row as stored (Found false: none yet).
@@ -817,9 +655,30 @@ type Preview struct {
 	Status          string
 	PaidThrough     time.Time
 	EntitledThrough time.Time
-	Desired         license.Desired
-	Key             license.Key
-	Actions         []license.Action
+	// Desired, Key and Actions are the first key's (of the first product the
+	// subscription's items map to): Keys has them all. Desired.Mapped is false for an
+	// unmapped subscription.
+	Desired license.Desired
+	Key     license.Key
+	Actions []license.Action
+	Keys    []KeyPreview
+}
+
+// KeyPreview is what a Sync would see and do to one key: the policy's wish for its
+// product, the key as Cryptolens has it (Exists false: none), and the actions.
+type KeyPreview struct {
+	Desired license.Desired
+	Key     license.Key
+	Actions []license.Action
+}
+
+// keyPreviews are the previews of planned keys.
+func keyPreviews(keys []*keyPlan) []KeyPreview {
+	out := make([]KeyPreview, len(keys))
+	for i, kp := range keys {
+		out[i] = KeyPreview{Desired: kp.desired, Key: kp.key, Actions: kp.actions}
+	}
+	return out
 }
 
 // Preview reads the subscription and its key as Sync does and returns what Sync would
@@ -835,10 +694,15 @@ func (s *Syncer) Preview(ctx context.Context, subscription string) (Preview, err
 	if err != nil {
 		return Preview{}, err
 	}
-	p, err := s.plan(ctx, row, now, s.log.With().Str("subscription_id", subscription).Logger())
+	recs := subscriptionRecords(primaryRecord(row), row)
+	p, err := s.plan(ctx, row, &recs, now, s.log.With().Str("subscription_id", subscription).Logger())
 	if err != nil {
 		return Preview{Row: row, Found: found}, err
 	}
-	return Preview{Row: row, Found: found, Status: p.stripe.Status, PaidThrough: p.stripe.PaidThrough,
-		EntitledThrough: p.desired.Through, Desired: p.desired, Key: p.key, Actions: p.actions}, nil
+	out := Preview{Row: row, Found: found, Status: p.stripe.Status, PaidThrough: p.stripe.PaidThrough, Keys: keyPreviews(p.keys)}
+	if len(out.Keys) > 0 {
+		first := out.Keys[0]
+		out.EntitledThrough, out.Desired, out.Key, out.Actions = first.Desired.Through, first.Desired, first.Key, first.Actions
+	}
+	return out, nil
 }

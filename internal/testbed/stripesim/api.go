@@ -207,7 +207,7 @@ func routeName(r *http.Request) string {
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
 	// Collapse ids so counts group by endpoint: /v1/subscriptions/{id}.
 	for i := 2; i < len(parts); i++ {
-		if strings.Contains(parts[i], "_") {
+		if strings.Contains(parts[i], "_") && parts[i] != "line_items" {
 			parts[i] = "{id}"
 		}
 	}
@@ -366,13 +366,24 @@ func (s *Sim) route(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		out = s.renderCustomer(c)
-	case res == "checkout/sessions" && get && id != "":
+	case res == "checkout/sessions" && get && id == "":
+		out, err = s.listSessions(q)
+	case res == "checkout/sessions" && get && len(parts) == 5 && parts[4] == "line_items":
+		cs, ok := s.sessions[id]
+		if !ok {
+			err = notFound("checkout.session", id)
+			break
+		}
+		out, err = s.listSessionLines(cs, q)
+	case res == "checkout/sessions" && get && len(parts) == 4:
 		cs, ok := s.sessions[id]
 		if !ok {
 			err = notFound("checkout.session", id)
 			break
 		}
 		out = s.renderSession(cs)
+	case res == "charges" && get && id == "":
+		out, err = s.listCharges(q)
 	case res == "prices" && get && id != "":
 		p, ok := s.prices[id]
 		if !ok {
@@ -549,9 +560,10 @@ func (s *Sim) listLines(inv *Invoice, q url.Values) (any, *apiError) {
 	if err != nil {
 		return nil, err
 	}
+	exp := expansion(arrayParam(q, "expand")).under("data")
 	data := make([]any, 0, hi-lo)
 	for _, l := range inv.Lines[lo:hi] {
-		data = append(data, s.renderLine(inv, l))
+		data = append(data, s.renderLine(inv, l, exp))
 	}
 	return list("/v1/invoices/"+inv.ID+"/lines", data, more), nil
 }
@@ -561,10 +573,15 @@ func (s *Sim) listInvoices(q url.Values) (any, *apiError) {
 	if status != "" && !slices.Contains([]string{"draft", "open", "paid", "uncollectible", "void"}, status) {
 		return nil, badRequest("status", "Invalid status: must be one of draft, open, paid, uncollectible, or void")
 	}
+	created, err := createdRange(q)
+	if err != nil {
+		return nil, err
+	}
 	var invs []*Invoice
 	for _, inv := range s.sortedInvoices() {
 		if (q.Get("subscription") != "" && inv.Subscription != q.Get("subscription")) ||
-			(q.Get("customer") != "" && inv.Customer != q.Get("customer")) || (status != "" && inv.Status != status) {
+			(q.Get("customer") != "" && inv.Customer != q.Get("customer")) || (status != "" && inv.Status != status) ||
+			!inRange(inv.Created, created) {
 			continue
 		}
 		invs = append(invs, inv)
@@ -596,22 +613,9 @@ func (s *Sim) listEvents(q url.Values) (any, *apiError) {
 	if len(types) > 20 {
 		return nil, badRequest("types", "types may contain at most 20 values")
 	}
-	rng := map[string]int64{}
-	for _, op := range []string{"gt", "gte", "lt", "lte"} {
-		if v := q.Get("created[" + op + "]"); v != "" {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				return nil, badRequest("created", "Invalid integer: %s", v)
-			}
-			rng[op] = n
-		}
-	}
-	if v := q.Get("created"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return nil, badRequest("created", "Invalid integer: %s", v)
-		}
-		rng["gte"], rng["lte"] = n, n
+	rng, err := createdRange(q)
+	if err != nil {
+		return nil, err
 	}
 	cutoff := s.unix() - 30*86400 // Stripe keeps events for 30 days
 	var evs []*Event
@@ -635,6 +639,115 @@ func (s *Sim) listEvents(q url.Values) (any, *apiError) {
 		data = append(data, json.RawMessage(ev.Payload))
 	}
 	return list("/v1/events", data, more), nil
+}
+
+// createdRange reads a list's created filter: created=<t>, or created[gt|gte|lt|lte].
+func createdRange(q url.Values) (map[string]int64, *apiError) {
+	rng := map[string]int64{}
+	for _, op := range []string{"gt", "gte", "lt", "lte"} {
+		if v := q.Get("created[" + op + "]"); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, badRequest("created", "Invalid integer: %s", v)
+			}
+			rng[op] = n
+		}
+	}
+	if v := q.Get("created"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, badRequest("created", "Invalid integer: %s", v)
+		}
+		rng["gte"], rng["lte"] = n, n
+	}
+	return rng, nil
+}
+
+// listSessions pages Checkout Sessions newest first, filtered by customer,
+// payment_intent, subscription, status and created.
+func (s *Sim) listSessions(q url.Values) (any, *apiError) {
+	status := q.Get("status")
+	if status != "" && !slices.Contains([]string{SessionOpen, SessionComplete, SessionExpired}, status) {
+		return nil, badRequest("status", "Invalid status: must be one of complete, expired, or open")
+	}
+	created, err := createdRange(q)
+	if err != nil {
+		return nil, err
+	}
+	var all []*CheckoutSession
+	for _, cs := range s.sessions {
+		if (q.Get("customer") != "" && cs.Customer != q.Get("customer")) ||
+			(q.Get("payment_intent") != "" && cs.PaymentIntent != q.Get("payment_intent")) ||
+			(q.Get("subscription") != "" && cs.Subscription != q.Get("subscription")) ||
+			(status != "" && sessionStatus(cs) != status) || !inRange(cs.Created, created) {
+			continue
+		}
+		all = append(all, cs)
+	}
+	slices.SortFunc(all, func(a, b *CheckoutSession) int { return int(b.seq - a.seq) })
+	ids := make([]string, len(all))
+	for i, cs := range all {
+		ids[i] = cs.ID
+	}
+	lo, hi, more, err := page(ids, q)
+	if err != nil {
+		return nil, err
+	}
+	data := make([]any, 0, hi-lo)
+	for _, cs := range all[lo:hi] {
+		data = append(data, s.renderSession(cs))
+	}
+	return list("/v1/checkout/sessions", data, more), nil
+}
+
+// listSessionLines pages a Checkout Session's line items in their order: Stripe does
+// not embed them in the session.
+func (s *Sim) listSessionLines(cs *CheckoutSession, q url.Values) (any, *apiError) {
+	ids := make([]string, len(cs.Lines))
+	for i, l := range cs.Lines {
+		ids[i] = l.ID
+	}
+	lo, hi, more, err := page(ids, q)
+	if err != nil {
+		return nil, err
+	}
+	exp := expansion(arrayParam(q, "expand")).under("data")
+	data := make([]any, 0, hi-lo)
+	for _, l := range cs.Lines[lo:hi] {
+		data = append(data, s.renderSessionLine(l, exp))
+	}
+	return list("/v1/checkout/sessions/"+cs.ID+"/line_items", data, more), nil
+}
+
+// listCharges pages charges newest first, filtered by payment_intent, customer and
+// created.
+func (s *Sim) listCharges(q url.Values) (any, *apiError) {
+	created, err := createdRange(q)
+	if err != nil {
+		return nil, err
+	}
+	var all []*Charge
+	for _, c := range s.charges {
+		if (q.Get("payment_intent") != "" && c.PaymentIntent != q.Get("payment_intent")) ||
+			(q.Get("customer") != "" && c.Customer != q.Get("customer")) || !inRange(c.Created, created) {
+			continue
+		}
+		all = append(all, c)
+	}
+	slices.SortFunc(all, func(a, b *Charge) int { return int(b.seq - a.seq) })
+	ids := make([]string, len(all))
+	for i, c := range all {
+		ids[i] = c.ID
+	}
+	lo, hi, more, err := page(ids, q)
+	if err != nil {
+		return nil, err
+	}
+	data := make([]any, 0, hi-lo)
+	for _, c := range all[lo:hi] {
+		data = append(data, s.renderCharge(c))
+	}
+	return list("/v1/charges", data, more), nil
 }
 
 func matchType(types []string, t string) bool {

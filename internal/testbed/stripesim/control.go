@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -14,8 +15,11 @@ import (
 // binary and scripts. Every route calls the Go function of the same name:
 //
 //	POST /products                          {"name","metadata"}                 -> {"id"}
-//	POST /prices                            PriceParams (snake_case)            -> {"id"}
+//	POST /prices                            PriceParams (snake_case; "type":"one_time") -> {"id"}
 //	POST /checkout                          CheckoutParams (snake_case)         -> CheckoutResult
+//	                                        "mode":"payment": PaymentParams     -> PaymentResult
+//	POST /checkout/{id}/settle              {"succeeded":true}                  (SettleAsyncPayment)
+//	POST /invoices                          InvoiceParams (snake_case)          -> InvoiceResult
 //	POST /subscriptions                     SubscriptionParams (snake_case)     -> SubscriptionResult
 //	POST /advance                           {"duration":"720h"}                 -> {"now"}
 //	POST /customers/{id}/card_declines      {"declines":true}
@@ -82,6 +86,7 @@ func (s *Sim) ControlHandler() http.Handler {
 			Product       string            `json:"product"`
 			UnitAmount    int64             `json:"unit_amount"`
 			Currency      string            `json:"currency"`
+			Type          string            `json:"type"`
 			Interval      string            `json:"interval"`
 			IntervalCount int64             `json:"interval_count"`
 			UsageType     string            `json:"usage_type"`
@@ -91,10 +96,30 @@ func (s *Sim) ControlHandler() http.Handler {
 		if err := decode(b, &p); err != nil {
 			return nil, err
 		}
-		pid, err := s.CreatePrice(PriceParams(p))
+		if p.Type != "" && p.Type != "recurring" && p.Type != "one_time" {
+			return nil, fmt.Errorf("price type %q: want recurring or one_time", p.Type)
+		}
+		pid, err := s.CreatePrice(PriceParams{Product: p.Product, UnitAmount: p.UnitAmount, Currency: p.Currency, OneTime: p.Type == "one_time",
+			Interval: p.Interval, IntervalCount: p.IntervalCount, UsageType: p.UsageType, Nickname: p.Nickname, Metadata: p.Metadata})
 		return map[string]string{"id": pid}, err
 	})
 	handle("POST /checkout", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var mode struct {
+			Mode string `json:"mode"`
+		}
+		if raw, ok := b["mode"]; ok {
+			if err := json.Unmarshal(raw, &mode.Mode); err != nil {
+				return nil, err
+			}
+			delete(b, "mode")
+		}
+		switch mode.Mode {
+		case ModePayment:
+			return s.controlPayment(b)
+		case "", ModeSubscription:
+		default:
+			return nil, fmt.Errorf("mode %q: want subscription or payment", mode.Mode)
+		}
 		var p struct {
 			Customer string `json:"customer"`
 			Email    string `json:"email"`
@@ -120,6 +145,39 @@ func (s *Sim) ControlHandler() http.Handler {
 		res, err := s.Checkout(cp)
 		return map[string]any{"session": res.Session, "subscription": res.Subscription, "customer": res.Customer,
 			"invoice": res.Invoice, "completed": res.Completed}, err
+	})
+	handle("POST /checkout/{id}/settle", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Succeeded bool `json:"succeeded"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.SettleAsyncPayment(id(r), p.Succeeded)
+	})
+	handle("POST /invoices", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			Customer string `json:"customer"`
+			Email    string `json:"email"`
+			Name     string `json:"name"`
+			Items    []struct {
+				Price    string `json:"price"`
+				Quantity int64  `json:"quantity"`
+			} `json:"items"`
+			CollectionMethod string `json:"collection_method"`
+			DaysUntilDue     int    `json:"days_until_due"`
+			CardDeclines     bool   `json:"card_declines"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		ip := InvoiceParams{Customer: p.Customer, Email: p.Email, Name: p.Name, CollectionMethod: p.CollectionMethod,
+			DaysUntilDue: p.DaysUntilDue, CardDeclines: p.CardDeclines}
+		for _, it := range p.Items {
+			ip.Items = append(ip.Items, ItemParams{Price: it.Price, Quantity: it.Quantity})
+		}
+		res, err := s.CreateInvoice(ip)
+		return map[string]any{"invoice": res.Invoice, "customer": res.Customer}, err
 	})
 	handle("POST /subscriptions", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
 		var p struct {
@@ -416,6 +474,36 @@ func (s *Sim) ControlHandler() http.Handler {
 		return map[string]any{"subscription": sub, "invoices": s.Invoices(sub.ID), "paid_through": s.PaidThrough(sub.ID)}, nil
 	})
 	return mux
+}
+
+// controlPayment plays POST /checkout with "mode":"payment".
+func (s *Sim) controlPayment(b map[string]json.RawMessage) (any, error) {
+	var p struct {
+		Customer string `json:"customer"`
+		Email    string `json:"email"`
+		Name     string `json:"name"`
+		Guest    bool   `json:"guest"`
+		Items    []struct {
+			Price    string `json:"price"`
+			Quantity int64  `json:"quantity"`
+		} `json:"items"`
+		Async             bool              `json:"async"`
+		CardDeclines      bool              `json:"card_declines"`
+		InvoiceCreation   bool              `json:"invoice_creation"`
+		ClientReferenceID string            `json:"client_reference_id"`
+		Metadata          map[string]string `json:"metadata"`
+	}
+	if err := decode(b, &p); err != nil {
+		return nil, err
+	}
+	pp := PaymentParams{Customer: p.Customer, Email: p.Email, Name: p.Name, Guest: p.Guest, Async: p.Async, CardDeclines: p.CardDeclines,
+		InvoiceCreation: p.InvoiceCreation, ClientReferenceID: p.ClientReferenceID, Metadata: p.Metadata}
+	for _, it := range p.Items {
+		pp.Items = append(pp.Items, ItemParams{Price: it.Price, Quantity: it.Quantity})
+	}
+	res, err := s.CheckoutPayment(pp)
+	return map[string]any{"session": res.Session, "customer": res.Customer, "payment_intent": res.PaymentIntent, "charge": res.Charge,
+		"invoice": res.Invoice, "completed": res.Completed}, err
 }
 
 // decode reads a control request's body into v, refusing unknown fields.

@@ -177,6 +177,32 @@ func playAll(t *testing.T) (*stripesim.Sim, *httptest.Server, map[string]string)
 		t.Fatalf("cancellation_details: %d %v", status, body)
 	}
 
+	// One-time purchases: a card payment with a post-payment invoice (later refunded), a
+	// delayed payment that succeeds and one that fails, a guest's, and an invoice of no
+	// subscription (later disputed).
+	lifetime := sim.CreateProduct("Lifetime", map[string]string{"skm_product_id": "1234"})
+	once, err := sim.CreatePrice(stripesim.PriceParams{Product: lifetime, UnitAmount: 19900, OneTime: true})
+	must(err)
+	paid, err := sim.CheckoutPayment(stripesim.PaymentParams{Email: "jo@example.com", Items: []stripesim.ItemParams{{Price: once, Quantity: 2}},
+		InvoiceCreation: true})
+	must(err)
+	_, err = sim.Refund(paid.Charge, 0)
+	must(err)
+	for _, succeeded := range []bool{true, false} {
+		async, err := sim.CheckoutPayment(stripesim.PaymentParams{Email: "ka@example.com", Items: []stripesim.ItemParams{{Price: once}}, Async: true})
+		must(err)
+		must(sim.SettleAsyncPayment(async.Session, succeeded))
+	}
+	guest, err := sim.CheckoutPayment(stripesim.PaymentParams{Guest: true, Email: "li@example.com", Items: []stripesim.ItemParams{{Price: once}}})
+	must(err)
+	oneOff, err := sim.CreateInvoice(stripesim.InvoiceParams{Email: "mo@example.com", Items: []stripesim.ItemParams{{Price: once}}})
+	must(err)
+	ids["oneOffCharge"] = sim.Charges(oneOff.Invoice)[0].ID
+	_, err = sim.Dispute(ids["oneOffCharge"], "")
+	must(err)
+	ids["payment"], ids["paymentIntent"], ids["postPaymentInvoice"], ids["guest"] = paid.Session, paid.PaymentIntent, paid.Invoice, guest.Session
+	ids["oneOff"], ids["oneTimePrice"] = oneOff.Invoice, once
+
 	ids["subA"], ids["subB"], ids["subC"], ids["subD"] = a.Subscription, b.Subscription, c.Subscription, d.Subscription
 	ids["subE"], ids["subF"], ids["subG"], ids["subH"] = e.Subscription, f.Subscription, g.Subscription, h.Subscription
 	ids["session"], ids["customer"], ids["price"], ids["product"] = a.Session, a.Customer, monthly, prod
@@ -222,7 +248,8 @@ func TestFidelity(t *testing.T) {
 		"customer.subscription.paused", "customer.subscription.resumed", "invoice.created", "invoice.finalized", "invoice.paid",
 		"invoice.payment_succeeded", "invoice.payment_failed", "invoice.voided", "checkout.session.completed", "charge.succeeded",
 		"charge.failed", "charge.refunded", "charge.dispute.created", "charge.dispute.closed", "customer.created",
-		"invoice.marked_uncollectible"} {
+		"invoice.marked_uncollectible", "charge.pending", "checkout.session.async_payment_succeeded",
+		"checkout.session.async_payment_failed"} {
 		if !types[want] {
 			t.Errorf("no %s event was played", want)
 		}
@@ -269,6 +296,12 @@ func TestFidelity(t *testing.T) {
 		}
 	}
 	decodeInto := map[string]any{
+		"/v1/checkout/sessions/" + ids["payment"]:          &stripe.CheckoutSession{},
+		"/v1/checkout/sessions/" + ids["guest"]:            &stripe.CheckoutSession{},
+		"/v1/invoices/" + ids["oneOff"]:                    &stripe.Invoice{},
+		"/v1/invoices/" + ids["postPaymentInvoice"]:        &stripe.Invoice{},
+		"/v1/prices/" + ids["oneTimePrice"]:                &stripe.Price{},
+		"/v1/charges/" + ids["oneOffCharge"]:               &stripe.Charge{},
 		"/v1/charges/" + ids["charge"]:                     &stripe.Charge{},
 		"/v1/disputes/" + ids["dispute"]:                   &stripe.Dispute{},
 		"/v1/customers/" + ids["customer"]:                 &stripe.Customer{},
@@ -278,7 +311,7 @@ func TestFidelity(t *testing.T) {
 		"/v1/events?limit=100":                             &stripe.EventList{},
 	}
 	schemas := map[string]string{"charges": "charge", "disputes": "dispute", "customers": "customer", "checkout": "checkout.session",
-		"prices": "price", "products": "product"}
+		"prices": "price", "products": "product", "invoices": "invoice"}
 	paths := make([]string, 0, len(decodeInto))
 	for p := range decodeInto {
 		paths = append(paths, p)
@@ -297,6 +330,54 @@ func TestFidelity(t *testing.T) {
 	if ch.Invoice == nil || ch.Invoice.ID == "" || !ch.Disputed || ch.AmountRefunded != 1000 {
 		t.Fatalf("decoded charge: %+v", ch)
 	}
+	pay := decodeInto["/v1/checkout/sessions/"+ids["payment"]].(*stripe.CheckoutSession)
+	if pay.Mode != stripe.CheckoutSessionModePayment || pay.PaymentStatus != stripe.CheckoutSessionPaymentStatusPaid ||
+		pay.PaymentIntent == nil || pay.PaymentIntent.ID != ids["paymentIntent"] || pay.Invoice == nil || pay.Invoice.ID != ids["postPaymentInvoice"] ||
+		pay.Customer == nil || pay.LineItems != nil {
+		t.Fatalf("decoded payment session: %+v", pay)
+	}
+	if g := decodeInto["/v1/checkout/sessions/"+ids["guest"]].(*stripe.CheckoutSession); g.Customer != nil || g.CustomerDetails.Email != "li@example.com" {
+		t.Fatalf("decoded guest session: %+v", g)
+	}
+	if inv := decodeInto["/v1/invoices/"+ids["oneOff"]].(*stripe.Invoice); inv.Subscription != nil || inv.Status != stripe.InvoiceStatusPaid ||
+		inv.Lines.Data[0].Price.Type != stripe.PriceTypeOneTime {
+		t.Fatalf("decoded one-off invoice: %+v", inv)
+	}
+	if p := decodeInto["/v1/prices/"+ids["oneTimePrice"]].(*stripe.Price); p.Type != stripe.PriceTypeOneTime || p.Recurring != nil {
+		t.Fatalf("decoded one-time price: %+v", p)
+	}
+
+	// The list calls a purchase's Sync and the sweep make.
+	var items struct {
+		Data []json.RawMessage `json:"data"`
+	}
+	_ = json.Unmarshal(get(t, srv, "/v1/checkout/sessions/"+ids["payment"]+"/line_items?limit=100&expand[]=data.price.product"), &items)
+	if len(items.Data) != 1 {
+		t.Fatalf("got %d line items, want 1", len(items.Data))
+	}
+	validate(t, "item", items.Data[0])
+	var li stripe.LineItem
+	if err := json.Unmarshal(items.Data[0], &li); err != nil || li.Quantity != 2 || li.Price.Type != stripe.PriceTypeOneTime ||
+		li.Price.Product.Metadata["skm_product_id"] != "1234" {
+		t.Fatalf("decoded line item: %+v (%v)", li, err)
+	}
+	var sessions stripe.CheckoutSessionList
+	raw = get(t, srv, "/v1/checkout/sessions?status=complete&limit=100&created[gte]=0")
+	if err := json.Unmarshal(raw, &sessions); err != nil || len(sessions.Data) < 4 {
+		t.Fatalf("got %d complete sessions (%v)", len(sessions.Data), err)
+	}
+	var charges stripe.ChargeList
+	raw = get(t, srv, "/v1/charges?payment_intent="+ids["paymentIntent"])
+	if err := json.Unmarshal(raw, &charges); err != nil || len(charges.Data) != 1 || !charges.Data[0].Refunded ||
+		charges.Data[0].PaymentIntent == nil || charges.Data[0].PaymentIntent.ID != ids["paymentIntent"] {
+		t.Fatalf("charges of the payment: %+v (%v)", charges.Data, err)
+	}
+	var list2 struct {
+		Data []json.RawMessage `json:"data"`
+	}
+	_ = json.Unmarshal(raw, &list2)
+	validate(t, "charge", list2.Data[0])
+
 	evs := decodeInto["/v1/events?limit=100"].(*stripe.EventList)
 	if len(evs.Data) == 0 {
 		t.Fatal("got no events from the Events API")

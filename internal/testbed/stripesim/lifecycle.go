@@ -17,11 +17,14 @@ func (s *Sim) CreateProduct(name string, metadata map[string]string) string {
 	return p.ID
 }
 
-// PriceParams create a recurring price.
+// PriceParams create a price: recurring, or one-time.
 type PriceParams struct {
-	Product       string
-	UnitAmount    int64
-	Currency      string // default usd
+	Product    string
+	UnitAmount int64
+	Currency   string // default usd
+	// OneTime makes a price of type one_time, for Checkout in payment mode and one-off
+	// invoices; it takes no interval or usage type.
+	OneTime       bool
 	Interval      string // day, week, month (default), year
 	IntervalCount int64  // default 1
 	UsageType     string // licensed (default) or metered
@@ -29,8 +32,8 @@ type PriceParams struct {
 	Metadata      map[string]string
 }
 
-// CreatePrice creates a recurring price and returns its id. It returns an error for an
-// unknown product or usage type.
+// CreatePrice creates a price and returns its id. It returns an error for an unknown
+// product or usage type, and for a one-time price given an interval or usage type.
 func (s *Sim) CreatePrice(p PriceParams) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -39,6 +42,16 @@ func (s *Sim) CreatePrice(p PriceParams) (string, error) {
 	}
 	if p.Currency == "" {
 		p.Currency = "usd"
+	}
+	if p.OneTime {
+		if p.Interval != "" || p.IntervalCount != 0 || p.UsageType != "" {
+			return "", errors.New("a one-time price has no interval and no usage type")
+		}
+		pr := &Price{ID: s.id("price"), Product: p.Product, UnitAmount: p.UnitAmount, Currency: p.Currency, OneTime: true,
+			Nickname: p.Nickname, Metadata: cloneMap(p.Metadata), Created: s.unix()}
+		s.prices[pr.ID] = pr
+		s.emit("price.created", s.renderPrice(pr, nil), nil)
+		return pr.ID, nil
 	}
 	if p.Interval == "" {
 		p.Interval = "month"
@@ -108,14 +121,15 @@ func (s *Sim) Checkout(p CheckoutParams) (CheckoutResult, error) {
 		return CheckoutResult{}, err
 	}
 	sub := s.newSubscription(cust, first, p.Items, p.SubscriptionMetadata, ChargeAutomatically, 0)
-	sess := &CheckoutSession{ID: s.id("cs_test"), Customer: cust.ID, Subscription: sub.ID, ClientReferenceID: p.ClientReferenceID,
-		Metadata: cloneMap(p.Metadata), Created: sub.Created, Email: cust.Email, Name: cust.Name}
+	sess := &CheckoutSession{ID: s.id("cs_test"), Mode: ModeSubscription, Status: SessionOpen, Customer: cust.ID, Subscription: sub.ID,
+		ClientReferenceID: p.ClientReferenceID, Metadata: cloneMap(p.Metadata), Created: sub.Created, Email: cust.Email, Name: cust.Name,
+		PaymentStatus: "unpaid", Lines: s.sessionLines(p.Items), seq: s.next()}
 	s.sessions[sess.ID] = sess
 
 	inv := s.begin(sub, first, p.TrialDays)
 	res := CheckoutResult{Session: sess.ID, Subscription: sub.ID, Customer: cust.ID, Invoice: inv.ID, Completed: inv.Paid}
 	if inv.Paid {
-		sess.Invoice, sess.PaymentStatus = inv.ID, "paid"
+		sess.Invoice, sess.PaymentStatus, sess.Status = inv.ID, "paid", SessionComplete
 		if inv.Total() == 0 { // a trial, or metered prices only
 			sess.PaymentStatus = "no_payment_required"
 		}
@@ -184,6 +198,10 @@ func (s *Sim) CreateSubscription(p SubscriptionParams) (SubscriptionResult, erro
 	return SubscriptionResult{Subscription: sub.ID, Customer: cust.ID, Invoice: inv.ID}, nil
 }
 
+// oneTimeOnSubscription is Stripe's answer to a one-time price among a subscription's
+// items (a guess at the wording: docs/fidelity.md).
+var oneTimeOnSubscription = "The price specified is set to `type=one_time` but this field only accepts prices with `type=recurring`. (items[%d])"
+
 // checkItems returns the first item's price after checking every item: a known price,
 // one billing interval for all, no quantity on a metered price (quantityErr, with the
 // item's index).
@@ -196,6 +214,9 @@ func (s *Sim) checkItems(items []ItemParams, quantityErr string) (*Price, error)
 		pr, ok := s.prices[it.Price]
 		if !ok {
 			return nil, errNotFound("price", it.Price)
+		}
+		if pr.OneTime {
+			return nil, fmt.Errorf(oneTimeOnSubscription, i)
 		}
 		if pr.metered() && it.Quantity != 0 {
 			return nil, fmt.Errorf(quantityErr, i)
@@ -329,6 +350,8 @@ func (s *Sim) finalize(inv *Invoice) {
 	inv.Status, inv.FinalizedAt = "open", s.unix()
 	if sub := s.subs[inv.Subscription]; inv.CollectionMethod == SendInvoice && sub != nil {
 		inv.DueDate = inv.FinalizedAt + sub.DaysUntilDue*86400
+	} else if inv.CollectionMethod == SendInvoice {
+		inv.DueDate = inv.FinalizedAt + inv.daysUntilDue*86400
 	}
 	s.emitInvoice("invoice.finalized", inv)
 }
@@ -365,7 +388,7 @@ func (s *Sim) pay(sub *Subscription, inv *Invoice) {
 	}
 	ch.Status, ch.FailureCode, ch.FailureMessage = "failed", "card_declined", "Your card was declined."
 	s.emit("charge.failed", s.renderCharge(ch), nil)
-	if inv.CollectionMethod == SendInvoice {
+	if inv.CollectionMethod == SendInvoice || sub == nil {
 		// The customer's own attempt on a sent invoice: Stripe does not retry it, and the
 		// due date, not the decline, decides the subscription's status.
 		inv.NextPaymentAttempt = 0
@@ -402,6 +425,9 @@ func (s *Sim) markPaid(sub *Subscription, inv *Invoice, outOfBand bool) {
 	s.emitInvoice("invoice.paid", inv)
 	if !outOfBand {
 		s.emitInvoice("invoice.payment_succeeded", inv)
+	}
+	if sub == nil {
+		return // an invoice of no subscription
 	}
 	sub.firstFailure, sub.retryIndex = 0, 0
 	switch sub.Status {
@@ -568,8 +594,8 @@ func (s *Sim) expireIncomplete(sub *Subscription) {
 		s.emitInvoice("invoice.voided", inv)
 	}
 	for _, cs := range s.sessions {
-		if cs.Subscription == sub.ID && cs.Status == "open" {
-			cs.Status = "expired" // no checkout.session.expired event is emitted
+		if cs.Subscription == sub.ID && cs.Status == SessionOpen {
+			cs.Status = SessionExpired // no checkout.session.expired event is emitted
 		}
 	}
 	prev := obj{"status": sub.Status}
@@ -629,12 +655,12 @@ func (s *Sim) PayInvoice(invoice string) error {
 		return err
 	}
 	sub := s.subs[inv.Subscription]
-	first := sub.Status == StatusIncomplete // paying makes it active
+	first := sub != nil && sub.Status == StatusIncomplete // pay makes it active
 	s.pay(sub, inv)
 	if first && inv.Paid {
 		for _, cs := range s.sessions {
 			if cs.Subscription == sub.ID && cs.Invoice == "" {
-				cs.Invoice, cs.PaymentStatus, cs.Status = inv.ID, "paid", "complete"
+				cs.Invoice, cs.PaymentStatus, cs.Status = inv.ID, "paid", SessionComplete
 				s.emit("checkout.session.completed", s.renderSession(cs), nil)
 			}
 		}

@@ -1,7 +1,6 @@
 package stripesim
 
 import (
-	"cmp"
 	"slices"
 	"strconv"
 	"strings"
@@ -73,12 +72,15 @@ func (s *Sim) renderPrice(p *Price, exp expansion) obj {
 			product = s.renderProduct(prod)
 		}
 	}
+	typ, recurring := "recurring", any(obj{"aggregate_usage": aggregateUsage(p), "interval": p.Interval,
+		"interval_count": max(p.IntervalCount, 1), "usage_type": usageType(p)})
+	if p.OneTime {
+		typ, recurring = "one_time", nil
+	}
 	return obj{
 		"id": p.ID, "object": "price", "active": true, "billing_scheme": "per_unit", "created": p.Created,
 		"currency": p.Currency, "livemode": false, "lookup_key": nil, "metadata": meta(p.Metadata),
-		"nickname": nullStr(p.Nickname), "product": product, "type": "recurring",
-		"recurring": obj{"aggregate_usage": aggregateUsage(p), "interval": p.Interval, "interval_count": max(p.IntervalCount, 1),
-			"usage_type": usageType(p)},
+		"nickname": nullStr(p.Nickname), "product": product, "type": typ, "recurring": recurring,
 		"tax_behavior": "unspecified", "tiers_mode": nil, "transform_quantity": nil,
 		"unit_amount": p.UnitAmount, "unit_amount_decimal": strconv.FormatInt(p.UnitAmount, 10),
 	}
@@ -179,13 +181,13 @@ func (s *Sim) renderSubscription(sub *Subscription, exp expansion) obj {
 	}
 }
 
-func (s *Sim) renderLine(inv *Invoice, l *LineItem) obj {
+func (s *Sim) renderLine(inv *Invoice, l *LineItem, exp expansion) obj {
 	price := s.prices[l.Price]
 	line := obj{
 		"id": l.ID, "object": "line_item", "amount": l.Amount, "amount_excluding_tax": l.Amount,
 		"currency": inv.Currency, "description": l.Description, "discount_amounts": []any{}, "discountable": true,
 		"discounts": []any{}, "invoice": inv.ID, "livemode": false, "metadata": obj{},
-		"period": obj{"end": l.PeriodEnd, "start": l.PeriodStart}, "price": s.renderPrice(price, nil),
+		"period": obj{"end": l.PeriodEnd, "start": l.PeriodStart}, "price": s.renderPrice(price, exp.under("price")),
 		"proration": l.Proration, "proration_details": obj{"credited_items": nil}, "quantity": l.Quantity,
 		"tax_amounts": []any{}, "tax_rates": []any{}, "type": l.Type,
 		"unit_amount_excluding_tax": strconv.FormatInt(price.UnitAmount, 10),
@@ -210,7 +212,7 @@ const EmbeddedLines = 10
 func (s *Sim) renderInvoice(inv *Invoice, exp expansion) obj {
 	lines := make([]any, 0, min(len(inv.Lines), EmbeddedLines))
 	for _, l := range inv.Lines[:min(len(inv.Lines), EmbeddedLines)] {
-		lines = append(lines, s.renderLine(inv, l))
+		lines = append(lines, s.renderLine(inv, l, exp.under("lines.data")))
 	}
 	total := inv.Total()
 	remaining := total - inv.AmountPaid
@@ -297,10 +299,13 @@ func (s *Sim) renderCharge(c *Charge) obj {
 		refunds = append(refunds, s.renderRefund(r))
 	}
 	var outcome any
-	if c.Status == "succeeded" {
+	switch c.Status {
+	case "succeeded":
 		outcome = obj{"network_status": "approved_by_network", "reason": nil, "risk_level": "normal",
 			"seller_message": "Payment complete.", "type": "authorized"}
-	} else {
+	case "pending":
+		outcome = nil // an asynchronous payment has no outcome until it settles
+	default:
 		outcome = obj{"network_status": "declined_by_network", "reason": "generic_decline", "risk_level": "normal",
 			"seller_message": "The bank did not return any further details with this decline.", "type": "issuer_declined"}
 	}
@@ -308,15 +313,22 @@ func (s *Sim) renderCharge(c *Charge) obj {
 		"id": c.ID, "object": "charge", "amount": c.Amount, "amount_captured": captured(c), "amount_refunded": c.AmountRefunded,
 		"application": nil, "application_fee": nil, "application_fee_amount": nil, "balance_transaction": nil,
 		"billing_details": obj{"address": nil, "email": nil, "name": nil, "phone": nil}, "calculated_statement_descriptor": "KEYSYNC SANDBOX",
-		"captured": c.Status == "succeeded", "created": c.Created, "currency": c.Currency, "customer": c.Customer,
-		"description": "Subscription update", "disputed": c.Disputed, "failure_balance_transaction": nil,
+		"captured": c.Status != "failed", "created": c.Created, "currency": c.Currency, "customer": nullStr(c.Customer),
+		"description": chargeDescription(c), "disputed": c.Disputed, "failure_balance_transaction": nil,
 		"failure_code": nullStr(c.FailureCode), "failure_message": nullStr(c.FailureMessage), "fraud_details": obj{},
 		"invoice": nullStr(c.Invoice), "livemode": false, "metadata": obj{}, "on_behalf_of": nil, "outcome": outcome,
-		"paid": c.Paid, "payment_intent": nil, "payment_method": nil, "receipt_email": nil, "receipt_number": nil,
+		"paid": c.Paid, "payment_intent": nullStr(c.PaymentIntent), "payment_method": nil, "receipt_email": nil, "receipt_number": nil,
 		"receipt_url": nil, "refunded": c.Refunded, "refunds": list("/v1/charges/"+c.ID+"/refunds", refunds, false),
 		"review": nil, "shipping": nil, "source_transfer": nil, "statement_descriptor": nil,
 		"statement_descriptor_suffix": nil, "status": c.Status, "transfer_data": nil, "transfer_group": nil,
 	}
+}
+
+func chargeDescription(c *Charge) any {
+	if c.Invoice != "" {
+		return "Subscription update"
+	}
+	return nil
 }
 
 func captured(c *Charge) int64 {
@@ -356,21 +368,55 @@ func (s *Sim) renderDispute(d *Dispute) obj {
 }
 
 func (s *Sim) renderSession(cs *CheckoutSession) obj {
+	var amountSubtotal, amountTotal, paymentIntent, invoiceCreation any
+	customerCreation := "always"
+	if cs.Mode == ModePayment {
+		amountSubtotal, amountTotal, paymentIntent = cs.Total(), cs.Total(), nullStr(cs.PaymentIntent)
+		invoiceCreation = obj{"enabled": cs.InvoiceCreation, "invoice_data": obj{"account_tax_ids": nil, "custom_fields": nil,
+			"description": nil, "footer": nil, "metadata": obj{}, "rendering_options": nil}}
+		if cs.Customer == "" {
+			customerCreation = "if_required"
+		}
+	}
 	return obj{
 		"id": cs.ID, "object": "checkout.session", "after_expiration": nil, "allow_promotion_codes": nil,
-		"amount_subtotal": nil, "amount_total": nil, "automatic_tax": obj{"enabled": false, "status": nil},
+		"amount_subtotal": amountSubtotal, "amount_total": amountTotal, "automatic_tax": obj{"enabled": false, "status": nil},
 		"billing_address_collection": nil, "cancel_url": "https://example.com/cancel",
 		"client_reference_id": nullStr(cs.ClientReferenceID), "consent": nil, "consent_collection": nil,
 		"created": cs.Created, "currency": "usd", "custom_fields": []any{},
 		"custom_text": obj{"after_submit": nil, "shipping_address": nil, "submit": nil, "terms_of_service_acceptance": nil},
-		"customer":    cs.Customer, "customer_creation": "always",
+		"customer":    nullStr(cs.Customer), "customer_creation": customerCreation,
 		"customer_details": obj{"address": nil, "email": nullStr(cs.Email), "name": nullStr(cs.Name), "phone": nil, "tax_exempt": "none", "tax_ids": []any{}},
-		"customer_email":   nil, "expires_at": cs.Created + 86400, "invoice": nullStr(cs.Invoice), "livemode": false,
-		"locale": nil, "metadata": meta(cs.Metadata), "mode": "subscription", "payment_intent": nil,
+		"customer_email":   nil, "expires_at": cs.Created + 86400, "invoice": nullStr(cs.Invoice), "invoice_creation": invoiceCreation,
+		"livemode": false, "locale": nil, "metadata": meta(cs.Metadata), "mode": sessionMode(cs), "payment_intent": paymentIntent,
 		"payment_link": nil, "payment_method_collection": "always", "payment_method_types": []any{"card"},
 		"payment_status": cs.PaymentStatus, "recovered_from": nil, "setup_intent": nil, "shipping_address_collection": nil,
-		"shipping_cost": nil, "shipping_details": nil, "shipping_options": []any{}, "status": cmp.Or(cs.Status, "complete"),
-		"submit_type": nil, "subscription": cs.Subscription, "success_url": "https://example.com/success", "total_details": nil,
+		"shipping_cost": nil, "shipping_details": nil, "shipping_options": []any{}, "status": sessionStatus(cs),
+		"submit_type": nil, "subscription": nullStr(cs.Subscription), "success_url": "https://example.com/success", "total_details": nil,
 		"ui_mode": "hosted", "url": nil,
+	}
+}
+
+func sessionMode(cs *CheckoutSession) string {
+	if cs.Mode == "" {
+		return ModeSubscription
+	}
+	return cs.Mode
+}
+
+func sessionStatus(cs *CheckoutSession) string {
+	if cs.Status == "" {
+		return SessionComplete
+	}
+	return cs.Status
+}
+
+// renderSessionLine renders a Checkout Session's line item (the spec's "item").
+func (s *Sim) renderSessionLine(l *SessionLine, exp expansion) obj {
+	price := s.prices[l.Price]
+	return obj{
+		"id": l.ID, "object": "item", "amount_discount": 0, "amount_subtotal": l.Amount, "amount_tax": 0,
+		"amount_total": l.Amount, "currency": price.Currency, "description": s.products[price.Product].Name,
+		"price": s.renderPrice(price, exp.under("price")), "quantity": nullable(l.Quantity),
 	}
 }

@@ -187,12 +187,15 @@ type Product struct {
 	Created  int64
 }
 
-// Price is a recurring Stripe price.
+// Price is a Stripe price: recurring, or one-time.
 type Price struct {
-	ID            string
-	Product       string
-	UnitAmount    int64
-	Currency      string
+	ID         string
+	Product    string
+	UnitAmount int64
+	Currency   string
+	// OneTime makes the price of type one_time: it has no interval and sells through
+	// Checkout in payment mode and on invoices, never on a subscription.
+	OneTime       bool
 	Interval      string // day, week, month, year
 	IntervalCount int64
 	// UsageType is licensed (billed in advance for a quantity) or metered (billed in
@@ -314,6 +317,9 @@ type Invoice struct {
 	CollectionMethod      string
 	DueDate               int64
 	seq                   int64
+	// daysUntilDue is how long a sent invoice that belongs to no subscription gives
+	// the customer to pay.
+	daysUntilDue int64
 
 	// pause is the subscription's pause_collection behaviour when this invoice was made:
 	// it is left a draft, or finalized and then marked uncollectible or voided.
@@ -340,7 +346,10 @@ type Charge struct {
 	Currency       string
 	Customer       string
 	Invoice        string
-	Status         string // succeeded, failed
+	// PaymentIntent is the PaymentIntent of a Checkout payment (none for an invoice's
+	// charge here: the simulator keeps no PaymentIntents).
+	PaymentIntent  string
+	Status         string // succeeded, pending (an asynchronous payment), failed
 	Paid           bool
 	Refunded       bool
 	Disputed       bool
@@ -368,9 +377,15 @@ type Dispute struct {
 	Created int64
 }
 
-// CheckoutSession is a completed subscription-mode Checkout Session.
+// CheckoutSession is a Checkout Session: in subscription mode, or in payment mode for
+// one-time prices.
 type CheckoutSession struct {
-	ID                string
+	ID string
+	// Mode is subscription or payment.
+	Mode string
+	// Status is open (not paid yet), complete or expired.
+	Status string
+	// Customer is empty for a guest's payment that created no customer.
 	Customer          string
 	Subscription      string
 	Invoice           string
@@ -379,9 +394,30 @@ type CheckoutSession struct {
 	PaymentStatus     string
 	Created           int64
 	Email, Name       string
-	// Status is open while the first payment is outstanding, expired when it never
-	// came, and complete otherwise ("" reads as complete).
-	Status string
+	// PaymentIntent and Charge are a payment-mode session's payment.
+	PaymentIntent, Charge string
+	// Lines are the line items bought.
+	Lines []*SessionLine
+	// InvoiceCreation makes a payment-mode session create a paid invoice once paid.
+	InvoiceCreation bool
+	seq             int64
+}
+
+// SessionLine is one line item of a Checkout Session.
+type SessionLine struct {
+	ID       string
+	Price    string
+	Quantity int64
+	Amount   int64
+}
+
+// Total is the sum of the session's lines.
+func (cs *CheckoutSession) Total() int64 {
+	var t int64
+	for _, l := range cs.Lines {
+		t += l.Amount
+	}
+	return t
 }
 
 // Event is a Stripe event: a snapshot of an object when something happened.
@@ -555,6 +591,35 @@ func (s *Sim) PaidThrough(subscription string) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(pt, 0).UTC()
+}
+
+// Session returns a copy of a Checkout Session's state.
+func (s *Sim) Session(id string) (CheckoutSession, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cs, ok := s.sessions[id]
+	if !ok {
+		return CheckoutSession{}, false
+	}
+	c := *cs
+	c.Metadata = cloneMap(cs.Metadata)
+	c.Lines = make([]*SessionLine, len(cs.Lines))
+	for i, l := range cs.Lines {
+		cp := *l
+		c.Lines[i] = &cp
+	}
+	return c, true
+}
+
+// Charge returns a copy of a charge's state.
+func (s *Sim) Charge(id string) (Charge, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.charges[id]
+	if !ok {
+		return Charge{}, false
+	}
+	return *c, true
 }
 
 // Invoices returns copies of a subscription's invoices, oldest first.
