@@ -175,10 +175,10 @@ var settings = []setting{
 		doc: "Longest wait for one Cryptolens request.",
 		set: func(c *config, v string) error { return durationAtLeast(&c.CryptolensTimeout, v, 100*time.Millisecond) }},
 	{name: "KEYSYNC_LISTEN", def: ":8080",
-		doc: "Address of the public listener: Stripe's webhooks (`POST /webhooks/stripe`) and the health probes (`/healthz`, `/readyz`). Nothing else is served on it.",
+		doc: "Address of the public listener: Stripe's webhooks (`POST /webhooks/stripe`), the health probes (`/healthz`, `/readyz`), and the customer's license page (`GET /license`) and lost-keys form (`POST /license/resend`, with e-mail). Nothing else is served on it.",
 		set: func(c *config, v string) error { return hostPort(&c.Listen, v) }},
 	{name: "KEYSYNC_ADMIN_LISTEN", def: "127.0.0.1:8081",
-		doc: "Address of the admin listener: the admin API (`/api/v1/`) and Prometheus' `/metrics`. Loopback by default; open it only to operators and Prometheus (in Kubernetes, `:8081` behind a NetworkPolicy). `off`: no admin listener, so no metrics and no admin API (then no admin token may be set).",
+		doc: "Address of the admin listener: the admin API (`/api/v1/`), the operator console (`/console/`) and Prometheus' `/metrics`. Loopback by default; open it only to operators and Prometheus (in Kubernetes, `:8081` behind a NetworkPolicy). `off`: no admin listener, so no metrics, no admin API and no console (then no admin token may be set).",
 		set: func(c *config, v string) error {
 			if v == "off" {
 				c.AdminListen = ""
@@ -187,10 +187,10 @@ var settings = []setting{
 			return hostPort(&c.AdminListen, v)
 		}},
 	{name: "KEYSYNC_ADMIN_TOKEN", secret: true,
-		doc: "Bearer token for the admin API (at least 16 characters): every route, including sync, replay and reconcile, which the audit log records as by `api:admin`. Unset, with no read token either: the admin API is off.",
+		doc: "Token of the admin API (a bearer token) and the operator console (its login), at least 16 characters: everything, including sync, replay and reconcile, which the audit log records as by `api:admin` or `console:admin`. Unset, with no read token either: the admin API and the console are off.",
 		set: func(c *config, v string) error { return adminToken(&c.AdminToken, v) }},
 	{name: "KEYSYNC_ADMIN_READ_TOKEN", secret: true,
-		doc: "Bearer token that may only read the admin API (at least 16 characters): subscription status, the audit log, failed events. Sync, replay and reconcile answer it 403.",
+		doc: "Token that may only read the admin API and the console (at least 16 characters): status, the audit log, failed events, the console's pages. Sync, replay and reconcile answer it 403, and the console shows it no buttons.",
 		set: func(c *config, v string) error { return adminToken(&c.AdminReadToken, v) }},
 	{name: "KEYSYNC_BUFFER_DAYS", def: "5",
 		doc: "Days of license beyond the entitled-through date: the end of the paid period, or of the current period when Stripe grants it unpaid (trials, invoiced customers, paused collection, metered prices). 35 days for a 30-day month.",
