@@ -12,6 +12,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/rs/zerolog"
 
+	"github.com/keysync/keysync/internal/cryptolens"
 	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
 	"github.com/keysync/keysync/internal/license"
@@ -38,6 +39,9 @@ type harness struct {
 	endpoint *stripesim.Endpoint
 	pro      string
 	subs     []string
+	// sweeperOpts and crypto make another sweeper over the same world (sweeperWith).
+	sweeperOpts reconcile.SweeperOptions
+	crypto      *cryptolens.Client
 }
 
 func newHarness(t *testing.T, dropRate float64) *harness {
@@ -90,8 +94,9 @@ func newHarnessAt(t *testing.T, dropRate float64, start time.Time) *harness {
 	t.Cleanup(srv.Close)
 	h.endpoint = h.w.Stripe.AddEndpoint(srv.URL, stripesim.EndpointOptions{Secrets: []string{secret}, DropRate: dropRate,
 		RetryBackoff: 10 * time.Millisecond, Seed: 11, Types: events()})
-	h.sweeper = reconcile.NewSweeper(sc, cc, h.store,
-		reconcile.SweeperOptions{Mapping: mapping, Policy: policy, Enqueue: enq.EnqueueSyncs, Now: h.w.Stripe.Now}, zerolog.Nop())
+	h.sweeperOpts = reconcile.SweeperOptions{Mapping: mapping, Policy: policy, Enqueue: enq.EnqueueSyncs, Now: h.w.Stripe.Now}
+	h.crypto = cc
+	h.sweeper = reconcile.NewSweeper(sc, cc, h.store, h.sweeperOpts, zerolog.Nop())
 	h.catchUp = reconcile.NewCatchUp(sc, ing, h.store, reconcile.CatchUpOptions{Now: h.w.Stripe.Now}, zerolog.Nop())
 	h.pro = h.w.Price("Pro", 3000, `{"F1":true,"MaxNoOfMachines":2}`)
 	return h

@@ -255,7 +255,7 @@ func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 	rs := postgres.RunSummary{Scanned: sum.Scanned + sum.Purchases, Drifted: len(sum.Drifted), Failed: sum.Failed, Orphans: len(sum.Orphans)}
 	if err != nil {
 		rs.Error = err.Error()
-	} else {
+	} else if !sum.Cursor.IsZero() {
 		rs.Cursor = strconv.FormatInt(sum.Cursor.Unix(), 10)
 	}
 	if ferr := s.store.FinishRun(ctx, runID, rs); ferr != nil {
@@ -274,10 +274,28 @@ func (s *Sweeper) RunOnce(ctx context.Context) (Summary, error) {
 }
 
 func (s *Sweeper) sweep(ctx context.Context, sum *Summary) error {
-	// One-time purchases first: their window ends where the sweep starts.
-	if err := s.sweepPurchases(ctx, sum); err != nil {
-		return err
+	// One-time purchases first: their window ends where the sweep starts. A failure to
+	// list them (an API key without read access to Checkout Sessions, say) must not stop
+	// the subscriptions' sweep: it is reported when the subscriptions are done, and the
+	// purchases' cursor stays where it was, so the next sweep looks again.
+	perr := s.sweepPurchases(ctx, sum)
+	if perr != nil {
+		if ctx.Err() != nil {
+			return perr
+		}
+		sum.Cursor = time.Time{}
+		s.log.Error().Err(perr).Msg("one-time purchases not swept; sweeping the subscriptions all the same")
+		perr = fmt.Errorf("sweep one-time purchases: %w", perr)
 	}
+	if err := s.sweepSubscriptions(ctx, sum); err != nil {
+		return errors.Join(err, perr)
+	}
+	return perr
+}
+
+// sweepSubscriptions compares every subscription with its keys and queues a Sync for
+// each that drifted, and for the purchases sweepPurchases found.
+func (s *Sweeper) sweepSubscriptions(ctx context.Context, sum *Summary) error {
 	rows, err := s.store.SubscriptionIndex(ctx)
 	if err != nil {
 		return err
