@@ -552,7 +552,7 @@ func (c *Client) once(ctx context.Context, group, method string, params url.Valu
 	start := time.Now()
 	ev := c.log.Debug().Str("method", method).Str("product_id", params.Get("ProductId"))
 	if k := params.Get("Key"); k != "" {
-		ev = ev.Str("license_key", k)
+		ev = ev.Str("license_key", KeyFingerprint(k))
 	}
 	msg, status, err := c.send(ctx, group, method, params, out)
 	if c.observe != nil {

@@ -114,7 +114,7 @@ func (s *Syncer) findKey(ctx context.Context, kp *keyPlan, o owner, log zerolog.
 		if !errors.Is(err, cryptolens.ErrKeyNotFound) {
 			return fmt.Errorf("read key: %w", err)
 		}
-		log.Warn().Str("license_key", *kp.rec.LicenseKey).Int("product_id", product).Msg("recorded key no longer exists in Cryptolens")
+		log.Warn().Str("license_key", cryptolens.KeyFingerprint(*kp.rec.LicenseKey)).Int("product_id", product).Msg("recorded key no longer exists in Cryptolens")
 		kp.forget = true
 	}
 	if name := o.metadata[KeyMetadata]; name != "" {
@@ -386,12 +386,12 @@ func (r *run) perform(ctx context.Context, kp *keyPlan, key license.Key, a licen
 		if a.Kind == license.Block && failure.IsPermanent(err) {
 			kp.rec.BlockedByKeysync = false // the block certainly did not happen
 		}
-		r.log.Warn().Err(err).Str("action", string(a.Kind)).Str("license_key", key.Key).Msg("action failed")
+		r.log.Warn().Err(err).Str("action", string(a.Kind)).Str("license_key", cryptolens.KeyFingerprint(key.Key)).Msg("action failed")
 		return created, fmt.Errorf("%s: %w", a.Kind, err)
 	}
 	row.Outcome, row.Message = OutcomeApplied, msg
 	r.audit(row)
-	r.log.Info().Str("action", string(a.Kind)).Str("license_key", row.LicenseKey).Interface("params", row.Params).Msg("key changed")
+	r.log.Info().Str("action", string(a.Kind)).Str("license_key", cryptolens.KeyFingerprint(row.LicenseKey)).Interface("params", row.Params).Msg("key changed")
 	switch {
 	case a.Kind == license.CreateKey:
 		// Record the new key at once: a crash before the end of this Sync must not lead
@@ -420,7 +420,7 @@ func (r *run) rename(ctx context.Context, kp *keyPlan, old, renamed string, by l
 	kp.rec.LicenseKey = &renamed
 	r.audit(AuditRow{Action: "adopt_key", Outcome: OutcomeApplied, LicenseKey: renamed, ProductID: kp.desired.ProductID,
 		Params: map[string]any{"source": "skgl key change", "old_key": old, "new_key": renamed, "changed_by": string(by)}})
-	r.log.Warn().Str("license_key", renamed).Str("old_license_key", old).Str("action", string(by)).
+	r.log.Warn().Str("license_key", cryptolens.KeyFingerprint(renamed)).Str("old_license_key", cryptolens.KeyFingerprint(old)).Str("action", string(by)).
 		Msg("Cryptolens gave the SKGL key a new string; keysync follows it, the customer's copy is stale")
 	if err := r.save(ctx, r.audits); err != nil {
 		return fmt.Errorf("record the key's new string: %w", err)
