@@ -77,10 +77,10 @@ type Endpoint struct {
 	inFlight int
 	closed   bool
 	// held keeps due deliveries queued (HoldWebhooks).
-	held bool
-	stats    DeliveryStats
-	acked    map[string]int
-	wg       sync.WaitGroup
+	held  bool
+	stats DeliveryStats
+	acked map[string]int
+	wg    sync.WaitGroup
 }
 
 type delivery struct {
