@@ -1,6 +1,8 @@
 // Command keysync-demo runs keysync against the sandbox (the Stripe and Cryptolens
 // simulators) on local Postgres, plays a subscription's life through it, checks the
-// license key after every step, and prints the audit trail. It is what `make demo` runs.
+// license key after every step, and prints the audit trail; then it shows the license
+// page of a one-time purchase before Stripe's webhooks arrive. It is what `make demo`
+// runs.
 package main
 
 import (
@@ -44,6 +46,11 @@ type demo struct {
 	db   *pgx.Conn
 	sub  string
 	cust string
+	// public is keysync's public listener (webhooks, the license page): http://host:port.
+	public string
+	// keysync is the keysync binary, and env its environment, for one-shot commands.
+	keysync string
+	env     []string
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -64,7 +71,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := os.MkdirAll(*workdir, 0o755); err != nil {
 		return err
 	}
-	d := &demo{ctx: ctx, out: out}
+	d := &demo{ctx: ctx, out: out, keysync: *keysyncBin}
 	d.step("Postgres")
 	server, err := localpg.Find(ctx, os.Getenv)
 	if err != nil {
@@ -99,7 +106,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := sandbox.WaitHTTP(ctx, d.ctl.URL+"/stripe/now", sb); err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
-	var prod, pro, team map[string]string
+	var prod, pro, team, lifetime map[string]string
 	if err := d.ctl.Post(d.ctx, "/stripe/products", map[string]any{"name": "Acme App", "metadata": map[string]string{"skm_product_id": fmt.Sprint(product)}}, &prod); err != nil {
 		return err
 	}
@@ -109,12 +116,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := d.ctl.Post(d.ctx, "/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 9900, "nickname": "Team"}, &team); err != nil {
 		return err
 	}
+	if err := d.ctl.Post(d.ctx, "/stripe/prices", map[string]any{"product": prod["id"], "unit_amount": 19900, "type": "one_time", "nickname": "Lifetime"}, &lifetime); err != nil {
+		return err
+	}
 	plans := filepath.Join(*workdir, "plans.yaml")
-	plansYAML := fmt.Sprintf("plans:\n  - price: %s   # Pro\n    features: [1]\n    machines_per_seat: 1\n  - price: %s   # Team\n    features: [1, 3]\n    machines_per_seat: 2\n", pro["id"], team["id"])
+	plansYAML := fmt.Sprintf("plans:\n  - price: %s   # Pro\n    features: [1]\n    machines_per_seat: 1\n  - price: %s   # Team\n    features: [1, 3]\n    machines_per_seat: 2\n"+
+		"  - price: %s   # Lifetime, one-time\n    features: [3]\n    machines_per_seat: 2\n    perpetual: true\n", pro["id"], team["id"], lifetime["id"])
 	if err := os.WriteFile(plans, []byte(plansYAML), 0o644); err != nil {
 		return err
 	}
-	d.say("control API %s; prices Pro %s (F1, 1 machine a seat) and Team %s (F1+F3, 2 a seat) in %s", d.ctl.URL, pro["id"], team["id"], plans)
+	d.say("control API %s; prices Pro %s (F1, 1 machine a seat), Team %s (F1+F3, 2 a seat)", d.ctl.URL, pro["id"], team["id"])
+	d.say("and Lifetime %s (one-time: a perpetual key, F3, 2 machines a seat) in %s", lifetime["id"], plans)
 
 	d.step("keysync serve")
 	env, err := sandbox.ReadEnv(envFile)
@@ -128,7 +140,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	env = append(env, "DATABASE_URL="+dbURL, "KEYSYNC_LISTEN="+keysyncAddr, "KEYSYNC_ADMIN_LISTEN="+adminAddr, "KEYSYNC_PLANS_FILE="+plans,
 		"LOG_FORMAT=json", "LOG_LEVEL=info", "KEYSYNC_ADMIN_TOKEN="+token)
-	keysync, err := sandbox.Start(*keysyncBin, filepath.Join(*workdir, "keysync.Log"), env, "serve")
+	d.env, d.public = env, "http://"+keysyncAddr
+	keysync, err := sandbox.Start(*keysyncBin, filepath.Join(*workdir, "keysync.log"), env, "serve")
 	if err != nil {
 		return err
 	}
@@ -150,6 +163,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	d.sub, d.cust = co["subscription"].(string), co["customer"].(string)
+	// The customer's view, once keysync has worked the checkout's webhooks: Checkout
+	// sends them to the license page (its success_url).
+	if err := d.idle(ctx); err != nil {
+		return fmt.Errorf("checkout: %w", err)
+	}
+	if _, err := d.licensePage(co["session"].(string)); err != nil {
+		return err
+	}
 	steps := []struct {
 		what   string
 		act    func() error
@@ -215,6 +236,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	d.step("Audit trail (audit_log)")
 	if err := d.printAudit(ctx); err != nil {
 		return err
+	}
+
+	d.step("A one-time purchase: the license page before the webhooks")
+	if err := d.purchase(lifetime["id"]); err != nil {
+		return fmt.Errorf("one-time purchase: %w", err)
 	}
 
 	// KEEP=1: a person looks at the console after the lifecycle; a signal ends it.

@@ -87,6 +87,22 @@ func TestDemo(t *testing.T) {
 			t.Fatalf("demo output lacks %q:\n%s", want, got)
 		}
 	}
+	// The license pages: the subscription's after its checkout, then a one-time
+	// purchase's before its webhooks, whose key the page's Sync made; the webhooks
+	// then found nothing to do, and `keysync audit --purchase` shows the page's row.
+	pages := regexp.MustCompile(`license page \(Checkout's success_url\): http://127\.0\.0\.1:\d+/license\?session_id=(cs_test_\w+)\n`+
+		`  GET with Accept: application/json -> 200\n    \{\n`).FindAllStringSubmatch(got, -1)
+	if len(pages) != 2 {
+		t.Fatalf("got %d license pages with their URL and a 200 JSON answer, want 2:\n%s", len(pages), got)
+	}
+	purchase := pages[1][1]
+	for _, want := range []string{`"perpetual": false`, `"perpetual": true`, `"expires": null`, `"status": "ready"`,
+		"made by the page's Sync (audit: create_key by customer)", "checkout.session.completed processed", "their Sync found nothing to do",
+		"keysync audit --purchase " + purchase, "create_key  applied  " + purchase} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("demo output lacks %q:\n%s", want, got)
+		}
+	}
 	if strings.Contains(got, "FAILED") {
 		t.Fatalf("a step failed:\n%s", got)
 	}

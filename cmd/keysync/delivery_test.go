@@ -151,6 +151,128 @@ func TestServeLicensePageAndEmail(t *testing.T) {
 	}
 }
 
+// keysync serve with e-mail on, and Stripe's webhooks late (held), as they often are: a
+// customer who bought a one-time price lands on the license page, whose Sync makes the
+// perpetual key (named after the Stripe product, no expiry); when the webhooks arrive,
+// their Sync finds nothing left to do. The key is e-mailed once, and the e-mail's audit
+// row names the purchase.
+func TestServeLicensePageOfAPurchase(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.URL(t)
+	world := simtest.New(t, simtest.Options{Start: time.Now()})
+	prod := world.Stripe.CreateProduct("Acme Lifetime", map[string]string{"skm_product_id": "1001"})
+	price, err := world.Stripe.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 19900, OneTime: true,
+		Metadata: map[string]string{"skm": `{"F3":true,"MaxNoOfMachines":4}`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	smtp := smtpsim.Start(t, smtpsim.Options{})
+	srv := startServe(t, env(map[string]string{
+		"DATABASE_URL": dbURL, "STRIPE_API_KEY": simtest.StripeKey, "CRYPTOLENS_TOKEN": simtest.CryptolensToken,
+		"STRIPE_API_BASE": world.StripeURL, "CRYPTOLENS_API_BASE": world.CryptolensURL, "KEYSYNC_LISTEN": "127.0.0.1:0",
+		"LOG_FORMAT": "json", "STRIPE_WEBHOOK_SECRETS": "whsec_purchase_test", "KEYSYNC_SMTP_URL": smtp.URL(),
+		"KEYSYNC_EMAIL_FROM": "Acme <shop@acme.example>",
+	}))
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	count := func(query string, args ...any) int {
+		t.Helper()
+		var n int
+		if err := pool.QueryRow(ctx, query, args...).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	// The catch-up and the sweep at start are done; the webhooks wait.
+	pgtest.WaitFor(t, 30*time.Second, "the catch-up and the sweep at start", func() bool {
+		return count(`SELECT count(DISTINCT kind) FROM sync_runs WHERE finished_at IS NOT NULL`) == 2
+	})
+	world.Stripe.HoldWebhooks(true)
+	world.Stripe.AddEndpoint(srv.base+"/webhooks/stripe", stripesim.EndpointOptions{Secrets: []string{"whsec_purchase_test"}})
+	res, err := world.Stripe.CheckoutPayment(stripesim.PaymentParams{Email: "grace@example.com", Name: "Grace", Items: []stripesim.ItemParams{{Price: price}}})
+	if err != nil || !res.Completed {
+		t.Fatalf("checkout: %+v, %v", res, err)
+	}
+
+	// The page, as JSON, before any webhook.
+	req, _ := http.NewRequest("GET", srv.base+"/license?session_id="+res.Session, nil)
+	req.Header.Set("Accept", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var page struct {
+		Status   string `json:"status"`
+		Licenses []struct {
+			Key       string     `json:"key"`
+			Product   string     `json:"product"`
+			Expires   *time.Time `json:"expires"`
+			Perpetual bool       `json:"perpetual"`
+			Machines  int        `json:"machines"`
+		} `json:"licenses"`
+	}
+	if err := json.Unmarshal(body, &page); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("got %d %s (%v), want 200 JSON", resp.StatusCode, body, err)
+	}
+	keys := world.Crypto.Keys(simtest.Product)
+	if len(keys) != 1 || keys[0].Notes != syncer.Marker(res.Session) || keys[0].Features != [8]bool{2: true} {
+		t.Fatalf("got keys %+v, want the purchase's, F3 alone (F1, the time-limited feature, off)", keys)
+	}
+	key := keys[0].Key
+	if page.Status != "ready" || len(page.Licenses) != 1 || page.Licenses[0].Key != key || page.Licenses[0].Product != "Acme Lifetime" ||
+		!page.Licenses[0].Perpetual || page.Licenses[0].Expires != nil || page.Licenses[0].Machines != 4 {
+		t.Fatalf("got %s, want the perpetual key named after the Stripe product, 4 machines", body)
+	}
+	if n := count(`SELECT count(*) FROM stripe_events`); n != 0 {
+		t.Fatalf("got %d events stored before the webhooks were released, want none: the page made the key alone", n)
+	}
+	if n := count(`SELECT count(*) FROM audit_log WHERE action = 'create_key' AND purchase_id = $1 AND cause = 'customer' AND cause_id = $1`, res.Session); n != 1 {
+		t.Fatalf("got %d create_key rows of the purchase caused by its page, want 1", n)
+	}
+
+	// The webhooks arrive: every event is worked, and their Sync does nothing.
+	world.Stripe.HoldWebhooks(false)
+	flushCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := world.Stripe.FlushWebhooks(flushCtx); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.WaitFor(t, 30*time.Second, "the purchase's events worked", func() bool {
+		return count(`SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.completed' AND status = 'processed'`) == 1 &&
+			count(`SELECT count(*) FROM stripe_events WHERE status NOT IN ('processed', 'ignored')`) == 0
+	})
+	if n := world.Crypto.CallCount("CreateKey"); n != 1 {
+		t.Fatalf("got %d CreateKey calls, want the page's alone", n)
+	}
+	if n := count(`SELECT count(*) FROM audit_log WHERE purchase_id = $1 AND action <> 'email_key' AND cause <> 'customer'`, res.Session); n != 0 {
+		t.Fatalf("the webhooks' Sync wrote %d audit rows, want none: nothing was left to do", n)
+	}
+
+	// The key's e-mail, once, audited with the purchase.
+	m := smtp.Wait(t, 1, 30*time.Second)[0]
+	if m.To[0] != "grace@example.com" || m.Header().Get("Subject") != "Your license key for Acme Lifetime" ||
+		!strings.Contains(m.Part("text/plain"), key) || !strings.Contains(m.Part("text/plain"), "perpetual") {
+		t.Fatalf("got a message to %v, %q, want the perpetual key's", m.To, m.Header().Get("Subject"))
+	}
+	pgtest.WaitFor(t, 20*time.Second, "the e-mail audited", func() bool {
+		return count(`SELECT count(*) FROM audit_log WHERE action = 'email_key' AND outcome = 'applied' AND purchase_id = $1
+			AND subscription_id IS NULL AND license_key = $2`, res.Session, key) == 1
+	})
+	if err := srv.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(smtp.Messages()); n != 1 {
+		t.Fatalf("got %d messages, want the new key's alone", n)
+	}
+}
+
 // The customer side's settings: defaults, e-mail needs both server and sender, a
 // template that does not render stops start-up naming the file, and the SMTP URL is a
 // secret (read from a file too).

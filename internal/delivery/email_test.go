@@ -163,6 +163,52 @@ func TestNewKeyEmailedOnceAcrossRetryAndReplay(t *testing.T) {
 	}
 }
 
+// A one-time purchase's new key is e-mailed to its customer once, as perpetual: the job,
+// its retry and a replay send one message, and the email_key audit row names the
+// purchase (not a subscription) with the key's cause.
+func TestPurchaseKeyEmailedOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	em, smtp := e.emailer(t, smtpsim.Options{})
+	ctx := context.Background()
+	res := e.purchase(t, stripesim.PaymentParams{})
+	if _, err := e.engine.SyncPurchase(ctx, res.Session, syncer.Cause{Kind: syncer.CauseWebhook, ID: "evt_purchase_1"}); err != nil {
+		t.Fatal(err)
+	}
+	keys := e.crypto.Keys(product)
+	ids, err := em.Outbox(ctx)
+	if err != nil || len(ids) != 1 || len(keys) != 1 {
+		t.Fatalf("got outbox %v (%v) and %d keys, want the purchase's one key", ids, err, len(keys))
+	}
+	k := keys[0]
+	for range 3 { // the job, its retry, a replay
+		if err := em.SendKey(ctx, ids[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs := smtp.Wait(t, 1, 10*time.Second)
+	text := msgs[0].Part("text/plain")
+	if len(msgs) != 1 || len(msgs[0].To) != 1 || msgs[0].To[0] != "grace@example.com" || msgs[0].Header().Get("Subject") != "Your license key for Product 1001" {
+		t.Fatalf("got %d messages, the first to %v (%q); want one to grace@example.com", len(msgs), msgs[0].To, msgs[0].Header().Get("Subject"))
+	}
+	for _, want := range []string{"Hello Grace Hopper,", "License key: " + k.Key, "Valid until: perpetual (it does not expire)", "Machines:    2"} {
+		if !strings.Contains(text, want) {
+			t.Fatalf("the text part lacks %q:\n%s", want, text)
+		}
+	}
+	if r := e.emailRow(t, k.Key); r.status != "sent" || r.attempts != 1 {
+		t.Fatalf("got row %+v, want sent after 1 attempt", r)
+	}
+	audits := e.emailAudits(t, k.Key)
+	if len(audits) != 1 || audits[0].Outcome != "applied" || audits[0].PurchaseID == nil || *audits[0].PurchaseID != res.Session ||
+		audits[0].SubscriptionID != nil || audits[0].Cause != "webhook" || *audits[0].CauseID != "evt_purchase_1" || audits[0].Params["to"] != "grace@example.com" {
+		t.Fatalf("got audit rows %+v, want one applied email_key naming the purchase %s, with the key's cause", audits, res.Session)
+	}
+	if ids, _ := em.Outbox(ctx); len(ids) != 0 {
+		t.Fatalf("got outbox %v after sending, want empty", ids)
+	}
+}
+
 // The connection broke after the server had the whole message: it may have been
 // delivered, so keysync records the outcome as unknown and never sends it again (at
 // most once). A recipient the server refuses is failed for good.

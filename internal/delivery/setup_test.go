@@ -40,6 +40,9 @@ type env struct {
 	engine   *syncer.Syncer
 	licenses delivery.Licenses
 	price    string // Pro: F1, 3 machines
+	// lifetime is a one-time price mapped by skm metadata: a perpetual key with F2 and
+	// 2 machines (F1, the time-limited feature, off).
+	lifetime string
 	// logs is everything the delivery package logged (the engine logs elsewhere: its
 	// lines name keys, as operators need).
 	logs *lockedBuffer
@@ -54,6 +57,13 @@ func setup(t *testing.T) *env {
 	e := &env{pool: pool, store: postgres.NewStore(pool), stripe: w.Stripe, crypto: w.Crypto, sc: sc, logs: &lockedBuffer{}}
 	e.log = zerolog.New(e.logs)
 	e.price = w.Price("Pro", 3000, `{"F1":true,"MaxNoOfMachines":3}`)
+	lifetime := w.Stripe.CreateProduct("Lifetime", map[string]string{"skm_product_id": "1001"})
+	var err error
+	e.lifetime, err = w.Stripe.CreatePrice(stripesim.PriceParams{Product: lifetime, UnitAmount: 19900, OneTime: true,
+		Metadata: map[string]string{"skm": `{"F2":true,"MaxNoOfMachines":2}`}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	e.engine = syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: e.store, Mapping: license.NewMapping(0), Log: zerolog.Nop()},
 		syncer.Options{Policy: license.Options{BufferDays: 5, TimeLimitedFeature: 1}, Now: w.Stripe.Now})
 	e.licenses = delivery.Licenses{Store: keys{e.store}, Cryptolens: cc, TimeLimitedFeature: 1}
@@ -78,6 +88,23 @@ func (e *env) checkout(t *testing.T, p stripesim.CheckoutParams) stripesim.Check
 		p.Items = []stripesim.ItemParams{{Price: e.price}}
 	}
 	res, err := e.stripe.Checkout(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// purchase plays a one-time Checkout (payment mode) of the Lifetime price and returns
+// it. Nothing is synced: no webhook endpoint listens.
+func (e *env) purchase(t *testing.T, p stripesim.PaymentParams) stripesim.PaymentResult {
+	t.Helper()
+	if p.Email == "" {
+		p.Email, p.Name = "grace@example.com", "Grace Hopper"
+	}
+	if p.Items == nil {
+		p.Items = []stripesim.ItemParams{{Price: e.lifetime}}
+	}
+	res, err := e.stripe.CheckoutPayment(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,14 +138,12 @@ func (e *env) keyOf(t *testing.T, sub string) cryptolenssim.Key {
 	return k
 }
 
-// keys reads recorded keys as serve does for subscriptions; purchases are the
-// purchases branch's.
+// keys reads recorded keys as serve does: a subscription's and a purchase's, from the
+// store (serve also names them after the Stripe products; here they keep the page's
+// "Product <id>").
 type keys struct{ store *postgres.Store }
 
 func (k keys) OwnerKeys(ctx context.Context, o delivery.Owner) ([]delivery.KeyRef, error) {
-	if o.Kind != delivery.OwnerSubscription {
-		return nil, delivery.ErrNotSupported
-	}
 	return k.store.OwnerKeyRefs(ctx, o)
 }
 
@@ -134,8 +159,9 @@ func (e engine) SyncSubscription(ctx context.Context, id string, cause syncer.Ca
 	return delivery.Synced{Unmapped: res.Unmapped}, err
 }
 
-func (engine) SyncPurchase(context.Context, string, syncer.Cause) (delivery.Synced, error) {
-	return delivery.Synced{}, delivery.ErrNotSupported
+func (e engine) SyncPurchase(ctx context.Context, id string, cause syncer.Cause) (delivery.Synced, error) {
+	res, err := e.s.SyncPurchase(ctx, id, cause)
+	return delivery.Synced{Unmapped: res.Unmapped}, err
 }
 
 // fetch makes a request and returns the answer with its body read.

@@ -40,6 +40,7 @@ import (
 //	POST /charges/{id}/dispute              {"reason"}                          -> {"id"}
 //	POST /disputes/{id}/close               {"won":true}
 //	POST /endpoints                         {"url","secrets","api_version",...EndpointOptions}
+//	POST /endpoints/hold                    {"on":true}                         (HoldWebhooks; false releases)
 //	POST /faults                            Faults
 //	POST /flush                             waits until webhooks are delivered
 //	GET  /subscriptions/{id}                the subscription's state, invoices and paid_through
@@ -404,6 +405,16 @@ func (s *Sim) ControlHandler() http.Handler {
 		}
 		s.AddEndpoint(p.URL, EndpointOptions{Secrets: p.Secrets, APIVersion: p.APIVersion, Types: p.Types, Workers: p.Workers, Reorder: p.Reorder,
 			DuplicateRate: p.DuplicateRate, DropRate: p.DropRate, MaxAttempts: p.MaxAttempts, RetryBackoff: backoff, Seed: p.Seed})
+		return nil, nil
+	})
+	handle("POST /endpoints/hold", func(r *http.Request, b map[string]json.RawMessage) (any, error) {
+		var p struct {
+			On bool `json:"on"`
+		}
+		if err := decode(b, &p); err != nil {
+			return nil, err
+		}
+		s.HoldWebhooks(p.On)
 		return nil, nil
 	})
 	handle("POST /faults", func(r *http.Request, b map[string]json.RawMessage) (any, error) {

@@ -98,6 +98,8 @@ type Sim struct {
 	faulted    map[int]int
 
 	endpoints []*Endpoint
+	// webhooksHeld holds the deliveries of every endpoint, new ones too (HoldWebhooks).
+	webhooksHeld bool
 }
 
 // New returns an empty simulator.

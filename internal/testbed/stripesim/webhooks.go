@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -75,9 +76,11 @@ type Endpoint struct {
 	queue    []*delivery
 	inFlight int
 	closed   bool
-	stats    DeliveryStats
-	acked    map[string]int
-	wg       sync.WaitGroup
+	// held keeps due deliveries queued (HoldWebhooks).
+	held  bool
+	stats DeliveryStats
+	acked map[string]int
+	wg    sync.WaitGroup
 }
 
 type delivery struct {
@@ -112,14 +115,32 @@ func (s *Sim) AddEndpoint(url string, opts EndpointOptions) *Endpoint {
 	ep := &Endpoint{url: url, opts: opts, client: &http.Client{Timeout: opts.Timeout},
 		rng: rand.New(rand.NewPCG(opts.Seed, 7)), acked: map[string]int{}}
 	ep.cond = sync.NewCond(&ep.mu)
+	s.mu.Lock()
+	ep.held = s.webhooksHeld
+	s.endpoints = append(s.endpoints, ep)
+	s.mu.Unlock()
 	for range opts.Workers {
 		ep.wg.Add(1)
 		go ep.work()
 	}
-	s.mu.Lock()
-	s.endpoints = append(s.endpoints, ep)
-	s.mu.Unlock()
 	return ep
+}
+
+// HoldWebhooks holds (on) or releases every endpoint's deliveries, those of endpoints
+// added later too. Held events queue and are delivered, in order, once released, as
+// when Stripe's deliveries lag behind the customer's redirect to the success_url.
+// Deliveries already in flight finish.
+func (s *Sim) HoldWebhooks(on bool) {
+	s.mu.Lock()
+	s.webhooksHeld = on
+	eps := slices.Clone(s.endpoints)
+	s.mu.Unlock()
+	for _, ep := range eps {
+		ep.mu.Lock()
+		ep.held = on
+		ep.cond.Broadcast()
+		ep.mu.Unlock()
+	}
 }
 
 func (ep *Endpoint) wants(typ string) bool {
@@ -150,6 +171,10 @@ func (ep *Endpoint) next() (*delivery, bool) {
 	for {
 		if ep.closed {
 			return nil, false
+		}
+		if ep.held {
+			ep.cond.Wait()
+			continue
 		}
 		now := time.Now()
 		var due []int
@@ -235,8 +260,13 @@ func (ep *Endpoint) send(ev *Event) bool {
 	return resp.StatusCode >= 200 && resp.StatusCode < 300
 }
 
+// ErrWebhooksHeld is Flush's answer while deliveries are held (HoldWebhooks): what is
+// queued would never leave.
+var ErrWebhooksHeld = errors.New("webhooks are held: release them first")
+
 // Flush waits until nothing is queued or in flight: every event was acknowledged,
-// dropped or given up on. Retries that are not yet due are waited for.
+// dropped or given up on. Retries that are not yet due are waited for. It returns
+// ErrWebhooksHeld at once when deliveries are held and some are queued.
 func (ep *Endpoint) Flush(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() {
 		ep.mu.Lock()
@@ -247,6 +277,9 @@ func (ep *Endpoint) Flush(ctx context.Context) error {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
 	for len(ep.queue) > 0 || ep.inFlight > 0 {
+		if ep.held && ep.inFlight == 0 {
+			return fmt.Errorf("flush webhooks: %d queued: %w", len(ep.queue), ErrWebhooksHeld)
+		}
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("flush webhooks: %d queued, %d in flight: %w", len(ep.queue), ep.inFlight, err)
 		}

@@ -2,9 +2,12 @@ package stripesim_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -130,5 +133,68 @@ func TestWebhooksDuplicateAndDrop(t *testing.T) {
 	}
 	if len(seen) != st.Events-st.Dropped {
 		t.Fatalf("got %d distinct events, want %d", len(seen), st.Events-st.Dropped)
+	}
+}
+
+// Held webhooks (POST /endpoints/hold) queue, on every endpoint and on one added while
+// held, without a single attempt; a flush says so at once rather than waiting; once
+// released, every event is delivered.
+func TestWebhooksHeldUntilReleased(t *testing.T) {
+	t.Parallel()
+	first, second := &receiver{secret: "whsec_x"}, &receiver{secret: "whsec_x"}
+	srv1, srv2 := httptest.NewServer(first), httptest.NewServer(second)
+	defer srv1.Close()
+	defer srv2.Close()
+	w := newWorld(t, stripesim.Options{})
+	control := httptest.NewServer(w.sim.ControlHandler())
+	defer control.Close()
+	hold := func(on bool) {
+		t.Helper()
+		resp, err := http.Post(control.URL+"/endpoints/hold", "application/json", strings.NewReader(fmt.Sprintf(`{"on":%v}`, on)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("hold %v: got %d", on, resp.StatusCode)
+		}
+	}
+	ep1 := w.sim.AddEndpoint(srv1.URL, stripesim.EndpointOptions{Secrets: []string{"whsec_x"}})
+	hold(true)
+	ep2 := w.sim.AddEndpoint(srv2.URL, stripesim.EndpointOptions{Secrets: []string{"whsec_x"}})
+	if _, err := w.sim.Checkout(stripesim.CheckoutParams{Email: "a@example.com", Items: []stripesim.ItemParams{{Price: w.monthly}}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.sim.FlushWebhooks(ctx); !errors.Is(err, stripesim.ErrWebhooksHeld) {
+		t.Fatalf("flush while held: got %v, want ErrWebhooksHeld", err)
+	}
+	// An endpoint that is not held delivers within milliseconds: give it a moment to
+	// show that these do not.
+	quiet := time.NewTimer(300 * time.Millisecond)
+	defer quiet.Stop()
+	<-quiet.C
+	for i, c := range []struct {
+		ep  *stripesim.Endpoint
+		rcv *receiver
+	}{{ep1, first}, {ep2, second}} {
+		if requests, _, _ := c.rcv.snapshot(); requests != 0 || c.ep.Stats().Events == 0 || c.ep.Stats().Attempts != 0 {
+			t.Fatalf("endpoint %d while held: got %d requests and %+v, want events queued and no attempt", i+1, requests, c.ep.Stats())
+		}
+	}
+
+	hold(false)
+	if err := w.sim.FlushWebhooks(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range []struct {
+		ep  *stripesim.Endpoint
+		rcv *receiver
+	}{{ep1, first}, {ep2, second}} {
+		_, verified, _ := c.rcv.snapshot()
+		if st := c.ep.Stats(); st.Events == 0 || len(verified) != st.Events || st.Acknowledged != st.Events {
+			t.Fatalf("endpoint %d once released: got %d deliveries and %+v, want every event", i+1, len(verified), st)
+		}
 	}
 }
