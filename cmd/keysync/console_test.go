@@ -138,10 +138,12 @@ func (tb *tab) scripts(on bool) {
 
 // TestConsoleInBrowser drives the operator console of a running keysync serve with
 // headless Chromium, JavaScript off, as an operator would: log in (a wrong token
-// first), find a subscription by its customer's e-mail, read its key, audit trail and
-// preview, press Sync now and see the new audit row, replay a failed event, export
-// the audit log as CSV, read the jobs, check every page at phone width, log out. A
-// form without its CSRF token is refused. It saves a screenshot of each page.
+// first), find a customer by e-mail (their subscription and one-time purchase side by
+// side), read the subscription's key, audit trail and preview, press Sync now and see
+// the new audit row, open the purchase and its perpetual key, Sync it (nothing to do),
+// replay a failed event, export the audit log as CSV, read the jobs, check every page at
+// phone width, log out. A form without its CSRF token is refused. It saves a screenshot
+// of each page.
 func TestConsoleInBrowser(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -157,6 +159,18 @@ func TestConsoleInBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The same customer buys a perpetual license: a one-time price that skm metadata
+	// maps, paid through Checkout in payment mode.
+	lifetime := world.Stripe.CreateProduct("Acme App, lifetime", map[string]string{"skm_product_id": fmt.Sprint(simtest.Product)})
+	oneTime, err := world.Stripe.CreatePrice(stripesim.PriceParams{Product: lifetime, UnitAmount: 19900, OneTime: true,
+		Metadata: map[string]string{"skm": `{"F2":true,"MaxNoOfMachines":3}`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buy, err := world.Stripe.CheckoutPayment(stripesim.PaymentParams{Customer: co.Customer, Items: []stripesim.ItemParams{{Price: oneTime}}})
+	if err != nil || !buy.Completed {
+		t.Fatalf("got %+v, %v; want a paid purchase", buy, err)
+	}
 	plans := filepath.Join(t.TempDir(), "plans.yaml")
 	if err := os.WriteFile(plans, []byte("plans:\n  - price: "+price+"\n    features: [1, 3]\n    machines_per_seat: 2\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -171,13 +185,14 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	defer pool.Close()
 	store := postgres.NewStore(pool)
-	var key string
-	pgtest.WaitFor(t, 20*time.Second, "keysync to make the key and work every event the catch-up stored", func() bool {
+	var key, perpetual string
+	pgtest.WaitFor(t, 20*time.Second, "keysync to make the keys and work every event the catch-up stored", func() bool {
 		var pending, caughtUp int
 		_ = pool.QueryRow(ctx, `SELECT coalesce((SELECT license_key FROM subscriptions WHERE id = $1), ''),
+			coalesce((SELECT license_key FROM purchase_keys WHERE purchase_id = $2), ''),
 			(SELECT count(*) FROM stripe_events WHERE status = 'pending'),
-			(SELECT count(*) FROM sync_runs WHERE kind = 'catch_up' AND status = 'succeeded')`, co.Subscription).Scan(&key, &pending, &caughtUp)
-		return key != "" && pending == 0 && caughtUp > 0
+			(SELECT count(*) FROM sync_runs WHERE kind = 'catch_up' AND status = 'succeeded')`, co.Subscription, buy.Session).Scan(&key, &perpetual, &pending, &caughtUp)
+		return key != "" && perpetual != "" && pending == 0 && caughtUp > 0
 	})
 
 	// An event that failed for good earlier, to replay.
@@ -209,13 +224,17 @@ func TestConsoleInBrowser(t *testing.T) {
 	tb.see("the overview", "Is keysync healthy?", "events received", "Catch-up cursor", "Sweeps and catch-ups", "Stripe calls since this replica started")
 	tb.shot("03-overview")
 
-	// 2. Find the subscription by its customer's e-mail: Stripe's view, the key, the
-	// audit trail, the events, and what a Sync would do now.
+	// 2. Find the customer by e-mail: their subscription and their purchase, side by
+	// side. The subscription's page: Stripe's view, the key, the audit trail, the
+	// events, and what a Sync would do now.
 	tb.load("search by e-mail", chromedp.Steps(chromedp.SendKeys(chromedp.CSS(`header input[name="q"]`), "ada@example.com"),
 		chromedp.Submit(chromedp.CSS(`header input[name="q"]`))))
+	tb.see("the customer's subscription and purchase", co.Subscription, key, buy.Session, perpetual, "1 one-time purchases")
+	tb.shot("04-search-customer")
+	tb.load("open the subscription", chromedp.Click(chromedp.CSS(`a[href="/console/subscriptions/`+co.Subscription+`"]`)))
 	tb.see("the subscription", co.Subscription, key, "active", "create_key", "- expires", "+ expires", "extend by",
 		"customer.subscription.created", "invoice.paid")
-	tb.shot("04-subscription")
+	tb.shot("05-subscription")
 
 	// 3. A Sync now whose form lost its CSRF token is refused and changes nothing.
 	audits := func() int {
@@ -227,7 +246,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	tb.do("drop the CSRF token", chromedp.RemoveAttribute(chromedp.CSS(`form[action$="/sync"] input[name="csrf"]`), "name"))
 	tb.load("sync without the CSRF token", chromedp.Click(chromedp.CSS(`form[action$="/sync"] button`)))
 	tb.see("the refusal", "403 Forbidden", "CSRF")
-	tb.shot("05-csrf-refused")
+	tb.shot("06-csrf-refused")
 	if n := audits(); n != before {
 		t.Fatalf("a Sync refused for its CSRF token wrote %d audit rows", n-before)
 	}
@@ -240,15 +259,32 @@ func TestConsoleInBrowser(t *testing.T) {
 	if err != nil || !strings.Contains(first, "extend") || !strings.Contains(first, "operator") || !strings.Contains(first, "console:admin") {
 		t.Fatalf("the newest audit row: got %q (%v), want an extend by operator console:admin", first, err)
 	}
-	tb.shot("06-subscription-synced")
+	tb.shot("07-subscription-synced")
 
-	// 5. Failed events: the list, the payload, and a replay that the workers process.
+	// 5. The customer's purchase, from the customer's link: Stripe's view of the
+	// payment, the perpetual key, its audit trail (the catch-up's event or the first
+	// sweep, whichever came first, made the key) and its events. Sync now has nothing
+	// to do, and says so; it audits nothing.
+	tb.load("open the customer", chromedp.Click(chromedp.CSS(`a[href="/console/subscriptions?q=`+co.Customer+`"]`)))
+	tb.load("open the purchase", chromedp.Click(chromedp.CSS(`a[href="/console/purchases/`+buy.Session+`"]`)))
+	tb.see("the purchase", buy.Session, "paid", perpetual, "perpetual", "never (perpetual)", "F2", "create_key", `"perpetual":true`,
+		"checkout.session.completed", "Nothing: the key is as the policy wants")
+	tb.shot("08-purchase")
+	before = audits()
+	tb.load("sync the purchase now", chromedp.Click(chromedp.CSS(`form[action="/console/purchases/`+buy.Session+`/sync"] button`)))
+	tb.see("the synced purchase", "Synced now: nothing to do", perpetual)
+	if n := audits(); n != before {
+		t.Fatalf("a Sync of a purchase with nothing to do wrote %d audit rows", n-before)
+	}
+	tb.shot("09-purchase-synced")
+
+	// 6. Failed events: the list, the payload, and a replay that the workers process.
 	tb.load("open failed events", chromedp.Click(chromedp.CSS(`nav a[href="/console/events/failed"]`)))
 	tb.see("the failed events", failed, "access denied", "20")
-	tb.shot("07-failed-events")
+	tb.shot("10-failed-events")
 	tb.load("open the payload", chromedp.Click(chromedp.CSS(`a.button[href="/console/events/`+failed+`"]`)))
 	tb.see("the payload", `"type": "customer.subscription.created"`, co.Subscription)
-	tb.shot("08-event-payload")
+	tb.shot("11-event-payload")
 	tb.load("back to failed events", chromedp.Navigate(srv.admin+"/console/events/failed"))
 	tb.load("replay", chromedp.Click(chromedp.CSS(`form[action="/console/events/`+failed+`/replay"] button`)))
 	tb.see("the replay", "The event is queued again")
@@ -257,7 +293,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		return err == nil && ev.Status == "processed"
 	})
 
-	// 6. Audit search, and the CSV export the browser downloads.
+	// 7. Audit search, and the CSV export the browser downloads.
 	downloads := t.TempDir()
 	if _, err := chromedp.CallBrowser(tb.ctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
 		Behavior: browser.SetDownloadBehaviorBehaviorAllowAndName, DownloadPath: downloads, EventsEnabled: new(true)}); err != nil {
@@ -267,7 +303,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	tb.load("filter by subscription", chromedp.Steps(chromedp.SendKeys(chromedp.CSS(`.filters input[name="subscription"]`), co.Subscription),
 		chromedp.Submit(chromedp.CSS(`.filters input[name="subscription"]`))))
 	tb.see("the audit log", "create_key", "extend", "console:admin")
-	tb.shot("09-audit")
+	tb.shot("12-audit")
 	dctx, cancel := context.WithTimeout(tb.ctx, 15*time.Second)
 	progress := chromedp.BrowserEvents(dctx, browser.DownloadProgress) // subscribed before the click
 	tb.do("export CSV", chromedp.Click(chromedp.CSS(`a[href^="/console/audit.csv"]`)))
@@ -298,10 +334,10 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatalf("the downloaded CSV:\n%s\nwant (keysync audit --format csv):\n%s", gotCSV, wantCSV.String())
 	}
 
-	// 7. Jobs: the table without JavaScript, then River UI, which needs it.
+	// 8. Jobs: the table without JavaScript, then River UI, which needs it.
 	tb.load("open jobs", chromedp.Click(chromedp.CSS(`nav a[href="/console/queue"]`)))
 	tb.see("the jobs table", "stripe_event", "completed", "Open River UI")
-	tb.shot("10-jobs")
+	tb.shot("13-jobs")
 	tb.scripts(true)
 	// Its list of completed jobs comes from its API under /console/jobs/api/, through
 	// the console's login.
@@ -309,14 +345,15 @@ func TestConsoleInBrowser(t *testing.T) {
 	if _, err := chromedp.Run(tb.ctx, chromedp.Poll[bool](`document.body.innerText.includes("stripe_event")`, chromedp.WithPollingTimeout(10*time.Second))); err != nil {
 		t.Fatalf("River UI did not list the completed jobs: %v\n%s", err, tb.text())
 	}
-	tb.shot("11-river-ui")
+	tb.shot("14-river-ui")
 	tb.scripts(false)
 
-	// 8. Phone width: no page is wider than the screen.
+	// 9. Phone width: no page is wider than the screen.
 	tb.do("phone width", chromedp.EmulateViewport(375, 812, chromedp.EmulateMobile))
 	for _, p := range []struct{ name, path string }{
-		{"12-phone-overview", ""}, {"13-phone-subscription", "subscriptions/" + co.Subscription}, {"", "events/failed"},
-		{"", "events/" + failed}, {"15-phone-audit", "audit?subscription=" + co.Subscription}, {"", "queue"}, {"", "subscriptions?q=nobody"},
+		{"15-phone-overview", ""}, {"16-phone-subscription", "subscriptions/" + co.Subscription}, {"18-phone-purchase", "purchases/" + buy.Session},
+		{"", "subscriptions?q=" + co.Customer}, {"", "events/failed"}, {"", "events/" + failed}, {"19-phone-audit", "audit?subscription=" + co.Subscription},
+		{"", "queue"}, {"", "subscriptions?q=nobody"},
 	} {
 		tb.load("open "+p.path+" at phone width", chromedp.Navigate(base+p.path))
 		width, err := chromedp.Run(tb.ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth`))
@@ -329,17 +366,17 @@ func TestConsoleInBrowser(t *testing.T) {
 		if p.name != "" {
 			tb.shotScreen(p.name)
 		}
-		if p.name == "13-phone-subscription" {
+		if p.name == "16-phone-subscription" {
 			tb.do("scroll to the audit trail", chromedp.ScrollIntoView(chromedp.CSS("table.audit")))
-			tb.shotScreen("14-phone-subscription-audit")
+			tb.shotScreen("17-phone-subscription-audit")
 		}
 	}
 	tb.do("desktop width", chromedp.EmulateViewport(1280, 900))
 
-	// 9. Log out: the console is closed again.
+	// 10. Log out: the console is closed again.
 	tb.load("log out", chromedp.Click(chromedp.CSS(`form.who button`)))
 	tb.see("the login form after logout", "Logged out.", "Admin token")
-	tb.shot("16-logged-out")
+	tb.shot("20-logged-out")
 	tb.load("open a page after logout", chromedp.Navigate(base+"audit"))
 	tb.see("the login form again", "Admin token")
 	t.Logf("browser part took %s; screenshots in %s", time.Since(start).Round(time.Millisecond), screenshotDir)

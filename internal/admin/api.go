@@ -35,6 +35,8 @@ type Store interface {
 type Engine interface {
 	Preview(ctx context.Context, subscription string) (syncer.Preview, error)
 	Sync(ctx context.Context, subscription string, cause syncer.Cause) (syncer.Result, error)
+	PreviewPurchase(ctx context.Context, purchase string) (syncer.PurchasePreview, error)
+	SyncPurchase(ctx context.Context, purchase string, cause syncer.Cause) (syncer.Result, error)
 }
 
 // Jobs queues work for the workers.
@@ -68,6 +70,8 @@ func NewAPI(guard *Guard, store Store, engine Engine, jobs Jobs, log zerolog.Log
 	a := &API{guard: guard, store: store, engine: engine, jobs: jobs, log: log, mux: http.NewServeMux()}
 	a.handle("GET /api/v1/subscriptions/{id}", ReadOnly, a.subscription)
 	a.handle("POST /api/v1/subscriptions/{id}/sync", ReadWrite, a.sync)
+	a.handle("GET /api/v1/purchases/{id}", ReadOnly, a.purchase)
+	a.handle("POST /api/v1/purchases/{id}/sync", ReadWrite, a.syncPurchase)
 	a.handle("GET /api/v1/audit", ReadOnly, a.audit)
 	a.handle("GET /api/v1/events/failed", ReadOnly, a.failedEvents)
 	a.handle("POST /api/v1/events/{id}/replay", ReadWrite, a.replay)
@@ -211,6 +215,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 // Stripe, a log or the database.
 var (
 	subscriptionID = regexp.MustCompile(`^sub_[A-Za-z0-9_]{1,250}$`)
+	purchaseID     = regexp.MustCompile(`^(cs|in)_[A-Za-z0-9_]{1,250}$`)
 	customerID     = regexp.MustCompile(`^cus_[A-Za-z0-9_]{1,250}$`)
 	eventID        = regexp.MustCompile(`^evt_[A-Za-z0-9_]{1,250}$`)
 )
@@ -247,11 +252,45 @@ func (a *API) subscription(r *http.Request, _ Principal) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The row names one key; a bundle's others are its Bundle.
+	var recs []syncer.KeyRow
+	if p.Row.ProductID != nil && p.Row.LicenseKey != nil {
+		recs = append(recs, syncer.KeyRow{ProductID: *p.Row.ProductID, LicenseKey: p.Row.LicenseKey, BlockedByKeysync: p.Row.BlockedByKeysync})
+	}
+	recs = append(recs, p.Row.Bundle...)
 	return map[string]any{"subscription": id, "stripe": map[string]any{"status": p.Status, "paid_through": p.PaidThrough,
 		"entitled_through": p.EntitledThrough},
 		"keysync": map[string]any{"known": p.Found, "license_key": p.Row.LicenseKey, "blocked_by_keysync": p.Row.BlockedByKeysync,
 			"last_synced_at": p.Row.LastSyncedAt, "last_error": p.Row.LastError},
-		"cryptolens": p.Key, "desired": p.Desired, "actions": orEmpty(p.Actions)}, nil
+		"cryptolens": p.Key, "desired": p.Desired, "actions": orEmpty(p.Actions), "keys": keyStatuses(p.Keys, recs)}, nil
+}
+
+// keyStatuses are the keys a Sync would see, one per Cryptolens product: each as
+// keysync recorded it, as Cryptolens has it, as the policy wants it, and the actions
+// between them.
+func keyStatuses(keys []syncer.KeyPreview, recs []syncer.KeyRow) []map[string]any {
+	out := make([]map[string]any, 0, len(keys))
+	for _, k := range keys {
+		var name *string
+		blocked := false
+		for _, r := range recs {
+			if r.ProductID == k.Desired.ProductID {
+				name, blocked = r.LicenseKey, r.BlockedByKeysync
+			}
+		}
+		out = append(out, map[string]any{"product_id": k.Desired.ProductID, "license_key": name, "blocked_by_keysync": blocked,
+			"cryptolens": k.Key, "desired": k.Desired, "actions": orEmpty(k.Actions)})
+	}
+	return out
+}
+
+// productKeys names the keys a Sync left, one per Cryptolens product.
+func productKeys(keys []syncer.ProductKey) []map[string]any {
+	out := make([]map[string]any, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, map[string]any{"product_id": k.ProductID, "license_key": k.Key})
+	}
+	return out
 }
 
 // sync runs a Sync now, audited as the operator's, named by the token that asked.
@@ -264,7 +303,51 @@ func (a *API) sync(r *http.Request, who Principal) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"subscription": id, "license_key": res.Key, "unmapped": res.Unmapped, "actions": orEmpty(res.Actions)}, nil
+	return map[string]any{"subscription": id, "license_key": res.Key, "keys": productKeys(res.Keys), "unmapped": res.Unmapped,
+		"actions": orEmpty(res.Actions)}, nil
+}
+
+// purchase is a one-time purchase's status: Stripe's view of the payment, keysync's
+// row, and its keys as a Sync would see them now. An invoice that a Checkout Session
+// made is part of the session's purchase: it answers with the session (checkout_session)
+// and no keys.
+func (a *API) purchase(r *http.Request, _ Principal) (any, error) {
+	id, err := pathID(r, purchaseID, "a Stripe Checkout Session id (cs_...) or invoice id (in_...)")
+	if err != nil {
+		return nil, err
+	}
+	p, err := a.engine.PreviewPurchase(r.Context(), id)
+	if err != nil {
+		return nil, err
+	}
+	var session *string
+	if p.Session != "" {
+		session = &p.Session
+	}
+	stripe := map[string]any{"status": p.Status, "customer": p.CustomerID, "payment_checked": p.PaymentChecked,
+		"refunded": p.Refunded, "disputed": p.Disputed}
+	if !p.Created.IsZero() {
+		stripe["created"] = p.Created
+	}
+	return map[string]any{"purchase": id, "checkout_session": session, "stripe": stripe,
+		"keysync": map[string]any{"known": p.Found, "status": p.Row.Status, "refunded": p.Row.Refunded, "disputed": p.Row.Disputed,
+			"last_synced_at": p.Row.LastSyncedAt, "last_error": p.Row.LastError},
+		"keys": keyStatuses(p.Keys, p.Row.Keys)}, nil
+}
+
+// syncPurchase runs a purchase's Sync now, audited as the operator's, named by the
+// token that asked.
+func (a *API) syncPurchase(r *http.Request, who Principal) (any, error) {
+	id, err := pathID(r, purchaseID, "a Stripe Checkout Session id (cs_...) or invoice id (in_...)")
+	if err != nil {
+		return nil, err
+	}
+	res, err := a.engine.SyncPurchase(r.Context(), id, syncer.Cause{Kind: syncer.CauseOperator, ID: OperatorID(who)})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"purchase": id, "status": res.Status, "keys": productKeys(res.Keys), "unmapped": res.Unmapped,
+		"actions": orEmpty(res.Actions)}, nil
 }
 
 // OperatorID is the audit log's cause id for an action a token asked for: "api:" and
@@ -293,10 +376,13 @@ func auditFilter(q map[string][]string) (postgres.AuditFilter, error) {
 		}
 		return ""
 	}
-	f := postgres.AuditFilter{Subscription: get("subscription"), Customer: get("customer"), LicenseKey: get("key"),
+	f := postgres.AuditFilter{Subscription: get("subscription"), Purchase: get("purchase"), Customer: get("customer"), LicenseKey: get("key"),
 		Action: get("action"), Outcome: get("outcome"), Cause: get("cause")}
 	if f.Subscription != "" && !subscriptionID.MatchString(f.Subscription) {
 		return f, badRequest("subscription must be a Stripe subscription id (sub_...)")
+	}
+	if f.Purchase != "" && !purchaseID.MatchString(f.Purchase) {
+		return f, badRequest("purchase must be a Stripe Checkout Session id (cs_...) or invoice id (in_...)")
 	}
 	if f.Customer != "" && !customerID.MatchString(f.Customer) {
 		return f, badRequest("customer must be a Stripe customer id (cus_...)")

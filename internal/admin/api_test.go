@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,7 @@ import (
 	"github.com/keysync/keysync/internal/pgtest"
 	"github.com/keysync/keysync/internal/postgres"
 	"github.com/keysync/keysync/internal/syncer"
+	"github.com/keysync/keysync/internal/testbed/cryptolenssim"
 	"github.com/keysync/keysync/internal/testbed/simtest"
 	"github.com/keysync/keysync/internal/testbed/stripesim"
 )
@@ -145,7 +147,7 @@ func TestAdminAPIRoutes(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	code, body := b.call(t, "GET", "/api/v1/subscriptions/"+b.sub, token)
-	if code != 200 || body["stripe"].(map[string]any)["status"] != "active" || len(body["actions"].([]any)) != 1 {
+	if code != 200 || body["stripe"].(map[string]any)["status"] != "active" || len(body["actions"].([]any)) != 1 || len(body["keys"].([]any)) != 1 {
 		t.Fatalf("status: got %d %v", code, body)
 	}
 	if code, body = b.call(t, "POST", "/api/v1/subscriptions/"+b.sub+"/sync", token); code != 200 || len(b.world.Crypto.Keys(simtest.Product)) != 1 {
@@ -215,6 +217,10 @@ func TestAdminAPIValidatesParameters(t *testing.T) {
 		"unknown action":                {"GET", "/api/v1/audit?action=delete_key"},
 		"before_id 0":                   {"GET", "/api/v1/audit?before_id=0"},
 		"subscription filter":           {"GET", "/api/v1/audit?subscription=not_a_sub"},
+		"purchase filter":               {"GET", "/api/v1/audit?purchase=sub_1"},
+		"not a purchase id":             {"GET", "/api/v1/purchases/sub_1"},
+		"a purchase id without its id":  {"GET", "/api/v1/purchases/cs_"},
+		"sync of not a purchase id":     {"POST", "/api/v1/purchases/pi_1/sync"},
 		"customer filter":               {"GET", "/api/v1/audit?customer=sub_1"},
 		"key filter too long":           {"GET", "/api/v1/audit?key=" + strings.Repeat("K", 256)},
 		"since not a time":              {"GET", "/api/v1/audit?since=yesterday"},
@@ -223,8 +229,10 @@ func TestAdminAPIValidatesParameters(t *testing.T) {
 			t.Errorf("%s: got %d %v, want 400 with the reason", name, code, body)
 		}
 	}
-	if got := b.world.Stripe.Requests()["GET /v1/subscriptions/{id}"]; got != 0 {
-		t.Fatalf("refused requests reached Stripe %d times", got)
+	for _, route := range []string{"GET /v1/subscriptions/{id}", "GET /v1/checkout/sessions/{id}", "GET /v1/invoices/{id}"} {
+		if got := b.world.Stripe.Requests()[route]; got != 0 {
+			t.Fatalf("refused requests reached Stripe's %s %d times", route, got)
+		}
 	}
 	if len(b.jobs.replayed) != 0 {
 		t.Fatalf("a refused replay was queued: %v", b.jobs.replayed)
@@ -386,6 +394,7 @@ func TestOpenAPIStatesTheAPIsRules(t *testing.T) {
 	audit := doc.Paths.Value("/api/v1/audit").Get
 	for name, got := range map[string]string{
 		"subscription": doc.Components.Parameters["subscription"].Value.Schema.Value.Pattern,
+		"purchase":     doc.Components.Parameters["purchase"].Value.Schema.Value.Pattern,
 		"customer":     audit.Parameters.GetByInAndName("query", "customer").Schema.Value.Pattern,
 		"event":        doc.Paths.Value("/api/v1/events/{id}/replay").Post.Parameters.GetByInAndName("path", "id").Schema.Value.Pattern,
 	} {
@@ -393,7 +402,104 @@ func TestOpenAPIStatesTheAPIsRules(t *testing.T) {
 			t.Errorf("%s id: the document's pattern is %q, the API's %q", name, got, admin.IDPatterns[name])
 		}
 	}
-	if got := audit.Parameters.GetByInAndName("query", "subscription").Schema.Value.Pattern; got != admin.IDPatterns["subscription"] {
-		t.Errorf("audit's subscription filter: the document's pattern is %q, the API's %q", got, admin.IDPatterns["subscription"])
+	for _, name := range []string{"subscription", "purchase"} {
+		if got := audit.Parameters.GetByInAndName("query", name).Schema.Value.Pattern; got != admin.IDPatterns[name] {
+			t.Errorf("audit's %s filter: the document's pattern is %q, the API's %q", name, got, admin.IDPatterns[name])
+		}
+	}
+}
+
+// A one-time purchase's routes mirror a subscription's: its status (Stripe's view of
+// the payment, keysync's row, each key as a Sync sees it), a Sync now audited as the
+// token's, and the audit log filtered by it. The read-only token reads and cannot sync.
+func TestAdminAPIPurchases(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	prod := b.world.Stripe.CreateProduct("App, lifetime", map[string]string{"skm_product_id": strconv.Itoa(simtest.Product)})
+	price, err := b.world.Stripe.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 9900, OneTime: true,
+		Metadata: map[string]string{"skm": `{"F2":true,"MaxNoOfMachines":3}`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.world.Stripe.CheckoutPayment(stripesim.PaymentParams{Email: "p@example.com", Items: []stripesim.ItemParams{{Price: price}}, InvoiceCreation: true})
+	if err != nil || res.Invoice == "" {
+		t.Fatalf("got %+v, %v; want a paid purchase with its invoice", res, err)
+	}
+	path := "/api/v1/purchases/" + res.Session
+
+	code, body := b.call(t, "GET", path, readToken)
+	keys, _ := body["keys"].([]any)
+	if code != 200 || body["stripe"].(map[string]any)["status"] != "paid" || body["keysync"].(map[string]any)["known"] != false || len(keys) != 1 {
+		t.Fatalf("status: got %d %v, want paid, not known yet, one key", code, body)
+	}
+	if k := keys[0].(map[string]any); k["license_key"] != nil || k["desired"].(map[string]any)["Perpetual"] != true ||
+		len(k["actions"].([]any)) != 1 || k["actions"].([]any)[0].(map[string]any)["Kind"] != "create_key" {
+		t.Fatalf("the key before a Sync: got %v, want none yet, perpetual, to be created", k)
+	}
+	if code, _ := b.call(t, "POST", path+"/sync", readToken); code != http.StatusForbidden || len(b.world.Crypto.Keys(simtest.Product)) != 0 {
+		t.Fatalf("sync with the read token: got %d, %d keys; want 403 and none", code, len(b.world.Crypto.Keys(simtest.Product)))
+	}
+
+	code, body = b.call(t, "POST", path+"/sync", token)
+	made, _ := body["keys"].([]any)
+	if code != 200 || body["status"] != "paid" || len(made) != 1 || len(b.world.Crypto.Keys(simtest.Product)) != 1 {
+		t.Fatalf("sync: got %d %v, want the purchase's key made", code, body)
+	}
+	key := made[0].(map[string]any)["license_key"]
+	if code, body = b.call(t, "GET", path, token); code != 200 || body["keys"].([]any)[0].(map[string]any)["license_key"] != key ||
+		len(body["keys"].([]any)[0].(map[string]any)["actions"].([]any)) != 0 || body["keysync"].(map[string]any)["known"] != true {
+		t.Fatalf("status after the sync: got %d %v, want the key recorded and nothing to do", code, body)
+	}
+
+	// The subscription's audit row is not the purchase's.
+	if code, body := b.call(t, "POST", "/api/v1/subscriptions/"+b.sub+"/sync", token); code != 200 {
+		t.Fatalf("sync the subscription: got %d %v", code, body)
+	}
+	code, body = b.call(t, "GET", "/api/v1/audit?purchase="+res.Session, readToken)
+	rows, _ := body["rows"].([]any)
+	if code != 200 || len(rows) != 1 {
+		t.Fatalf("audit by purchase: got %d %v, want its one row", code, body)
+	}
+	if row := rows[0].(map[string]any); row["action"] != "create_key" || row["purchase_id"] != res.Session || row["cause_id"] != "api:admin" {
+		t.Fatalf("audit row: got %v, want the purchase's create_key by api:admin", row)
+	}
+
+	// The post-payment invoice is part of the session's purchase.
+	if code, body = b.call(t, "GET", "/api/v1/purchases/"+res.Invoice, token); code != 200 || body["checkout_session"] != res.Session {
+		t.Fatalf("the post-payment invoice: got %d %v, want it to name its session", code, body)
+	}
+	if code, body = b.call(t, "GET", "/api/v1/purchases/cs_missing", token); code != http.StatusUnprocessableEntity {
+		t.Fatalf("unknown purchase: got %d %v, want 422", code, body)
+	}
+}
+
+// A bundle's status has every key, one per Cryptolens product, and its Sync names them all.
+func TestAdminAPIBundleKeys(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const addonProduct = 2002
+	b.world.Crypto.AddProduct(addonProduct, cryptolenssim.ProductOptions{})
+	addon := b.world.Stripe.CreateProduct("Add-on", map[string]string{"skm_product_id": strconv.Itoa(addonProduct)})
+	addonPrice, _ := b.world.Stripe.CreatePrice(stripesim.PriceParams{Product: addon, UnitAmount: 500, Metadata: map[string]string{"skm": `{"F5":true}`}})
+	co, err := b.world.Stripe.Checkout(stripesim.CheckoutParams{Email: "g@example.com",
+		Items: []stripesim.ItemParams{{Price: b.world.Price("Pro", 1000, `{"F1":true}`)}, {Price: addonPrice}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := "/api/v1/subscriptions/" + co.Subscription
+	code, body := b.call(t, "POST", path+"/sync", token)
+	if made, _ := body["keys"].([]any); code != 200 || len(made) != 2 {
+		t.Fatalf("sync: got %d %v, want two keys", code, body)
+	}
+	code, body = b.call(t, "GET", path, token)
+	keys, _ := body["keys"].([]any)
+	if code != 200 || len(keys) != 2 {
+		t.Fatalf("status: got %d %v, want two keys", code, body)
+	}
+	for i, product := range []int{simtest.Product, addonProduct} {
+		k := keys[i].(map[string]any)
+		if k["product_id"] != float64(product) || k["license_key"] == nil || k["cryptolens"].(map[string]any)["Key"] != k["license_key"] {
+			t.Errorf("key %d: got %v, want product %d's key, recorded and in Cryptolens", i, k, product)
+		}
 	}
 }

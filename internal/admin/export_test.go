@@ -13,4 +13,5 @@ var AuditEnums = auditEnums
 
 // IDPatterns are the id shapes the API takes, for the test that compares them with the
 // document's patterns.
-var IDPatterns = map[string]string{"subscription": subscriptionID.String(), "customer": customerID.String(), "event": eventID.String()}
+var IDPatterns = map[string]string{"subscription": subscriptionID.String(), "purchase": purchaseID.String(), "customer": customerID.String(),
+	"event": eventID.String()}

@@ -76,24 +76,32 @@ func TestPreviewDiff(t *testing.T) {
 	jan, feb := time.Date(2026, 1, 6, 0, 0, 0, 0, time.UTC), time.Date(2026, 2, 6, 0, 0, 0, 0, time.UTC)
 	key := license.Key{Exists: true, Key: "AAAA-BBBB", Expires: jan, Features: [8]bool{true}, MaxMachines: 2}
 	for name, tc := range map[string]struct {
-		key     license.Key
-		actions []license.Action
-		want    []string
+		key       license.Key
+		actions   []license.Action
+		perpetual bool
+		want      []string
 	}{
-		"nothing to do": {key, nil, []string{"  key AAAA-BBBB", "  expires 2026-01-06 00:00:00 UTC", "  blocked false", "  features F1", "  machines 2"}},
+		"nothing to do": {key, nil, false, []string{"  key AAAA-BBBB", "  expires 2026-01-06 00:00:00 UTC", "  blocked false", "  features F1", "  machines 2"}},
 		"extend, F3 on, 4 machines, block": {key, []license.Action{{Kind: license.Extend, NewExpires: feb}, {Kind: license.AddFeature, Feature: 3},
-			{Kind: license.MachineLimit, Machines: 4}, {Kind: license.Block, Reason: "canceled"}},
+			{Kind: license.MachineLimit, Machines: 4}, {Kind: license.Block, Reason: "canceled"}}, false,
 			[]string{"  key AAAA-BBBB", "- expires 2026-01-06 00:00:00 UTC", "+ expires 2026-02-06 00:00:00 UTC", "- blocked false", "+ blocked true",
 				"- features F1", "+ features F1+F3", "- machines 2", "+ machines 4"}},
-		"a new key": {license.Key{}, []license.Action{{Kind: license.CreateKey, NewExpires: feb, Features: [8]bool{true, true}, Machines: 3}},
+		"a new key": {license.Key{}, []license.Action{{Kind: license.CreateKey, NewExpires: feb, Features: [8]bool{true, true}, Machines: 3}}, false,
 			[]string{"- key (none)", "+ key (new key)", "- expires –", "+ expires 2026-02-06 00:00:00 UTC", "- blocked –", "+ blocked false",
 				"- features –", "+ features F1+F2", "- machines –", "+ machines 3"}},
 		"unblock, F1 off": {license.Key{Exists: true, Key: "K", Expires: jan, Blocked: true, Features: [8]bool{true}, MaxMachines: 1},
-			[]license.Action{{Kind: license.Unblock}, {Kind: license.RemoveFeature, Feature: 1}},
+			[]license.Action{{Kind: license.Unblock}, {Kind: license.RemoveFeature, Feature: 1}}, false,
 			[]string{"  key K", "  expires 2026-01-06 00:00:00 UTC", "- blocked true", "+ blocked false", "- features F1", "+ features none", "  machines 1"}},
+		// A perpetual key has no expiry to show: its time-limited feature is off.
+		"a new perpetual key": {license.Key{}, []license.Action{{Kind: license.CreateKey, NewExpires: jan, Features: [8]bool{false, true}, Machines: 2}}, true,
+			[]string{"- key (none)", "+ key (new key)", "- expires –", "+ expires never (perpetual)", "- blocked –", "+ blocked false",
+				"- features –", "+ features F2", "- machines –", "+ machines 2"}},
+		"a perpetual key blocked": {license.Key{Exists: true, Key: "P", Expires: jan, Features: [8]bool{false, true}, MaxMachines: 2},
+			[]license.Action{{Kind: license.Block, Reason: "purchase refunded"}}, true,
+			[]string{"  key P", "  expires never (perpetual)", "- blocked false", "+ blocked true", "  features F2", "  machines 2"}},
 	} {
 		var got []string
-		for _, l := range previewDiff(tc.key, tc.actions) {
+		for _, l := range previewDiff(tc.key, tc.actions, tc.perpetual) {
 			got = append(got, l.Op+" "+l.Field+" "+l.Value)
 		}
 		if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {

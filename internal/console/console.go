@@ -36,8 +36,11 @@ type Store interface {
 	GetEvent(ctx context.Context, id string) (postgres.StoredEvent, error)
 	EventPayload(ctx context.Context, id string) (typ, source string, payload []byte, err error)
 	EventsTouching(ctx context.Context, subscription string, limit int) ([]postgres.EventRow, error)
+	EventsTouchingPurchase(ctx context.Context, purchase string, limit int) ([]postgres.EventRow, error)
 	SubscriptionsByCustomer(ctx context.Context, customers []string) ([]postgres.SubscriptionHit, error)
 	SubscriptionsByKey(ctx context.Context, key string) ([]postgres.SubscriptionHit, error)
+	PurchasesByCustomer(ctx context.Context, customers []string) ([]postgres.PurchaseHit, error)
+	PurchasesByKey(ctx context.Context, key string) ([]postgres.PurchaseHit, error)
 }
 
 // Engine is the sync engine as the console drives it.
@@ -45,9 +48,16 @@ type Engine interface {
 	// Preview is what a Sync would do now, read fresh from Stripe and Cryptolens.
 	Preview(ctx context.Context, subscription string) (syncer.Preview, error)
 	Sync(ctx context.Context, subscription string, cause syncer.Cause) (syncer.Result, error)
-	// SubscriptionFor is the subscription an event is about ("" for none), as the
-	// event's worker finds it.
-	SubscriptionFor(ctx context.Context, typ string, payload []byte) (string, error)
+	// PreviewPurchase and SyncPurchase are Preview and Sync of a one-time purchase (a
+	// Checkout Session cs_... or an invoice in_...).
+	PreviewPurchase(ctx context.Context, purchase string) (syncer.PurchasePreview, error)
+	SyncPurchase(ctx context.Context, purchase string, cause syncer.Cause) (syncer.Result, error)
+	// TargetFor is the subscription or purchase an event is about (neither for none),
+	// as the event's worker finds it.
+	TargetFor(ctx context.Context, typ string, payload []byte) (syncer.Target, error)
+	// TargetOf is the subscription or purchase a Stripe object (a Checkout Session, an
+	// invoice, a charge, a dispute) is about, read from Stripe.
+	TargetOf(ctx context.Context, kind, id string) (syncer.Target, error)
 }
 
 // Jobs queues work for the workers.
@@ -127,8 +137,8 @@ func New(o Options) (*Console, error) {
 	}
 	c := &Console{o: o, sessions: &sessions{key: o.SessionKey, ttl: o.SessionTTL, now: o.Now, loggedOut: map[string]int64{}},
 		pages: map[string]*template.Template{}, mux: http.NewServeMux()}
-	for _, page := range []string{"login", "overview", "search", "subscription", "failed", "event", "audit", "queue", "error"} {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/"+page+".html")
+	for _, page := range []string{"login", "overview", "search", "subscription", "purchase", "failed", "event", "audit", "queue", "error"} {
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/parts.html", "templates/"+page+".html")
 		if err != nil {
 			return nil, err
 		}
@@ -144,6 +154,7 @@ func New(o Options) (*Console, error) {
 	c.mux.Handle("GET /console/{$}", c.page(c.overview))
 	c.mux.Handle("GET /console/subscriptions", c.page(c.search))
 	c.mux.Handle("GET /console/subscriptions/{id}", c.page(c.subscription))
+	c.mux.Handle("GET /console/purchases/{id}", c.page(c.purchase))
 	c.mux.Handle("GET /console/events/failed", c.page(c.failed))
 	c.mux.Handle("GET /console/events/{id}", c.page(c.event))
 	c.mux.Handle("GET /console/audit", c.page(c.audit))
@@ -152,6 +163,7 @@ func New(o Options) (*Console, error) {
 
 	// Changes: a session that may write, and the session's CSRF token.
 	c.mux.Handle("POST /console/subscriptions/{id}/sync", c.action(c.syncNow, true))
+	c.mux.Handle("POST /console/purchases/{id}/sync", c.action(c.syncPurchaseNow, true))
 	c.mux.Handle("POST /console/events/{id}/replay", c.action(c.replay, true))
 	c.mux.Handle("POST /console/events/failed/replay", c.action(c.replayFailed, true))
 

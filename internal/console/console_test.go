@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,16 +43,17 @@ const (
 // env is a console on real Postgres and the simulators, with one subscription that
 // keysync synced from its events.
 type env struct {
-	srv    *httptest.Server
-	pool   *pgxpool.Pool
-	store  *postgres.Store
-	world  *simtest.World
-	engine *syncer.Syncer
-	sub    string
-	cust   string
-	key    string
-	events []string // the subscription's stored events, oldest first
-	clock  *atomic.Int64
+	srv      *httptest.Server
+	pool     *pgxpool.Pool
+	store    *postgres.Store
+	world    *simtest.World
+	engine   *syncer.Syncer
+	sub      string
+	cust     string
+	key      string
+	checkout stripesim.CheckoutResult // the subscription's
+	events   []string                 // the subscription's stored events, oldest first
+	clock    *atomic.Int64
 	// jobsUI records the requests that reached the stand-in for River UI.
 	jobsUI *recorder
 }
@@ -122,7 +124,7 @@ func setup(t *testing.T, tls bool) *env {
 	e.clock.Store(time.Now().Unix())
 	sc, cc := e.world.Clients(t)
 	e.engine = syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: e.store, Mapping: license.NewMapping(0), Log: zerolog.Nop()},
-		syncer.Options{Policy: license.Options{BufferDays: 5, TimeLimitedFeature: 1}, Now: e.world.Stripe.Now})
+		syncer.Options{Policy: license.Options{BufferDays: 5, TimeLimitedFeature: 1, BlockOnRefund: true, BlockOnDispute: true}, Now: e.world.Stripe.Now})
 
 	// A customer checks out; keysync stores the events and syncs the subscription.
 	price := e.world.Price("Pro", 1000, `{"F1":true,"MaxNoOfMachines":2}`)
@@ -130,7 +132,7 @@ func setup(t *testing.T, tls bool) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.sub, e.cust = co.Subscription, co.Customer
+	e.sub, e.cust, e.checkout = co.Subscription, co.Customer, co
 	e.storeEvents(t)
 	if _, err := e.engine.Sync(ctx, e.sub, syncer.Cause{Kind: syncer.CauseWebhook, ID: e.events[len(e.events)-1]}); err != nil {
 		t.Fatal(err)
@@ -168,27 +170,68 @@ func setup(t *testing.T, tls bool) *env {
 // ingest does (the event and its job in one statement).
 func (e *env) storeEvents(t *testing.T) {
 	t.Helper()
+	e.events = append(e.events, e.storeMatching(t, e.events, e.sub)...)
+}
+
+// storeMatching stores the simulator's events whose payload names any of ids and that
+// are not among stored, and returns theirs, oldest first.
+func (e *env) storeMatching(t *testing.T, stored []string, ids ...string) []string {
+	t.Helper()
 	var evs []events.Event
+	var out []string
 	for _, ev := range e.world.Stripe.Events() {
-		if !strings.Contains(string(ev.Payload), e.sub) || containsID(e.events, ev.ID) {
+		if !slices.ContainsFunc(ids, func(id string) bool { return id != "" && strings.Contains(string(ev.Payload), id) }) || slices.Contains(stored, ev.ID) {
 			continue
 		}
 		evs = append(evs, events.Event{ID: ev.ID, Type: ev.Type, Created: time.Unix(ev.Created, 0), APIVersion: ev.APIVersion,
 			Payload: ev.Payload, Source: events.SourceWebhook})
-		e.events = append(e.events, ev.ID)
+		out = append(out, ev.ID)
 	}
 	if _, err := jobs.NewTables(e.pool).IngestEvents(context.Background(), evs); err != nil {
 		t.Fatal(err)
 	}
+	return out
 }
 
-func containsID(ids []string, id string) bool {
-	for _, x := range ids {
-		if x == id {
-			return true
-		}
+// purchase is a one-time purchase the env's customer made through Checkout in payment
+// mode, synced by keysync from its checkout.session.completed.
+type purchase struct {
+	stripesim.PaymentResult
+	key    string
+	events []string // its stored events, oldest first
+}
+
+// buy sells the env's customer a perpetual license: a one-time price mapped by skm
+// metadata (F2, three machines), paid at once, with a post-payment invoice.
+func (e *env) buy(t *testing.T) *purchase {
+	t.Helper()
+	prod := e.world.Stripe.CreateProduct("Pro, lifetime", map[string]string{"skm_product_id": strconv.Itoa(simtest.Product)})
+	price, err := e.world.Stripe.CreatePrice(stripesim.PriceParams{Product: prod, UnitAmount: 24900, OneTime: true,
+		Metadata: map[string]string{"skm": `{"F2":true,"MaxNoOfMachines":3}`}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	return false
+	res, err := e.world.Stripe.CheckoutPayment(stripesim.PaymentParams{Customer: e.cust, Items: []stripesim.ItemParams{{Price: price}}, InvoiceCreation: true})
+	if err != nil || !res.Completed || res.Invoice == "" {
+		t.Fatalf("got %+v, %v; want a completed payment with its invoice", res, err)
+	}
+	p := &purchase{PaymentResult: res}
+	p.storeEvents(t, e)
+	if _, err := e.engine.SyncPurchase(context.Background(), res.Session, syncer.Cause{Kind: syncer.CauseWebhook, ID: p.events[len(p.events)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := e.store.PurchaseKeys(context.Background(), res.Session)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("got keys %+v, %v; want the purchase's key", keys, err)
+	}
+	p.key = *keys[0].LicenseKey
+	return p
+}
+
+// storeEvents stores the purchase's events not yet stored.
+func (p *purchase) storeEvents(t *testing.T, e *env) {
+	t.Helper()
+	p.events = append(p.events, e.storeMatching(t, p.events, p.Session, p.PaymentIntent, p.Charge, p.Invoice)...)
 }
 
 // browser is a client with a cookie jar that does not follow redirects.

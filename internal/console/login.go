@@ -98,6 +98,9 @@ func notice(q url.Values) string {
 	n, _ := strconv.Atoi(q.Get("n"))
 	switch q.Get("notice") {
 	case "synced":
+		if n == 0 {
+			return "Synced now: nothing to do, every key was already as the policy wants."
+		}
 		return fmt.Sprintf("Synced now: %d action(s); the audit trail below shows them.", n)
 	case "replayed":
 		return "The event is queued again; the workers process it within seconds."

@@ -2,8 +2,10 @@ package console
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
@@ -67,13 +69,15 @@ func (c *Console) overview(r *http.Request) (string, any, error) {
 }
 
 type searchPage struct {
-	Query   string
-	Hits    []postgres.SubscriptionHit
-	Message string
+	Query     string
+	Hits      []postgres.SubscriptionHit
+	Purchases []postgres.PurchaseHit
+	Message   string
 }
 
-// search finds subscriptions by subscription, customer, e-mail, license key or event
-// id; one hit goes straight to its page.
+// search finds subscriptions and one-time purchases by their id, customer, e-mail,
+// license key or event id; one hit goes straight to its page, and a customer's
+// purchases are listed beside their subscriptions.
 func (c *Console) search(r *http.Request) (string, any, error) {
 	ctx := r.Context()
 	q := strings.TrimSpace(r.URL.Query().Get("q"))
@@ -81,14 +85,16 @@ func (c *Console) search(r *http.Request) (string, any, error) {
 	var err error
 	switch {
 	case q == "":
-		p.Message = "Search by subscription (sub_…), customer (cus_…), e-mail, license key or event id (evt_…)."
+		p.Message = "Search by subscription (sub_…), purchase (cs_…, in_…), charge (ch_…), customer (cus_…), e-mail, license key or event id (evt_…)."
 		return "search", p, nil
 	case strings.HasPrefix(q, "sub_"):
 		return "", nil, redirectTo("/console/subscriptions/" + url.PathEscape(q))
+	case stripeKind(q) != "":
+		return c.searchObject(r, q)
 	case strings.HasPrefix(q, "evt_"):
 		return c.searchEvent(r, q)
 	case strings.HasPrefix(q, "cus_"):
-		p.Hits, err = c.o.Store.SubscriptionsByCustomer(ctx, []string{q})
+		err = c.findByCustomers(ctx, &p, []string{q})
 	case strings.Contains(q, "@"):
 		if c.o.Customers == nil {
 			p.Message = "Search by e-mail needs Stripe, which this console is not given."
@@ -100,25 +106,70 @@ func (c *Console) search(r *http.Request) (string, any, error) {
 			for i, cu := range found {
 				ids[i] = cu.ID
 			}
-			p.Hits, err = c.o.Store.SubscriptionsByCustomer(ctx, ids)
+			err = c.findByCustomers(ctx, &p, ids)
 		}
 	default:
-		p.Hits, err = c.o.Store.SubscriptionsByKey(ctx, q)
+		if p.Hits, err = c.o.Store.SubscriptionsByKey(ctx, q); err == nil {
+			p.Purchases, err = c.o.Store.PurchasesByKey(ctx, q)
+		}
 	}
 	if err != nil {
 		return "", nil, err
 	}
-	switch len(p.Hits) {
-	case 0:
+	switch {
+	case len(p.Hits)+len(p.Purchases) == 0:
 		p.Message = "Nothing found. Stripe e-mail search is exact and case-sensitive; keys and ids must be whole."
-	case 1:
+	case len(p.Hits) == 1 && len(p.Purchases) == 0:
 		return "", nil, redirectTo("/console/subscriptions/" + url.PathEscape(p.Hits[0].ID))
+	case len(p.Hits) == 0 && len(p.Purchases) == 1:
+		return "", nil, redirectTo("/console/purchases/" + url.PathEscape(p.Purchases[0].ID))
 	}
 	return "search", p, nil
 }
 
-// searchEvent goes to the subscription a stored event is about, found as its worker
-// finds it.
+// findByCustomers fills p with the customers' subscriptions and purchases.
+func (c *Console) findByCustomers(ctx context.Context, p *searchPage, customers []string) error {
+	var err error
+	if p.Hits, err = c.o.Store.SubscriptionsByCustomer(ctx, customers); err != nil {
+		return err
+	}
+	p.Purchases, err = c.o.Store.PurchasesByCustomer(ctx, customers)
+	return err
+}
+
+// stripeKind is the kind of the Stripe object id names by its prefix, among those a
+// search follows to their subscription or purchase ("" for none of them).
+func stripeKind(id string) string {
+	for prefix, kind := range map[string]string{"cs_": "checkout.session", "in_": "invoice", "ch_": "charge", "py_": "charge",
+		"dp_": "dispute", "du_": "dispute"} {
+		if strings.HasPrefix(id, prefix) {
+			return kind
+		}
+	}
+	return ""
+}
+
+// searchObject goes to the subscription or purchase a Checkout Session, invoice,
+// charge or dispute is about, read from Stripe: a subscription's session or invoice
+// leads to the subscription. A purchase id that Stripe does not answer for still leads
+// to its page, which shows keysync's own record and Stripe's error.
+func (c *Console) searchObject(r *http.Request, id string) (string, any, error) {
+	target, err := c.o.Engine.TargetOf(r.Context(), stripeKind(id), id)
+	switch {
+	case err != nil && syncer.IsPurchase(id):
+		return "", nil, redirectTo("/console/purchases/" + url.PathEscape(id))
+	case err != nil:
+		return "", nil, err
+	case target.Subscription != "":
+		return "", nil, redirectTo("/console/subscriptions/" + url.PathEscape(target.Subscription))
+	case target.Purchase != "":
+		return "", nil, redirectTo("/console/purchases/" + url.PathEscape(target.Purchase))
+	}
+	return "search", searchPage{Query: id, Message: id + " is about no subscription and no purchase that keysync licenses."}, nil
+}
+
+// searchEvent goes to the subscription or purchase a stored event is about, found as
+// its worker finds it.
 func (c *Console) searchEvent(r *http.Request, id string) (string, any, error) {
 	p := searchPage{Query: id}
 	typ, _, payload, err := c.o.Store.EventPayload(r.Context(), id)
@@ -129,15 +180,18 @@ func (c *Console) searchEvent(r *http.Request, id string) (string, any, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	sub, err := c.o.Engine.SubscriptionFor(r.Context(), typ, payload)
+	target, err := c.o.Engine.TargetFor(r.Context(), typ, payload)
 	if err != nil {
 		return "", nil, err
 	}
-	if sub == "" {
-		p.Message = id + " (" + typ + ") is about no subscription."
-		return "search", p, nil
+	switch {
+	case target.Subscription != "":
+		return "", nil, redirectTo("/console/subscriptions/" + url.PathEscape(target.Subscription) + "?event=" + url.QueryEscape(id))
+	case target.Purchase != "":
+		return "", nil, redirectTo("/console/purchases/" + url.PathEscape(target.Purchase) + "?event=" + url.QueryEscape(id))
 	}
-	return "", nil, redirectTo("/console/subscriptions/" + url.PathEscape(sub) + "?event=" + url.QueryEscape(id))
+	p.Message = id + " (" + typ + ") is about no subscription and no purchase."
+	return "search", p, nil
 }
 
 // redirect is a page's answer that sends the browser elsewhere.
@@ -147,18 +201,30 @@ func (r redirect) Error() string { return "redirect to " + string(r) }
 
 func redirectTo(path string) error { return redirect(path) }
 
+// trail is the part of a subscription's or purchase's page that is keysync's own: its
+// audit rows and the events that touched it, each with its replay button.
+type trail struct {
+	// Back is the page the replay buttons return to; AllAudit the audit log's page
+	// of every row.
+	Back, AllAudit string
+	Audit          []postgres.AuditRecord
+	Event          string // the event searched for, highlighted
+	Events         []postgres.EventRow
+	// EventsNote says which events are shown.
+	EventsNote string
+}
+
 type subscriptionPage struct {
 	ID      string
-	Event   string // the event searched for, highlighted
 	Preview syncer.Preview
 	// PreviewError says why Stripe or Cryptolens could not be read: the rest of the
 	// page is keysync's own and still shown.
 	PreviewError string
-	Diff         []diffLine
-	Actions      []string
-	Audit        []postgres.AuditRecord
-	Events       []postgres.EventRow
-	TouchDays    int
+	// Keys are the keys the policy wants, one per Cryptolens product (a bundle has
+	// several); Records are the keys keysync recorded.
+	Keys    []keyCard
+	Records []syncer.KeyRow
+	Trail   trail
 }
 
 func (c *Console) subscription(r *http.Request) (string, any, error) {
@@ -167,20 +233,26 @@ func (c *Console) subscription(r *http.Request) (string, any, error) {
 	if !strings.HasPrefix(id, "sub_") || len(id) > 255 {
 		return "", nil, badRequest("A subscription id starts with sub_.")
 	}
-	p := subscriptionPage{ID: id, Event: r.URL.Query().Get("event"), TouchDays: int(postgres.TouchWindow.Hours() / 24)}
+	p := subscriptionPage{ID: id}
 	var err error
 	if p.Preview, err = c.o.Engine.Preview(ctx, id); err != nil {
 		_, p.PreviewError = c.explain(r, err)
 	} else {
-		p.Diff = previewDiff(p.Preview.Key, p.Preview.Actions)
-		for _, a := range p.Preview.Actions {
-			p.Actions = append(p.Actions, describe(a))
-		}
+		p.Keys = keyCards(p.Preview.Keys)
 	}
-	if p.Audit, err = c.o.Store.QueryAudit(ctx, postgres.AuditFilter{Subscription: id, Limit: 50}); err != nil {
+	if row := p.Preview.Row; row.ProductID != nil && row.LicenseKey != nil {
+		p.Records = append(p.Records, syncer.KeyRow{ProductID: *row.ProductID, LicenseKey: row.LicenseKey, KeyID: row.KeyID,
+			BlockedByKeysync: row.BlockedByKeysync, ExpiryBlockSeen: row.ExpiryBlockSeen})
+	}
+	p.Records = append(p.Records, p.Preview.Row.Bundle...)
+	p.Trail = trail{Back: "/console/subscriptions/" + id, AllAudit: "/console/audit?subscription=" + url.QueryEscape(id),
+		Event: r.URL.Query().Get("event"),
+		EventsNote: fmt.Sprintf("Events of the last %d days whose object is this subscription or names it, and every event that caused an audited action on it.",
+			int(postgres.TouchWindow.Hours()/24))}
+	if p.Trail.Audit, err = c.o.Store.QueryAudit(ctx, postgres.AuditFilter{Subscription: id, Limit: 50}); err != nil {
 		return "", nil, err
 	}
-	if p.Events, err = c.o.Store.EventsTouching(ctx, id, 50); err != nil {
+	if p.Trail.Events, err = c.o.Store.EventsTouching(ctx, id, 50); err != nil {
 		return "", nil, err
 	}
 	return "subscription", p, nil
@@ -199,6 +271,21 @@ func (c *Console) syncNow(w http.ResponseWriter, r *http.Request) (string, error
 	}
 	c.o.Log.Info().Str("operator", who).Str("subscription_id", id).Int("actions", len(res.Actions)).Msg("console: sync now")
 	return withNotice("/console/subscriptions/"+url.PathEscape(id), "synced", len(res.Actions)), nil
+}
+
+// syncPurchaseNow runs a purchase's Sync at once, audited with the operator's name.
+func (c *Console) syncPurchaseNow(w http.ResponseWriter, r *http.Request) (string, error) {
+	id := r.PathValue("id")
+	if !syncer.IsPurchase(id) || len(id) > 255 {
+		return "", badRequest(notAPurchase)
+	}
+	who := sessionOf(r).Name
+	res, err := c.o.Engine.SyncPurchase(r.Context(), id, syncer.Cause{Kind: syncer.CauseOperator, ID: "console:" + who})
+	if err != nil {
+		return "", err
+	}
+	c.o.Log.Info().Str("operator", who).Str("purchase_id", id).Int("actions", len(res.Actions)).Msg("console: sync now")
+	return withNotice("/console/purchases/"+url.PathEscape(id), "synced", len(res.Actions)), nil
 }
 
 type failedPage struct {
@@ -262,9 +349,9 @@ func (c *Console) replayFailed(w http.ResponseWriter, r *http.Request) (string, 
 
 // The audit log's vocabularies, for the filters' choices.
 var (
-	auditActions  = []string{"create_key", "extend", "block", "unblock", "add_feature", "remove_feature", "machine_limit", "adopt_key", "skip_unmapped", "error"}
+	auditActions  = []string{"create_key", "extend", "block", "unblock", "add_feature", "remove_feature", "machine_limit", "adopt_key", "skip_unmapped", "error", "email_key"}
 	auditOutcomes = []string{"applied", "dry_run", "failed"}
-	auditCauses   = []string{"webhook", "sweep", "catch_up", "operator"}
+	auditCauses   = []string{"webhook", "sweep", "catch_up", "operator", "customer"}
 )
 
 type auditPage struct {
@@ -279,8 +366,9 @@ type auditPage struct {
 // auditFilter reads the audit filters from a query as `keysync audit` reads its flags:
 // the same names, the same --since syntax. It returns a badRequest naming a bad value.
 func auditFilter(q url.Values, now time.Time, maxLimit int) (postgres.AuditFilter, error) {
-	f := postgres.AuditFilter{Subscription: strings.TrimSpace(q.Get("subscription")), Customer: strings.TrimSpace(q.Get("customer")),
-		LicenseKey: strings.TrimSpace(q.Get("key")), Action: q.Get("action"), Outcome: q.Get("outcome"), Cause: q.Get("cause"), Limit: 50}
+	f := postgres.AuditFilter{Subscription: strings.TrimSpace(q.Get("subscription")), Purchase: strings.TrimSpace(q.Get("purchase")),
+		Customer: strings.TrimSpace(q.Get("customer")), LicenseKey: strings.TrimSpace(q.Get("key")), Action: q.Get("action"),
+		Outcome: q.Get("outcome"), Cause: q.Get("cause"), Limit: 50}
 	for _, c := range []struct {
 		name, v string
 		allowed []string

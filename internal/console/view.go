@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keysync/keysync/internal/license"
+	"github.com/keysync/keysync/internal/syncer"
 )
 
 // funcs are the templates' helpers.
@@ -25,7 +26,8 @@ var funcs = template.FuncMap{
 		}
 		return "–"
 	},
-	"age": age,
+	"age":       age,
+	"hasPrefix": strings.HasPrefix,
 	"str": func(p *string) string {
 		if p == nil {
 			return ""
@@ -117,17 +119,45 @@ type diffLine struct {
 	Op, Field, Value string
 }
 
+// keyCard is one key of a subscription or purchase as its page shows it: the policy's
+// wish for one Cryptolens product, the key as Cryptolens has it, and what a Sync would
+// do to it, in words and as a diff.
+type keyCard struct {
+	Desired license.Desired
+	Key     license.Key
+	Actions []string
+	Diff    []diffLine
+}
+
+// keyCards are the cards of a preview's keys, one per Cryptolens product.
+func keyCards(keys []syncer.KeyPreview) []keyCard {
+	out := make([]keyCard, len(keys))
+	for i, k := range keys {
+		out[i] = keyCard{Desired: k.Desired, Key: k.Key, Diff: previewDiff(k.Key, k.Actions, k.Desired.Perpetual)}
+		for _, a := range k.Actions {
+			out[i].Actions = append(out[i].Actions, describe(a, k.Desired.Perpetual))
+		}
+	}
+	return out
+}
+
 // keyView is the key's state as the diff compares it, field by field.
 type keyView struct {
 	key, expires, blocked, features, machines string
 }
 
-func viewOf(k license.Key) keyView {
+// viewOf is a key as the diff shows it. A perpetual key's expiry is not shown: with
+// its time-limited feature off, Cryptolens never lets it expire.
+func viewOf(k license.Key, perpetual bool) keyView {
 	if !k.Exists {
 		return keyView{key: "(none)", expires: "–", blocked: "–", features: "–", machines: "–"}
 	}
-	return keyView{key: k.Key, expires: when(k.Expires), blocked: fmt.Sprint(k.Blocked), features: features(k.Features),
+	v := keyView{key: k.Key, expires: when(k.Expires), blocked: fmt.Sprint(k.Blocked), features: features(k.Features),
 		machines: strconv.Itoa(k.MaxMachines)}
+	if perpetual {
+		v.expires = "never (perpetual)"
+	}
+	return v
 }
 
 // afterActions is the key as it will be once the actions are applied: the preview
@@ -158,8 +188,8 @@ func afterActions(k license.Key, actions []license.Action) license.Key {
 }
 
 // previewDiff compares the key now with the key after the actions, field by field.
-func previewDiff(now license.Key, actions []license.Action) []diffLine {
-	before, after := viewOf(now), viewOf(afterActions(now, actions))
+func previewDiff(now license.Key, actions []license.Action, perpetual bool) []diffLine {
+	before, after := viewOf(now, perpetual), viewOf(afterActions(now, actions), perpetual)
 	var out []diffLine
 	for _, f := range []struct{ name, before, after string }{
 		{"key", before.key, after.key}, {"expires", before.expires, after.expires}, {"blocked", before.blocked, after.blocked},
@@ -174,10 +204,14 @@ func previewDiff(now license.Key, actions []license.Action) []diffLine {
 	return out
 }
 
-// describe puts an action a Sync would take in words.
-func describe(a license.Action) string {
+// describe puts an action a Sync would take on a key in words; perpetual says the key is
+// a one-time purchase's.
+func describe(a license.Action, perpetual bool) string {
 	switch a.Kind {
 	case license.CreateKey:
+		if perpetual {
+			return fmt.Sprintf("create a perpetual key: features %s, %d machines", features(a.Features), a.Machines)
+		}
 		return fmt.Sprintf("create a key: %d days (to %s), features %s, %d machines", a.Days, when(a.NewExpires), features(a.Features), a.Machines)
 	case license.Extend:
 		return fmt.Sprintf("extend by %d days: %s → %s", a.Days, when(a.OldExpires), when(a.NewExpires))

@@ -81,21 +81,23 @@ func (s *Store) RecentRuns(ctx context.Context, perKind int) ([]RunRow, error) {
 	return out, nil
 }
 
-// SubscriptionHit is a subscription a console search found. Status, CustomerID and
-// LicenseKey are keysync's mapping row's; a subscription only the audit log names has
-// none (Known false).
+// SubscriptionHit is a subscription a console search found. Status, CustomerID,
+// LicenseKey and BundleKeys are keysync's mapping row's; a subscription only the audit
+// log names has none (Known false).
 type SubscriptionHit struct {
-	ID           string     `db:"id"`
-	Known        bool       `db:"known"`
-	CustomerID   string     `db:"customer_id"`
-	Status       string     `db:"status"`
-	LicenseKey   *string    `db:"license_key"`
+	ID         string  `db:"id"`
+	Known      bool    `db:"known"`
+	CustomerID string  `db:"customer_id"`
+	Status     string  `db:"status"`
+	LicenseKey *string `db:"license_key"`
+	// BundleKeys are a bundle's other keys, one per further Cryptolens product.
+	BundleKeys   []string   `db:"bundle_keys"`
 	LastSyncedAt *time.Time `db:"last_synced_at"`
 }
 
-// Searches over the mapping rows and the audit log, which both have an index on the
-// column searched: a key or customer keysync once served is found even after its
-// subscription's row moved on to another key.
+// Searches over the mapping rows and the audit log: a key or customer keysync once
+// served is found even after its subscription's row moved on to another key. A
+// bundle's further keys are searched in subscription_keys.
 const (
 	subscriptionsByCustomer = `
 WITH ids AS (
@@ -105,11 +107,13 @@ WITH ids AS (
 	subscriptionsByKey = `
 WITH ids AS (
     SELECT id FROM subscriptions WHERE license_key = ANY($1)
+    UNION SELECT subscription_id FROM subscription_keys WHERE license_key = ANY($1)
     UNION SELECT subscription_id FROM audit_log WHERE license_key = ANY($1) AND subscription_id IS NOT NULL
 )` + hitColumns
 	hitColumns = `
 SELECT ids.id, s.id IS NOT NULL AS known, coalesce(s.customer_id, '') AS customer_id, coalesce(s.status, '') AS status,
-    s.license_key, s.last_synced_at
+    s.license_key, s.last_synced_at,
+    array(SELECT k.license_key FROM subscription_keys k WHERE k.subscription_id = ids.id ORDER BY k.created_at, k.product_id) AS bundle_keys
 FROM ids LEFT JOIN subscriptions s ON s.id = ids.id
 ORDER BY s.last_synced_at DESC NULLS LAST, ids.id LIMIT 100`
 )
@@ -133,6 +137,63 @@ func (s *Store) hits(ctx context.Context, q string, values []string) ([]Subscrip
 	out, err := pgx.CollectRows(rows, pgx.RowToStructByName[SubscriptionHit])
 	if err != nil {
 		return nil, fmt.Errorf("find subscriptions: %w", translate(err))
+	}
+	return out, nil
+}
+
+// PurchaseHit is a one-time purchase a console search found. CustomerID, Status,
+// Created, LicenseKeys and LastSyncedAt are keysync's row's; a purchase only the audit
+// log names has none (Known false).
+type PurchaseHit struct {
+	ID           string     `db:"id"`
+	Known        bool       `db:"known"`
+	CustomerID   string     `db:"customer_id"`
+	Status       string     `db:"status"`
+	Created      *time.Time `db:"created"`
+	LicenseKeys  []string   `db:"license_keys"`
+	LastSyncedAt *time.Time `db:"last_synced_at"`
+}
+
+// Searches for purchases, as for subscriptions: their rows, their keys, and the audit
+// log's rows about them.
+const (
+	purchasesByCustomer = `
+WITH ids AS (
+    SELECT id FROM purchases WHERE customer_id = ANY($1)
+    UNION SELECT purchase_id FROM audit_log WHERE customer_id = ANY($1) AND purchase_id IS NOT NULL
+)` + purchaseHitColumns
+	purchasesByKey = `
+WITH ids AS (
+    SELECT purchase_id AS id FROM purchase_keys WHERE license_key = ANY($1)
+    UNION SELECT purchase_id FROM audit_log WHERE license_key = ANY($1) AND purchase_id IS NOT NULL
+)` + purchaseHitColumns
+	purchaseHitColumns = `
+SELECT ids.id, p.id IS NOT NULL AS known, coalesce(p.customer_id, '') AS customer_id, coalesce(p.status, '') AS status,
+    p.created, p.last_synced_at,
+    array(SELECT k.license_key FROM purchase_keys k WHERE k.purchase_id = ids.id ORDER BY k.created_at, k.product_id) AS license_keys
+FROM ids LEFT JOIN purchases p ON p.id = ids.id
+ORDER BY p.created DESC NULLS LAST, ids.id LIMIT 100`
+)
+
+// PurchasesByCustomer returns the one-time purchases of the given Stripe customers
+// that keysync has a row or audit rows for (at most 100), newest first.
+func (s *Store) PurchasesByCustomer(ctx context.Context, customers []string) ([]PurchaseHit, error) {
+	return s.purchaseHits(ctx, purchasesByCustomer, customers)
+}
+
+// PurchasesByKey returns the one-time purchases a license key belongs or belonged to.
+func (s *Store) PurchasesByKey(ctx context.Context, key string) ([]PurchaseHit, error) {
+	return s.purchaseHits(ctx, purchasesByKey, []string{key})
+}
+
+func (s *Store) purchaseHits(ctx context.Context, q string, values []string) ([]PurchaseHit, error) {
+	rows, err := s.pool.Query(ctx, q, values)
+	if err != nil {
+		return nil, fmt.Errorf("find purchases: %w", translate(err))
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByName[PurchaseHit])
+	if err != nil {
+		return nil, fmt.Errorf("find purchases: %w", translate(err))
 	}
 	return out, nil
 }
@@ -179,6 +240,52 @@ func (s *Store) EventsTouching(ctx context.Context, subscription string, limit i
 	out, err := pgx.CollectRows(rows, pgx.RowToStructByName[EventRow])
 	if err != nil {
 		return nil, fmt.Errorf("events touching %s: %w", subscription, translate(err))
+	}
+	return out, nil
+}
+
+// The events of the last TouchWindow about a purchase: the Checkout Session's or the
+// invoice's own (and a session's post-payment invoice's), the charges of its payment
+// (by payment intent, or by invoice) and their disputes (by charge); and every event
+// that caused an audited action on it. As for subscriptions, the BRIN index on created
+// keeps the payload reads to the window.
+const eventsTouchingPurchase = `
+WITH owner AS (
+    SELECT $1::text AS id
+    UNION SELECT invoice_id FROM purchases WHERE id = $1 AND invoice_id IS NOT NULL
+), recent AS NOT MATERIALIZED (
+    SELECT id, payload FROM stripe_events WHERE created >= now() - make_interval(secs => $3)
+), own AS (
+    SELECT id, payload FROM recent
+    WHERE payload #>> '{data,object,object}' IN ('checkout.session', 'invoice') AND payload #>> '{data,object,id}' IN (SELECT id FROM owner)
+), intents AS (
+    SELECT payload #>> '{data,object,payment_intent}' AS id FROM own WHERE payload #>> '{data,object,payment_intent}' IS NOT NULL
+), charges AS (
+    SELECT payload #>> '{data,object,id}' AS id FROM recent
+    WHERE payload #>> '{data,object,object}' = 'charge' AND (payload #>> '{data,object,payment_intent}' IN (SELECT id FROM intents)
+        OR payload #>> '{data,object,invoice}' IN (SELECT id FROM owner))
+)
+SELECT id, type, source, status, attempts, last_error, created, received_at, processed_at
+FROM stripe_events
+WHERE id IN (SELECT id FROM own)
+   OR id IN (SELECT id FROM recent WHERE payload #>> '{data,object,object}' IN ('charge', 'dispute') AND (
+        payload #>> '{data,object,payment_intent}' IN (SELECT id FROM intents)
+        OR payload #>> '{data,object,invoice}' IN (SELECT id FROM owner)
+        OR payload #>> '{data,object,charge}' IN (SELECT id FROM charges)))
+   OR id IN (SELECT cause_id FROM audit_log WHERE purchase_id = $1 AND cause IN ('webhook', 'catch_up') AND cause_id IS NOT NULL)
+ORDER BY created DESC, id DESC
+LIMIT $2`
+
+// EventsTouchingPurchase returns the stored events about a one-time purchase (a
+// Checkout Session or an invoice), newest first (at most limit, up to 200).
+func (s *Store) EventsTouchingPurchase(ctx context.Context, purchase string, limit int) ([]EventRow, error) {
+	rows, err := s.pool.Query(ctx, eventsTouchingPurchase, purchase, max(1, min(limit, 200)), TouchWindow.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("events touching %s: %w", purchase, translate(err))
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByName[EventRow])
+	if err != nil {
+		return nil, fmt.Errorf("events touching %s: %w", purchase, translate(err))
 	}
 	return out, nil
 }

@@ -67,6 +67,10 @@ func TestSubscriptionSearches(t *testing.T) {
 		VALUES ('sub_1', 'cus_1', 'active', 1001, 'KEY-NEW', now()), ('sub_3', 'cus_3', 'canceled', 1001, 'KEY-3', now() - interval '1 day')`); err != nil {
 		t.Fatal(err)
 	}
+	// sub_1 is a bundle: its second product's key is in subscription_keys only.
+	if _, err := pool.Exec(ctx, `INSERT INTO subscription_keys (subscription_id, product_id, license_key) VALUES ('sub_1', 2002, 'KEY-ADDON')`); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := pool.Exec(ctx, `INSERT INTO audit_log (subscription_id, customer_id, license_key, action, outcome, cause) VALUES
 		('sub_1', 'cus_1', 'KEY-OLD', 'create_key', 'applied', 'webhook'),
 		('sub_2', 'cus_1', 'KEY-2', 'create_key', 'applied', 'webhook')`); err != nil {
@@ -91,6 +95,7 @@ func TestSubscriptionSearches(t *testing.T) {
 		"the row's key":                {ids(store.SubscriptionsByKey(ctx, "KEY-NEW")), []string{"sub_1"}},
 		"a key it had before":          {ids(store.SubscriptionsByKey(ctx, "KEY-OLD")), []string{"sub_1"}},
 		"a key only the audit log has": {ids(store.SubscriptionsByKey(ctx, "KEY-2")), []string{"sub_2"}},
+		"a bundle's other key":         {ids(store.SubscriptionsByKey(ctx, "KEY-ADDON")), []string{"sub_1"}},
 		"an unknown key":               {ids(store.SubscriptionsByKey(ctx, "KEY-NONE")), nil},
 		"customers, newest sync first": {ids(store.SubscriptionsByCustomer(ctx, []string{"cus_1", "cus_3"})), []string{"sub_1", "sub_3", "sub_2"}},
 	} {
@@ -101,6 +106,123 @@ func TestSubscriptionSearches(t *testing.T) {
 	hits, _ := store.SubscriptionsByKey(ctx, "KEY-2")
 	if len(hits) != 1 || hits[0].Known || hits[0].Status != "" {
 		t.Fatalf("a subscription without a row: got %+v, want Known false", hits)
+	}
+	hits, _ = store.SubscriptionsByKey(ctx, "KEY-NEW")
+	if len(hits) != 1 || *hits[0].LicenseKey != "KEY-NEW" || !slices.Equal(hits[0].BundleKeys, []string{"KEY-ADDON"}) {
+		t.Fatalf("a bundle: got %+v, want its row's key and the other product's", hits)
+	}
+}
+
+// A search finds purchases by customer and by key: through their rows and keys, and
+// through the audit log for a purchase keysync has no row for.
+func TestPurchaseSearches(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO purchases (id, customer_id, status, created) VALUES
+		('cs_1', 'cus_1', 'paid', now() - interval '2 days'), ('in_1', 'cus_1', 'paid', now() - interval '1 day'),
+		('cs_guest', NULL, 'paid', now())`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO purchase_keys (purchase_id, product_id, license_key) VALUES
+		('cs_1', 1001, 'KEY-A'), ('cs_1', 2002, 'KEY-B'), ('cs_guest', 1001, 'KEY-G')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO audit_log (purchase_id, subscription_id, customer_id, license_key, action, outcome, cause) VALUES
+		('cs_2', NULL, 'cus_1', 'KEY-2', 'create_key', 'applied', 'webhook'),
+		(NULL, 'sub_1', 'cus_1', 'KEY-S', 'create_key', 'applied', 'webhook')`); err != nil {
+		t.Fatal(err)
+	}
+	store := postgres.NewStore(pool)
+	ids := func(hits []postgres.PurchaseHit, err error) []string {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, h := range hits {
+			out = append(out, h.ID)
+		}
+		return out
+	}
+	for name, tc := range map[string]struct {
+		got  []string
+		want []string
+	}{
+		"a customer's, newest first":   {ids(store.PurchasesByCustomer(ctx, []string{"cus_1"})), []string{"in_1", "cs_1", "cs_2"}},
+		"a key":                        {ids(store.PurchasesByKey(ctx, "KEY-B")), []string{"cs_1"}},
+		"a guest's key":                {ids(store.PurchasesByKey(ctx, "KEY-G")), []string{"cs_guest"}},
+		"a key only the audit log has": {ids(store.PurchasesByKey(ctx, "KEY-2")), []string{"cs_2"}},
+		"a subscription's key":         {ids(store.PurchasesByKey(ctx, "KEY-S")), nil},
+		"another customer":             {ids(store.PurchasesByCustomer(ctx, []string{"cus_9"})), nil},
+	} {
+		if !slices.Equal(tc.got, tc.want) {
+			t.Errorf("%s: got %v, want %v", name, tc.got, tc.want)
+		}
+	}
+	hits, _ := store.PurchasesByKey(ctx, "KEY-A")
+	if len(hits) != 1 || !hits[0].Known || hits[0].Status != "paid" || !slices.Equal(hits[0].LicenseKeys, []string{"KEY-A", "KEY-B"}) {
+		t.Fatalf("got %+v, want cs_1 paid with both its keys", hits)
+	}
+	hits, _ = store.PurchasesByKey(ctx, "KEY-2")
+	if len(hits) != 1 || hits[0].Known || len(hits[0].LicenseKeys) != 0 {
+		t.Fatalf("a purchase without a row: got %+v, want Known false and no keys", hits)
+	}
+}
+
+// The events that touched a purchase: its session's or invoice's own, its post-payment
+// invoice's, its payment's charges and their disputes, and older ones only through the
+// audit rows they caused; never another purchase's.
+func TestEventsTouchingPurchase(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	ctx := context.Background()
+	insert := func(id string, age time.Duration, payload string) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `INSERT INTO stripe_events (id, type, created, livemode, payload, source, status)
+			VALUES ($1, 'x', now() - make_interval(secs => $2), false, $3, 'webhook', 'processed')`, id, age.Seconds(), payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO purchases (id, status, invoice_id, created) VALUES ('cs_1', 'paid', 'in_post', now())`); err != nil {
+		t.Fatal(err)
+	}
+	hour := time.Hour
+	insert("evt_session", 1*hour, `{"data":{"object":{"object":"checkout.session","id":"cs_1","payment_intent":"pi_1"}}}`)
+	insert("evt_charge", 2*hour, `{"data":{"object":{"object":"charge","id":"ch_1","payment_intent":"pi_1"}}}`)
+	insert("evt_dispute", 3*hour, `{"data":{"object":{"object":"dispute","id":"dp_1","charge":"ch_1","payment_intent":null}}}`)
+	insert("evt_post_invoice", 4*hour, `{"data":{"object":{"object":"invoice","id":"in_post","payment_intent":null}}}`)
+	insert("evt_acted_old", 60*24*hour, `{"data":{"object":{"object":"charge","id":"ch_0"}}}`)
+	insert("evt_quiet_old", 61*24*hour, `{"data":{"object":{"object":"checkout.session","id":"cs_1"}}}`)
+	insert("evt_other", hour, `{"data":{"object":{"object":"checkout.session","id":"cs_2","payment_intent":"pi_2"}}}`)
+	insert("evt_other_charge", hour, `{"data":{"object":{"object":"charge","id":"ch_2","payment_intent":"pi_2"}}}`)
+	insert("evt_lookalike", hour, `{"data":{"object":{"object":"customer","id":"cs_1"}}}`) // an id that only looks like it
+	if _, err := pool.Exec(ctx, `INSERT INTO audit_log (purchase_id, action, outcome, cause, cause_id) VALUES ('cs_1', 'block', 'applied', 'webhook', 'evt_acted_old')`); err != nil {
+		t.Fatal(err)
+	}
+	// An invoice purchase: its charge names the invoice.
+	insert("evt_invoice", 5*hour, `{"data":{"object":{"object":"invoice","id":"in_9","payment_intent":"pi_9"}}}`)
+	insert("evt_invoice_charge", 6*hour, `{"data":{"object":{"object":"charge","id":"ch_9","invoice":"in_9","payment_intent":null}}}`)
+
+	store := postgres.NewStore(pool)
+	for id, want := range map[string][]string{
+		"cs_1": {"evt_session", "evt_charge", "evt_dispute", "evt_post_invoice", "evt_acted_old"},
+		"in_9": {"evt_invoice", "evt_invoice_charge"},
+	} {
+		got, err := store.EventsTouchingPurchase(ctx, id, 50)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, e := range got {
+			ids = append(ids, e.ID)
+		}
+		if !slices.Equal(ids, want) {
+			t.Errorf("%s: got %v, want %v (newest first)", id, ids, want)
+		}
+	}
+	if got, _ := store.EventsTouchingPurchase(ctx, "cs_1", 2); len(got) != 2 {
+		t.Fatalf("limit 2: got %d events", len(got))
 	}
 }
 

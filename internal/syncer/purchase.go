@@ -377,6 +377,15 @@ type PurchasePreview struct {
 	// Checkout Session that made the invoice previewed (its purchase), "" otherwise.
 	Status  string
 	Session string
+	// CustomerID, Email and Created are Stripe's: the purchase's customer ("" for a
+	// guest's Checkout payment), the e-mail it was paid with, and when it was made.
+	CustomerID, Email string
+	Created           time.Time
+	// PaymentChecked says the payment's charges were read, as a Sync reads them only
+	// for a paid purchase when the policy blocks on refunds or disputes: only then do
+	// Refunded (in full) and Disputed (open or lost) say anything.
+	PaymentChecked     bool
+	Refunded, Disputed bool
 	// Keys are the keys the policy wants, one per product: none for an unmapped
 	// purchase.
 	Keys []KeyPreview
@@ -403,6 +412,8 @@ func (s *Syncer) PreviewPurchase(ctx context.Context, id string) (PurchasePrevie
 		recs = append(recs, &row.Keys[i])
 	}
 	p, err := s.planPurchase(ctx, row, found, &recs, s.opts.Now().UTC(), s.log.With().Str("purchase_id", id).Logger())
-	out := PurchasePreview{Row: row, Found: found, Status: p.status, Session: p.session, Keys: keyPreviews(p.keys)}
+	out := PurchasePreview{Row: row, Found: found, Status: p.status, Session: p.session, CustomerID: p.purchase.CustomerID, Email: p.email,
+		Created: p.created, PaymentChecked: p.read && p.purchase.Paid && s.blocksOnPayment(), Refunded: p.purchase.Refunded,
+		Disputed: p.purchase.Disputed, Keys: keyPreviews(p.keys)}
 	return out, err
 }

@@ -645,6 +645,15 @@ func (s *Syncer) TargetFor(ctx context.Context, typ string, payload []byte) (Tar
 	return TargetFor(ctx, s.stripe, typ, payload)
 }
 
+// TargetOf reads the Stripe object of the given kind ("checkout.session", "invoice",
+// "charge" or "dispute") and returns the subscription or purchase it is about, as an
+// event about it is resolved (see TargetFor); neither for an object keysync licenses
+// nothing through, or of another kind. It returns Stripe's error when the object cannot
+// be read.
+func (s *Syncer) TargetOf(ctx context.Context, kind, id string) (Target, error) {
+	return readTargetOf(ctx, s.stripe, kind, id)
+}
+
 // Preview is what a Sync would see and do now.
 type Preview struct {
 	// Row is keysync's mapping row as stored (Found false: none yet).
