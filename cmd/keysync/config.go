@@ -137,7 +137,7 @@ var settings = []setting{
 			return nil
 		}},
 	{name: "STRIPE_RATE_LIMIT", def: "20",
-		doc: "Most Stripe requests per second per replica. Stripe's limit (25 a second in test mode, 100 in live mode, more where Stripe has raised it) is the account's, shared by all replicas and by the vendor's other integrations: keep replicas × this well below it. A Sync reads 2 to 4 objects, so this bounds each replica's Syncs per second.",
+		doc: "Most Stripe requests per second per replica. Stripe's limit (25 a second in test mode, 100 in live mode, more where Stripe has raised it) is the account's, shared by all replicas and by the vendor's other integrations: keep replicas × this well below it. A Sync reads 2 to 4 objects, so this bounds each replica's Syncs per second. The license page's reads of Checkout Sessions, which anyone can ask for, take at most a quarter of it (503 past that).",
 		set: func(c *config, v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f <= 0 || f > 10000 {
