@@ -261,7 +261,7 @@ var settings = []setting{
 		doc: "The customer portal's address (for example a Stripe customer portal login link), linked from the license page and the e-mails. Unset: no link.",
 		set: func(c *config, v string) error { return httpURL(&c.PortalURL, v) }},
 	{name: "KEYSYNC_CLIENT_IP_HEADER",
-		doc: "The header in which a proxy or load balancer in front of keysync passes the client's address (such as `X-Forwarded-For`; its last address counts), for the license page's per-client limits. Unset: the connection's address.",
+		doc: "The header in which a proxy or load balancer in front of keysync passes the client's address (such as `X-Forwarded-For`; its last address counts), for the per-client limits of the license page and of the webhook bodies held at once. Set it only when every request comes through that proxy: keysync trusts the header's last address. Unset: the connection's address.",
 		set: func(c *config, v string) error {
 			if strings.ContainsAny(v, " :\t") {
 				return errors.New("must be a header name")
