@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -158,6 +159,12 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	checkMemLimit(t, "Deployment", envValue(c, "GOMEMLIMIT"), c.Resources.Limits.Memory().Value())
 
+	// Behind the Ingress every request comes from its controller: without the header
+	// that names the client, every customer would share one per-client limit.
+	if h := envValue(c, "KEYSYNC_CLIENT_IP_HEADER"); !regexp.MustCompile(`^[A-Za-z0-9-]+$`).MatchString(h) {
+		t.Fatalf("deployment: KEYSYNC_CLIENT_IP_HEADER %q, want the header the Ingress names the client in (X-Forwarded-For)", h)
+	}
+
 	// The Job migrates as the migration role and grants the Deployment's role.
 	if job == nil {
 		t.Fatal("no migration Job")
@@ -195,16 +202,18 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 
-	// Each pod is fenced by a NetworkPolicy: ingress only to its ports, egress only to
-	// the ports it needs.
-	checkNetworkPolicy(t, policies, deploy.Spec.Template.Labels, c.Ports, []int{53, 443, 5432})
-	checkNetworkPolicy(t, policies, job.Spec.Template.Labels, nil, []int{53, 5432})
+	// Each pod is fenced by a NetworkPolicy: ingress only to its ports (the admin port
+	// only from selected namespaces or pods), egress only to the ports it needs.
+	checkNetworkPolicy(t, policies, deploy.Spec.Template.Labels, c.Ports, []string{"admin"}, []int{53, 443, 5432})
+	checkNetworkPolicy(t, policies, job.Spec.Template.Labels, nil, nil, []int{53, 5432})
 }
 
 // checkNetworkPolicy checks that a policy selects the pods labelled so, governs both
-// directions, admits traffic only to the pods' ports (none: no ingress rule) and lets
-// them out only to egress ports.
-func checkNetworkPolicy(t *testing.T, policies []networkingv1.NetworkPolicy, podLabels map[string]string, ports []corev1.ContainerPort, egress []int) {
+// directions, admits traffic only to the pods' ports (none: no ingress rule), to the
+// restricted ones (by name) only from selected namespaces or pods, and lets them out
+// only to egress ports.
+func checkNetworkPolicy(t *testing.T, policies []networkingv1.NetworkPolicy, podLabels map[string]string, ports []corev1.ContainerPort,
+	restricted []string, egress []int) {
 	t.Helper()
 	for _, p := range policies {
 		if !selects(p.Spec.PodSelector.MatchLabels, podLabels) || len(p.Spec.PodSelector.MatchExpressions) > 0 {
@@ -213,10 +222,14 @@ func checkNetworkPolicy(t *testing.T, policies []networkingv1.NetworkPolicy, pod
 		if len(p.Spec.PolicyTypes) != 2 {
 			t.Fatalf("NetworkPolicy %s: policyTypes %v, want Ingress and Egress", p.Name, p.Spec.PolicyTypes)
 		}
-		open := map[string]bool{}
+		open, fenced := map[string]bool{}, map[string]bool{}
 		for _, cp := range ports {
 			open[cp.Name], open[strconv.Itoa(int(cp.ContainerPort))] = true, true
+			if slices.Contains(restricted, cp.Name) {
+				fenced[cp.Name], fenced[strconv.Itoa(int(cp.ContainerPort))] = true, true
+			}
 		}
+		admitted := map[string]bool{}
 		for _, rule := range p.Spec.Ingress {
 			if len(rule.Ports) == 0 {
 				t.Fatalf("NetworkPolicy %s: an ingress rule open to every port", p.Name)
@@ -225,6 +238,17 @@ func checkNetworkPolicy(t *testing.T, policies []networkingv1.NetworkPolicy, pod
 				if rp.Port == nil || !open[rp.Port.String()] {
 					t.Fatalf("NetworkPolicy %s: ingress to port %v, which the pod does not serve", p.Name, rp.Port)
 				}
+				if fenced[rp.Port.String()] {
+					if why := openPeers(rule.From); why != "" {
+						t.Fatalf("NetworkPolicy %s: ingress to port %v %s; want it only from selected namespaces or pods", p.Name, rp.Port, why)
+					}
+					admitted[rp.Port.String()] = true
+				}
+			}
+		}
+		for _, name := range restricted {
+			if !admitted[name] {
+				t.Fatalf("NetworkPolicy %s: no ingress rule admits port %s from anyone, want one from its selected clients", p.Name, name)
 			}
 		}
 		if len(ports) == 0 && len(p.Spec.Ingress) > 0 {
@@ -251,6 +275,29 @@ func checkNetworkPolicy(t *testing.T, policies []networkingv1.NetworkPolicy, pod
 		return
 	}
 	t.Fatalf("no NetworkPolicy selects the pods labelled %v", podLabels)
+}
+
+// openPeers says how an ingress rule's from list lets anyone in ("" when it does not):
+// an empty list admits every source, an ipBlock any address in it (the internet, for
+// 0.0.0.0/0), and an empty selector every namespace or pod.
+func openPeers(from []networkingv1.NetworkPolicyPeer) string {
+	if len(from) == 0 {
+		return "from anywhere (no from)"
+	}
+	for _, peer := range from {
+		ns, pod := peer.NamespaceSelector, peer.PodSelector
+		switch {
+		case peer.IPBlock != nil:
+			return "from an ipBlock (" + peer.IPBlock.CIDR + ")"
+		case ns == nil && pod == nil:
+			return "from an empty peer"
+		case ns != nil && len(ns.MatchLabels) == 0 && len(ns.MatchExpressions) == 0:
+			return "from every namespace (an empty namespaceSelector)"
+		case ns == nil && len(pod.MatchLabels) == 0 && len(pod.MatchExpressions) == 0:
+			return "from every pod of the namespace (an empty podSelector)"
+		}
+	}
+	return ""
 }
 
 // selects reports whether a non-empty matchLabels selector matches the labels.

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keysync/keysync/internal/admin"
+	"github.com/keysync/keysync/internal/clientip"
 	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/ingest"
 	"github.com/keysync/keysync/internal/jobs"
@@ -233,7 +234,8 @@ func newApp(ctx context.Context, cfg config, log zerolog.Logger) (_ *App, err er
 	// in polling mode: the catch-up is its only source of events.
 	if len(cfg.StripeWebhookSecrets) > 0 {
 		h, err := webhook.NewHandler(webhook.Config{
-			Secrets: cfg.StripeWebhookSecrets,
+			Secrets:  cfg.StripeWebhookSecrets,
+			ClientIP: clientip.FromRequest(cfg.ClientIPHeader), // each sender's share of the body budget
 			Observe: func(typ, outcome string, took time.Duration) {
 				if !events.Handled(typ) && typ != "" {
 					typ = "other" // bound the label's values

@@ -137,7 +137,7 @@ var settings = []setting{
 			return nil
 		}},
 	{name: "STRIPE_RATE_LIMIT", def: "20",
-		doc: "Most Stripe requests per second per replica. Stripe's limit (25 a second in test mode, 100 in live mode, more where Stripe has raised it) is the account's, shared by all replicas and by the vendor's other integrations: keep replicas × this well below it. A Sync reads 2 to 4 objects, so this bounds each replica's Syncs per second.",
+		doc: "Most Stripe requests per second per replica. Stripe's limit (25 a second in test mode, 100 in live mode, more where Stripe has raised it) is the account's, shared by all replicas and by the vendor's other integrations: keep replicas × this well below it. A Sync reads 2 to 4 objects, so this bounds each replica's Syncs per second. The license page's reads of Checkout Sessions, which anyone can ask for, take at most a quarter of it (503 past that).",
 		set: func(c *config, v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f <= 0 || f > 10000 {
@@ -261,7 +261,7 @@ var settings = []setting{
 		doc: "The customer portal's address (for example a Stripe customer portal login link), linked from the license page and the e-mails. Unset: no link.",
 		set: func(c *config, v string) error { return httpURL(&c.PortalURL, v) }},
 	{name: "KEYSYNC_CLIENT_IP_HEADER",
-		doc: "The header in which a proxy or load balancer in front of keysync passes the client's address (such as `X-Forwarded-For`; its last address counts), for the license page's per-client limits. Unset: the connection's address.",
+		doc: "The header in which a proxy or load balancer in front of keysync passes the client's address (such as `X-Forwarded-For`; its last address counts), for the per-client limits of the license page and of the webhook bodies held at once. Set it only when every request comes through that proxy: keysync trusts the header's last address. Unset: the connection's address.",
 		set: func(c *config, v string) error {
 			if strings.ContainsAny(v, " :\t") {
 				return errors.New("must be a header name")

@@ -73,8 +73,11 @@ func (c *customerSide) mount(mux *http.ServeMux, workers *river.Workers, client 
 			Msg("new keys are e-mailed to customers; the lost-keys form is on")
 	}
 
-	page := delivery.NewPage(parts.stripe, deliverySyncer{engine: engine}, licenses, opts,
-		c.log.With().Str("component", "license").Logger())
+	// Every well-formed session id costs a Stripe read on the client every Sync uses:
+	// the page's reads get a quarter of its rate, so made-up ids cannot starve the Syncs.
+	log := c.log.With().Str("component", "license").Logger()
+	reads := delivery.NewSessionReads(parts.stripe, delivery.SessionBudget{PerSecond: c.cfg.StripeRateLimit / 4}, log)
+	page := delivery.NewPage(reads, deliverySyncer{engine: engine}, licenses, opts, log)
 	mux.Handle("GET "+delivery.Path, page)
 	return nil
 }

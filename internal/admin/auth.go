@@ -6,10 +6,10 @@ import (
 	"crypto/subtle"
 	"errors"
 	"math"
-	"net"
-	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/keysync/keysync/internal/clientip"
 )
 
 // Access is what a token may do.
@@ -133,7 +133,7 @@ func (g *Guard) SessionKey() []byte {
 // It returns ErrUnauthenticated for a missing or wrong token, and a *ThrottledError,
 // without looking at the token, while client has no failures left.
 func (g *Guard) Authenticate(client, token string) (Principal, error) {
-	key := clientKey(client)
+	key := clientip.Key(client)
 
 	// 1. A throttled client is turned away before its guess is checked.
 	if wait := g.wait(key); wait > 0 {
@@ -164,7 +164,12 @@ func (g *Guard) wait(key string) time.Duration {
 	defer g.mu.Unlock()
 	b, ok := g.clients[key]
 	if !ok {
-		return 0
+		// A client without a bucket of its own fails into the overflow bucket while
+		// there is no room for one: it waits as that bucket says, or a flood of new
+		// addresses would never be throttled at all.
+		if b, ok = g.clients[g.room(key)]; !ok {
+			return 0
+		}
 	}
 	g.refill(b)
 	if b.left >= 1 {
@@ -203,8 +208,11 @@ func (g *Guard) room(key string) string {
 	if len(g.clients) < maxClients {
 		return key
 	}
-	return "overflow"
+	return overflowKey
 }
+
+// overflowKey files the clients for whom there is no room; no client's key is like it.
+const overflowKey = "overflow"
 
 func (g *Guard) refill(b *bucket) {
 	now := g.now()
@@ -212,23 +220,4 @@ func (g *Guard) refill(b *bucket) {
 		b.left = min(float64(g.throttle.Burst), b.left+float64(elapsed)/float64(g.throttle.Refill))
 	}
 	b.at = now
-}
-
-// clientKey is the throttle's key for a client address: its IP without the port, and
-// an IPv6 address's /64, which one host usually holds whole.
-func clientKey(addr string) string {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		host = addr
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return host
-	}
-	ip = ip.Unmap().WithZone("")
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.String()
-	}
-	return ip.String()
 }

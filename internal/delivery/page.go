@@ -185,6 +185,8 @@ func (p *Page) answer(ctx context.Context, id string) PageData {
 	switch {
 	case errors.Is(err, stripeapi.ErrNotFound):
 		return PageData{Status: StatusNotFound}
+	case errors.Is(err, ErrBusy):
+		return PageData{Status: StatusUnavailable} // SessionReads logs it, once a minute
 	case err != nil:
 		p.log.Warn().Str("error", scrub(err, id)).Msg("license page: cannot read the checkout session")
 		return PageData{Status: StatusUnavailable}

@@ -47,7 +47,7 @@ func New() *Metrics {
 	m := &Metrics{
 		Registry: r,
 		Webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keysync_webhooks_total",
-			Help: "Webhook deliveries by event type and outcome (stored, duplicate, ignored, bad_signature, too_large, not_an_event, not_storable, busy, unavailable)."}, []string{"type", "outcome"}),
+			Help: "Webhook deliveries by event type and outcome (stored, duplicate, ignored, bad_signature, too_large, too_slow, not_an_event, not_storable, busy, unavailable)."}, []string{"type", "outcome"}),
 		EventsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keysync_events_refused_total",
 			Help: "Events stored as ignored because they must never reach a key, by reason (livemode_mismatch, connected_account), from every source."},
 			[]string{"reason"}),

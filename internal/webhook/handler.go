@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/keysync/keysync/internal/clientip"
 	"github.com/keysync/keysync/internal/events"
 	"github.com/keysync/keysync/internal/ingest"
 )
@@ -39,6 +41,21 @@ const DefaultMaxBody = 1 << 20
 // this much memory, and Stripe retries the deliveries it turned away.
 const DefaultBodyBudget = 16 << 20
 
+// DefaultBodyTimeout bounds the reading of a webhook body, from the end of its headers.
+// Stripe sends its bodies, tens of kilobytes at most, at once; without a bound of its
+// own a sender that trickles its body would hold its share of the budget for the whole
+// server's read timeout (30 s), and a few such senders would turn Stripe away.
+const DefaultBodyTimeout = 10 * time.Second
+
+// clientShare is the part of the body budget one client may hold (DefaultBodyBudget /
+// 4 = 4 MiB: 64 deliveries at minCharge): a single sender with slow bodies cannot take
+// it all. Stripe sends webhooks from the dozen or so addresses it lists (its docs,
+// "Domains and IP addresses", webhook notifications), so its deliveries spread over
+// many shares; and behind a proxy whose header keysync is not told
+// (KEYSYNC_CLIENT_IP_HEADER), where every sender is the proxy, Stripe still has 64
+// deliveries at once, each answered in milliseconds.
+const clientShare = 4
+
 // minCharge is what each delivery takes from the budget however small its body: what a
 // request costs beside its body (its goroutine, its buffers, the decoded envelope). It
 // also bounds the deliveries being worked at once (DefaultBodyBudget / minCharge = 256).
@@ -56,11 +73,19 @@ type Config struct {
 	// BodyBudget bounds the bytes of the bodies held at once (default
 	// DefaultBodyBudget); it is at least MaxBody.
 	BodyBudget int64
+	// ClientBudget bounds the bytes one client (as ClientIP names it) holds at once
+	// (default BodyBudget / 4); it is at least MaxBody and at most BodyBudget.
+	ClientBudget int64
+	// ClientIP names a request's client (default clientip.FromRequest("")).
+	ClientIP func(*http.Request) string
+	// BodyTimeout bounds the reading of a body (default DefaultBodyTimeout); a body
+	// not in by then is answered 408 and its share of the budget given back.
+	BodyTimeout time.Duration
 	// Now is the clock signature timestamps are checked against (nil: time.Now).
 	Now func() time.Time
 	// Observe, if set, is told each delivery's event type ("" when unreadable), outcome
 	// (stored, duplicate, ignored: refused by ingest's guard; or a rejection:
-	// bad_signature, too_large, not_an_event, not_storable, busy, unavailable) and time
+	// bad_signature, too_large, too_slow, not_an_event, not_storable, busy, unavailable) and time
 	// to answer (for metrics).
 	Observe func(eventType, outcome string, took time.Duration)
 }
@@ -78,10 +103,12 @@ type Handler struct {
 	cfg    Config
 	ingest Ingest
 	log    zerolog.Logger
-	// budget is what is left of cfg.BodyBudget.
+	// budget is what is left of cfg.BodyBudget, and what each client holds of it (a
+	// client holding nothing has no entry: at most one per delivery being read).
 	budget struct {
 		sync.Mutex
 		left int64
+		held map[string]int64
 	}
 	// warn samples the rejection warnings: a flood of bad requests costs one line per
 	// second per reason, not one per request.
@@ -104,11 +131,22 @@ func NewHandler(cfg Config, in Ingest, log zerolog.Logger) (*Handler, error) {
 		cfg.BodyBudget = DefaultBodyBudget
 	}
 	cfg.BodyBudget = max(cfg.BodyBudget, cfg.MaxBody)
+	if cfg.ClientBudget <= 0 {
+		cfg.ClientBudget = cfg.BodyBudget / clientShare
+	}
+	cfg.ClientBudget = min(max(cfg.ClientBudget, cfg.MaxBody), cfg.BodyBudget)
+	if cfg.ClientIP == nil {
+		cfg.ClientIP = clientip.FromRequest("")
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	h := &Handler{cfg: cfg, ingest: in, log: log, warn: newSampler(time.Second, cfg.Now)}
 	h.budget.left = cfg.BodyBudget
+	h.budget.held = map[string]int64{}
 	return h, nil
 }
 
@@ -116,6 +154,7 @@ func NewHandler(cfg Config, in Ingest, log zerolog.Logger) (*Handler, error) {
 var (
 	errTooLarge     = errors.New("request body too large")
 	errUnreadable   = errors.New("request body could not be read")
+	errTooSlow      = errors.New("request body not received in time")
 	errNotSigned    = errors.New("missing Stripe-Signature header")
 	errBadSignature = errors.New("no valid signature for this endpoint's secrets")
 	errTooOld       = errors.New("signature timestamp outside the tolerance")
@@ -124,6 +163,7 @@ var (
 	errNotAnEvent   = errors.New("body is not a Stripe event")
 	errNotStorable  = errors.New("the event cannot be stored")
 	errBusy         = errors.New("too many deliveries at once; retry later")
+	errClientBusy   = errors.New("too many deliveries at once from this client; retry later")
 	errUnavailable  = errors.New("temporarily unable to store the event; retry later")
 )
 
@@ -165,16 +205,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	// The body is held until the answer: it takes its share of the budget for as long.
-	release, ok := h.reserve(r.ContentLength)
-	if !ok {
+	// The body is held until the answer: it takes its share of the budget for as long,
+	// and of its client's.
+	release, err := h.reserve(h.cfg.ClientIP(r), r.ContentLength)
+	if err != nil {
 		outcome = "busy"
-		h.fail(w, r, errBusy)
+		h.fail(w, r, err)
 		return
 	}
 	defer release()
 
-	ev, err := h.parse(w, r, sig)
+	ev, err = h.parse(w, r, sig)
 	if err != nil {
 		outcome = outcomeOf(err)
 		h.fail(w, r, err)
@@ -262,10 +303,11 @@ func (h *Handler) checkHeader(header string) error {
 	return nil
 }
 
-// reserve takes a body's share of the budget: its declared length, or the largest
-// body when it declares none, and at least minCharge. It returns false, taking nothing,
-// when the budget cannot spare it; release gives the share back.
-func (h *Handler) reserve(contentLength int64) (release func(), ok bool) {
+// reserve takes a body's share of the budget for client: its declared length, or the
+// largest body when it declares none, and at least minCharge. It returns errBusy when
+// the budget cannot spare it and errClientBusy when the client's part cannot, taking
+// nothing; release gives the share back.
+func (h *Handler) reserve(client string, contentLength int64) (release func(), err error) {
 	n := contentLength
 	if n < 0 {
 		n = h.cfg.MaxBody
@@ -273,15 +315,22 @@ func (h *Handler) reserve(contentLength int64) (release func(), ok bool) {
 	n = max(n, minCharge)
 	h.budget.Lock()
 	defer h.budget.Unlock()
-	if h.budget.left < n {
-		return nil, false
+	switch {
+	case h.budget.left < n:
+		return nil, errBusy
+	case h.budget.held[client]+n > h.cfg.ClientBudget:
+		return nil, errClientBusy
 	}
 	h.budget.left -= n
+	h.budget.held[client] += n
 	return func() {
 		h.budget.Lock()
+		defer h.budget.Unlock()
 		h.budget.left += n
-		h.budget.Unlock()
-	}, true
+		if h.budget.held[client] -= n; h.budget.held[client] <= 0 {
+			delete(h.budget.held, client)
+		}
+	}, nil
 }
 
 // parse reads, verifies and decodes the request whose signature header is sig. It
@@ -317,9 +366,13 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request, sig string) (eve
 	return ev, nil
 }
 
-// read reads the body, at most MaxBody bytes. A body of declared length is read into a
-// buffer of that length, so that memory is what the budget counted.
+// read reads the body, at most MaxBody bytes within BodyTimeout. A body of declared
+// length is read into a buffer of that length, so that memory is what the budget
+// counted.
 func (h *Handler) read(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	// The connection's deadline, not a timer: a read blocked on a silent sender ends
+	// with it. A writer that cannot set one (a test's recorder) reads without.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(h.cfg.BodyTimeout))
 	limited := http.MaxBytesReader(w, r.Body, h.cfg.MaxBody)
 	var body []byte
 	var err error
@@ -331,8 +384,11 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	}
 	if err != nil {
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
+		switch {
+		case errors.As(err, &tooLarge):
 			return nil, errTooLarge
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return nil, errTooSlow
 		}
 		return nil, errUnreadable
 	}
@@ -354,6 +410,8 @@ func outcomeOf(err error) string {
 	switch {
 	case errors.Is(err, errTooLarge):
 		return "too_large"
+	case errors.Is(err, errTooSlow):
+		return "too_slow"
 	case errors.Is(err, errNotAnEvent), errors.Is(err, errUnreadable):
 		return "not_an_event"
 	}
@@ -367,10 +425,13 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, errTooLarge):
 		status = http.StatusRequestEntityTooLarge
 		h.warnSampled(r, err, "webhook rejected")
-	case errors.Is(err, errUnavailable), errors.Is(err, errBusy):
+	case errors.Is(err, errTooSlow):
+		status = http.StatusRequestTimeout
+		h.warnSampled(r, err, "webhook rejected")
+	case errors.Is(err, errUnavailable), errors.Is(err, errBusy), errors.Is(err, errClientBusy):
 		status = http.StatusServiceUnavailable
 		w.Header().Set("Retry-After", "5")
-		if errors.Is(err, errBusy) {
+		if !errors.Is(err, errUnavailable) {
 			h.warnSampled(r, err, "webhook turned away: body budget spent")
 		}
 	case errors.Is(err, errNotSigned), errors.Is(err, errBadSignature), errors.Is(err, errTooOld), errors.Is(err, errFuture),
