@@ -7,6 +7,11 @@
 CREATE TABLE purchases (
     id             text        PRIMARY KEY, -- the session (cs_...) or the invoice (in_...)
     customer_id    text,                    -- none for a guest's Checkout payment
+    -- What the purchase collected (a session's customer_details, an invoice's
+    -- customer_email and customer_name): a guest's only address, for the key's e-mail
+    -- and the lost-keys form.
+    customer_email text,
+    customer_name  text,
     -- paid; processing (an asynchronous payment under way); payment_failed; open;
     -- expired; and an invoice's draft, void or uncollectible
     status         text        NOT NULL,
@@ -22,6 +27,8 @@ CREATE TABLE purchases (
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX purchases_customer ON purchases (customer_id);
+-- The lost-keys form finds a guest's purchases by address, in any case.
+CREATE INDEX purchases_guest_email ON purchases (lower(customer_email)) WHERE customer_id IS NULL;
 CREATE UNIQUE INDEX purchases_invoice ON purchases (invoice_id) WHERE invoice_id IS NOT NULL;
 -- The sweep reads the purchases of its window, and, whenever they were made, the ones
 -- whose payment is not settled yet or whose last Sync failed.

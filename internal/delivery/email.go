@@ -28,7 +28,9 @@ type Customers interface {
 	CustomersByEmail(ctx context.Context, email string) ([]*stripe.Customer, error)
 }
 
-// CreatedKey is a key keysync created, as its create_key audit row records it.
+// CreatedKey is a key keysync created, as its audit row records it: its create_key
+// row, or, when that was lost with a commit that never happened, the adopt_key row of
+// the Sync that found the key again by keysync's Notes marker.
 type CreatedKey struct {
 	AuditID    int64
 	ProductID  int
@@ -36,9 +38,19 @@ type CreatedKey struct {
 	CustomerID string
 	// Owner is what the key was sold with (ID "" when the row names none).
 	Owner Owner
-	// Cause and CauseID are the create_key row's: the e-mail's audit row carries them.
+	// Cause and CauseID are the audit row's: the e-mail's audit row carries them.
 	Cause   syncer.CauseKind
 	CauseID string
+	// PurchaseEmail and PurchaseName are what the key's purchase collected (Checkout's
+	// customer_details): the address of a guest, who has no Stripe customer.
+	PurchaseEmail, PurchaseName string
+}
+
+// GuestPurchase is a purchase made without a Stripe customer (a guest's Checkout
+// payment, customer_creation=if_required), with the address and name it collected.
+type GuestPurchase struct {
+	Purchase    string
+	Email, Name string
 }
 
 // Key e-mail states, as key_emails.status records them.
@@ -62,12 +74,16 @@ type KeyEmail struct {
 // EmailStore records the e-mails of new keys (postgres.Store). The create_key audit
 // rows are the outbox: a key with no e-mail row is still to be mailed.
 type EmailStore interface {
-	// KeysToEmail returns, oldest first and at most limit, the applied create_key audit
-	// rows of the last window whose key has no e-mail row, or one still pending.
+	// KeysToEmail returns, oldest first and at most limit, the audit rows of the keys
+	// created in the last window (applied create_key rows, and the adopt_key rows that
+	// stand for lost ones) whose key has no e-mail row, or one still pending.
 	KeysToEmail(ctx context.Context, window time.Duration, limit int) ([]int64, error)
-	// CreatedKey returns a create_key audit row; syncer.ErrNotFound (wrapped) when id
-	// is no applied create_key row.
+	// CreatedKey returns such an audit row; syncer.ErrNotFound (wrapped) when id is
+	// none.
 	CreatedKey(ctx context.Context, id int64) (CreatedKey, error)
+	// GuestPurchases returns the purchases made without a Stripe customer whose
+	// collected address is address, in any case, newest first.
+	GuestPurchases(ctx context.Context, address string) ([]GuestPurchase, error)
 	// ClaimKeyEmail records the key's e-mail unless it is recorded, and claims it if it
 	// is pending: true when the caller is to send it now, false when it is being sent,
 	// was sent, or failed for good. One caller at a time wins, on any replica.
@@ -121,14 +137,17 @@ func NewEmailer(store EmailStore, customers Customers, licenses Licenses, sender
 // outboxBatch bounds the keys one outbox scan queues.
 const outboxBatch = 500
 
-// Outbox returns the create_key audit rows whose key is still to be mailed: the jobs
-// that mail them are queued from it, after each new key and periodically, so a crash
-// between a key's creation and its job's insertion never loses the e-mail.
+// Outbox returns the audit rows of the new keys still to be mailed (create_key rows,
+// and adopt_key rows that stand for lost ones): the jobs that mail them are queued from
+// it, after each new key and periodically, so a crash between a key's creation and its
+// job's insertion never loses the e-mail, nor does one between the key's creation and
+// its record.
 func (e *Emailer) Outbox(ctx context.Context) ([]int64, error) {
 	return e.store.KeysToEmail(ctx, e.opts.Window, outboxBatch)
 }
 
-// SendKey e-mails the key created in audit row id to its customer, once: whoever
+// SendKey e-mails the key created in audit row id to its customer (the Stripe
+// customer's address, or a guest's, which the purchase collected), once: whoever
 // claims the key's e-mail row sends it, and a retry, another replica or a replay finds
 // it claimed. A failure that provably sent nothing gives the claim back and returns an
 // error matching failure.ErrRetryable (the job retries). A message whose outcome is
@@ -138,7 +157,7 @@ func (e *Emailer) Outbox(ctx context.Context) ([]int64, error) {
 func (e *Emailer) SendKey(ctx context.Context, id int64) error {
 	k, err := e.store.CreatedKey(ctx, id)
 	if errors.Is(err, syncer.ErrNotFound) {
-		e.log.Warn().Int64("audit_id", id).Msg("no applied create_key audit row of this id: nothing to e-mail")
+		e.log.Warn().Int64("audit_id", id).Msg("no new key's audit row of this id: nothing to e-mail")
 		return nil
 	}
 	if err != nil {
@@ -181,15 +200,14 @@ func (e *Emailer) sendKey(ctx context.Context, k CreatedKey) (KeyEmail, error) {
 	retry := func(err error) (KeyEmail, error) { return KeyEmail{Status: EmailPending, Error: err.Error()}, err }
 	fail := func(why string) (KeyEmail, error) { return KeyEmail{Status: EmailFailed, Error: why}, nil }
 
-	// 1. The customer's address, from Stripe.
-	c, err := e.customers.GetCustomer(ctx, k.CustomerID)
+	// 1. The customer's address: the Stripe customer's, else (a guest has none) the
+	// one the purchase collected.
+	to, name, why, err := e.recipient(ctx, k)
 	switch {
-	case errors.Is(err, stripeapi.ErrNotFound) || (err == nil && c.Deleted):
-		return fail("the Stripe customer does not exist")
 	case err != nil:
-		return retry(fmt.Errorf("read customer: %w", err))
-	case strings.TrimSpace(c.Email) == "":
-		return fail("the Stripe customer has no e-mail address")
+		return retry(err)
+	case to == "":
+		return fail(why)
 	}
 
 	// 2. The key as it is now, with its product's name.
@@ -213,13 +231,13 @@ func (e *Emailer) sendKey(ctx context.Context, k CreatedKey) (KeyEmail, error) {
 
 	// 3. The message, sent with a Message-ID made from the key: should it ever go out
 	// twice, mail clients can fold the copies together.
-	msg, err := e.opts.Templates.render(EmailData{Name: c.Name, Licenses: lics, PortalURL: e.opts.PortalURL})
+	msg, err := e.opts.Templates.render(EmailData{Name: name, Licenses: lics, PortalURL: e.opts.PortalURL})
 	if err != nil {
 		return fail("template: " + err.Error())
 	}
 	sum := sha256.Sum256([]byte(strconv.Itoa(k.ProductID) + ":" + k.Key))
-	out := KeyEmail{Recipient: c.Email, MessageID: "keysync.key." + hex.EncodeToString(sum[:12]) + "@" + e.opts.Domain}
-	err = e.sender.Send(ctx, Mail{To: c.Email, ToName: c.Name, Subject: msg.Subject, Text: msg.Text, HTML: msg.HTML, MessageID: out.MessageID})
+	out := KeyEmail{Recipient: to, MessageID: "keysync.key." + hex.EncodeToString(sum[:12]) + "@" + e.opts.Domain}
+	err = e.sender.Send(ctx, Mail{To: to, ToName: name, Subject: msg.Subject, Text: msg.Text, HTML: msg.HTML, MessageID: out.MessageID})
 	switch {
 	case err == nil:
 		out.Status = EmailSent
@@ -232,6 +250,31 @@ func (e *Emailer) sendKey(ctx context.Context, k CreatedKey) (KeyEmail, error) {
 		return out, err
 	}
 	return out, nil
+}
+
+// recipient returns the address and name k's e-mail goes to: the Stripe customer's,
+// else the one k's purchase collected (a guest's Checkout makes no customer). With no
+// address it returns "" and why; an error when Stripe did not answer.
+func (e *Emailer) recipient(ctx context.Context, k CreatedKey) (to, name, why string, err error) {
+	guest := strings.TrimSpace(k.PurchaseEmail)
+	if k.CustomerID == "" {
+		if guest == "" {
+			return "", "", "the purchase has no Stripe customer and collected no e-mail address", nil
+		}
+		return guest, k.PurchaseName, "", nil
+	}
+	c, err := e.customers.GetCustomer(ctx, k.CustomerID)
+	switch {
+	case err != nil && !errors.Is(err, stripeapi.ErrNotFound):
+		return "", "", "", fmt.Errorf("read customer: %w", err)
+	case err == nil && !c.Deleted && strings.TrimSpace(c.Email) != "":
+		return c.Email, c.Name, "", nil
+	case guest != "":
+		return guest, k.PurchaseName, "", nil // the customer lost its address; the purchase has one
+	case err != nil || c.Deleted:
+		return "", "", "the Stripe customer does not exist", nil
+	}
+	return "", "", "the Stripe customer has no e-mail address", nil
 }
 
 func keysOf(lics []License) []string {
@@ -252,9 +295,10 @@ func ownerID(o Owner, kind OwnerKind) string {
 }
 
 // Resend e-mails the current keys (those not blocked) of every Stripe customer with
-// the address to that customer: the lost-keys form. An address no customer has, or
-// whose customers have no key, gets nothing, and the caller learns nothing of it.
-// It returns an error matching failure.ErrRetryable when a retry may succeed; sends
+// the address to that customer, and those of the purchases a guest (no Stripe customer)
+// made with the address to that address: the lost-keys form. An address no customer
+// or guest has, or whose keys are none, gets nothing, and the caller learns nothing of
+// it. It returns an error matching failure.ErrRetryable when a retry may succeed; sends
 // that failed otherwise are audited.
 func (e *Emailer) Resend(ctx context.Context, address string) error {
 	// 1. The customers: Stripe's e-mail filter is case-sensitive, so the address as
@@ -272,27 +316,65 @@ func (e *Emailer) Resend(ctx context.Context, address string) error {
 		}
 	}
 
-	// 2. Each customer's keys, one message to each.
-	sent := 0
+	// 2. Each customer's keys, to the customer.
+	var to []keyRecipient
 	for _, c := range custs {
-		n, err := e.resendTo(ctx, c)
+		refs, err := e.licenses.Store.CustomerKeys(ctx, c.ID)
+		if err != nil {
+			return fmt.Errorf("read keys: %w", err)
+		}
+		to = append(to, keyRecipient{address: c.Email, name: c.Name, customer: c.ID, refs: refs})
+	}
+
+	// 3. A guest's purchases' keys: a guest's Checkout made no customer, and the
+	// purchase keeps the address it collected. They go with a customer's keys to the
+	// same address, else in a message of their own, to the address and name the
+	// newest purchase collected.
+	guests, err := e.store.GuestPurchases(ctx, address)
+	if err != nil {
+		return fmt.Errorf("find guest purchases: %w", err)
+	}
+	if len(guests) > 0 {
+		var refs []KeyRef
+		for _, g := range guests {
+			rs, err := e.licenses.Store.OwnerKeys(ctx, Owner{Kind: OwnerPurchase, ID: g.Purchase})
+			if err != nil {
+				return fmt.Errorf("read keys: %w", err)
+			}
+			refs = append(refs, rs...)
+		}
+		if i := slices.IndexFunc(to, func(r keyRecipient) bool { return strings.EqualFold(r.address, guests[0].Email) }); i >= 0 {
+			to[i].refs = append(to[i].refs, refs...)
+		} else {
+			to = append(to, keyRecipient{address: guests[0].Email, name: guests[0].Name, refs: refs})
+		}
+	}
+
+	// 4. One message to each.
+	sent := 0
+	for _, r := range to {
+		n, err := e.resendTo(ctx, r)
 		if err != nil {
 			return err
 		}
 		sent += n
 	}
-	e.log.Info().Int("customers", len(custs)).Int("keys", sent).Msg("lost-keys request handled")
+	e.log.Info().Int("customers", len(custs)).Int("guest_purchases", len(guests)).Int("keys", sent).Msg("lost-keys request handled")
 	return nil
 }
 
-// resendTo mails customer c its keys and returns how many it mailed.
-func (e *Emailer) resendTo(ctx context.Context, c *stripe.Customer) (int, error) {
-	log := e.log.With().Str("customer_id", c.ID).Logger()
-	refs, err := e.licenses.Store.CustomerKeys(ctx, c.ID)
-	if err != nil {
-		return 0, fmt.Errorf("read keys: %w", err)
-	}
-	all, err := e.licenses.read(ctx, refs)
+// keyRecipient is one message of the lost-keys form: the keys refs to address.
+type keyRecipient struct {
+	address, name string
+	// customer is the Stripe customer ("" for a guest).
+	customer string
+	refs     []KeyRef
+}
+
+// resendTo mails r its keys that work and returns how many it mailed.
+func (e *Emailer) resendTo(ctx context.Context, r keyRecipient) (int, error) {
+	log := e.log.With().Str("customer_id", r.customer).Logger()
+	all, err := e.licenses.read(ctx, r.refs)
 	if err != nil {
 		return 0, err
 	}
@@ -300,21 +382,22 @@ func (e *Emailer) resendTo(ctx context.Context, c *stripe.Customer) (int, error)
 	if len(lics) == 0 {
 		return 0, nil
 	}
-	msg, err := e.opts.Templates.render(EmailData{Name: c.Name, Licenses: lics, PortalURL: e.opts.PortalURL, Resend: true})
+	msg, err := e.opts.Templates.render(EmailData{Name: r.name, Licenses: lics, PortalURL: e.opts.PortalURL, Resend: true})
 	if err != nil {
 		return 0, err
 	}
 	began := time.Now()
-	err = e.sender.Send(ctx, Mail{To: c.Email, ToName: c.Name, Subject: msg.Subject, Text: msg.Text, HTML: msg.HTML})
+	err = e.sender.Send(ctx, Mail{To: r.address, ToName: r.name, Subject: msg.Subject, Text: msg.Text, HTML: msg.HTML})
 	if err != nil && !failure.IsPermanent(err) {
 		log.Warn().Str("error", scrub(err, keysOf(lics)...)).Msg("lost-keys e-mail not sent; trying again later")
 		return 0, err
 	}
 	rows := make([]syncer.AuditRow, 0, len(lics))
 	for _, l := range lics {
-		row := syncer.AuditRow{CustomerID: c.ID, ProductID: l.ProductID, LicenseKey: l.Key, Action: "email_key",
-			Outcome: syncer.OutcomeApplied, Cause: syncer.CauseCustomer, CauseID: "resend",
-			Params: map[string]any{"to": c.Email, "reason": "lost-keys form"}, Duration: time.Since(began)}
+		o := ownerOf(r.refs, l)
+		row := syncer.AuditRow{SubscriptionID: ownerID(o, OwnerSubscription), PurchaseID: ownerID(o, OwnerPurchase), CustomerID: r.customer,
+			ProductID: l.ProductID, LicenseKey: l.Key, Action: "email_key", Outcome: syncer.OutcomeApplied, Cause: syncer.CauseCustomer,
+			CauseID: "resend", Params: map[string]any{"to": r.address, "reason": "lost-keys form"}, Duration: time.Since(began)}
 		if err != nil {
 			row.Outcome, row.Message = syncer.OutcomeFailed, err.Error()
 		}
@@ -329,4 +412,14 @@ func (e *Emailer) resendTo(ctx context.Context, c *stripe.Customer) (int, error)
 	}
 	log.Info().Int("keys", len(lics)).Msg("lost-keys e-mail sent")
 	return len(lics), nil
+}
+
+// ownerOf returns the owner of license l among refs (none: the zero Owner).
+func ownerOf(refs []KeyRef, l License) Owner {
+	for _, r := range refs {
+		if r.ProductID == l.ProductID && r.Key == l.Key {
+			return r.Owner
+		}
+	}
+	return Owner{}
 }

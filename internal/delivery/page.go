@@ -111,6 +111,10 @@ type PageOptions struct {
 	ResendPath string
 	// Refresh is how soon a waiting page loads itself again (default 5s).
 	Refresh time.Duration
+	// Timeout bounds the work of one answer (default 20s, within the public listener's
+	// 30-second WriteTimeout): past it the page answers 202 and asks again, while a
+	// Sync cut by it is finished by the next request or the webhook.
+	Timeout time.Duration
 	// Now is the clock sessions' ages are judged by (default time.Now).
 	Now func() time.Time
 }
@@ -147,6 +151,9 @@ func NewPage(checkout Checkout, sync Syncer, licenses Licenses, opts PageOptions
 	if opts.Refresh <= 0 {
 		opts.Refresh = 5 * time.Second
 	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultPageTimeout
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -156,17 +163,27 @@ func NewPage(checkout Checkout, sync Syncer, licenses Licenses, opts PageOptions
 // Path is where the page is served.
 const Path = "/license"
 
+// DefaultPageTimeout is PageOptions.Timeout's default.
+const DefaultPageTimeout = 20 * time.Second
+
 // ServeHTTP answers GET /license?session_id=...: 200 with the keys, 202 while the
-// payment is processing, 404 for a session this account does not have, 410 for one
-// older than MaxAge, 429 past the client's limit, 503 when Stripe or Cryptolens does
-// not answer. JSON for Accept: application/json, HTML otherwise.
+// payment is processing (or the answer ran out of time), 404 for a session this
+// account does not have, 410 for one older than MaxAge, 429 past the client's limit,
+// 503 when Stripe or Cryptolens does not answer. JSON for Accept: application/json,
+// HTML otherwise.
 func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ok, wait := p.limit.allow(p.opts.ClientIP(r), time.Now()); !ok {
 		w.Header().Set("Retry-After", retryAfter(wait))
 		p.render(w, r, PageData{Status: StatusRateLimited})
 		return
 	}
-	p.render(w, r, p.answer(r.Context(), r.URL.Query().Get("session_id")))
+	// The answer's work is not cut when the customer leaves (closes the tab, or the
+	// browser gives up): a Sync cut between CreateKey and the record of the new key
+	// would leave the key to be found again by its marker, its record and e-mail late.
+	// Its own deadline keeps the answer within the listener's WriteTimeout.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), p.opts.Timeout)
+	defer cancel()
+	p.render(w, r, p.answer(ctx, r.URL.Query().Get("session_id")))
 }
 
 // sessionID is a Checkout Session id: Stripe's are about 66 characters.
@@ -187,6 +204,9 @@ func (p *Page) answer(ctx context.Context, id string) PageData {
 		return PageData{Status: StatusNotFound}
 	case errors.Is(err, ErrBusy):
 		return PageData{Status: StatusUnavailable} // SessionReads logs it, once a minute
+	case err != nil && ctx.Err() != nil:
+		p.log.Warn().Msg("license page: out of time reading the checkout session; the page asks again")
+		return PageData{Status: StatusProcessing}
 	case err != nil:
 		p.log.Warn().Str("error", scrub(err, id)).Msg("license page: cannot read the checkout session")
 		return PageData{Status: StatusUnavailable}
@@ -207,16 +227,11 @@ func (p *Page) answer(ctx context.Context, id string) PageData {
 		synced, err = p.sync.SyncSubscription(ctx, owner.ID, cause)
 	}
 
-	// 4. The keys as they are now. A Sync that failed still shows keys made before.
+	// 4. The keys as they are now. A Sync that failed still shows keys made before; one
+	// that ran out of time asks again (202), as a payment on its way does.
 	lics, lerr := p.licenses.Of(ctx, owner)
 	switch {
-	case lerr != nil && failure.IsPermanent(lerr):
-		log.Error().Str("error", scrub(lerr, id)).Msg("license page: cannot read the keys")
-		return PageData{Status: StatusError}
-	case lerr != nil:
-		log.Warn().Str("error", scrub(lerr, id)).Msg("license page: cannot read the keys")
-		return PageData{Status: StatusUnavailable}
-	case len(lics) > 0:
+	case lerr == nil && len(lics) > 0:
 		if err != nil {
 			secrets := []string{id}
 			for _, l := range lics {
@@ -225,6 +240,15 @@ func (p *Page) answer(ctx context.Context, id string) PageData {
 			log.Warn().Str("error", scrub(err, secrets...)).Msg("license page: the sync failed; showing the keys as they are")
 		}
 		return PageData{Status: StatusReady, Licenses: lics, PortalURL: p.opts.PortalURL}
+	case ctx.Err() != nil:
+		log.Warn().Dur("timeout", p.opts.Timeout).Msg("license page: out of time; the page asks again")
+		return PageData{Status: StatusProcessing}
+	case lerr != nil && failure.IsPermanent(lerr):
+		log.Error().Str("error", scrub(lerr, id)).Msg("license page: cannot read the keys")
+		return PageData{Status: StatusError}
+	case lerr != nil:
+		log.Warn().Str("error", scrub(lerr, id)).Msg("license page: cannot read the keys")
+		return PageData{Status: StatusUnavailable}
 	case err != nil && failure.IsPermanent(err):
 		log.Error().Str("error", scrub(err, id)).Msg("license page: no key can be made for this checkout")
 		return PageData{Status: StatusError}

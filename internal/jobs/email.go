@@ -14,7 +14,8 @@ import (
 // queues them, and the lost-keys form's e-mail. They run beside event jobs.
 
 // EmailKeyArgs is the job that e-mails one new key to its customer. It names the key by
-// its create_key audit row, so no key is ever in a job's arguments.
+// its audit row (its create_key row, or the adopt_key row that stands for a lost one),
+// so no key is ever in a job's arguments.
 type EmailKeyArgs struct {
 	AuditID int64 `json:"audit_id"`
 }
@@ -31,7 +32,7 @@ func (EmailKeyArgs) InsertOpts() river.InsertOpts {
 // EmailKeyWorker e-mails a new key.
 type EmailKeyWorker struct {
 	river.WorkerDefaults[EmailKeyArgs]
-	// Send e-mails the key of a create_key audit row, once (delivery.Emailer.SendKey);
+	// Send e-mails the key of an outbox audit row, once (delivery.Emailer.SendKey);
 	// it returns an error only for River to retry.
 	Send func(ctx context.Context, auditID int64) error
 }
@@ -42,7 +43,8 @@ func (w *EmailKeyWorker) Work(ctx context.Context, job *river.Job[EmailKeyArgs])
 }
 
 // EmailOutboxArgs is the job that queues an EmailKeyArgs job for every new key not
-// mailed yet (its create_key audit row is the outbox).
+// mailed yet (its create_key audit row, or the adopt_key row that stands for a lost one,
+// is the outbox).
 type EmailOutboxArgs struct{}
 
 // Kind is River's name for the job.
@@ -70,7 +72,7 @@ func QueueOutboxScan(ctx context.Context, client *river.Client[pgx.Tx]) error {
 // EmailOutboxWorker runs outbox scans.
 type EmailOutboxWorker struct {
 	river.WorkerDefaults[EmailOutboxArgs]
-	// Outbox returns the create_key audit rows whose key is still to be mailed
+	// Outbox returns the audit rows of the new keys still to be mailed
 	// (delivery.Emailer.Outbox).
 	Outbox func(ctx context.Context) ([]int64, error)
 	// Client inserts the e-mail jobs.

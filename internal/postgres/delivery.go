@@ -76,19 +76,39 @@ func (s *Store) keyRefs(ctx context.Context, q, arg string) ([]delivery.KeyRef, 
 	return refs, nil
 }
 
-// keysToEmail is the outbox: created keys of the window with no e-mail row, or one
-// that a failure gave back (pending) and whose job may have given up. It reads the
-// audit log by its (action, at) index.
+// keysToEmail is the outbox: the keys created in the window that have no e-mail row,
+// or one that a failure gave back (pending) and whose job may have given up. A key is
+// created by an applied create_key row or, when that row was lost (the Sync that made
+// the key crashed, or its request was cut, before the commit), by the adopt_key row of
+// the Sync that found it again by keysync's own Notes marker: that row counts when the
+// key was at most a day older than the window when adopted (Cryptolens may keep whole
+// days) and no create_key row names the key. No other adoption is mailed: a key named in
+// a subscription's metadata is the vendor's or Cryptolens' hosted module's, which its
+// customer has; an SKGL key's new string ("skgl key change") is a change, not a new key;
+// and a key keysync made long ago, found by its marker again (a bundle keeping the key a
+// subscription had, a product that comes back, a database restored from a backup),
+// has its create_key row or is too old. It reads the audit log by its (action, at)
+// index.
 const keysToEmail = `
 SELECT a.id FROM audit_log a
-WHERE a.action = 'create_key' AND a.outcome = 'applied' AND a.license_key IS NOT NULL AND a.product_id IS NOT NULL
+WHERE a.action IN ('create_key', 'adopt_key') AND a.outcome = 'applied' AND a.license_key IS NOT NULL AND a.product_id IS NOT NULL
   AND a.at > now() - make_interval(secs => $1)
+  AND (a.action = 'create_key' OR (` + adoptedNewKey + `))
   AND NOT EXISTS (SELECT 1 FROM key_emails e
                   WHERE e.product_id = a.product_id AND e.license_key = a.license_key AND e.status <> 'pending')
 ORDER BY a.id LIMIT $2`
 
-// KeysToEmail returns, oldest first and at most limit, the applied create_key audit
-// rows of the last window whose key has not been mailed, nor claimed for mailing.
+// adoptedNewKey says an adopt_key row a (of the window $1, in seconds) adopted a key
+// keysync made and lost the create_key row of (see keysToEmail).
+const adoptedNewKey = `a.action = 'adopt_key' AND a.params->>'source' LIKE '` + syncer.SourceMarker + ` %'
+      AND (a.params->>'key_age_seconds')::float8 < $1 + 86400
+      AND NOT EXISTS (SELECT 1 FROM audit_log c
+                      WHERE c.license_key = a.license_key AND c.product_id = a.product_id
+                        AND c.action = 'create_key' AND c.outcome = 'applied')`
+
+// KeysToEmail returns, oldest first and at most limit, the audit rows of the keys
+// created in the last window (applied create_key rows, and adopt_key rows that stand for
+// a lost one) whose key has not been mailed, nor claimed for mailing.
 func (s *Store) KeysToEmail(ctx context.Context, window time.Duration, limit int) ([]int64, error) {
 	rows, err := s.pool.Query(ctx, keysToEmail, window.Seconds(), limit)
 	if err != nil {
@@ -101,17 +121,22 @@ func (s *Store) KeysToEmail(ctx context.Context, window time.Duration, limit int
 	return ids, nil
 }
 
+// createdKey reads an outbox row, with the address and name its purchase collected (a
+// guest's only ones).
 const createdKey = `
-SELECT id, product_id, license_key, coalesce(customer_id, ''), coalesce(subscription_id, ''), coalesce(purchase_id, ''), cause,
-    coalesce(cause_id, '')
-FROM audit_log
-WHERE id = $1 AND action = 'create_key' AND outcome = 'applied' AND license_key IS NOT NULL AND product_id IS NOT NULL`
+SELECT a.id, a.product_id, a.license_key, coalesce(a.customer_id, ''), coalesce(a.subscription_id, ''), coalesce(a.purchase_id, ''),
+    a.cause, coalesce(a.cause_id, ''), coalesce(p.customer_email, ''), coalesce(p.customer_name, '')
+FROM audit_log a LEFT JOIN purchases p ON p.id = a.purchase_id
+WHERE a.id = $1 AND a.outcome = 'applied' AND a.license_key IS NOT NULL AND a.product_id IS NOT NULL
+  AND (a.action = 'create_key' OR (a.action = 'adopt_key' AND a.params->>'source' LIKE '` + syncer.SourceMarker + ` %'))`
 
-// CreatedKey returns an applied create_key audit row, or ErrNotFound (wrapped).
+// CreatedKey returns an outbox row (an applied create_key row, or an adopt_key row of a
+// key found by keysync's marker), or ErrNotFound (wrapped).
 func (s *Store) CreatedKey(ctx context.Context, id int64) (delivery.CreatedKey, error) {
 	var k delivery.CreatedKey
 	var sub, purchase string
-	err := s.pool.QueryRow(ctx, createdKey, id).Scan(&k.AuditID, &k.ProductID, &k.Key, &k.CustomerID, &sub, &purchase, &k.Cause, &k.CauseID)
+	err := s.pool.QueryRow(ctx, createdKey, id).Scan(&k.AuditID, &k.ProductID, &k.Key, &k.CustomerID, &sub, &purchase, &k.Cause, &k.CauseID,
+		&k.PurchaseEmail, &k.PurchaseName)
 	if err != nil {
 		return delivery.CreatedKey{}, fmt.Errorf("created key: %w", translate(err))
 	}
@@ -122,6 +147,31 @@ func (s *Store) CreatedKey(ctx context.Context, id int64) (delivery.CreatedKey, 
 		k.Owner = delivery.Owner{Kind: delivery.OwnerPurchase, ID: purchase}
 	}
 	return k, nil
+}
+
+// guestPurchases are a guest's purchases (no Stripe customer) by the address they
+// collected, in any case, newest first.
+const guestPurchases = `
+SELECT id, customer_email, coalesce(customer_name, '') FROM purchases
+WHERE customer_id IS NULL AND lower(customer_email) = lower($1)
+ORDER BY created DESC, id`
+
+// GuestPurchases returns the purchases made without a Stripe customer (a guest's
+// Checkout payments) whose collected address is address in any case, newest first.
+func (s *Store) GuestPurchases(ctx context.Context, address string) ([]delivery.GuestPurchase, error) {
+	rows, err := s.pool.Query(ctx, guestPurchases, address)
+	if err != nil {
+		return nil, fmt.Errorf("guest purchases: %w", translate(err))
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (delivery.GuestPurchase, error) {
+		var g delivery.GuestPurchase
+		err := r.Scan(&g.Purchase, &g.Email, &g.Name)
+		return g, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("guest purchases: %w", translate(err))
+	}
+	return out, nil
 }
 
 const (

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -11,7 +12,8 @@ import (
 )
 
 const getPurchase = `
-SELECT id, coalesce(customer_id, '') AS customer_id, status, invoice_id, refunded, disputed, created, last_synced_at, unmapped_at, last_error
+SELECT id, coalesce(customer_id, '') AS customer_id, coalesce(customer_email, '') AS customer_email,
+    coalesce(customer_name, '') AS customer_name, status, invoice_id, refunded, disputed, created, last_synced_at, unmapped_at, last_error
 FROM purchases WHERE id = $1`
 
 const getPurchaseKeys = `
@@ -28,6 +30,24 @@ func (s *Store) GetPurchase(ctx context.Context, id string) (syncer.PurchaseRow,
 // ErrNotFound (wrapped) when keysync has none.
 func (l *PurchaseLock) GetPurchase(ctx context.Context) (syncer.PurchaseRow, error) {
 	return getPurchaseRow(ctx, l.conn, l.id)
+}
+
+// invoiceSession is the session whose post-payment invoice an invoice is, as the
+// session's Sync recorded it.
+const invoiceSession = `SELECT id FROM purchases WHERE invoice_id = $1`
+
+// InvoiceSession returns the purchase (a Checkout Session) whose post-payment invoice
+// the locked id is, "" when keysync recorded none.
+func (l *PurchaseLock) InvoiceSession(ctx context.Context) (string, error) {
+	var id string
+	err := l.conn.QueryRow(ctx, invoiceSession, l.id).Scan(&id)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("invoice's session: %w", translate(err))
+	}
+	return id, nil
 }
 
 // PurchaseKeys returns a purchase's keys, one per Cryptolens product (none: the
@@ -65,10 +85,13 @@ func getKeys(ctx context.Context, q querier, query, owner string) ([]syncer.KeyR
 }
 
 const upsertPurchase = `
-INSERT INTO purchases (id, customer_id, status, invoice_id, refunded, disputed, created, last_synced_at, unmapped_at, last_error, updated_at)
-VALUES ($1, NULLIF($2, ''), $3, $4, $5, $6, $7, $8, $9, $10, now())
+INSERT INTO purchases (id, customer_id, status, invoice_id, refunded, disputed, created, last_synced_at, unmapped_at, last_error,
+    customer_email, customer_name, updated_at)
+VALUES ($1, NULLIF($2, ''), $3, $4, $5, $6, $7, $8, $9, $10, NULLIF($11, ''), NULLIF($12, ''), now())
 ON CONFLICT (id) DO UPDATE SET
     customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
+    customer_email = COALESCE(EXCLUDED.customer_email, purchases.customer_email),
+    customer_name = COALESCE(EXCLUDED.customer_name, purchases.customer_name),
     invoice_id = COALESCE(EXCLUDED.invoice_id, purchases.invoice_id),
     refunded = EXCLUDED.refunded, disputed = EXCLUDED.disputed, created = EXCLUDED.created,
     last_synced_at = EXCLUDED.last_synced_at, unmapped_at = EXCLUDED.unmapped_at, last_error = EXCLUDED.last_error,
@@ -96,7 +119,7 @@ func savePurchase(ctx context.Context, q querier, row syncer.PurchaseRow, audits
 		}
 		b := &pgx.Batch{}
 		b.Queue(upsertPurchase, row.ID, row.CustomerID, row.Status, row.InvoiceID, row.Refunded, row.Disputed, created,
-			row.LastSyncedAt, row.UnmappedAt, row.LastError)
+			row.LastSyncedAt, row.UnmappedAt, row.LastError, row.CustomerEmail, row.CustomerName)
 		for _, k := range row.Keys {
 			b.Queue(upsertPurchaseKey, row.ID, k.ProductID, k.LicenseKey, k.KeyID, k.BlockedByKeysync)
 		}

@@ -48,9 +48,11 @@ type keyPlan struct {
 	read bool
 	// forget says the key keysync recorded no longer exists in Cryptolens.
 	forget bool
-	// adopted is a key keysync had not recorded, found the way adoptedFrom says.
+	// adopted is a key keysync had not recorded, found the way adoptedFrom says;
+	// byMarker says it was found by keysync's own Notes marker.
 	adopted     *cryptolens.Key
 	adoptedFrom string
+	byMarker    bool
 	// expiryBlocked says the key carries Cryptolens' expiry block (license.ExpiryBlocked);
 	// newExpiryBlock that keysync's record does not say so yet.
 	expiryBlocked, newExpiryBlock bool
@@ -163,7 +165,8 @@ func (s *Syncer) findKey(ctx context.Context, kp *keyPlan, o owner, log zerolog.
 		// contains() also matches longer ids (sub_1 in sub_12): the marker must be a
 		// whole word of the notes.
 		if slices.Contains(strings.Fields(k.Notes), marker) {
-			kp.adopt(k, "notes marker "+marker)
+			kp.adopt(k, SourceMarker+" "+marker)
+			kp.byMarker = true
 			return nil
 		}
 	}
@@ -226,8 +229,19 @@ func (r *run) learnKey(kp *keyPlan) {
 	if k := kp.adopted; k != nil {
 		key, id := k.Key, k.ID
 		kp.rec.LicenseKey, kp.rec.KeyID = &key, &id
-		r.audit(AuditRow{Action: "adopt_key", Outcome: OutcomeApplied, LicenseKey: k.Key, ProductID: kp.desired.ProductID,
-			Params: map[string]any{"source": kp.adoptedFrom, "expires": k.Expires}})
+		params := map[string]any{"source": kp.adoptedFrom, "expires": k.Expires}
+		if !k.Created.IsZero() {
+			// The key's age on Cryptolens' clock: a key found by keysync's marker that is
+			// hours old is most likely one whose creation keysync failed to record (a
+			// crash, a lost commit), and the e-mail outbox mails it as a new key
+			// (KeyEmailSource).
+			params["created"] = k.Created
+			if !r.now.IsZero() {
+				params["key_age_seconds"] = int64(max(r.now.Sub(k.Created), 0) / time.Second)
+			}
+		}
+		r.audit(AuditRow{Action: "adopt_key", Outcome: OutcomeApplied, LicenseKey: k.Key, ProductID: kp.desired.ProductID, Params: params})
+		r.adoptedByMarker = r.adoptedByMarker || kp.byMarker
 	}
 }
 

@@ -74,9 +74,9 @@ func (s *Syncer) syncPurchase(ctx context.Context, id string, cause Cause) (Resu
 	}
 	defer lock.Release()
 	now := s.opts.Now().UTC()
-	row, found, err := readPurchase(ctx, lock, id)
-	if err != nil {
-		return Result{}, "", err
+	row, found, session, err := readPurchase(ctx, lock, id)
+	if err != nil || session != "" {
+		return Result{}, session, err
 	}
 	pr := &purchaseRun{row: row}
 	r := &run{s: s, cause: cause, purchase: id, customer: row.CustomerID,
@@ -89,8 +89,13 @@ func (s *Syncer) syncPurchase(ctx context.Context, id string, cause Cause) (Resu
 
 	// 2. Plan, keeping what was read even when planning failed part way.
 	p, err := s.planPurchase(ctx, row, found, &r.recs, now, r.log)
-	if p.session != "" {
+	switch {
+	case p.session != "":
 		return Result{}, p.session, nil
+	case p.guestReceipt:
+		r.log.Info().Msg("an invoice of no customer whose Checkout Session Stripe does not name: a guest's post-payment " +
+			"invoice, part of its session's purchase; no key of its own")
+		return Result{}, "", nil
 	}
 	r.now = p.now
 	pr.learn(p)
@@ -121,19 +126,27 @@ func (s *Syncer) syncPurchase(ctx context.Context, id string, cause Cause) (Resu
 	if saveErr := r.save(ctx, r.audits); saveErr != nil {
 		return res, "", errors.Join(err, saveErr)
 	}
+	r.recorded(ctx)
 	return res, "", err
 }
 
-// readPurchase returns keysync's row for the locked purchase and whether one was stored.
-func readPurchase(ctx context.Context, lock PurchaseLock, id string) (PurchaseRow, bool, error) {
-	row, err := lock.GetPurchase(ctx)
+// readPurchase returns keysync's row for the locked purchase and whether one was
+// stored. For an invoice keysync has no row for it returns instead the Checkout Session
+// whose post-payment invoice keysync recorded it to be: the purchase to sync.
+func readPurchase(ctx context.Context, lock PurchaseLock, id string) (row PurchaseRow, found bool, session string, err error) {
+	row, err = lock.GetPurchase(ctx)
 	switch {
+	case errors.Is(err, ErrNotFound) && strings.HasPrefix(id, "in_"):
+		if session, err = lock.InvoiceSession(ctx); err != nil || session != "" {
+			return PurchaseRow{}, false, session, err
+		}
+		return PurchaseRow{ID: id}, false, "", nil
 	case errors.Is(err, ErrNotFound):
-		return PurchaseRow{ID: id}, false, nil
+		return PurchaseRow{ID: id}, false, "", nil
 	case err != nil:
-		return PurchaseRow{}, false, err
+		return PurchaseRow{}, false, "", err
 	}
-	return row, true, nil
+	return row, true, "", nil
 }
 
 // purchaseRun is a purchase's part of a run: its row.
@@ -165,8 +178,10 @@ type purchasePlan struct {
 	created             time.Time
 	customerName, email string
 	// session is the Checkout Session that made the invoice being synced: the
-	// purchase to sync instead.
-	session string
+	// purchase to sync instead. guestReceipt says the invoice is a guest's
+	// post-payment invoice whose session Stripe does not name: no purchase of its own.
+	session      string
+	guestReceipt bool
 	// desired is the policy's wish, once decided: one perpetual key per product,
 	// nothing for an unmapped purchase.
 	desired []license.Desired
@@ -187,7 +202,7 @@ func (s *Syncer) planPurchase(ctx context.Context, row PurchaseRow, found bool, 
 	} else {
 		err = s.readInvoice(ctx, p, row.ID, found)
 	}
-	if err != nil || p.session != "" {
+	if err != nil || p.session != "" || p.guestReceipt {
 		return p, err
 	}
 	p.read = true
@@ -265,8 +280,9 @@ func (s *Syncer) readSession(ctx context.Context, p *purchasePlan, id string) er
 }
 
 // readInvoice reads an invoice of no subscription into p, with all its lines and its
-// charge. An invoice a Checkout Session made sets p.session instead; that is looked up
-// only for an invoice keysync has no row for (known says it has).
+// charge. An invoice a Checkout Session made sets p.session (or p.guestReceipt)
+// instead; that is looked up only for an invoice keysync has no row for (known says it
+// has), and after keysync's own record of sessions' invoices (readPurchase).
 func (s *Syncer) readInvoice(ctx context.Context, p *purchasePlan, id string, known bool) error {
 	inv, err := s.stripe.PurchaseInvoice(ctx, id)
 	if err != nil {
@@ -275,8 +291,8 @@ func (s *Syncer) readInvoice(ctx context.Context, p *purchasePlan, id string, kn
 	if inv.Subscription != nil {
 		return fmt.Errorf("%w: invoice %s belongs to subscription %s: it is synced with its subscription", ErrPermanent, id, inv.Subscription.ID)
 	}
-	if !known && inv.Customer != nil {
-		if p.session, err = s.stripe.InvoiceSession(ctx, inv.Customer.ID, id); err != nil || p.session != "" {
+	if !known {
+		if p.session, p.guestReceipt, err = s.checkoutReceipt(ctx, inv); err != nil || p.session != "" || p.guestReceipt {
 			return err
 		}
 	}
@@ -293,6 +309,31 @@ func (s *Syncer) readInvoice(ctx context.Context, p *purchasePlan, id string, kn
 		p.purchase.Refunded, p.purchase.Disputed, err = s.paymentState(ctx, []*stripe.Charge{ch})
 	}
 	return err
+}
+
+// checkoutReceipt finds the Checkout Session whose post-payment invoice inv is: the
+// session of the invoice's PaymentIntent, else the customer's session that names the
+// invoice. An invoice with no customer and no session found is a guest's receipt
+// (guest true): Stripe's invoices API makes no invoice without a customer, so only
+// Checkout, for a guest, can have made it, and its session's Sync makes the key. Never
+// a key of its own: a second key for one payment is worse than a receipt left alone.
+func (s *Syncer) checkoutReceipt(ctx context.Context, inv *stripe.Invoice) (session string, guest bool, err error) {
+	if inv.PaymentIntent != nil && inv.PaymentIntent.ID != "" {
+		sess, err := s.stripe.PaymentSession(ctx, inv.PaymentIntent.ID)
+		if err != nil {
+			return "", false, fmt.Errorf("find the invoice's checkout session: %w", err)
+		}
+		if sess != nil && sess.Mode == stripe.CheckoutSessionModePayment && (sess.Invoice == nil || sess.Invoice.ID == inv.ID) {
+			return sess.ID, false, nil
+		}
+	}
+	if inv.Customer == nil || inv.Customer.ID == "" {
+		return "", true, nil
+	}
+	if session, err = s.stripe.InvoiceSession(ctx, inv.Customer.ID, inv.ID); err != nil {
+		return "", false, fmt.Errorf("find the invoice's checkout session: %w", err)
+	}
+	return session, false, nil
 }
 
 // blocksOnPayment says the policy blocks keys on refunds or disputes: only then are a
@@ -333,6 +374,9 @@ func (pr *purchaseRun) learn(p *purchasePlan) {
 	r := pr.run
 	pr.row.CustomerID, pr.row.Status, pr.row.Created = p.purchase.CustomerID, p.status, p.created
 	pr.row.Refunded, pr.row.Disputed = p.purchase.Refunded, p.purchase.Disputed
+	if p.email != "" {
+		pr.row.CustomerEmail, pr.row.CustomerName = p.email, p.customerName
+	}
 	if p.invoiceID != "" {
 		inv := p.invoiceID
 		pr.row.InvoiceID = &inv
@@ -403,9 +447,9 @@ func (s *Syncer) PreviewPurchase(ctx context.Context, id string) (PurchasePrevie
 		return PurchasePreview{}, err
 	}
 	defer lock.Release()
-	row, found, err := readPurchase(ctx, lock, id)
-	if err != nil {
-		return PurchasePreview{}, err
+	row, found, session, err := readPurchase(ctx, lock, id)
+	if err != nil || session != "" {
+		return PurchasePreview{Row: row, Session: session}, err
 	}
 	recs := make([]*KeyRow, 0, len(row.Keys))
 	for i := range row.Keys {

@@ -26,6 +26,9 @@ type PurchaseLock interface {
 	GetPurchase(ctx context.Context) (PurchaseRow, error)
 	// SavePurchase writes the row, its keys and the audit rows in one transaction.
 	SavePurchase(ctx context.Context, row PurchaseRow, audits []AuditRow) error
+	// InvoiceSession returns the purchase (a Checkout Session) whose post-payment
+	// invoice keysync recorded the locked id to be, "" when it recorded none.
+	InvoiceSession(ctx context.Context) (string, error)
 	// Release frees the lock.
 	Release()
 }
@@ -90,8 +93,14 @@ type SubscriptionRow struct {
 // PurchaseRow is keysync's row for a one-time purchase (a Checkout Session in payment
 // mode, or an invoice of no subscription) and its keys, one per Cryptolens product.
 type PurchaseRow struct {
-	ID         string
+	ID string
+	// CustomerID is the Stripe customer; "" for a guest's Checkout payment, which
+	// makes none (customer_creation=if_required).
 	CustomerID string
+	// CustomerEmail and CustomerName are what the purchase collected (a session's
+	// customer_details, an invoice's customer_email and customer_name): a guest's only
+	// address, to which the key is e-mailed.
+	CustomerEmail, CustomerName string
 	// Status is the payment's: paid, processing (an asynchronous payment under way),
 	// payment_failed, open, expired; an invoice's draft, void or uncollectible.
 	Status string

@@ -96,8 +96,10 @@ type Options struct {
 	// ObserveAction, if set, is told each audited action's kind and outcome (for metrics).
 	ObserveAction func(kind string, outcome Outcome)
 	// KeyCreated, if set, is told once a key this Sync created is recorded (its
-	// create_key audit row is committed): new keys are e-mailed from there. It must not
-	// block; the audit row stays the record a crash before the call cannot lose.
+	// create_key audit row is committed), or a key it adopted by keysync's own Notes
+	// marker (its adopt_key row: the key may be one whose create_key row a crash lost):
+	// new keys are e-mailed from there. It must not block; the audit row stays the
+	// record a crash before the call cannot lose.
 	KeyCreated func(ctx context.Context)
 }
 
@@ -180,6 +182,15 @@ func Marker(subscription string) string { return markerPrefix + subscription }
 // word is no marker. It is Marker's inverse.
 func MarkedSubscription(word string) (string, bool) { return strings.CutPrefix(word, markerPrefix) }
 
+// SourceMarker begins the source (params.source, "notes marker stripe:<id>") of an
+// adopt_key audit row whose key was found by keysync's own Notes marker: a key keysync
+// created, though its record (the create_key row) may have been lost with a commit
+// that never happened. Other adoptions name the subscription's metadata (a key the
+// vendor or Cryptolens' hosted Stripe module issued) or "skgl key change" (a key that
+// got a new string). Such a row also carries the key's creation ("created") and its
+// age on Cryptolens' clock when adopted ("key_age_seconds").
+const SourceMarker = "notes marker"
+
 // KeyMetadata is the Stripe subscription metadata entry that names the subscription's
 // key: keysync adopts the key it names, and writes it when WriteStripeMetadata is on.
 const KeyMetadata = "cryptolens_key"
@@ -216,6 +227,19 @@ type run struct {
 	audits []AuditRow
 	now    time.Time
 	log    zerolog.Logger
+	// adoptedByMarker says a key was adopted by keysync's marker (SourceMarker): once
+	// that is recorded, the e-mail outbox may have a key to mail.
+	adoptedByMarker bool
+}
+
+// recorded is told that the run's audit rows are committed: a key adopted by keysync's
+// own marker may be a new key whose create_key row was lost, which the e-mail outbox
+// mails, so the KeyCreated hook hears of it as of a create.
+func (r *run) recorded(ctx context.Context) {
+	if r.adoptedByMarker && r.s.opts.KeyCreated != nil && !r.s.opts.DryRun {
+		r.s.opts.KeyCreated(ctx)
+	}
+	r.adoptedByMarker = false
 }
 
 // audit adds an audit row, naming the run's owner and cause; a row that names no key
@@ -296,6 +320,7 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 	if saveErr := r.save(ctx, r.audits); saveErr != nil {
 		return res, errors.Join(err, saveErr)
 	}
+	r.recorded(ctx)
 	return res, err
 }
 
