@@ -17,7 +17,7 @@ import (
 )
 
 // slowSender opens a delivery to b's server as client (X-Client), with a fresh,
-// well-formed signature header and a declared body of which it sends a few bytes, and
+// well-formed signature header and a declared body of 64 KiB of which it sends a few bytes, and
 // then nothing: it holds its share of the budget while the handler waits for the rest.
 func (b *bundle) slowSender(t *testing.T, client string) net.Conn {
 	t.Helper()
@@ -26,7 +26,7 @@ func (b *bundle) slowSender(t *testing.T, client string) net.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "POST / HTTP/1.1\r\nHost: x\r\nX-Client: %s\r\nStripe-Signature: t=%d,v1=%s\r\nContent-Length: 4096\r\n\r\n{\"id\":",
+	fmt.Fprintf(conn, "POST / HTTP/1.1\r\nHost: x\r\nX-Client: %s\r\nStripe-Signature: t=%d,v1=%s\r\nContent-Length: 65536\r\n\r\n{\"id\":",
 		client, time.Now().Unix(), strings.Repeat("0", 64))
 	return conn
 }
@@ -51,7 +51,9 @@ func (b *bundle) postAs(t *testing.T, client string, body []byte) (int, string) 
 // Stripe's delivery is stored.
 func TestSlowBodiesTimeOut(t *testing.T) {
 	t.Parallel()
-	const timeout = 2 * time.Second
+	// Long enough that a loaded machine sees the senders hold the budget before their
+	// time is up (the first wait below has this long).
+	const timeout = 5 * time.Second
 	b := setup(t, options{config: func(c *wh.Config) {
 		c.MaxBody, c.BodyBudget, c.ClientBudget, c.BodyTimeout = 64<<10, 128<<10, 128<<10, timeout
 		c.ClientIP = clientip.FromRequest("X-Client")
