@@ -58,7 +58,7 @@ func (s *Summary) Table() string {
 	}
 	if w := s.Sweep; w != nil {
 		line(fmt.Sprintf("sweep %dk: wall time (vs listing alone)", w.Subscriptions/1000), w.Seconds, w.BaselineSeconds, "s", "")
-		line(fmt.Sprintf("sweep %dk: API calls (vs N/100+K/99+5)", w.Subscriptions/1000), float64(w.StripeCalls+w.CryptolensCalls), float64(w.Budget), "", "<= 2,100 calls")
+		line(fmt.Sprintf("sweep %dk: API calls (vs N/100+K/99+5+2W/100)", w.Subscriptions/1000), float64(w.StripeCalls+w.CryptolensCalls), float64(w.Budget), "", "<= 2,100 calls")
 		base := 0.0
 		if p := s.Process; p != nil {
 			base = p.IdleRSSMB

@@ -46,12 +46,18 @@ type SweepResult struct {
 	Seconds         float64 `json:"seconds"`
 	StripeCalls     int     `json:"stripe_calls"`
 	CryptolensCalls int     `json:"cryptolens_calls"`
-	// Budget is N/100 + K/99 + 5, the calls a paged sweep needs.
+	// Window is how many subscriptions started in the sweep's one-time-purchase window
+	// (the last day): their Checkout Sessions and invoices are listed, 100 a page.
+	Window int `json:"purchase_window"`
+	// Budget is N/100 + K/99 + 5 + 2·W/100, the calls a paged sweep needs.
 	Budget          int     `json:"call_budget"`
 	PeakRSSMB       float64 `json:"peak_rss_mb"`
 	Drifted         int     `json:"drifted"`
 	BaselineSeconds float64 `json:"baseline_seconds"`
 }
+
+// sweepDays is how many days the sweep's subscriptions start over.
+const sweepDays = 27
 
 const (
 	benchStripeKey  = "sk_test_bench"
@@ -70,7 +76,11 @@ func Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error) {
 			opts.Progress(fmt.Sprintf(format, a...))
 		}
 	}
-	st := stripesim.New(stripesim.Options{APIKey: benchStripeKey, Start: time.Now(), NoEvents: true})
+	// The simulators' clock starts as far back as the seeding below moves it, so that the
+	// sweep runs at about the host's time: keysync's clock is Cryptolens', which it
+	// learns from the first answer, and until then the host's.
+	st := stripesim.New(stripesim.Options{APIKey: benchStripeKey, NoEvents: true,
+		Start: time.Now().Add(-time.Duration(sweepDays-1)*24*time.Hour - time.Hour)})
 	defer st.Close()
 	cl := cryptolenssim.New(cryptolenssim.WithClock(st.Now))
 	cl.AddProduct(benchProduct, cryptolenssim.ProductOptions{})
@@ -85,8 +95,17 @@ func Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error) {
 		return res, err
 	}
 	defer pool.Close()
+	// The subscriptions start over the 27 days before the sweep, a batch a day, as an
+	// account's do over a month (none has renewed yet: the first batch's period ends on
+	// day 28 at the earliest, February's), and the last batch an hour before the sweep.
+	// The sweep's one-time-purchase window (the last day) then holds one batch's Checkout
+	// Sessions and invoices, as it holds a day's on a real account, not all of them.
 	var rows [][]any
+	perDay := (opts.Subscriptions + sweepDays - 1) / sweepDays
 	for i := range opts.Subscriptions {
+		if i > 0 && i%perDay == 0 {
+			st.Advance(24 * time.Hour)
+		}
 		co, err := st.Checkout(stripesim.CheckoutParams{Email: fmt.Sprintf("u%d@example.com", i), Items: []stripesim.ItemParams{{Price: price}}})
 		if err != nil {
 			return res, err
@@ -105,7 +124,12 @@ func Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error) {
 		return res, err
 	}
 	rows = nil
-	say("seeded %d subscriptions, keys and mapping rows, all in their policy state", opts.Subscriptions)
+	st.Advance(time.Hour)
+	res.Window = min(perDay, opts.Subscriptions-(sweepDays-1)*perDay)
+	if opts.Subscriptions < sweepDays {
+		res.Window = 1
+	}
+	say("seeded %d subscriptions, keys and mapping rows, all in their policy state, over %d days", opts.Subscriptions, sweepDays)
 
 	stripeURL, stopStripe, err := serveLoopback(st)
 	if err != nil {
@@ -138,7 +162,7 @@ func Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error) {
 	res.PeakRSSMB = float64(kb) / 1024
 	res.StripeCalls = sum(st.Requests()) - stripeBefore
 	res.CryptolensCalls = len(cl.Calls()) - cryptoBefore
-	res.Budget = res.Subscriptions/100 + res.Keys/99 + 5
+	res.Budget = res.Subscriptions/100 + res.Keys/99 + 5 + 2*((res.Window+99)/100)
 	if m := regexp.MustCompile(`(\d+) drifted`).FindSubmatch(out); m != nil {
 		res.Drifted, _ = strconv.Atoi(string(m[1]))
 	}
