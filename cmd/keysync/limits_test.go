@@ -104,8 +104,15 @@ func TestServeWebhookSlowSender(t *testing.T) {
 	}
 
 	// 2. The client's share is full; another client's delivery is stored.
+	var seen []string // what the client's deliveries were answered, for a failure's message
+	defer func() {
+		if t.Failed() {
+			t.Logf("the client's deliveries were answered %v (%s after the slow senders)", seen, time.Since(sent))
+		}
+	}()
 	pgtest.WaitFor(t, 10*time.Second, "the slow client's share to be held", func() bool {
 		got, answer := post("192.0.2.66")
+		seen = append(seen, fmt.Sprintf("%d %s", got, strings.TrimSpace(answer)))
 		return got == http.StatusServiceUnavailable && strings.Contains(answer, "from this client")
 	})
 	if got, answer := post("198.51.100.1"); got != http.StatusOK {
