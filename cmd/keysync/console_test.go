@@ -186,13 +186,18 @@ func TestConsoleInBrowser(t *testing.T) {
 	defer pool.Close()
 	store := postgres.NewStore(pool)
 	var key, perpetual string
-	pgtest.WaitFor(t, 20*time.Second, "keysync to make the keys and work every event the catch-up stored", func() bool {
-		var pending, caughtUp int
+	// The sweep at start must be over too, and every job it queued: a sweep after the
+	// clock moves below would make the extension the test wants the preview to show.
+	pgtest.WaitFor(t, 20*time.Second, "keysync to make the keys, work every event the catch-up stored and finish its first sweep", func() bool {
+		var pending, caughtUp, swept, jobs int
 		_ = pool.QueryRow(ctx, `SELECT coalesce((SELECT license_key FROM subscriptions WHERE id = $1), ''),
 			coalesce((SELECT license_key FROM purchase_keys WHERE purchase_id = $2), ''),
 			(SELECT count(*) FROM stripe_events WHERE status = 'pending'),
-			(SELECT count(*) FROM sync_runs WHERE kind = 'catch_up' AND status = 'succeeded')`, co.Subscription, buy.Session).Scan(&key, &perpetual, &pending, &caughtUp)
-		return key != "" && perpetual != "" && pending == 0 && caughtUp > 0
+			(SELECT count(*) FROM sync_runs WHERE kind = 'catch_up' AND status = 'succeeded'),
+			(SELECT count(*) FROM sync_runs WHERE kind = 'sweep' AND status = 'succeeded'),
+			(SELECT count(*) FROM river_job WHERE state IN ('available', 'running', 'retryable'))`,
+			co.Subscription, buy.Session).Scan(&key, &perpetual, &pending, &caughtUp, &swept, &jobs)
+		return key != "" && perpetual != "" && pending == 0 && caughtUp > 0 && swept > 0 && jobs == 0
 	})
 
 	// An event that failed for good earlier, to replay.
