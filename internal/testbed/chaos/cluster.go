@@ -89,6 +89,7 @@ type Cluster struct {
 
 type replica struct {
 	name, addr string
+	admin      string // its admin listener's address
 	proc       *sandbox.Process
 	up         atomic.Bool
 }
@@ -132,7 +133,7 @@ func NewCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (_
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	ports, err := sandbox.FreePorts(4 + n)
+	ports, err := sandbox.FreePorts(4 + 2*n) // the sandbox, the balancer, each replica and its admin listener
 	if err != nil {
 		return nil, err
 	}
@@ -182,17 +183,25 @@ func NewCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (_
 	}
 	// Limits opened for the simulators (which have none); timeouts short, so that a
 	// hung call or a dead replica's job costs seconds, not minutes. Each replica's admin
-	// listener takes a free port: they share a host, and nothing here reads them.
-	c.env = append(c.env, "DATABASE_URL="+opts.DatabaseURL, "KEYSYNC_PLANS_FILE="+plansFile, "KEYSYNC_DB_MAX_CONNS=10", "KEYSYNC_ADMIN_LISTEN=127.0.0.1:0",
+	// listener has a port of its own, picked with the others: a port the kernel chose
+	// at bind time (:0) could be one picked here and not bound yet.
+	c.env = append(c.env, "DATABASE_URL="+opts.DatabaseURL, "KEYSYNC_PLANS_FILE="+plansFile, "KEYSYNC_DB_MAX_CONNS=10",
 		"CRYPTOLENS_RATE_LIMIT=500", "STRIPE_RATE_LIMIT=100", "CRYPTOLENS_TIMEOUT=1s", "KEYSYNC_JOB_TIMEOUT=10s",
 		"KEYSYNC_CATCHUP_INTERVAL=15s", "KEYSYNC_SHUTDOWN_TIMEOUT=5s", "LOG_FORMAT=json", "LOG_LEVEL=info")
 	c.env = append(c.env, extraEnv...)
+	// The balancer's address is bound before the replicas start, so that none of their
+	// connections can take it.
+	ln, err := net.Listen("tcp", "127.0.0.1:"+ports[3])
+	if err != nil {
+		return nil, err
+	}
 	for i := range n {
-		r := &replica{name: fmt.Sprintf("keysync-%d", i+1), addr: "127.0.0.1:" + ports[4+i]}
+		r := &replica{name: fmt.Sprintf("keysync-%d", i+1), addr: "127.0.0.1:" + ports[4+i], admin: "127.0.0.1:" + ports[4+n+i]}
 		c.replicas = append(c.replicas, r)
 	}
 	for _, r := range c.replicas {
 		if err := c.startReplica(ctx, r); err != nil {
+			_ = ln.Close()
 			return nil, err
 		}
 	}
@@ -200,10 +209,6 @@ func NewCluster(ctx context.Context, opts Options, n int, extraEnv ...string) (_
 	// replicas. Deliveries are reordered and 5% are duplicated; a failed one is retried
 	// from 250ms, doubling, 12 times (about 8 minutes in all).
 	c.lb = &balancer{c: c, client: &http.Client{Timeout: 30 * time.Second}, statuses: map[int]int{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:"+ports[3])
-	if err != nil {
-		return nil, err
-	}
 	c.lbServer = &http.Server{Handler: c.lb, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = c.lbServer.Serve(ln) }()
 	secret := c.Getenv("STRIPE_WEBHOOK_SECRETS")
@@ -246,7 +251,7 @@ func (c *Cluster) start(bin, log string, env []string, args ...string) (*sandbox
 }
 
 func (c *Cluster) startReplica(ctx context.Context, r *replica) error {
-	p, err := c.start(c.opts.KeysyncBin, r.name+".log", append(slices.Clone(c.env), "KEYSYNC_LISTEN="+r.addr), "serve")
+	p, err := c.start(c.opts.KeysyncBin, r.name+".log", append(slices.Clone(c.env), "KEYSYNC_LISTEN="+r.addr, "KEYSYNC_ADMIN_LISTEN="+r.admin), "serve")
 	if err != nil {
 		return err
 	}
