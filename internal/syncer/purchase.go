@@ -10,7 +10,6 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stripe/stripe-go/v76"
 
-	"github.com/keysync/keysync/internal/failure"
 	"github.com/keysync/keysync/internal/license"
 	"github.com/keysync/keysync/internal/stripeapi"
 )
@@ -107,13 +106,7 @@ func (s *Syncer) syncPurchase(ctx context.Context, id string, cause Cause) (Resu
 	}
 
 	// 4. Record the outcome, as Sync does.
-	if err != nil && failure.IsPermanent(err) {
-		msg := err.Error()
-		pr.row.LastError = &msg
-		r.audit(AuditRow{Action: "error", Outcome: OutcomeFailed, Message: msg})
-	} else if err == nil {
-		pr.row.LastError = nil
-	}
+	r.recordOutcome(err, &pr.row.LastError)
 	res.Status = pr.row.Status
 	if pr.row.Created.IsZero() {
 		// Never read from Stripe (the purchase does not exist there): keep no row.

@@ -298,15 +298,8 @@ func (s *Syncer) Sync(ctx context.Context, subscription string, cause Cause) (Re
 		res, err = sr.apply(ctx, p)
 	}
 
-	// 4. Record the outcome: a permanent failure is shown on the row and audited; any
-	// success clears the last one.
-	if err != nil && failure.IsPermanent(err) {
-		msg := err.Error()
-		sr.row.LastError = &msg
-		r.audit(AuditRow{Action: "error", Outcome: OutcomeFailed, Message: msg})
-	} else if err == nil {
-		sr.row.LastError = nil
-	}
+	// 4. Record the outcome.
+	r.recordOutcome(err, &sr.row.LastError)
 	if sr.row.CustomerID == "" {
 		// Never read from Stripe (the subscription does not exist there): keep no row.
 		return res, err
@@ -594,6 +587,20 @@ func (r *run) applyKeys(ctx context.Context, keys []*keyPlan, o owner) (Result, 
 		}
 	}
 	return res, nil
+}
+
+// recordOutcome records a Sync's outcome on its row's last error: a permanent failure
+// is shown there and audited; any success clears the last one; a failure a retry may
+// mend leaves it as it was.
+func (r *run) recordOutcome(err error, lastError **string) {
+	switch {
+	case err == nil:
+		*lastError = nil
+	case failure.IsPermanent(err):
+		msg := err.Error()
+		*lastError = &msg
+		r.audit(AuditRow{Action: "error", Outcome: OutcomeFailed, Message: msg})
+	}
 }
 
 // chargeState reads the charges of the subscription's paid invoices (newest first):
