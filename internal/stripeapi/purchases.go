@@ -29,12 +29,8 @@ func (c *Client) SessionLineItems(ctx context.Context, session string) ([]*strip
 	p.Context = ctx
 	p.Limit = stripe.Int64(100)
 	p.Expand = purchaseLinesExpand
-	var out []*stripe.LineItem
-	it := c.api.CheckoutSessions.ListLineItems(p)
-	for it.Next() {
-		out = append(out, it.LineItem())
-	}
-	if err := it.Err(); err != nil {
+	out, err := collect[*stripe.LineItem](c.api.CheckoutSessions.ListLineItems(p))
+	if err != nil {
 		return nil, c.wrap("list session line items", err)
 	}
 	return out, nil
@@ -62,12 +58,8 @@ func (c *Client) PaymentCharges(ctx context.Context, paymentIntent string) ([]*s
 	p := &stripe.ChargeListParams{PaymentIntent: stripe.String(paymentIntent)}
 	p.Context = ctx
 	p.Limit = stripe.Int64(100)
-	var out []*stripe.Charge
-	it := c.api.Charges.List(p)
-	for it.Next() {
-		out = append(out, it.Charge())
-	}
-	return out, c.wrap("list charges", it.Err())
+	out, err := collect[*stripe.Charge](c.api.Charges.List(p))
+	return out, c.wrap("list charges", err)
 }
 
 // PaymentSession returns the Checkout Session of a PaymentIntent, and nil when none made

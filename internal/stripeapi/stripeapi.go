@@ -341,12 +341,8 @@ func (c *Client) CustomersByEmail(ctx context.Context, email string) ([]*stripe.
 	p.Context = ctx
 	p.Limit = stripe.Int64(100)
 	p.Single = true // one page: an address shared by more customers than that is no customer's
-	var out []*stripe.Customer
-	it := c.api.Customers.List(p)
-	for it.Next() {
-		out = append(out, it.Customer())
-	}
-	return out, c.wrap("list customers", it.Err())
+	out, err := collect[*stripe.Customer](c.api.Customers.List(p))
+	return out, c.wrap("list customers", err)
 }
 
 // GetProduct returns a product (its metadata may map it to a Cryptolens product).
@@ -430,17 +426,30 @@ func (c *Client) wrap(op string, err error) error {
 
 func (c *Client) scrub(s string) string { return strings.ReplaceAll(s, c.key, "[key]") }
 
+// pager is what stripe-go's list iterators have in common (their embedded *stripe.Iter).
+type pager interface {
+	Next() bool
+	Current() interface{}
+	Err() error
+}
+
+// collect reads every page of a list: the items, and the iterator's error (nil when
+// the list was read to its end).
+func collect[T any](it pager) ([]T, error) {
+	var out []T
+	for it.Next() {
+		out = append(out, it.Current().(T))
+	}
+	return out, it.Err()
+}
+
 // Disputes returns the disputes of a charge.
 func (c *Client) Disputes(ctx context.Context, charge string) ([]*stripe.Dispute, error) {
 	p := &stripe.DisputeListParams{Charge: stripe.String(charge)}
 	p.Context = ctx
 	p.Limit = stripe.Int64(100)
-	var out []*stripe.Dispute
-	it := c.api.Disputes.List(p)
-	for it.Next() {
-		out = append(out, it.Dispute())
-	}
-	return out, c.wrap("list disputes", it.Err())
+	out, err := collect[*stripe.Dispute](c.api.Disputes.List(p))
+	return out, c.wrap("list disputes", err)
 }
 
 // GetEvent returns one event (Stripe keeps them 30 days).
