@@ -56,7 +56,7 @@ func setupRobust(t *testing.T, pool *pgxpool.Pool, wrap func(http.Handler) http.
 	e.engine = syncer.New(syncer.Deps{Stripe: sc, Cryptolens: cc, Store: e.store, Mapping: license.NewMapping(0), Log: zerolog.Nop()},
 		syncer.Options{Policy: license.Options{BufferDays: 5, TimeLimitedFeature: 1}, Now: w.Stripe.Now,
 			KeyCreated: func(context.Context) { r.keyCreated.Add(1) }})
-	e.licenses = delivery.Licenses{Store: everyKey{e.store}, Cryptolens: cc, TimeLimitedFeature: 1}
+	e.licenses = delivery.Licenses{Store: keys{e.store}, Cryptolens: cc, TimeLimitedFeature: 1}
 	t.Cleanup(func() {
 		for _, k := range e.crypto.Keys(product) {
 			if strings.Contains(e.logs.String(), k.Key) {
@@ -72,7 +72,7 @@ func (r *robust) pageHandler(opts delivery.PageOptions) *delivery.Page {
 	if opts.Now == nil {
 		opts.Now = r.stripe.Now
 	}
-	return delivery.NewPage(r.sc, everySync{r.engine}, r.licenses, opts, r.log)
+	return delivery.NewPage(r.sc, engine{r.engine}, r.licenses, opts, r.log)
 }
 
 // auditOf returns the audit rows of a subscription or purchase, newest first.
@@ -83,30 +83,6 @@ func (r *robust) auditOf(t *testing.T, id string) []postgres.AuditEntry {
 		t.Fatal(err)
 	}
 	return rows
-}
-
-// everyKey reads the recorded keys of subscriptions and purchases, as serve does.
-type everyKey struct{ store *postgres.Store }
-
-func (k everyKey) OwnerKeys(ctx context.Context, o delivery.Owner) ([]delivery.KeyRef, error) {
-	return k.store.OwnerKeyRefs(ctx, o)
-}
-
-func (k everyKey) CustomerKeys(ctx context.Context, customer string) ([]delivery.KeyRef, error) {
-	return k.store.CustomerKeyRefs(ctx, customer)
-}
-
-// everySync runs the page's Syncs of subscriptions and purchases, as serve does.
-type everySync struct{ s *syncer.Syncer }
-
-func (e everySync) SyncSubscription(ctx context.Context, id string, cause syncer.Cause) (delivery.Synced, error) {
-	res, err := e.s.Sync(ctx, id, cause)
-	return delivery.Synced{Unmapped: res.Unmapped}, err
-}
-
-func (e everySync) SyncPurchase(ctx context.Context, id string, cause syncer.Cause) (delivery.Synced, error) {
-	res, err := e.s.SyncPurchase(ctx, id, cause)
-	return delivery.Synced{Unmapped: res.Unmapped}, err
 }
 
 // afterCreateKey wraps Cryptolens so that do runs once CreateKey has made a key and
